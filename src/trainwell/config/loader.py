@@ -1,0 +1,249 @@
+"""Load an experiment: YAML file + ``KEY=VALUE`` overrides, validated against the typed schema.
+
+OmegaConf does the merging and type validation (structured configs from dataclasses); this module
+adds what people need when something is wrong: the key, the file (or the override) and, for a typo,
+the nearest valid key. Everything is checked before any model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+
+from trainwell.config.schema import ExperimentConfig
+from trainwell.engine.task import Task
+
+
+class ConfigError(Exception):
+    """A problem in an experiment file or override, phrased for the person who wrote it."""
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, so ``amp: off`` stays the string "off"."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+# PyYAML reads 3e-4 (no dot) as a string; research configs write learning rates that way.
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml_value(text: str) -> Any:
+    """Parse one override value the way it would read in the YAML file."""
+    return yaml.load(text, Loader=_Yaml12Loader) if text.strip() else ""
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(
+            f"Config file '{path}' does not exist. Pass the path of an experiment YAML file, "
+            f"e.g. configs/hand_pose/synthetic_lifting.yaml."
+        )
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12Loader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config file '{path}' is not valid YAML: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file '{path}' must hold a mapping of sections, not {type(data).__name__}.")
+    return data
+
+
+def _parse_overrides(overrides: list[str]) -> list[tuple[str, Any, str]]:
+    parsed = []
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"Command-line override '{text}' is not of the form KEY=VALUE (e.g. optim.lr=3e-4)."
+            )
+        parsed.append((key.strip(), parse_yaml_value(value), text))
+    return parsed
+
+
+def _nested(dotted: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    node = out
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def import_task_class(class_path: str, source: str) -> type[Task]:
+    """Import ``package.module:ClassName`` and check it is a :class:`Task`."""
+    module_name, sep, attr = class_path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(
+            f"task.class_path '{class_path}' (in {source}) must look like 'package.module:ClassName', "
+            f"e.g. trainwell.tasks.hand_pose:HandPoseTask."
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(
+            f"task.class_path '{class_path}' (in {source}): cannot import module '{module_name}': {err}. "
+            f"Check the spelling and that the package is installed in this environment."
+        ) from None
+    cls = getattr(module, attr, None)
+    if cls is None:
+        names = [n for n in dir(module) if not n.startswith("_")]
+        hint = difflib.get_close_matches(attr, names, n=1)
+        raise ConfigError(
+            f"task.class_path '{class_path}' (in {source}): module '{module_name}' has no '{attr}'"
+            + (f" — did you mean '{hint[0]}'?" if hint else ".")
+        )
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ConfigError(
+            f"task.class_path '{class_path}' (in {source}) is not a subclass of trainwell Task."
+        )
+    return cls
+
+
+def _valid_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for name in node.keys() if hasattr(node, "keys") else []:
+        full = f"{prefix}{name}"
+        keys.append(full)
+        child = node._get_node(name)
+        if OmegaConf.is_dict(child) and not child._is_missing() and not child._is_none():
+            keys.extend(_valid_keys(child, full + "."))
+    return keys
+
+
+def _explain(err: OmegaConfBaseException, schema: Any, source: str) -> ConfigError:
+    full_key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError) or "not in" in str(err):
+        keys = _valid_keys(schema)
+        section = full_key.rpartition(".")[0]
+        siblings = [k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == section]
+        hint = difflib.get_close_matches(full_key, keys, n=1, cutoff=0.6)
+        msg = f"Unknown config key '{full_key}' in {source}."
+        msg += f" Did you mean '{hint[0]}'?" if hint else ""
+        msg += f" Valid keys in '{section or '<top level>'}': {', '.join(siblings)}."
+        return ConfigError(msg)
+    reason = str(err).splitlines()[0]
+    return ConfigError(
+        f"Invalid value for config key '{full_key}' in {source}: {reason}. Fix it and run again."
+    )
+
+
+def _check_ranges(cfg: ExperimentConfig, source: str) -> None:
+    rules: list[tuple[str, bool, str]] = [
+        ("train.epochs", cfg.train.epochs >= 1, "must be at least 1"),
+        ("train.batch_size", cfg.train.batch_size >= 1, "must be at least 1"),
+        ("train.grad_accum_steps", cfg.train.grad_accum_steps >= 1, "must be at least 1"),
+        ("train.log_every", cfg.train.log_every >= 1, "must be at least 1"),
+        ("train.max_steps", cfg.train.max_steps is None or cfg.train.max_steps >= 1, "must be null or ≥ 1"),
+        (
+            "train.clip_grad_norm",
+            cfg.train.clip_grad_norm is None or cfg.train.clip_grad_norm > 0,
+            "must be > 0",
+        ),
+        ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
+        ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be ≥ 0"),
+        ("optim.betas", len(cfg.optim.betas) == 2, "must have two values"),
+        ("schedule.warmup_steps", cfg.schedule.warmup_steps >= 0, "must be ≥ 0"),
+        ("schedule.min_lr_ratio", 0.0 <= cfg.schedule.min_lr_ratio <= 1.0, "must be in [0, 1]"),
+        ("eval.every_epochs", cfg.eval.every_epochs >= 0, "must be ≥ 0"),
+        ("eval.batch_size", cfg.eval.batch_size >= 1, "must be at least 1"),
+        ("checkpoint.keep", cfg.checkpoint.keep >= 0, "must be ≥ 0"),
+        ("checkpoint.every_epochs", cfg.checkpoint.every_epochs >= 0, "must be ≥ 0"),
+        ("checkpoint.latest_every_steps", cfg.checkpoint.latest_every_steps >= 0, "must be ≥ 0"),
+        ("data.num_workers", cfg.data.num_workers >= 0, "must be ≥ 0"),
+        ("distributed.timeout_s", cfg.distributed.timeout_s > 0, "must be > 0"),
+    ]
+    for key, ok, what in rules:
+        if not ok:
+            section, _, leaf = key.partition(".")
+            value = getattr(getattr(cfg, section), leaf)
+            raise ConfigError(f"Config key '{key}' in {source} {what} (got {value!r}).")
+    if cfg.eval.best_metric is not None:
+        from trainwell.engine.best import parse_metric_expression
+
+        try:
+            parse_metric_expression(cfg.eval.best_metric)
+        except ValueError as err:
+            raise ConfigError(f"Config key 'eval.best_metric' in {source}: {err}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read ``path``, apply ``KEY=VALUE`` overrides, validate, and return the typed config.
+
+    Raises:
+        ConfigError: with a message naming the key, the file or override, and a suggestion.
+    """
+    path = Path(path)
+    raw = _read_yaml(path)
+    parsed = _parse_overrides(overrides or [])
+
+    # The task class types the task/data sections, so it must be known before validation.
+    class_path, source = (raw.get("task") or {}).get("class_path"), f"'{path}'"
+    for key, value, text in parsed:
+        if key == "task.class_path":
+            class_path, source = value, f"command-line override '{text}'"
+    if not class_path:
+        raise ConfigError(
+            f"Config file '{path}' has no task.class_path: add a 'task:' section naming the task "
+            f"class, e.g. 'class_path: trainwell.tasks.hand_pose:HandPoseTask'."
+        )
+    task_cls = import_task_class(str(class_path), source)
+
+    schema = OmegaConf.structured(ExperimentConfig(task=task_cls.Config(), data=task_cls.DataConfig()))
+    try:
+        cfg = OmegaConf.merge(schema, OmegaConf.create(raw))
+    except OmegaConfBaseException as err:
+        raise _explain(err, schema, f"'{path}'") from None
+    for key, value, text in parsed:
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(_nested(key, value)))
+        except OmegaConfBaseException as err:
+            raise _explain(err, schema, f"command-line override '{text}'") from None
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            f"Config '{path}' leaves required key(s) {', '.join(missing)} without a value: set them in the "
+            f"file or on the command line (e.g. {missing[0]}=...)."
+        )
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except (MissingMandatoryValue, OmegaConfBaseException) as err:
+        raise _explain(err, schema, f"'{path}'") from None
+    assert isinstance(obj, ExperimentConfig)
+    _check_ranges(obj, f"'{path}'")
+    return obj
+
+
+def task_class_of(cfg: ExperimentConfig) -> type[Task]:
+    """The task class named by an already validated config."""
+    return import_task_class(cfg.task.class_path, "the config")
+
+
+def config_to_yaml(cfg: ExperimentConfig) -> str:
+    """The fully resolved config as YAML (written to ``<run>/config.yaml``; loadable again)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The resolved config as plain containers (for checkpoints and ``config.yaml``)."""
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,158 @@
+"""What a person reads: console + ``train.log``, ``metrics.jsonl``, TensorBoard, a progress bar.
+
+Only rank 0 writes. Loss values arrive here already averaged over a logging interval (they were
+accumulated on the device by :class:`DeviceMeter` and read once per log line).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+_LOGGER_NAME = "trainwell"
+
+
+class DeviceMeter:
+    """Sums a vector of named scalars on the device; read (one host sync) only when logging."""
+
+    def __init__(self) -> None:
+        self.names: tuple[str, ...] = ()
+        self.total: torch.Tensor | None = None
+        self.count = 0
+        self._flushed: dict[str, float] = {}
+
+    def add(self, names: tuple[str, ...], values: torch.Tensor) -> None:
+        """Add one step's values ``(K,)`` (detached) named by ``names``."""
+        if names != self.names and self.total is not None:
+            # The set of components changed (an optional term switched on): keep what we had.
+            for name, value in zip(self.names, self.total.tolist(), strict=True):
+                self._flushed[name] = self._flushed.get(name, 0.0) + value
+            self.total = None
+        if self.total is None:
+            self.names = names
+            self.total = values.detach().clone()
+        else:
+            self.total.add_(values.detach())
+        self.count += 1
+
+    def read_sum(self) -> dict[str, float]:
+        """Host copy of the sums (one sync) without resetting."""
+        sums = dict(self._flushed)
+        if self.total is not None:
+            for name, value in zip(self.names, self.total.tolist(), strict=True):
+                sums[name] = sums.get(name, 0.0) + value
+        return sums
+
+    def reset(self) -> None:
+        self.total = None
+        self.count = 0
+        self._flushed = {}
+
+
+class _TqdmAwareHandler(logging.StreamHandler):
+    """Writes log lines through ``tqdm.write`` so they do not tear an active progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stdout)
+        except Exception:
+            self.handleError(record)
+
+
+def setup_console_logging(run_dir: Path | None, is_main: bool) -> logging.Logger:
+    """Configure the ``trainwell`` logger: console (+ ``train.log``) on rank 0, warnings only elsewhere."""
+    logger = logging.getLogger(_LOGGER_NAME)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.setLevel(logging.INFO if is_main else logging.WARNING)
+    logger.propagate = False
+    console = _TqdmAwareHandler()
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(console)
+    if run_dir is not None and is_main:
+        file_handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logger.addHandler(file_handler)
+    return logger
+
+
+def get_logger() -> logging.Logger:
+    return logging.getLogger(_LOGGER_NAME)
+
+
+def format_value(value: float) -> str:
+    """Compact, aligned number formatting for log lines."""
+    if value == 0 or math.isnan(value) or math.isinf(value):
+        return str(value)
+    magnitude = abs(value)
+    if magnitude >= 1e4 or magnitude < 1e-3:
+        return f"{value:.3e}"
+    return f"{value:.4g}" if magnitude < 1 else f"{value:.4f}".rstrip("0").rstrip(".")
+
+
+class MetricsWriter:
+    """``metrics.jsonl`` (one JSON object per line) and TensorBoard scalars, rank 0 only."""
+
+    def __init__(self, run_dir: Path | None, enabled: bool) -> None:
+        self.enabled = enabled and run_dir is not None
+        self._jsonl = None
+        self._tb: Any = None
+        if self.enabled:
+            assert run_dir is not None
+            self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            from torch.utils.tensorboard import SummaryWriter  # slow import: only where it is used
+
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+
+    def write(self, kind: str, epoch: int, step: int, values: dict[str, float], tb_prefix: str) -> None:
+        """Append one record ``{"kind", "epoch", "step", **values}`` and the TensorBoard scalars."""
+        if not self.enabled:
+            return
+        assert self._jsonl is not None
+        record = {"kind": kind, "epoch": epoch, "step": step, **values}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for name, value in values.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                self._tb.add_scalar(f"{tb_prefix}/{name}", value, step)
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+class ProgressBar:
+    """A tqdm bar per epoch on a terminal; nothing otherwise (log lines then carry progress)."""
+
+    def __init__(self, total: int, description: str, mode: str, enabled: bool) -> None:
+        show = enabled and (mode == "on" or (mode == "auto" and sys.stdout.isatty()))
+        self._bar = (
+            tqdm(total=total, desc=description, unit="it", dynamic_ncols=True, leave=False, file=sys.stdout)
+            if show
+            else None
+        )
+
+    def update(self, count: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(count)
+
+    def set_loss(self, loss: float) -> None:
+        """Show the running loss (called at logging steps, when the value is already on the host)."""
+        if self._bar is not None:
+            self._bar.set_postfix(loss=format_value(loss), refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,131 @@
+"""The optimizer step, in the order that is easy to get wrong:
+
+unscale (fp16) → measure + clip the total grad norm → optimizer.step (through the scaler) →
+scheduler.step *only if the optimizer really stepped* → zero_grad(set_to_none=True).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+
+from trainwell.config.schema import OptimConfig
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW / Adam / SGD over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(
+            params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), eps=cfg.eps
+        )
+    if cfg.name == "adam":
+        return torch.optim.Adam(
+            params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), eps=cfg.eps
+        )
+    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
+
+
+class StepStats:
+    """Per-interval gradient and timing statistics, kept on the device until a log line reads them."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.data_wait_s = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.norm_sum = torch.zeros((), device=self.device, dtype=torch.float32)
+        self.norm_max = torch.zeros((), device=self.device, dtype=torch.float32)
+        self.num_clipped = torch.zeros((), device=self.device, dtype=torch.float32)
+        self.num_measured = 0
+        self.num_steps = 0
+        self.num_skipped = 0
+        self.data_wait_s = 0.0
+        self.started = time.perf_counter()
+
+    def add_norm(self, norm: torch.Tensor, clip: float | None) -> None:
+        norm = norm.detach().float()
+        self.norm_sum += norm
+        torch.maximum(self.norm_max, norm, out=self.norm_max)
+        if clip is not None:
+            self.num_clipped += (norm > clip).float()
+        self.num_measured += 1
+
+    def read_and_reset(self, clip: float | None) -> dict[str, float]:
+        """Interval summary (one host sync) and a fresh interval."""
+        elapsed = max(1e-9, time.perf_counter() - self.started)
+        values = torch.stack([self.norm_sum, self.norm_max, self.num_clipped]).tolist()
+        measured = max(1, self.num_measured)
+        out = {
+            "grad_norm": values[0] / measured,
+            "grad_norm_max": values[1],
+            "steps_per_s": self.num_steps / elapsed,
+            "data_wait_share": min(1.0, self.data_wait_s / elapsed),
+            "skipped_steps": float(self.num_skipped),
+        }
+        if clip is not None:
+            out["clip_rate"] = values[2] / measured
+        self.reset()
+        return out
+
+
+def total_grad_norm(model: nn.Module) -> torch.Tensor:
+    """L2 norm of all gradients together, on the device (no sync)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+
+
+def optimizer_step(
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: LRScheduler,
+    scaler: torch.amp.GradScaler,
+    clip_grad_norm: float | None,
+    stats: StepStats,
+    measure_norm: bool,
+) -> bool:
+    """Apply one optimizer step; returns whether the parameters were updated.
+
+    The grad norm is measured *before* clipping and after unscaling, so it is comparable across
+    precisions. Without clipping it is measured only when ``measure_norm`` (logging steps), which
+    keeps the norm's reduction kernels off ordinary steps.
+    """
+    if scaler.is_enabled():
+        scaler.unscale_(optimizer)  # clip and measure true gradients, not scaled ones
+    if clip_grad_norm is not None:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        stats.add_norm(norm, clip_grad_norm)
+    elif measure_norm:
+        stats.add_norm(total_grad_norm(model), None)
+
+    applied = True
+    if scaler.is_enabled():
+        # fp16 only: GradScaler.step already reads found_inf on the host to decide whether to step,
+        # so comparing the scale before and after update() adds no new device sync in practice.
+        scale_before = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        applied = scaler.get_scale() >= scale_before
+    else:
+        optimizer.step()
+    # The schedule counts applied steps only: a skipped fp16 step must not advance the LR (and
+    # stepping the scheduler without an optimizer step makes PyTorch warn about the order).
+    if applied:
+        scheduler.step()
+    else:
+        stats.num_skipped += 1
+    optimizer.zero_grad(set_to_none=True)
+    stats.num_steps += 1
+    return applied
+
+
+def is_finite(value: float) -> bool:
+    return math.isfinite(value)

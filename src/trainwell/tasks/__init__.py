@@ -1,0 +1,1 @@
+"""Task packs shipped with trainwell (the engine never imports them)."""
