@@ -393,7 +393,7 @@ class Trainer:
             },
             "metrics": dict(self.state.last_metrics),
             "config": config_to_dict(self.cfg),
-            "versions": {"torch": torch.__version__},
+            "versions": {"torch": str(torch.__version__)},
         }
 
     def _save_checkpoints(self, epoch: int, improved: bool) -> None:

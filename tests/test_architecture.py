@@ -1,0 +1,36 @@
+"""Dependency rules: metrics import nothing of ours; the engine never imports a task."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "trainwell"
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            names.add("<relative>")
+    return names
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("metrics", ("trainwell", "<relative>")),
+        ("engine", ("trainwell.tasks", "trainwell.cli")),
+        ("config", ("trainwell.tasks", "trainwell.cli")),
+    ],
+)
+def test_import_direction(package: str, forbidden: tuple[str, ...]) -> None:
+    files = sorted((SRC / package).rglob("*.py"))
+    assert files, f"no files under {package}"
+    for path in files:
+        bad = [m for m in _imports(path) if any(m == f or m.startswith(f + ".") for f in forbidden)]
+        assert not bad, f"{path.relative_to(SRC)} imports {bad}"
