@@ -20,16 +20,25 @@ _LOGGER_NAME = "trainwell"
 
 
 class DeviceMeter:
-    """Sums a vector of named scalars on the device; read (one host sync) only when logging."""
+    """Running sums of named scalars, kept on the device; read (one host sync) only when logging.
+
+    One ``add_`` per step. ``read_interval`` returns the sums since its previous call (a log line),
+    ``read_total`` the sums since ``reset`` (an epoch), both from the same cumulative tensor.
+    """
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.names: tuple[str, ...] = ()
         self.total: torch.Tensor | None = None
         self.count = 0
-        self._flushed: dict[str, float] = {}
+        self._flushed: dict[str, float] = {}  # sums of component sets that were replaced
+        self._snapshot: dict[str, float] = {}
+        self._snapshot_count = 0
 
     def add(self, names: tuple[str, ...], values: torch.Tensor) -> None:
-        """Add one step's values ``(K,)`` (detached) named by ``names``."""
+        """Add one step's values ``(K,)`` named by ``names`` (no host sync)."""
         if names != self.names and self.total is not None:
             # The set of components changed (an optional term switched on): keep what we had.
             for name, value in zip(self.names, self.total.tolist(), strict=True):
@@ -42,18 +51,22 @@ class DeviceMeter:
             self.total.add_(values.detach())
         self.count += 1
 
-    def read_sum(self) -> dict[str, float]:
-        """Host copy of the sums (one sync) without resetting."""
+    def read_total(self) -> tuple[dict[str, float], int]:
+        """``(sums, count)`` since ``reset`` (one host sync)."""
         sums = dict(self._flushed)
         if self.total is not None:
             for name, value in zip(self.names, self.total.tolist(), strict=True):
                 sums[name] = sums.get(name, 0.0) + value
-        return sums
+        return sums, self.count
 
-    def reset(self) -> None:
-        self.total = None
-        self.count = 0
-        self._flushed = {}
+    def read_interval(self) -> tuple[dict[str, float], int]:
+        """``(sums, count)`` since the previous ``read_interval`` (one host sync)."""
+        sums, count = self.read_total()
+        interval = {name: value - self._snapshot.get(name, 0.0) for name, value in sums.items()}
+        interval_count = count - self._snapshot_count
+        self._snapshot, self._snapshot_count = sums, count
+        # A component absent from the whole interval stays out of the log line.
+        return {k: v for k, v in interval.items() if k in self.names or v != 0.0}, interval_count
 
 
 class _TqdmAwareHandler(logging.StreamHandler):

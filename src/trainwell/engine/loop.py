@@ -194,7 +194,7 @@ class Trainer:
         cfg = self.cfg.train
         self.ddp_model.train()
         self.sampler.set_epoch(epoch, start=self.state.batch_in_epoch * cfg.batch_size)
-        epoch_meter = DeviceMeter()
+        self.loss_meter.reset()  # one meter serves the log lines (intervals) and the epoch summary
         bar = ProgressBar(
             total=self.batches_per_epoch,
             description=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
@@ -220,12 +220,16 @@ class Trainer:
                 if self.env.is_distributed and not is_update
                 else contextlib.nullcontext()
             )
+            if self.device.type != "cpu":
+                batch = move_to_device(batch, self.device)
             with no_sync:
-                names, stacked = self._forward(move_to_device(batch, self.device))
-                # Divide by the group size so k micro-batches give the gradient of one k-times batch.
-                self.scaler.scale(stacked.sum() / group_size).backward()
+                names, stacked = self._forward(batch)
+                total = stacked.sum()
+                if group_size > 1:
+                    # k micro-batches must give the gradient of one k-times larger batch.
+                    total = total / group_size
+                self.scaler.scale(total).backward()
             self.loss_meter.add(names, stacked)
-            epoch_meter.add(names, stacked)
             self.state.batch_in_epoch = micro + 1
             bar.update()
             if is_update:
@@ -245,8 +249,8 @@ class Trainer:
                 if self.should_stop():
                     break
         bar.close()
-        sums = epoch_meter.read_sum()
-        return sum(sums.values()) / max(1, epoch_meter.count)
+        sums, count = self.loss_meter.read_total()
+        return sum(sums.values()) / max(1, count)
 
     def _forward(self, batch: Any) -> tuple[tuple[str, ...], torch.Tensor]:
         """Named loss components for one micro-batch, stacked into one ``(K,)`` tensor."""
@@ -286,17 +290,15 @@ class Trainer:
     # -- logging ------------------------------------------------------------------------------
     def _log_train(self, epoch: int, bar: ProgressBar) -> None:
         """One log line: interval-averaged loss breakdown, LR, grad norm, throughput (one host sync)."""
-        sums = self.loss_meter.read_sum()  # host sync: once per log_every steps
+        sums, count = self.loss_meter.read_interval()  # host sync: once per log_every steps
         names = list(sums)
         averaged = D.all_reduce_mean(
-            torch.tensor([sums[n] / max(1, self.loss_meter.count) for n in names], dtype=torch.float64),
-            self.env,
+            torch.tensor([sums[n] / max(1, count) for n in names], dtype=torch.float64), self.env
         ).tolist()
         components = dict(zip(names, averaged, strict=True))
         total = sum(components.values())
         interval = self.stats.read_and_reset(self.cfg.train.clip_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
-        self.loss_meter.reset()
         bar.set_loss(total)
         if not self.env.is_main:
             return
