@@ -1,5 +1,6 @@
 """Learning-rate curves, checked against formulas written out independently here."""
 
+import itertools
 import math
 
 import pytest
@@ -32,7 +33,7 @@ def test_curve_landmarks() -> None:
     assert lr_factor(104, decay="linear", **kw) == pytest.approx(0.1)  # floor at the end ...
     assert lr_factor(500, decay="cosine", **kw) == pytest.approx(0.1)  # ... and after it
     values = [lr_factor(s, decay="cosine", **kw) for s in range(4, 105)]
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))  # monotone decay
+    assert all(a >= b for a, b in itertools.pairwise(values))  # monotone decay
 
 
 def test_no_warmup_starts_at_peak() -> None:
