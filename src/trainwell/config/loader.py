@@ -72,9 +72,7 @@ def _parse_overrides(overrides: list[str]) -> list[tuple[str, Any, str]]:
     for text in overrides:
         key, sep, value = text.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(
-                f"Command-line override '{text}' is not of the form KEY=VALUE (e.g. optim.lr=3e-4)."
-            )
+            raise ConfigError(f"Command-line override '{text}' is not of the form KEY=VALUE (e.g. optim.lr=3e-4).")
         parsed.append((key.strip(), parse_yaml_value(value), text))
     return parsed
 
@@ -113,9 +111,7 @@ def import_task_class(class_path: str, source: str) -> type[Task]:
             + (f" — did you mean '{hint[0]}'?" if hint else ".")
         )
     if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise ConfigError(
-            f"task.class_path '{class_path}' (in {source}) is not a subclass of trainwell Task."
-        )
+        raise ConfigError(f"task.class_path '{class_path}' (in {source}) is not a subclass of trainwell Task.")
     return cls
 
 
@@ -142,9 +138,7 @@ def _explain(err: OmegaConfBaseException, schema: Any, source: str) -> ConfigErr
         msg += f" Valid keys in '{section or '<top level>'}': {', '.join(siblings)}."
         return ConfigError(msg)
     reason = str(err).splitlines()[0]
-    return ConfigError(
-        f"Invalid value for config key '{full_key}' in {source}: {reason}. Fix it and run again."
-    )
+    return ConfigError(f"Invalid value for config key '{full_key}' in {source}: {reason}. Fix it and run again.")
 
 
 def _check_ranges(cfg: ExperimentConfig, source: str) -> None:

@@ -315,9 +315,7 @@ class Trainer:
         record = {"loss": total, **{f"loss/{n}": v for n, v in components.items()}, "lr": lr, **interval}
         self.metrics_writer.write("train", epoch + 1, self.state.global_step, record, "Train")
 
-    def _epoch_summary(
-        self, epoch: int, train_loss: float, result: EvalResult | None, seconds: float
-    ) -> None:
+    def _epoch_summary(self, epoch: int, train_loss: float, result: EvalResult | None, seconds: float) -> None:
         units = self.task.metric_units()
         parts = [f"Epoch {epoch + 1}/{self.cfg.train.epochs}", f"train loss {format_value(train_loss)}"]
         if result is not None:
@@ -361,10 +359,7 @@ class Trainer:
                 f"{self.state.best_epoch}; checkpoint: {best_path}"
             )
         if self.state.last_metrics:
-            self._info(
-                "Final val: "
-                + ", ".join(f"{k} {format_value(v)}" for k, v in self.state.last_metrics.items())
-            )
+            self._info("Final val: " + ", ".join(f"{k} {format_value(v)}" for k, v in self.state.last_metrics.items()))
         self._info("=" * 80)
 
     # -- best model and checkpoints -----------------------------------------------------------
