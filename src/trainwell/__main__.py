@@ -2,6 +2,10 @@
 
 import sys
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 from trainwell.cli import main
 
-sys.exit(main())
+# ``record`` writes an uncaught exception to the file torchrun names (TORCHELASTIC_ERROR_FILE), so the
+# torchrun summary shows the failing rank's traceback; without torchrun it only enables faulthandler.
+sys.exit(record(main)())

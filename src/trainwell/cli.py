@@ -11,11 +11,17 @@ from trainwell.config.loader import ConfigError, load_config
 from trainwell.engine import distributed as D
 from trainwell.engine.checkpoint import CheckpointError
 from trainwell.engine.evaluation import CoverageError
+from trainwell.engine.resume import run_dir_of_checkpoint
+from trainwell.engine.signals import EXIT_SIGNAL_BASE, TrainingInterrupted
 
 EXIT_CONFIG_ERROR = 2
 """Exit status for a bad config file, override or argument (nothing was built)."""
 EXIT_RUN_ERROR = 1
 """Exit status for a run that failed (unreadable checkpoint, evaluation coverage error, …)."""
+EXIT_STOPPED_BY_SIGNAL = EXIT_SIGNAL_BASE
+"""A run stopped by signal N (SIGTERM, SIGINT, SIGUSR1) exits with 128 + N — 143, 130, 138 — *after*
+writing ``last.pt``; ``trainwell train CONFIG run.dir=DIR --resume auto`` continues it. A second Ctrl-C
+aborts at once with 130 and writes nothing. (A process killed outright reports -N, not 128 + N.)"""
 
 _OVERRIDES_HELP = "dotted overrides of config keys, e.g. optim.lr=3e-4 train.epochs=5"
 
@@ -38,6 +44,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("config", help="experiment YAML file, e.g. configs/hand_pose/synthetic_lifting.yaml")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    train.add_argument(
+        "--resume",
+        metavar="auto|PATH",
+        help="continue a run: 'auto' = the newest valid checkpoint in run.dir (a fresh start if there is none), "
+        "or a checkpoint file (its run directory is reused unless run.dir is given). On SIGTERM/SIGINT/SIGUSR1 "
+        "a run writes last.pt and exits with 128 + the signal number (143/130/138).",
+    )
+    train.add_argument(
+        "--init-from",
+        metavar="PATH",
+        help="start from the model weights of this checkpoint or state dict (fine-tuning); optimizer, schedule "
+        "and step start afresh. Any missing, unexpected or differently shaped tensor is an error.",
+    )
+    train.add_argument(
+        "--init-from-non-strict",
+        action="store_true",
+        help="with --init-from: load the tensors that match and report the others instead of failing",
+    )
 
     ev = sub.add_parser(
         "eval",
@@ -55,7 +79,19 @@ def _train(args: argparse.Namespace) -> int:
     from trainwell.engine.loop import Trainer, build_task
 
     cfg = load_config(args.config, args.overrides)
+    if args.resume == "auto" and cfg.run.dir is None:
+        raise ConfigError("--resume auto continues the run in run.dir: pass run.dir=DIR (the directory to continue).")
+    if args.resume not in (None, "auto"):
+        if not Path(args.resume).is_file():
+            raise ConfigError(f"--resume '{args.resume}' does not exist (pass a checkpoint file or 'auto').")
+        if cfg.run.dir is None and run_dir_of_checkpoint(args.resume) is not None:
+            cfg.run.dir = str(run_dir_of_checkpoint(args.resume))  # continue that run, in its directory
+    if args.init_from is not None and not Path(args.init_from).is_file():
+        raise ConfigError(f"--init-from '{args.init_from}' does not exist.")
     trainer = Trainer(cfg, build_task(cfg))
+    resumed = trainer.resume(args.resume) if args.resume else None
+    if resumed is None and args.init_from is not None:  # a resumed run already holds its own weights
+        trainer.init_from(args.init_from, strict=not args.init_from_non_strict)
     trainer.fit()
     return 0
 
@@ -86,7 +122,14 @@ def _eval(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``trainwell`` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # argparse matches all positionals at once, so KEY=VALUE overrides written after an option
+    # (`eval CONFIG --checkpoint X train.device=cpu`) come back unrecognised: take them as overrides.
+    args, extra = parser.parse_known_args(argv)
+    misplaced = [arg for arg in extra if "=" in arg and not arg.startswith("-")]
+    if len(misplaced) != len(extra):
+        parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in misplaced)}")
+    args.overrides = [*args.overrides, *misplaced]
     handlers = {"train": _train, "eval": _eval}
     try:
         return handlers[args.command](args)
@@ -96,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, CoverageError) as err:
         print(f"trainwell: error: {err}", file=sys.stderr)
         return EXIT_RUN_ERROR
+    except TrainingInterrupted as err:  # the loop has logged where it stopped and how to continue
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("trainwell: aborted (second Ctrl-C); nothing saved since the last checkpoint.", file=sys.stderr)
+        return EXIT_SIGNAL_BASE + 2
     finally:
         D.destroy_process_group()
 

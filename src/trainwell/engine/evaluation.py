@@ -1,8 +1,15 @@
 """Exactly-once evaluation: every validation sample scored once, on all processes, verified.
 
-Each process scores a contiguous shard (no padding, so no sample is counted twice), without any
-collective inside the loop. The per-sample results, keyed by dataset index, are then gathered on
-rank 0, which checks that the indices are exactly ``0 … N-1`` once each before computing metrics.
+1. Each process scores a contiguous shard of the dataset (:func:`shard_range`: no padding, so no sample
+   is counted twice; shard sizes differ by at most one) with the bare model and no collective inside
+   the loop — shards of different sizes would otherwise deadlock.
+2. The evaluator's per-sample results, keyed by dataset index, are gathered on rank 0 as tensors
+   (:func:`trainwell.engine.distributed.gather_rows`: NCCL and gloo alike, memory on rank 0 grows with
+   the number of samples only).
+3. Rank 0 checks that the indices are exactly ``0 … N-1``, once each (:func:`verify_coverage`), hands
+   the results, sorted by index, to the evaluator and computes the metrics — the same numbers whatever
+   the number of processes. Any failure is raised on every process; no metric is ever reported from
+   a partial or duplicated set.
 """
 
 from __future__ import annotations
@@ -12,13 +19,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from trainwell.engine.distributed import DistEnv, broadcast_object, shard_range
+from trainwell.engine.distributed import (
+    DistEnv,
+    broadcast_buffers,
+    broadcast_object,
+    gather_rows,
+    require_same_on_all_ranks,
+    shard_range,
+)
 from trainwell.engine.task import Evaluator, Task
 from trainwell.engine.tensors import move_to_device
+
+INDEX_KEY = "trainwell/index"
+"""Name under which the dataset indices travel with the per-sample results."""
 
 
 class CoverageError(RuntimeError):
@@ -35,19 +51,27 @@ class EvalResult:
 
 
 def verify_coverage(indices: torch.Tensor, num_samples: int) -> None:
-    """Raise :class:`CoverageError` unless ``indices`` hold ``0 … num_samples-1`` exactly once each."""
-    counts = torch.bincount(indices.clamp(0, num_samples), minlength=num_samples + 1)
-    out_of_range = int(((indices < 0) | (indices >= num_samples)).sum())
-    missing = int((counts[:num_samples] == 0).sum())
-    duplicated = int((counts[:num_samples] > 1).sum())
-    if missing or duplicated or out_of_range:
-        example_missing = torch.nonzero(counts[:num_samples] == 0).flatten()[:5].tolist()
-        example_dup = torch.nonzero(counts[:num_samples] > 1).flatten()[:5].tolist()
+    """Raise :class:`CoverageError` unless ``indices`` hold ``0 … num_samples-1`` exactly once each.
+
+    Args:
+        indices: ``(M,)`` integer dataset indices gathered from every process.
+        num_samples: ``len(dataset)``.
+    """
+    indices = indices.flatten().long()
+    in_range = (indices >= 0) & (indices < num_samples)
+    out_of_range = int((~in_range).sum())
+    counts = torch.bincount(indices[in_range], minlength=num_samples)
+    missing = torch.nonzero(counts == 0).flatten()
+    duplicated = torch.nonzero(counts > 1).flatten()
+    if missing.numel() or duplicated.numel() or out_of_range:
+        extra = int((counts[duplicated] - 1).sum())
         raise CoverageError(
-            f"Evaluation did not see every sample exactly once: {missing} of {num_samples} samples missing "
-            f"(e.g. {example_missing}), {duplicated} duplicated (e.g. {example_dup}), {out_of_range} out of "
-            f"range. The metrics would be wrong, so none are reported. Check the dataset's __len__ and "
-            f"that eval_step passes `indices` to the evaluator unchanged."
+            f"Evaluation did not see every sample exactly once: {missing.numel()} of {num_samples} samples "
+            f"missing (e.g. indices {missing[:5].tolist()}), {duplicated.numel()} duplicated ({extra} extra "
+            f"results, e.g. indices {duplicated[:5].tolist()}), {out_of_range} out of range "
+            f"(e.g. {indices[~in_range][:5].tolist()}). The metrics would be wrong, so none are reported. "
+            f"Check the dataset's __len__ and that eval_step passes `indices` to the evaluator unchanged, "
+            f"one result per sample."
         )
 
 
@@ -56,22 +80,45 @@ def gather_results(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
     """Collect every process's per-sample results on rank 0 (``None`` elsewhere), sorted by index.
 
-    ``gather_object`` sends each shard to rank 0 only, so memory on rank 0 grows with the number of
-    samples, not with the number of processes. Shards may differ in size.
+    Args:
+        indices: ``(n,)`` dataset indices held by this process (``n`` may differ between processes).
+        results: ``{name: (n, ...)}`` per-sample results in the same order as ``indices``.
     """
-    local = (indices.cpu(), {k: v.cpu() for k, v in results.items()})
-    if env.is_distributed:
-        shards: list[Any] | None = [None] * env.world_size if env.is_main else None
-        dist.gather_object(local, shards, dst=0)
-        if not env.is_main:
-            return None
-        assert shards is not None
-    else:
-        shards = [local]
-    all_indices = torch.cat([s[0] for s in shards])
+    if INDEX_KEY in results:
+        raise ValueError(f"Evaluator results may not use the reserved name '{INDEX_KEY}'.")
+    gathered = gather_rows({INDEX_KEY: indices.reshape(-1).long(), **results}, env)
+    if gathered is None:
+        return None
+    all_indices = gathered.pop(INDEX_KEY)
+    # A stable sort keeps the result order independent of how the samples were sharded.
     order = torch.argsort(all_indices, stable=True)
-    merged = {k: torch.cat([s[1][k] for s in shards])[order] for k in local[1]}
-    return all_indices[order], merged
+    return all_indices[order], {name: value[order] for name, value in gathered.items()}
+
+
+def _score_shard(
+    *,
+    task: Task,
+    model: nn.Module,
+    dataset: Dataset,
+    evaluator: Evaluator,
+    shard: range,
+    batch_size: int,
+    device: torch.device,
+    autocast: Callable[[], Any],
+    num_workers: int,
+) -> None:
+    """Run ``eval_step`` over this process's shard (no collectives: shard sizes differ)."""
+    batches = [list(shard[i : i + batch_size]) for i in range(0, len(shard), batch_size)]
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=task.collate_fn())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), autocast():
+            for batch_indices, batch in zip(batches, loader, strict=True):
+                indices = torch.tensor(batch_indices, dtype=torch.int64, device=device)
+                task.eval_step(model, move_to_device(batch, device), indices, evaluator)
+    finally:
+        model.train(was_training)
 
 
 def evaluate(
@@ -87,40 +134,54 @@ def evaluate(
     num_workers: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> EvalResult:
-    """Score ``dataset`` exactly once across all processes; every process gets the metrics.
+    """Score ``dataset`` exactly once across all processes; every process gets the same metrics.
 
     ``model`` must be the bare module (not DDP-wrapped): a DDP forward would run collectives inside
-    the loop, and shards of different sizes would then deadlock.
+    the loop, and shards of different sizes would then deadlock. Every process must call this.
+
+    Raises:
+        CoverageError: the gathered indices are not ``0 … len(dataset)-1`` once each (on every process).
+        RuntimeError: computing the metrics failed on rank 0 (the original exception there).
     """
     num_samples = len(dataset)  # type: ignore[arg-type]
-    shard = shard_range(num_samples, env)
-    batches = [list(shard[i : i + batch_size]) for i in range(0, len(shard), batch_size)]
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=task.collate_fn())
-    was_training = model.training
-    model.eval()
+    require_same_on_all_ranks(num_samples, "len(validation dataset)", env)
+    # Score rank 0's model everywhere (its BatchNorm statistics are the ones the checkpoints hold).
+    broadcast_buffers(model, env)
     evaluator.reset()
-    with torch.no_grad(), autocast():
-        for batch_indices, batch in zip(batches, loader, strict=True):
-            indices = torch.tensor(batch_indices, dtype=torch.int64, device=device)
-            task.eval_step(model, move_to_device(batch, device), indices, evaluator)
-    model.train(was_training)
+    _score_shard(
+        task=task,
+        model=model,
+        dataset=dataset,
+        evaluator=evaluator,
+        shard=shard_range(num_samples, env),
+        batch_size=batch_size,
+        device=device,
+        autocast=autocast,
+        num_workers=num_workers,
+    )
 
     local_indices, local_results = evaluator.local_results()
     gathered = gather_results(local_indices, local_results, env)
     metrics: dict[str, float] | None = None
-    error: str | None = None
-    if gathered is not None:
+    failure: Exception | None = None
+    if gathered is not None:  # rank 0
         all_indices, all_results = gathered
         try:
             verify_coverage(all_indices, num_samples)
             evaluator.load_results(all_indices, all_results)
             metrics = evaluator.compute()
-        except (CoverageError, ValueError) as err:
-            error = str(err)
-    # Every process learns the outcome, so all of them stop together on an error.
-    metrics, error = broadcast_object((metrics, error), env)  # type: ignore[misc]
+        except Exception as err:  # reported to every process below, then re-raised here
+            failure = err
+    # Every process learns the outcome, so that all of them stop together on an error.
+    outcome = (metrics, None if failure is None else (type(failure).__name__, str(failure)))
+    metrics, error = broadcast_object(outcome, env)
+    if failure is not None:
+        raise failure
     if error is not None:
-        raise CoverageError(error)
+        kind, message = error
+        if kind == CoverageError.__name__:
+            raise CoverageError(message)
+        raise RuntimeError(f"Evaluation failed on rank 0 with {kind}: {message}")
     assert metrics is not None
     if log is not None:
         log(f"Evaluated on {num_samples} samples from all {env.world_size} processes")

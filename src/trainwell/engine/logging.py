@@ -68,6 +68,25 @@ class DeviceMeter:
         # A component absent from the whole interval stays out of the log line.
         return {k: v for k, v in interval.items() if k in self.names or v != 0.0}, interval_count
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the meter holds (one host sync), so a resumed run logs what an uninterrupted one would."""
+        return {
+            "names": list(self.names),
+            "total": None if self.total is None else self.total.detach().cpu(),
+            "count": self.count,
+            "flushed": dict(self._flushed),
+            "snapshot": dict(self._snapshot),
+            "snapshot_count": self._snapshot_count,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        self.names = tuple(state["names"])
+        self.total = None if state["total"] is None else state["total"].to(device)
+        self.count = int(state["count"])
+        self._flushed = dict(state["flushed"])
+        self._snapshot = dict(state["snapshot"])
+        self._snapshot_count = int(state["snapshot_count"])
+
 
 class _TqdmAwareHandler(logging.StreamHandler):
     """Writes log lines through ``tqdm.write`` so they do not tear an active progress bar."""
@@ -114,7 +133,8 @@ def format_value(value: float) -> str:
 class MetricsWriter:
     """``metrics.jsonl`` (one JSON object per line) and TensorBoard scalars, rank 0 only."""
 
-    def __init__(self, run_dir: Path | None, enabled: bool) -> None:
+    def __init__(self, run_dir: Path | None, enabled: bool, purge_step: int | None = None) -> None:
+        """``purge_step``: hide TensorBoard events at or after this step (a resumed run writes them again)."""
         self.enabled = enabled and run_dir is not None
         self._jsonl = None
         self._tb: Any = None
@@ -123,7 +143,7 @@ class MetricsWriter:
             self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
             from torch.utils.tensorboard import SummaryWriter  # slow import: only where it is used
 
-            self._tb = SummaryWriter(log_dir=str(run_dir / "tb"))
+            self._tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
 
     def write(self, kind: str, epoch: int, step: int, values: dict[str, float], tb_prefix: str) -> None:
         """Append one record ``{"kind", "epoch", "step", **values}`` and the TensorBoard scalars."""

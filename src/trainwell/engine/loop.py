@@ -13,19 +13,27 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from trainwell.config.loader import config_to_dict, config_to_yaml
 from trainwell.config.schema import ExperimentConfig
 from trainwell.engine import distributed as D
 from trainwell.engine.best import is_better, parse_metric_expression
-from trainwell.engine.checkpoint import atomic_save, load_checkpoint
+from trainwell.engine.checkpoint import (
+    BEST,
+    LAST,
+    CheckpointError,
+    CheckpointManager,
+    WeightsReport,
+    load_checkpoint,
+    to_plain,
+)
+from trainwell.engine.checkpoint import load_model_weights as copy_model_weights
 from trainwell.engine.evaluation import EvalResult, evaluate
 from trainwell.engine.logging import (
     DeviceMeter,
@@ -34,8 +42,11 @@ from trainwell.engine.logging import (
     format_value,
     setup_console_logging,
 )
+from trainwell.engine.resume import config_changes, library_versions, position_mismatch, trim_metrics_log
+from trainwell.engine.rng import gather_rng_states, loader_seed, restore_own_rng_state
 from trainwell.engine.rundir import make_run_dir
 from trainwell.engine.schedule import build_scheduler
+from trainwell.engine.signals import StopRequest, TrainingInterrupted
 from trainwell.engine.step import StepStats, build_optimizer, optimizer_step
 from trainwell.engine.task import Task
 from trainwell.engine.tensors import move_to_device
@@ -92,8 +103,10 @@ class Trainer:
         self.env = env or D.env_from_torchrun()
         self.device = D.select_device(cfg.train.device, self.env)
         D.init_process_group(self.env, self.device, cfg.distributed.backend, cfg.distributed.timeout_s)
-        # Per-rank seed: dropout masks differ across ranks; data order comes from the sampler.
-        seed_everything(cfg.train.seed + self.env.rank)
+        # The same seed on every process while the datasets and the model are built (a dataset that
+        # draws from the global RNG must be the same everywhere, or evaluation shards would not tile it);
+        # a per-rank seed once they exist (below).
+        seed_everything(cfg.train.seed)
 
         self.run_dir: Path | None = None
         if write_outputs:
@@ -108,17 +121,17 @@ class Trainer:
 
         self.train_set, self.val_set = task.build_datasets()
         self.model: nn.Module = task.build_model().to(self.device)
-        self.ddp_model: nn.Module = self.model
-        if self.env.is_distributed:
-            if cfg.distributed.sync_batchnorm:
-                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-            self.ddp_model = DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=cfg.distributed.find_unused_parameters,
-            )
+        # ddp_model runs training forwards; the bare model is optimised, saved and evaluated.
+        self.model, self.ddp_model = D.wrap_model(self.model, self.device, self.env, cfg.distributed)
+        # Per-rank seed: dropout masks and worker augmentations differ across ranks; the data order
+        # comes from the sampler.
+        seed_everything(cfg.train.seed + self.env.rank)
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        # Different lengths would give the processes different step counts: a hang, not an error.
+        D.require_same_on_all_ranks(len(self.train_set), "len(train dataset)", self.env)  # type: ignore[arg-type]
         self.sampler = D.TrainSampler(len(self.train_set), seed=cfg.train.seed, env=self.env)  # type: ignore[arg-type]
+        # Re-seeded every epoch (rng.loader_seed), so worker seeds survive a resume.
+        self.loader_generator = torch.Generator()
         self.train_loader = DataLoader(
             self.train_set,
             batch_size=cfg.train.batch_size,
@@ -128,6 +141,7 @@ class Trainer:
             pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
             persistent_workers=cfg.data.persistent_workers and cfg.data.num_workers > 0,
             drop_last=False,
+            generator=self.loader_generator,
         )
         self.batches_per_epoch = -(-self.sampler.per_process // cfg.train.batch_size)
         steps_per_epoch = -(-self.batches_per_epoch // cfg.train.grad_accum_steps)
@@ -146,6 +160,12 @@ class Trainer:
         self.state = TrainState()
         self.stats = StepStats(device=self.device)
         self.loss_meter = DeviceMeter()
+        self.checkpoints = (
+            CheckpointManager(self.run_dir / "checkpoints", cfg.checkpoint, log=self.log.warning)
+            if self.run_dir is not None
+            else None
+        )
+        self.stop_request = StopRequest(self.env)
 
     # -- helpers ------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -167,16 +187,23 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> FitResult:
-        """Train for ``train.epochs`` (or ``train.max_steps``), evaluating and checkpointing."""
+        """Train for ``train.epochs`` (or ``train.max_steps``), evaluating and checkpointing.
+
+        Raises:
+            TrainingInterrupted: SIGTERM / SIGINT / SIGUSR1 stopped the run; ``last.pt`` holds that step.
+        """
         cfg = self.cfg
         self._start_banner()
         started = time.perf_counter()
+        self.stop_request.install()
         try:
             for epoch in range(self.state.epoch, cfg.train.epochs):
                 if self.should_stop():
                     break
                 epoch_started = time.perf_counter()
                 train_loss = self._train_one_epoch(epoch)
+                if self.stop_request.agreed:  # a signal ended the epoch early, at an optimizer-step boundary
+                    self._stop_on_signal(save=True)
                 self.state.epoch = epoch + 1
                 self.state.batch_in_epoch = 0
                 last = self.state.epoch == cfg.train.epochs or self.should_stop()
@@ -184,7 +211,10 @@ class Trainer:
                 improved = self._maybe_update_best(result, epoch)
                 self._save_checkpoints(epoch, improved)
                 self._epoch_summary(epoch, train_loss, result, time.perf_counter() - epoch_started)
+                if not last and self.stop_request.should_stop(global_step=self.state.global_step, sync=True):
+                    self._stop_on_signal(save=False)  # last.pt was just written
         finally:
+            self.stop_request.uninstall()
             self.metrics_writer.close()
         self._end_banner(time.perf_counter() - started)
         return FitResult(run_dir=self.run_dir, state=self.state, metrics=self.state.last_metrics)
@@ -194,7 +224,11 @@ class Trainer:
         cfg = self.cfg.train
         self.ddp_model.train()
         self.sampler.set_epoch(epoch, start=self.state.batch_in_epoch * cfg.batch_size)
-        self.loss_meter.reset()  # one meter serves the log lines (intervals) and the epoch summary
+        # The DataLoader's own generator, not the global RNG, seeds its workers: a resumed epoch then
+        # draws the same worker seeds and leaves the dropout stream alone.
+        self.loader_generator.manual_seed(loader_seed(cfg.seed, epoch, self.env.rank))
+        if self.state.batch_in_epoch == 0:  # a resumed epoch keeps the sums restored from the checkpoint
+            self.loss_meter.reset()  # one meter serves the log lines (intervals) and the epoch summary
         bar = ProgressBar(
             total=self.batches_per_epoch,
             description=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
@@ -246,11 +280,17 @@ class Trainer:
                 self.state.global_step += 1
                 if should_log:
                     self._log_train(epoch, bar)
-                if self.should_stop():
+                # Processes agree on a signal only on logging steps (they sync there anyway).
+                if self.should_stop() or self.stop_request.should_stop(
+                    global_step=self.state.global_step, sync=should_log
+                ):
                     break
+                self._maybe_save_latest()
         bar.close()
         sums, count = self.loss_meter.read_total()
-        return sum(sums.values()) / max(1, count)
+        # The mean over all processes, like the log lines (one small collective per epoch).
+        epoch_mean = torch.tensor([sum(sums.values()) / max(1, count)], dtype=torch.float64)
+        return float(D.all_reduce_mean(epoch_mean, self.env)[0])
 
     def _forward(self, batch: Any) -> tuple[tuple[str, ...], torch.Tensor]:
         """Named loss components for one micro-batch, stacked into one ``(K,)`` tensor."""
@@ -374,9 +414,12 @@ class Trainer:
         return True
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run, as tensors and plain containers only."""
+        """Everything needed to continue this run exactly, as tensors and plain containers only.
+
+        Every process must call it together (it gathers each process's RNG states); rank 0 writes it.
+        """
         return {
-            "model": self.model.state_dict(),
+            "model": self.model.state_dict(),  # the bare module: no DDP "module." prefix
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -387,31 +430,172 @@ class Trainer:
                 "best_value": self.state.best_value,
                 "best_epoch": self.state.best_epoch,
                 "best_metric": self.best_metric.text if self.best_metric else None,
+                "best_mode": self.cfg.eval.best_mode,
             },
-            "metrics": dict(self.state.last_metrics),
-            "config": config_to_dict(self.cfg),
-            "versions": {"torch": str(torch.__version__)},
+            "data": self._data_layout(),
+            "rng": gather_rng_states(self.env, self.device),  # one entry per rank
+            "meters": {"loss": self.loss_meter.state_dict()},
+            "metrics": to_plain(dict(self.state.last_metrics)),
+            "config": to_plain(config_to_dict(self.cfg)),
+            "versions": library_versions(),
         }
 
+    def load_state_dict(self, payload: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by :meth:`state_dict` (every process loads the same file)."""
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        if payload["scaler"] or not self.scaler.is_enabled():  # empty when saved without fp16
+            self.scaler.load_state_dict(payload["scaler"])
+        saved = payload["train_state"]
+        self.state = TrainState(
+            epoch=saved["epoch"],
+            global_step=saved["global_step"],
+            batch_in_epoch=saved["batch_in_epoch"],
+            best_value=saved["best_value"],
+            best_epoch=saved["best_epoch"],
+            last_metrics=dict(payload["metrics"]),
+        )
+        best_rule = (self.best_metric.text if self.best_metric else None, self.cfg.eval.best_mode)
+        if saved["best_value"] is not None and (saved["best_metric"], saved["best_mode"]) != best_rule:
+            self.log.warning(
+                f"eval.best_metric/best_mode changed from {saved['best_metric']} ({saved['best_mode']}) to "
+                f"{best_rule[0]} ({best_rule[1]}): the next evaluation starts best.pt afresh."
+            )
+            self.state.best_value = self.state.best_epoch = None
+        changed = position_mismatch(payload["data"], self._data_layout()) if self.state.batch_in_epoch else None
+        if changed:
+            self.log.warning(f"{changed} since the checkpoint: epoch {self.state.epoch + 1} restarts from its start.")
+            self.state.batch_in_epoch = 0
+        else:
+            self.loss_meter.load_state_dict(payload["meters"]["loss"], self.device)
+        # Last: nothing above draws random numbers, and nothing may between here and the next step.
+        if not restore_own_rng_state(payload["rng"], self.env, self.device):
+            self.log.warning(
+                f"The checkpoint holds the random streams of {len(payload['rng'])} process(es), this run has "
+                f"{self.env.world_size}: they restart from train.seed + rank + step (not bitwise reproducible)."
+            )
+            seed_everything(self.cfg.train.seed + self.env.rank + self.state.global_step)
+
+    def _data_layout(self) -> dict[str, int]:
+        """What ``batch_in_epoch`` counts in: continuing mid-epoch needs all of it unchanged."""
+        return {
+            "batch_size": self.cfg.train.batch_size,
+            "grad_accum_steps": self.cfg.train.grad_accum_steps,
+            "world_size": self.env.world_size,
+            "train_size": len(self.train_set),  # type: ignore[arg-type]
+            "seed": self.cfg.train.seed,
+        }
+
+    def resume(self, source: str | Path) -> Path | None:
+        """Continue from a checkpoint; returns the file used, or ``None`` when there was none.
+
+        ``"auto"``: the newest valid checkpoint of this run directory; damaged ones are skipped and named.
+        A path: that file, which must be valid.
+        """
+        path, payload = (str(source), None) if source != "auto" else self._find_resumable()
+        if path is None:
+            self._info(f"--resume auto: no checkpoint in {self.run_dir}; starting afresh")
+            return None
+        if payload is None:
+            payload = load_checkpoint(path)  # every process reads and verifies the file rank 0 chose
+        self.load_state_dict(payload)
+        changes = config_changes(payload["config"], to_plain(config_to_dict(self.cfg)))
+        if changes:
+            self.log.warning("Resuming with a config that differs from the checkpoint's: " + "; ".join(changes))
+        dropped = 0
+        if self.is_writer:
+            assert self.run_dir is not None
+            # A killed run logged steps after this checkpoint; the resumed run logs them again, once.
+            self.metrics_writer.close()
+            dropped = trim_metrics_log(self.run_dir / "metrics.jsonl", self.state.global_step)
+            self.metrics_writer = MetricsWriter(self.run_dir, enabled=True, purge_step=self.state.global_step + 1)
+            self.metrics_writer.write("resume", self.state.epoch + 1, self.state.global_step, {"checkpoint": path}, "")
+        self._info(
+            f"Resumed from '{path}' at {self._position()}, step {self.state.global_step}"
+            + (f" (dropped {dropped} metrics.jsonl records written after it)" if dropped else "")
+        )
+        return Path(path)
+
+    def _find_resumable(self) -> tuple[str | None, dict[str, Any] | None]:
+        """Rank 0 scans the checkpoint directory; every process learns the chosen path (rank 0 its payload)."""
+        if self.checkpoints is None:
+            raise CheckpointError("--resume auto needs a run directory to look in (run.dir=DIR).")
+        found, payload, error = None, None, None
+        if self.is_writer:
+            for stale in self.checkpoints.remove_stale_temp_files():
+                self.log.warning(f"Removed '{stale}', left by a process killed while saving.")
+            try:
+                hit = self.checkpoints.find_resumable()
+            except CheckpointError as err:
+                error = str(err)
+            else:
+                if hit is not None:
+                    found, payload, _ = str(hit[0]), hit[1], hit[2]
+        found, error = D.broadcast_object((found, error), self.env)
+        if error is not None:
+            raise CheckpointError(error)
+        return found, payload
+
+    def _position(self) -> str:
+        if self.state.batch_in_epoch:
+            return f"epoch {self.state.epoch + 1}, batch {self.state.batch_in_epoch}/{self.batches_per_epoch}"
+        return f"the end of epoch {self.state.epoch}" if self.state.epoch else "the start"
+
     def _save_checkpoints(self, epoch: int, improved: bool) -> None:
+        """Epoch end: last.pt, epoch_NNNN.pt every checkpoint.every_epochs (rotated), best.pt if improved."""
+        if self.checkpoints is None:
+            return
+        payload = self.state_dict()  # every process: it gathers the RNG states
         if not self.is_writer:
             return
-        assert self.run_dir is not None
-        ckpt_dir = self.run_dir / "checkpoints"
-        payload = self.state_dict()
-        atomic_save(payload, ckpt_dir / "last.pt")
-        if improved and self.best_metric is not None and self.state.best_value is not None:
-            atomic_save(payload, ckpt_dir / "best.pt")
+        best = improved and self.best_metric is not None and self.state.best_value is not None
+        self.checkpoints.save_epoch_end(payload, epochs_done=epoch + 1, best=best)
+        if best:
+            assert self.best_metric is not None and self.state.best_value is not None
             unit = self.task.metric_units().get(next(iter(sorted(self.best_metric.names))), "")
             self._info(
                 f"Saved best model ({self.best_metric.text} = {self.state.best_value:.3f}"
-                f"{' ' + unit if unit else ''}) to {ckpt_dir / 'best.pt'}"
+                f"{' ' + unit if unit else ''}) to {self.checkpoints.directory / BEST}"
             )
 
+    def _maybe_save_latest(self) -> None:
+        """``last.pt`` every ``checkpoint.latest_every_steps`` optimizer steps inside an epoch."""
+        at_epoch_end = self.state.batch_in_epoch == self.batches_per_epoch
+        if self.checkpoints is not None and self.checkpoints.should_save_latest(self.state.global_step, at_epoch_end):
+            self._save_latest()
+
+    def _save_latest(self) -> Path | None:
+        if self.checkpoints is None:
+            return None
+        payload = self.state_dict()  # every process: it gathers the RNG states
+        return self.checkpoints.save_latest(payload) if self.is_writer else None
+
+    def _stop_on_signal(self, *, save: bool) -> NoReturn:
+        """Write ``last.pt`` at this step boundary (unless the epoch end just did) and stop every process."""
+        if save:
+            path = self._save_latest()
+        else:
+            path = self.checkpoints.directory / LAST if self.checkpoints is not None and self.is_writer else None
+        self.stop_request.wait_for_all()  # no process exits (and gets the others killed) while rank 0 writes
+        assert self.stop_request.agreed is not None
+        stop = TrainingInterrupted(self.stop_request.agreed, path, self._position(), self.state.global_step)
+        self.log.warning(str(stop))
+        raise stop
+
+    def init_from(self, path: str | Path, *, strict: bool = True) -> WeightsReport:
+        """Load model weights only (to fine-tune), reporting missing / unexpected / shape-mismatched keys.
+
+        Raises:
+            CheckpointError: with ``strict``, on any mismatch (nothing is loaded then).
+        """
+        report = copy_model_weights(self.model, path, strict=strict, map_location=self.device)
+        (self._info if report.is_exact else self.log.warning)(f"Initialised the model: {report.describe()}")
+        return report
+
     def load_model_weights(self, path: str | Path) -> None:
-        """Load only the model weights of a checkpoint (for ``trainwell eval``)."""
-        payload = load_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(payload["model"])
+        """Load only the model weights of a checkpoint, strictly (for ``trainwell eval``)."""
+        copy_model_weights(self.model, path, strict=True, map_location=self.device)
 
 
 def build_task(cfg: ExperimentConfig) -> Task:

@@ -1,0 +1,111 @@
+"""What a resumed run needs besides the state dicts: run-directory rules, logs, meters, compatibility checks.
+
+A resumed run continues with exactly the batch that would have come next: the sampler skips the
+micro-batches of the epoch already consumed (``TrainState.batch_in_epoch``), the optimizer, schedule,
+grad scaler and RNG states are restored, and the loss meters hold what they held at the save, so even
+the log lines match an uninterrupted run. ``metrics.jsonl`` keeps the records up to the checkpoint's
+step and drops the ones a killed run wrote after it (the resumed run writes them again), so every step
+appears once; TensorBoard hides those steps the same way (``purge_step``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+#: Config sections whose changes do not matter for continuing a run.
+_IGNORED_CONFIG_KEYS = ("run.", "train.progress_bar", "train.device", "data.num_workers", "data.pin_memory")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions stored in each checkpoint, for the person who reads it a year later."""
+    try:
+        trainwell_version = metadata.version("trainwell")
+    except metadata.PackageNotFoundError:
+        trainwell_version = "unknown"
+    return {
+        "trainwell": trainwell_version,
+        "torch": str(torch.__version__),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "cuda": str(torch.version.cuda),
+    }
+
+
+def run_dir_of_checkpoint(path: str | Path) -> Path | None:
+    """``<run>`` for ``<run>/checkpoints/<file>``, else ``None``."""
+    path = Path(path).resolve()
+    return path.parent.parent if path.parent.name == "checkpoints" else None
+
+
+# -- compatibility --------------------------------------------------------------------------------
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: old → new`` for every config value that differs from the checkpoint's (run.* etc. ignored)."""
+    old, new = _flatten(saved), _flatten(current)
+    changes = []
+    for key in sorted(old.keys() | new.keys()):
+        if key.startswith(_IGNORED_CONFIG_KEYS):
+            continue
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            changes.append(f"{key}: {old.get(key, '<absent>')!r} → {new.get(key, '<absent>')!r}")
+    return changes
+
+
+def position_mismatch(saved_data: dict[str, Any], current: dict[str, int]) -> str | None:
+    """Why the saved position inside an epoch cannot be continued exactly (``None`` if it can).
+
+    The micro-batches already consumed are counted in units of ``batch_size`` per process, so a change of
+    batch size, accumulation or number of processes mid-epoch makes that count meaningless.
+    """
+    changed = [
+        f"{key} {saved_data.get(key)} → {value}" for key, value in current.items() if saved_data.get(key) != value
+    ]
+    return ", ".join(changed) or None
+
+
+# -- metrics.jsonl --------------------------------------------------------------------------------
+
+
+def trim_metrics_log(path: Path, step: int) -> int:
+    """Drop the records of ``metrics.jsonl`` written after optimizer step ``step``; returns how many.
+
+    A run killed after its last checkpoint logged steps that the resumed run will log again. A torn
+    last line (the process died mid-write) is dropped too. The file is replaced atomically.
+    """
+    if not path.is_file():
+        return 0
+    kept: list[str] = []
+    dropped = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
