@@ -88,7 +88,7 @@ class CheckpointConfig:
     every_epochs: int = 1
     """Write ``epoch_NNNN.pt`` every this many epochs; 0 = never."""
     keep: int = 3
-    """Periodic checkpoints kept (``best.pt`` and ``last.pt`` are never rotated away)."""
+    """Newest periodic checkpoints kept; 0 = write none (``best.pt`` and ``last.pt`` are never rotated away)."""
     latest_every_steps: int = 0
     """Also write ``last.pt`` every this many optimizer steps inside an epoch; 0 = only at epoch end."""
 

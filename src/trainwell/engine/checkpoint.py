@@ -18,6 +18,7 @@ one serialization, and no file is ever modified in place, so a link never sees a
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -36,8 +37,6 @@ from trainwell.config.schema import CheckpointConfig
 
 LAST = "last.pt"
 BEST = "best.pt"
-FORMAT = "trainwell-checkpoint/1"
-"""Value of the ``"format"`` entry; bump the number when the layout changes incompatibly."""
 _PERIODIC = re.compile(r"^epoch_(\d+)\.pt$")
 _TEMP = re.compile(r"^\..+\.tmp-\d+$")
 
@@ -184,10 +183,14 @@ def link_or_copy(source: Path, target: Path) -> None:
 
 
 def fsync_directory(directory: Path) -> None:
-    """Make renames and deletions in ``directory`` durable."""
+    """Make renames and deletions in ``directory`` durable (where the filesystem supports it)."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as err:
+        # Some network and FUSE filesystems cannot fsync a directory; the rename itself was done.
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
     finally:
         os.close(fd)
 

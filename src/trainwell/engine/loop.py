@@ -2,7 +2,9 @@
 
 Where does the learning rate change? ``Trainer._optimizer_step``. Where is the model switched to
 train/eval? ``Trainer._train_one_epoch`` and ``evaluate``. Where do loss values reach the host?
-``Trainer._log_train`` — once per ``train.log_every`` optimizer steps, never in between.
+``Trainer._log_train`` — once per ``train.log_every`` optimizer steps, never in between. Where are
+checkpoints written? ``_save_checkpoints`` (epoch end), ``_maybe_save_latest`` (inside an epoch) and
+``_stop_on_signal``; what they hold: ``state_dict`` / ``load_state_dict``; files: ``engine/checkpoint.py``.
 """
 
 from __future__ import annotations
@@ -580,7 +582,8 @@ class Trainer:
         self.stop_request.wait_for_all()  # no process exits (and gets the others killed) while rank 0 writes
         assert self.stop_request.agreed is not None
         stop = TrainingInterrupted(self.stop_request.agreed, path, self._position(), self.state.global_step)
-        self.log.warning(str(stop))
+        if self.env.is_main:
+            self.log.warning(str(stop))
         raise stop
 
     def init_from(self, path: str | Path, *, strict: bool = True) -> WeightsReport:

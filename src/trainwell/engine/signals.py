@@ -74,7 +74,9 @@ class StopRequest:
         if threading.current_thread() is not threading.main_thread() or self._previous:
             return
         self._pid = os.getpid()
-        self._previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
+        # A signal the launcher chose to ignore (nohup, a background job's SIGINT) stays ignored.
+        wanted = [signum for signum in STOP_SIGNALS if signal.getsignal(signum) is not signal.SIG_IGN]
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in wanted}
 
     def uninstall(self) -> None:
         """Give the signals back to the handlers that were there before :meth:`install`."""
@@ -93,7 +95,8 @@ class StopRequest:
         name = signal.Signals(signum).name
         again = " Press Ctrl-C again to abort at once." if signum == signal.SIGINT else ""
         # os.write, not logging: a signal handler may interrupt a log call half-way.
-        os.write(2, f"trainwell: received {name}: finishing this step, then writing last.pt.{again}\n".encode())
+        who = f"trainwell (rank {self.env.rank})" if self.env.is_distributed else "trainwell"
+        os.write(2, f"{who}: received {name}: finishing this step, then writing last.pt.{again}\n".encode())
 
     def should_stop(self, *, global_step: int, sync: bool) -> bool:
         """Whether to stop now; with several processes, they decide together only when ``sync``.

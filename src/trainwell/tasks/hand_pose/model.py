@@ -1,0 +1,124 @@
+"""2D → 3D lifting network: the residual MLP of Martinez et al. (2017), "A simple yet effective baseline".
+
+Input: the visible 2D keypoints in pixels, their visibility and the camera intrinsics. The network
+first removes the camera (:func:`lifting_features`), so the same weights serve any focal length and
+principal point. Output: root(wrist)-relative 3D joints in the camera axes, millimetres, plus the same
+from an auxiliary head after the first residual block (deep supervision).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from trainwell.tasks.hand_pose.skeleton import NUM_JOINTS, ROOT
+from trainwell.tasks.hand_pose.synthetic import pixels_to_normalized
+
+NUM_FEATURES = NUM_JOINTS * 3 + 3
+"""Per sample: 21 × 2 centred, scale-normalised coordinates, 21 visibility flags, centre (2), log spread (1)."""
+
+
+@dataclass
+class LiftingNetConfig:
+    """``task.model``: size of the lifting network."""
+
+    hidden: int = 512
+    """Width of every hidden layer."""
+    num_blocks: int = 2
+    """Residual blocks (each: two Linear → norm → ReLU → Dropout layers and a skip connection)."""
+    dropout: float = 0.1
+    """Dropout probability after every hidden activation."""
+    norm: Literal["batch", "layer"] = "batch"
+    """Normalisation after each hidden Linear: BatchNorm1d (as in Martinez et al.) or LayerNorm."""
+    output_scale_mm: float = 100.0
+    """The output layers predict millimetres / this, so their targets are of order 1."""
+
+
+def lifting_features(keypoints_2d_px: torch.Tensor, visibility: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+    """Camera-independent input features ``(B, 66)`` from observed keypoints.
+
+    1. Pixels → normalised image coordinates ``((u - cx) / fx, (v - cy) / fy)``.
+    2. Centre on the mean of the *visible* keypoints and divide by their RMS distance from it (the hand's
+       apparent size), so the pose shape is read the same way at any distance; invisible ones become 0.
+    3. Append the visibility flags, the centre (where in the field of view the hand is: perspective) and
+       the log of the apparent size (how far away the hand probably is).
+
+    Args:
+        keypoints_2d_px: ``(B, 21, 2)`` pixel coordinates (values at invisible joints are ignored).
+        visibility: ``(B, 21)`` 1 where observed, 0 otherwise.
+        intrinsics: ``(B, 3, 3)`` pinhole camera matrices, pixels.
+    """
+    mask = visibility.unsqueeze(-1)
+    normalized = pixels_to_normalized(keypoints_2d_px, intrinsics) * mask
+    count = mask.sum(dim=1).clamp_min(1.0)  # (B, 1)
+    centre = normalized.sum(dim=1) / count  # (B, 2)
+    centred = (normalized - centre.unsqueeze(1)) * mask
+    spread = torch.sqrt((centred.square().sum(dim=(1, 2)) / count.squeeze(-1)).clamp_min(1e-8)).unsqueeze(-1)
+    shape = centred / spread.unsqueeze(-1)
+    return torch.cat((shape.flatten(1), visibility, centre, torch.log(spread)), dim=1)
+
+
+def _norm(kind: str, width: int) -> nn.Module:
+    return nn.BatchNorm1d(width) if kind == "batch" else nn.LayerNorm(width)
+
+
+class _Layer(nn.Sequential):
+    """Linear → norm → ReLU → Dropout."""
+
+    def __init__(self, width_in: int, width_out: int, cfg: LiftingNetConfig) -> None:
+        super().__init__(nn.Linear(width_in, width_out), _norm(cfg.norm, width_out), nn.ReLU(), nn.Dropout(cfg.dropout))
+
+
+class ResidualBlock(nn.Module):
+    """Two hidden layers with a skip connection around them."""
+
+    def __init__(self, cfg: LiftingNetConfig) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(_Layer(cfg.hidden, cfg.hidden, cfg), _Layer(cfg.hidden, cfg.hidden, cfg))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layers(x)
+
+
+class HandLiftingNet(nn.Module):
+    """Lift 2D keypoints to root-relative 3D joints (mm), with an auxiliary head after the first block.
+
+    Example:
+        >>> net = HandLiftingNet(LiftingNetConfig(hidden=64, num_blocks=2)).eval()
+        >>> kp, vis, K = torch.rand(4, 21, 2) * 256, torch.ones(4, 21), torch.eye(3).expand(4, 3, 3)
+        >>> out = net(kp, vis, K)
+        >>> out["joints_mm"].shape, out["aux_joints_mm"].shape
+        (torch.Size([4, 21, 3]), torch.Size([4, 21, 3]))
+    """
+
+    def __init__(self, cfg: LiftingNetConfig) -> None:
+        super().__init__()
+        if cfg.num_blocks < 1:
+            raise ValueError(f"task.model.num_blocks must be at least 1 (the aux head follows block 1); got {cfg.num_blocks}.")
+        self.output_scale_mm = cfg.output_scale_mm
+        self.stem = _Layer(NUM_FEATURES, cfg.hidden, cfg)
+        self.blocks = nn.ModuleList(ResidualBlock(cfg) for _ in range(cfg.num_blocks))
+        self.head = nn.Linear(cfg.hidden, (NUM_JOINTS - 1) * 3)
+        self.aux_head = nn.Linear(cfg.hidden, (NUM_JOINTS - 1) * 3)
+
+    def _joints_mm(self, head: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 21, 3)``: the 20 predicted joints in mm, with the root inserted as exactly 0."""
+        rest = head(x).view(x.shape[0], NUM_JOINTS - 1, 3) * self.output_scale_mm
+        root = rest.new_zeros(x.shape[0], 1, 3)
+        return torch.cat((rest[:, :ROOT], root, rest[:, ROOT:]), dim=1)
+
+    def forward(
+        self, keypoints_2d_px: torch.Tensor, visibility: torch.Tensor, intrinsics: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Predict ``{"joints_mm", "aux_joints_mm"}``, each ``(B, 21, 3)`` root-relative, camera axes, mm."""
+        x = self.stem(lifting_features(keypoints_2d_px, visibility, intrinsics))
+        aux = None
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == 0:
+                aux = self._joints_mm(self.aux_head, x)
+        assert aux is not None
+        return {"joints_mm": self._joints_mm(self.head, x), "aux_joints_mm": aux}
