@@ -141,6 +141,15 @@ def _explain(err: OmegaConfBaseException, schema: Any, source: str) -> ConfigErr
     return ConfigError(f"Invalid value for config key '{full_key}' in {source}: {reason}. Fix it and run again.")
 
 
+def validate_config(cfg: ExperimentConfig, source: str = "the config") -> None:
+    """Check value ranges of a config built in Python (``load_config`` does this for files).
+
+    Raises:
+        ConfigError: naming the key and the allowed range.
+    """
+    _check_ranges(cfg, source)
+
+
 def _check_ranges(cfg: ExperimentConfig, source: str) -> None:
     rules: list[tuple[str, bool, str]] = [
         ("train.epochs", cfg.train.epochs >= 1, "must be at least 1"),

@@ -82,12 +82,18 @@ TEMPLATE_BONE_LENGTHS_MM: tuple[float, ...] = (
 )  # fmt: skip
 """Bone lengths of an average adult hand in millimetres, in :data:`BONES` order (hand scale 1)."""
 
+
+
+def _in_palm_plane(degrees: float) -> tuple[float, float, float]:
+    return (math.cos(math.radians(degrees)), math.sin(math.radians(degrees)), 0.0)
+
+
 PALM_DIRECTIONS: tuple[tuple[float, float, float], ...] = (
-    (20.0 / 29.4, 20.0 / 29.4, -8.0 / 29.4),  # wrist → thumb CMC: radial and palmar
-    (math.cos(math.radians(16.0)), math.sin(math.radians(16.0)), 0.0),  # index metacarpal
-    (1.0, 0.0, 0.0),  # middle metacarpal: defines the palm's x axis
-    (math.cos(math.radians(-12.0)), math.sin(math.radians(-12.0)), 0.0),
-    (math.cos(math.radians(-25.0)), math.sin(math.radians(-25.0)), 0.0),
+    (20.0 / math.sqrt(864.0), 20.0 / math.sqrt(864.0), -8.0 / math.sqrt(864.0)),  # thumb CMC: radial, palmar
+    _in_palm_plane(16.0),  # index metacarpal
+    _in_palm_plane(0.0),  # middle metacarpal: defines the palm's x axis
+    _in_palm_plane(-12.0),
+    _in_palm_plane(-25.0),
 )
 """Unit directions, in the palm frame, of the wrist → (thumb CMC, index…pinky MCP) bones."""
 

@@ -1,0 +1,408 @@
+"""Pose metrics as pure functions of batched tensors: MPJPE and its aligned variants, PCK/AUC, F-score.
+
+Conventions shared by every function here (see ``docs/metrics.md`` for the formulas and protocols):
+
+* ``pred`` and ``target`` are ``(B, N, 3)`` point sets (joints or mesh vertices) of any floating dtype,
+  on any device. Everything is computed in float64 under ``torch.no_grad()`` with autocast off, so
+  float32 / bfloat16 inputs far from the origin (camera space, ~500 mm) lose nothing beyond their own
+  rounding.
+* ``mask`` is an optional ``(B, N)`` bool tensor, True where the target point is annotated. Masked points
+  are left out of every mean and of every alignment fit; NaN/inf stored at masked points is ignored.
+* ``unit`` is the unit of the *inputs*: ``"mm"`` or ``"m"``. Results are always millimetres.
+* Per-sample results are ``(B,)`` float64: the mean over that sample's visible points. A sample with no
+  visible point has no defined error and gets NaN. Geometrically degenerate input (all-zero or constant
+  prediction, a single visible point) always gives the finite, optimal value instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Unit = Literal["mm", "m"]
+_TO_MM: dict[str, float] = {"mm": 1.0, "m": 1000.0}
+
+# HO3D's server scales by the length of the bone between joints 0 and 4 of its submission order.
+HO3D_SCALE_BONE: tuple[int, int] = (0, 4)
+
+
+# -- plumbing ---------------------------------------------------------------------------------------
+def mm_per_unit(unit: str) -> float:
+    """Millimetres per input unit: 1 for ``"mm"``, 1000 for ``"m"``."""
+    if unit not in _TO_MM:
+        raise ValueError(f"unit must be 'mm' or 'm' (the unit of the input coordinates), not {unit!r}")
+    return _TO_MM[unit]
+
+
+@contextlib.contextmanager
+def _exact(device: torch.device) -> Iterator[None]:
+    # Evaluation runs inside the engine's autocast region; matmuls must stay float64 here.
+    with torch.no_grad(), torch.autocast(device_type=device.type, enabled=False):
+        yield
+
+
+def _check(pred: Tensor, target: Tensor, mask: Tensor | None) -> None:
+    if pred.ndim != 3 or pred.shape[-1] != 3 or pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target must both be (B, N, 3) point sets, got pred {tuple(pred.shape)} and "
+            f"target {tuple(target.shape)}"
+        )
+    if pred.shape[1] == 0:
+        raise ValueError("pred and target hold no points (N = 0)")
+    if mask is not None and (mask.dtype != torch.bool or mask.shape != pred.shape[:2]):
+        raise ValueError(f"mask must be a bool tensor of shape {tuple(pred.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
+
+
+def _coords_first(x: Tensor, mask: Tensor | None) -> Tensor:
+    """``(B, N, 3)`` → a fresh ``(B, 3, N)`` float64 tensor, zero at masked points (safe to edit in place).
+
+    Coordinates-first makes every reduction over points run along contiguous memory, which is what
+    makes the batched Procrustes fit cheap; the dtype cast and the transpose are one copy.
+    """
+    out = torch.empty((x.shape[0], 3, x.shape[1]), dtype=torch.float64, device=x.device)
+    out.copy_(x.detach().transpose(1, 2))
+    if mask is not None:
+        out.masked_fill_(~mask.unsqueeze(1), 0.0)
+    return out
+
+
+def _relative(x: Tensor, root_index: int | None) -> Tensor:
+    """Float64 copy of ``(B, N, 3)`` points, minus the ``root_index`` point when one is given."""
+    x = x.detach().to(torch.float64, copy=True)
+    if root_index is not None:
+        x -= x[:, root_index : root_index + 1].clone()
+    return x
+
+
+def _norms(diff: Tensor, mask: Tensor | None, factor: float) -> Tensor:
+    """Point-wise lengths ``(B, N)`` in mm of ``(B, N, 3)`` differences; zero at masked points."""
+    err = torch.linalg.vector_norm(diff, dim=-1)
+    if mask is not None:
+        err = err.masked_fill(~mask, 0.0)  # masked points may hold NaN; keep it out of every sum
+    return err * factor if factor != 1.0 else err
+
+
+def masked_mean(errors: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean over points of ``(B, N)`` values where ``mask`` ``(B, N)`` is True → ``(B,)``; NaN if none is."""
+    if mask is None:
+        return errors.mean(dim=1)
+    count = mask.sum(dim=1)
+    total = torch.where(mask, errors, 0.0).sum(dim=1)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.nan)
+
+
+# -- joint / vertex errors --------------------------------------------------------------------------
+def joint_errors(
+    pred: Tensor, target: Tensor, *, mask: Tensor | None = None, root_index: int | None = 0, unit: Unit = "mm"
+) -> Tensor:
+    """Per-point distances ``(B, N)`` in mm after subtracting each set's ``root_index`` point.
+
+    ``root_index=None`` compares absolute positions (FreiHAND/HO3D "unaligned" error). The root is used
+    even where ``mask`` hides it; masked entries are 0.
+    """
+    _check(pred, target, mask)
+    with _exact(pred.device):
+        diff = _relative(pred, root_index)
+        diff -= _relative(target, root_index)
+        return _norms(diff, mask, mm_per_unit(unit))
+
+
+def mpjpe(
+    pred: Tensor, target: Tensor, *, mask: Tensor | None = None, root_index: int | None = 0, unit: Unit = "mm"
+) -> Tensor:
+    """Mean per-joint position error after root alignment: per-sample ``(B,)``, millimetres.
+
+    ``mean_j ||(p_j - p_root) - (t_j - t_root)||`` over the visible joints ``j``.
+    """
+    return masked_mean(joint_errors(pred, target, mask=mask, root_index=root_index, unit=unit), mask)
+
+
+def mpvpe(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    mask: Tensor | None = None,
+    pred_root: Tensor | None = None,
+    target_root: Tensor | None = None,
+    unit: Unit = "mm",
+) -> Tensor:
+    """Mean per-vertex position error ``(B,)`` in mm of ``(B, V, 3)`` meshes.
+
+    Without roots the vertices are compared where they are (FreiHAND/HO3D mesh error). With
+    ``pred_root``/``target_root`` ``(B, 3)`` (usually each skeleton's root joint) both meshes are first
+    moved by them (the body-mesh convention), as :func:`mpjpe` does with its root joint.
+    """
+    _check(pred, target, mask)
+    if (pred_root is None) != (target_root is None):
+        raise ValueError("give both pred_root and target_root (each (B, 3)), or neither")
+    with _exact(pred.device):
+        diff = pred.detach().to(torch.float64) - target.detach().to(torch.float64)
+        if pred_root is not None and target_root is not None:
+            diff -= (pred_root.detach().to(torch.float64) - target_root.detach().to(torch.float64)).unsqueeze(1)
+        return masked_mean(_norms(diff, mask, mm_per_unit(unit)), mask)
+
+
+# -- Procrustes (similarity) alignment --------------------------------------------------------------
+def _det3(m: Tensor) -> Tensor:
+    """Determinants ``(B,)`` of ``(B, 3, 3)`` matrices by the triple product (LU would cost a LAPACK call each)."""
+    return (torch.linalg.cross(m[:, 0], m[:, 1]) * m[:, 2]).sum(dim=-1)
+
+
+def _procrustes(
+    pred: Tensor, target: Tensor, mask: Tensor | None, allow_reflection: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Best similarity ``x -> sR(x - mu_p) + mu_t`` of pred onto target (Umeyama 1991, batched).
+
+    Returns ``(residual (B, 3, N), sR (B, 3, 3), mu_p (B, 3, 1), mu_t (B, 3, 1))`` in input units,
+    float64; ``residual = sR (p - mu_p) - (t - mu_t)``. Only the 3×3 cross-covariance is decomposed, for all
+    samples in one ``torch.linalg.svd`` call.
+    """
+    p = _coords_first(pred, mask)
+    t = _coords_first(target, mask)
+    if mask is None:
+        mu_p, mu_t = p.mean(dim=2, keepdim=True), t.mean(dim=2, keepdim=True)
+        p -= mu_p
+        t -= mu_t
+        pw = p
+    else:
+        weight = mask.unsqueeze(1).to(torch.float64)  # (B, 1, N)
+        count = weight.sum(dim=2, keepdim=True).clamp_min(1.0)
+        mu_p, mu_t = p.sum(dim=2, keepdim=True) / count, t.sum(dim=2, keepdim=True) / count
+        p -= mu_p
+        t -= mu_t
+        pw = p * weight  # masked points drop out of the covariance and the variance
+    cov = torch.bmm(t, pw.transpose(1, 2))  # K = sum_j t_j p_j^T, (B, 3, 3)
+    var_p = (pw * p).sum(dim=(1, 2))  # sum_j ||p_j||^2
+    u, sv, vh = torch.linalg.svd(cov)
+    if not allow_reflection:
+        # A proper rotation: flip the weakest axis when U V^T would be a reflection (det = -1).
+        flip = torch.where(_det3(u) * _det3(vh) < 0, -1.0, 1.0)
+        sv[:, 2] *= flip
+        u[:, :, 2] *= flip.unsqueeze(1)
+    # Zero-variance prediction: every similarity maps it to one point, best is scale 0 at mu_t.
+    scale = torch.where(var_p > 0, sv.sum(dim=1) / var_p.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    s_rot = torch.bmm(u * scale[:, None, None], vh)
+    residual = torch.baddbmm(t, s_rot, p, beta=-1.0)  # sR p - t
+    return residual, s_rot, mu_p, mu_t
+
+
+def similarity_align(
+    pred: Tensor, target: Tensor, *, mask: Tensor | None = None, allow_reflection: bool = False
+) -> Tensor:
+    """``pred`` ``(B, N, 3)`` moved by its best similarity transform onto ``target``; float64, input units.
+
+    The fit uses the visible points only; all points (masked ones too) are moved. With
+    ``allow_reflection=True`` the "rotation" may be a mirror (FreiHAND/HO3D servers).
+    """
+    _check(pred, target, mask)
+    with _exact(pred.device):
+        _, s_rot, mu_p, mu_t = _procrustes(pred, target, mask, allow_reflection)
+        p = _coords_first(pred, None)
+        p -= mu_p
+        return torch.baddbmm(mu_t, s_rot, p).transpose(1, 2)
+
+
+def pa_joint_errors(
+    pred: Tensor, target: Tensor, *, mask: Tensor | None = None, allow_reflection: bool = False, unit: Unit = "mm"
+) -> Tensor:
+    """Per-point distances ``(B, N)`` in mm after Procrustes alignment (see :func:`pa_mpjpe`); 0 where masked."""
+    _check(pred, target, mask)
+    with _exact(pred.device):
+        residual, _, _, _ = _procrustes(pred, target, mask, allow_reflection)
+        err = residual.square().sum(dim=1).sqrt_()  # (B, N), contiguous
+        if mask is not None:
+            err.masked_fill_(~mask, 0.0)
+        factor = mm_per_unit(unit)
+        return err.mul_(factor) if factor != 1.0 else err
+
+
+def pa_mpjpe(
+    pred: Tensor, target: Tensor, *, mask: Tensor | None = None, allow_reflection: bool = False, unit: Unit = "mm"
+) -> Tensor:
+    """Procrustes-aligned MPJPE: per-sample ``(B,)`` in mm.
+
+    ``min over s >= 0, R, t of mean_j ||s R p_j + t - t_j||`` fitted in least squares over visible joints.
+    By default ``R`` is a proper rotation (HMR family, MMPose). ``allow_reflection=True`` also admits
+    mirrors, as the FreiHAND and HO3D servers do; a mirrored (wrong-hand) prediction then scores as
+    well as the correct one.
+    """
+    return masked_mean(pa_joint_errors(pred, target, mask=mask, allow_reflection=allow_reflection, unit=unit), mask)
+
+
+def pa_mpvpe(
+    pred: Tensor, target: Tensor, *, mask: Tensor | None = None, allow_reflection: bool = False, unit: Unit = "mm"
+) -> Tensor:
+    """Procrustes-aligned mean per-vertex error ``(B,)`` in mm: :func:`pa_mpjpe` fitted on the vertices."""
+    return pa_mpjpe(pred, target, mask=mask, allow_reflection=allow_reflection, unit=unit)
+
+
+# -- scale-only alignments --------------------------------------------------------------------------
+def sc_tr_joint_errors(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    mask: Tensor | None = None,
+    root_index: int = 0,
+    scale_bone: tuple[int, int] = HO3D_SCALE_BONE,
+    unit: Unit = "mm",
+) -> Tensor:
+    """Per-joint distances ``(B, N)`` in mm after HO3D's scale-and-translation alignment (``align_sc_tr``).
+
+    Pred is scaled by ``|t_b1 - t_b0| / |p_b1 - p_b0|`` (``scale_bone = (b0, b1)``) and moved so that
+    its root joint lands on the target's. A zero-length predicted bone leaves pred unscaled.
+    """
+    _check(pred, target, mask)
+    with _exact(pred.device):
+        p, t = _relative(pred, root_index), _relative(target, root_index)
+        b0, b1 = scale_bone
+        bone_p = torch.linalg.vector_norm(p[:, b1] - p[:, b0], dim=-1)
+        bone_t = torch.linalg.vector_norm(t[:, b1] - t[:, b0], dim=-1)
+        scale = torch.where(bone_p > 0, bone_t / bone_p.clamp_min(torch.finfo(torch.float64).tiny), 1.0)
+        p *= scale[:, None, None]
+        return _norms(p - t, mask, mm_per_unit(unit))
+
+
+def mpjpe_sc_tr(
+    pred: Tensor,
+    target: Tensor,
+    *,
+    mask: Tensor | None = None,
+    root_index: int = 0,
+    scale_bone: tuple[int, int] = HO3D_SCALE_BONE,
+    unit: Unit = "mm",
+) -> Tensor:
+    """Scale-and-translation aligned MPJPE ``(B,)`` in mm (HO3D's "scale_trans_al"); see :func:`sc_tr_joint_errors`."""
+    errors = sc_tr_joint_errors(pred, target, mask=mask, root_index=root_index, scale_bone=scale_bone, unit=unit)
+    return masked_mean(errors, mask)
+
+
+def n_joint_errors(
+    pred: Tensor, target: Tensor, *, mask: Tensor | None = None, root_index: int | None = 0, unit: Unit = "mm"
+) -> Tensor:
+    """Per-joint distances ``(B, N)`` in mm after root alignment and the least-squares scale (see :func:`n_mpjpe`)."""
+    _check(pred, target, mask)
+    with _exact(pred.device):
+        p, t = _relative(pred, root_index), _relative(target, root_index)
+        if mask is not None:
+            keep = mask.unsqueeze(-1)
+            p, t = torch.where(keep, p, 0.0), torch.where(keep, t, 0.0)
+        num, den = (p * t).sum(dim=(1, 2)), p.square().sum(dim=(1, 2))
+        scale = torch.where(den > 0, num / den.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+        p *= scale[:, None, None]
+        return _norms(p - t, mask, mm_per_unit(unit))
+
+
+def n_mpjpe(
+    pred: Tensor, target: Tensor, *, mask: Tensor | None = None, root_index: int | None = 0, unit: Unit = "mm"
+) -> Tensor:
+    """Scale-normalised MPJPE ``(B,)`` in mm (MMPose ``alignment='scale'``, Rhodin et al. 2018).
+
+    After root alignment pred is multiplied by ``s = <p, t> / <p, p>`` over the visible joints (the least-
+    squares scale; no rotation, no further translation). ``root_index=None`` is MMPose's exact form.
+    """
+    return masked_mean(n_joint_errors(pred, target, mask=mask, root_index=root_index, unit=unit), mask)
+
+
+# -- dataset-level PCK / AUC ------------------------------------------------------------------------
+def per_joint_mean(errors: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean of ``(B, N)`` errors over the samples where each joint is visible → ``(N,)``; NaN if never."""
+    if mask is None:
+        return errors.to(torch.float64).mean(dim=0)
+    count = mask.sum(dim=0)
+    total = torch.where(mask, errors.to(torch.float64), 0.0).sum(dim=0)
+    return torch.where(count > 0, total / count.clamp_min(1), torch.nan)
+
+
+def auc_thresholds(min_mm: float = 0.0, max_mm: float = 50.0, num: int = 100) -> Tensor:
+    """The FreiHAND threshold grid ``np.linspace(min_mm, max_mm, num)`` as a float64 tensor (mm)."""
+    if num < 2 or not max_mm > min_mm:
+        raise ValueError(f"an AUC needs num >= 2 thresholds and max_mm > min_mm, got {num}, [{min_mm}, {max_mm}]")
+    return torch.from_numpy(np.linspace(min_mm, max_mm, num))
+
+
+def per_joint_pck_curves(errors_mm: Tensor, thresholds_mm: Tensor | Sequence[float], mask: Tensor | None = None) -> Tensor:
+    """Share of visible samples with error ``<= threshold``, per joint: ``(N, T)``; NaN rows for unseen joints.
+
+    ``errors_mm`` is ``(B, N)`` over the whole dataset. Sorting each joint's errors once and counting with
+    ``searchsorted`` keeps memory at ``O(B N)`` for any number of thresholds.
+    """
+    errors = errors_mm.detach().to(torch.float64)
+    if mask is not None:
+        errors = torch.where(mask, errors, torch.inf)  # never counted as correct
+        count = mask.sum(dim=0).to(torch.float64)
+    else:
+        count = torch.full((errors.shape[1],), float(errors.shape[0]), dtype=torch.float64, device=errors.device)
+    thr = torch.as_tensor(thresholds_mm, dtype=torch.float64, device=errors.device).reshape(1, -1)
+    ordered = errors.T.contiguous().sort(dim=1).values  # (N, B)
+    correct = torch.searchsorted(ordered, thr.expand(ordered.shape[0], -1).contiguous(), right=True)
+    return correct.to(torch.float64) / count.unsqueeze(1)  # 0 / 0 = NaN for joints never visible
+
+
+def pck(errors_mm: Tensor, threshold_mm: float, mask: Tensor | None = None) -> float:
+    """Percentage of correct keypoints in [0, 1]: per-joint share within ``threshold_mm``, mean over joints."""
+    return float(per_joint_pck_curves(errors_mm, [threshold_mm], mask).nanmean())
+
+
+def pck_curve(errors_mm: Tensor, thresholds_mm: Tensor | Sequence[float], mask: Tensor | None = None) -> Tensor:
+    """FreiHAND PCK curve ``(T,)``: the per-joint curves averaged over joints seen at least once."""
+    return per_joint_pck_curves(errors_mm, thresholds_mm, mask).nanmean(dim=0)
+
+
+def pck_auc(
+    errors_mm: Tensor, mask: Tensor | None = None, *, min_mm: float = 0.0, max_mm: float = 50.0, num: int = 100
+) -> float:
+    """Normalised area under the PCK curve on ``np.linspace(min_mm, max_mm, num)`` (FreiHAND/HO3D).
+
+    Per joint: trapezoid area over the thresholds divided by that of a constant 1 curve; then the mean
+    over joints seen at least once. Perfect predictions give exactly 1.0; errors above ``max_mm`` give 0.
+    """
+    thr = auc_thresholds(min_mm, max_mm, num).to(errors_mm.device)
+    curves = per_joint_pck_curves(errors_mm, thr, mask)
+    area = torch.trapezoid(curves, thr, dim=1) / torch.trapezoid(torch.ones_like(thr), thr)
+    return float(area.nanmean())
+
+
+# -- F-score between point sets ---------------------------------------------------------------------
+def f_score(
+    pred: Tensor,
+    target: Tensor,
+    thresholds_mm: Sequence[float] = (5.0, 15.0),
+    *,
+    unit: Unit = "mm",
+    max_chunk_bytes: int = 64 * 2**20,
+) -> Tensor:
+    """F-score ``(B, T)`` between point sets ``pred (B, P, 3)`` and ``target (B, Q, 3)`` at each threshold.
+
+    Precision is the share of predicted points closer than the threshold (strictly) to some target
+    point, recall the share of target points closer than it to some predicted point;
+    ``F = 2PR / (P + R)``, 0 when both are 0. Exhaustive nearest neighbours by ``torch.cdist``, in chunks of
+    samples holding at most ``max_chunk_bytes`` of distances.
+    """
+    if pred.ndim != 3 or target.ndim != 3 or pred.shape[-1] != 3 or target.shape[-1] != 3:
+        raise ValueError(f"pred and target must be (B, P, 3) and (B, Q, 3), got {tuple(pred.shape)}, {tuple(target.shape)}")
+    if pred.shape[0] != target.shape[0] or pred.shape[1] == 0 or target.shape[1] == 0:
+        raise ValueError(f"pred and target need the same batch size and points, got {tuple(pred.shape)}, {tuple(target.shape)}")
+    factor = mm_per_unit(unit)
+    with _exact(pred.device):
+        thr = torch.as_tensor(thresholds_mm, dtype=torch.float64, device=pred.device) / factor  # input units
+        batch, n_pred, n_target = pred.shape[0], pred.shape[1], target.shape[1]
+        chunk = max(1, max_chunk_bytes // (8 * n_pred * n_target))
+        out = torch.empty((batch, thr.numel()), dtype=torch.float64, device=pred.device)
+        for start in range(0, batch, chunk):
+            p = pred[start : start + chunk].detach().to(torch.float64)
+            t = target[start : start + chunk].detach().to(torch.float64)
+            # Centring on the target keeps the distances exact in the matmul form cdist uses for large sets.
+            centre = t.mean(dim=1, keepdim=True)
+            dist = torch.cdist(p - centre, t - centre)  # (c, P, Q)
+            to_target = dist.amin(dim=2)  # each predicted point's nearest target point
+            to_pred = dist.amin(dim=1)
+            precision = (to_target.unsqueeze(-1) < thr).to(torch.float64).mean(dim=1)  # (c, T)
+            recall = (to_pred.unsqueeze(-1) < thr).to(torch.float64).mean(dim=1)
+            total = precision + recall
+            out[start : start + chunk] = torch.where(total > 0, 2 * precision * recall / total.clamp_min(1e-300), 0.0)
+        return out

@@ -1,0 +1,173 @@
+"""The hand-pose task: lift synthetic 2D hand keypoints to root-relative 3D joints (mm)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainwell.engine.task import DataConfig, Evaluator, Task, TaskConfig
+from trainwell.tasks.hand_pose.datasets import SyntheticHandPoseDataset, collate_hand_batch
+from trainwell.tasks.hand_pose.losses import (
+    LossWeights,
+    bone_prior_loss,
+    bone_tolerance,
+    hand_pose_losses,
+    joint_3d_loss,
+    keypoint_2d_loss,
+    per_joint_error_mm,
+    pose_prior_loss,
+    reprojection_errors,
+)
+from trainwell.tasks.hand_pose.model import HandLiftingNet, LiftingNetConfig, lifting_features
+from trainwell.tasks.hand_pose.skeleton import ROOT
+from trainwell.tasks.hand_pose.synthetic import SyntheticHandsConfig
+
+Batch = Mapping[str, torch.Tensor]
+
+
+@dataclass
+class HandPoseTaskConfig(TaskConfig):
+    """``task:`` section of the hand-pose task."""
+
+    class_path: str = "trainwell.tasks.hand_pose:HandPoseTask"
+    """Import path of the task class."""
+    model: LiftingNetConfig = field(default_factory=LiftingNetConfig)
+    """The lifting network's size."""
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    """Weight of each named loss component (0 drops it): joint_3d, keypoint_2d, bone_prior, pose_prior, aux."""
+    pose_prior_margin_deg: float = 2.0
+    """The pose prior tolerates angles this far (degrees) beyond the anatomical limits before penalising."""
+
+
+@dataclass
+class HandPoseDataConfig(SyntheticHandsConfig, DataConfig):
+    """``data:`` section: dataset sizes and seed, the generator's parameters, and the DataLoader's."""
+
+    train_size: int = 50_000
+    """Training samples (indices 0 … train_size-1 of the train stream)."""
+    val_size: int = 5_000
+    """Validation samples (a disjoint stream)."""
+    seed: int = 0
+    """Data seed: with the split and the index it determines every sample."""
+
+
+class HandPoseTask(Task):
+    """2D→3D hand lifting on synthetic hands, scored with MPJPE / PA-MPJPE in mm.
+
+    Batches are dicts (see :data:`trainwell.tasks.hand_pose.datasets.SAMPLE_KEYS`); the model maps
+    ``(keypoints_2d_px, visibility, intrinsics)`` to root-relative joints in mm.
+    """
+
+    Config = HandPoseTaskConfig
+    DataConfig = HandPoseDataConfig
+    cfg: HandPoseTaskConfig
+    data_cfg: HandPoseDataConfig
+
+    @property
+    def _bone_tolerance(self) -> float:
+        return bone_tolerance(self.data_cfg.bone_length_jitter)
+
+    @property
+    def _pose_margin_rad(self) -> float:
+        return math.radians(self.cfg.pose_prior_margin_deg)
+
+    # -- construction -------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        return HandLiftingNet(self.cfg.model)
+
+    def build_datasets(self) -> tuple[SyntheticHandPoseDataset, SyntheticHandPoseDataset]:
+        d = self.data_cfg
+        return (
+            SyntheticHandPoseDataset(d, d.seed, "train", d.train_size),
+            SyntheticHandPoseDataset(d, d.seed, "val", d.val_size),
+        )
+
+    def build_evaluator(self) -> Evaluator:
+        from trainwell.metrics import PoseAccumulator
+
+        return PoseAccumulator(root_index=ROOT)
+
+    # -- per batch ----------------------------------------------------------------------------
+    @staticmethod
+    def _predict(model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        return model(batch["keypoints_2d_px"], batch["visibility"], batch["intrinsics"])
+
+    def compute_losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        return hand_pose_losses(
+            self._predict(model, batch),
+            batch,
+            self.cfg.loss_weights,
+            bone_tolerance=self._bone_tolerance,
+            pose_margin_rad=self._pose_margin_rad,
+        )
+
+    def eval_step(self, model: nn.Module, batch: Batch, indices: torch.Tensor, evaluator: Evaluator) -> None:
+        pred = self._predict(model, batch)["joints_mm"]
+        evaluator.update(pred, batch["joints_rel_mm"], indices)  # type: ignore[attr-defined]
+
+    # -- optional -----------------------------------------------------------------------------
+    def collate_fn(self) -> Callable[[Any], dict[str, Any]]:
+        return collate_hand_batch
+
+    def metric_units(self) -> dict[str, str]:
+        return {"mpjpe": "mm", "pa_mpjpe": "mm"}
+
+    def check_batch(self, batch: Batch) -> list[Any]:
+        # trainwell.engine.diagnostics (the training doctor) does not exist yet; checks come with it.
+        return []
+
+    @torch.no_grad()
+    def debug_losses(self, model: nn.Module, batch: Batch) -> dict[str, float]:
+        """Prediction/target statistics before and after root-centring, per-joint errors, raw components.
+
+        Every value is a host sync; this runs only under the debug switch.
+        """
+        outputs = self._predict(model, batch)
+        pred_rel, target_rel = outputs["joints_mm"], batch["joints_rel_mm"]
+        root, visibility = batch["root_cam_mm"], batch["visibility"]
+        pred_cam, target_cam = pred_rel + root.unsqueeze(1), batch["joints_cam_mm"]
+        errors = per_joint_error_mm(pred_rel, target_rel)  # (B, 21)
+        reprojection_px = reprojection_errors(pred_rel, root, batch["intrinsics"], batch["keypoints_2d_px"]) * (
+            batch["intrinsics"][:, 0, 0].unsqueeze(1)
+        )
+        visible_px = reprojection_px[visibility > 0]
+        features = lifting_features(batch["keypoints_2d_px"], visibility, batch["intrinsics"])
+        stats = {
+            # before root-centring (camera frame; the prediction placed at the true root)
+            "pred_cam_mean_mm": pred_cam.mean(),
+            "target_cam_mean_mm": target_cam.mean(),
+            "pred_cam_abs_max_mm": pred_cam.abs().max(),
+            "target_cam_abs_max_mm": target_cam.abs().max(),
+            "target_root_depth_mean_mm": root[:, 2].mean(),
+            # after root-centring
+            "pred_rel_mean_mm": pred_rel.mean(),
+            "target_rel_mean_mm": target_rel.mean(),
+            "pred_rel_std_mm": pred_rel.std(),
+            "target_rel_std_mm": target_rel.std(),
+            "pred_rel_abs_max_mm": pred_rel.abs().max(),
+            "target_rel_abs_max_mm": target_rel.abs().max(),
+            "pred_root_abs_max_mm": pred_rel[:, ROOT].abs().max(),
+            # per-element loss statistics
+            "joint_error_mean_mm": errors.mean(),
+            "joint_error_max_mm": errors.max(),
+            "joint_error_worst_joint": errors.mean(dim=0).argmax().float(),
+            "aux_joint_error_mean_mm": per_joint_error_mm(outputs["aux_joints_mm"], target_rel).mean(),
+            "reprojection_error_mean_px": visible_px.mean() if visible_px.numel() else torch.zeros(()),
+            "reprojection_error_max_px": visible_px.max() if visible_px.numel() else torch.zeros(()),
+            "visible_fraction": visibility.mean(),
+            "input_feature_abs_max": features.abs().max(),
+            # unweighted components
+            "joint_3d": joint_3d_loss(pred_rel, target_rel),
+            "keypoint_2d": keypoint_2d_loss(
+                pred_rel, root, batch["intrinsics"], batch["keypoints_2d_px"], visibility
+            ),
+            "bone_prior": bone_prior_loss(pred_rel, self._bone_tolerance),
+            "pose_prior": pose_prior_loss(pred_rel, self._pose_margin_rad),
+            "aux": joint_3d_loss(outputs["aux_joints_mm"], target_rel),
+        }
+        return {name: float(value) for name, value in stats.items()}
