@@ -4,25 +4,34 @@ The Python API in a few names (the CLI, ``trainwell train CONFIG``, wires the sa
 
     from trainwell import ExperimentConfig, Trainer
     result = Trainer(cfg, MyTask(cfg.task, cfg.data)).fit()
+
+Names are imported lazily, so ``import trainwell.metrics`` loads the metrics and nothing of the engine.
 """
 
-from trainwell.config.loader import ConfigError, load_config, validate_config
-from trainwell.config.schema import ExperimentConfig
-from trainwell.engine.loop import FitResult, Trainer, build_task
-from trainwell.engine.task import DataConfig, Evaluator, Task, TaskConfig
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ConfigError",
-    "DataConfig",
-    "Evaluator",
-    "ExperimentConfig",
-    "FitResult",
-    "Task",
-    "TaskConfig",
-    "Trainer",
-    "build_task",
-    "load_config",
-    "validate_config",
-]
+_EXPORTS = {
+    "ConfigError": "trainwell.config.loader",
+    "load_config": "trainwell.config.loader",
+    "validate_config": "trainwell.config.loader",
+    "ExperimentConfig": "trainwell.config.schema",
+    "FitResult": "trainwell.engine.loop",
+    "Trainer": "trainwell.engine.loop",
+    "build_task": "trainwell.engine.loop",
+    "DataConfig": "trainwell.engine.task",
+    "Evaluator": "trainwell.engine.task",
+    "Task": "trainwell.engine.task",
+    "TaskConfig": "trainwell.engine.task",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'trainwell' has no attribute {name!r}")

@@ -1,7 +1,9 @@
 """Pose metrics: pure functions on batched tensors (:mod:`.pose`) and an evaluation accumulator."""
 
+from trainwell.metrics.accumulator import PoseAccumulator
 from trainwell.metrics.pose import (
     HO3D_SCALE_BONE,
+    Unit,
     auc_thresholds,
     f_score,
     joint_errors,
@@ -23,3 +25,29 @@ from trainwell.metrics.pose import (
     sc_tr_joint_errors,
     similarity_align,
 )
+
+__all__ = [
+    "HO3D_SCALE_BONE",
+    "PoseAccumulator",
+    "Unit",
+    "auc_thresholds",
+    "f_score",
+    "joint_errors",
+    "masked_mean",
+    "mm_per_unit",
+    "mpjpe",
+    "mpjpe_sc_tr",
+    "mpvpe",
+    "n_joint_errors",
+    "n_mpjpe",
+    "pa_joint_errors",
+    "pa_mpjpe",
+    "pa_mpvpe",
+    "pck",
+    "pck_auc",
+    "pck_curve",
+    "per_joint_mean",
+    "per_joint_pck_curves",
+    "sc_tr_joint_errors",
+    "similarity_align",
+]

@@ -43,6 +43,8 @@ FINGER_JOINTS: tuple[tuple[int, int, int, int], ...] = (
     (17, 18, 19, 20),
 )
 """Joint indices of each finger, base to tip."""
+_CHAIN_JOINTS = [joint for chain in FINGER_JOINTS for joint in chain]
+_MCP_JOINTS = [chain[0] for chain in FINGER_JOINTS[1:]]
 
 JOINT_NAMES: tuple[str, ...] = (
     "wrist",
@@ -210,12 +212,9 @@ def base_frames(joints: torch.Tensor) -> torch.Tensor:
     rest = torch.tensor(THUMB_REST_ROTATION, dtype=joints.dtype, device=joints.device)
     # palm @ rest, column by column with frame_apply (element-wise, batch-independent).
     thumb = torch.stack([frame_apply(palm, rest[:, k].expand_as(palm[..., 0])) for k in range(3)], dim=-1)
-    frames = [thumb]
-    y_palm = palm[..., 1]
-    for finger in range(1, 5):
-        mcp = joints[..., FINGER_JOINTS[finger][0], :]
-        frames.append(frame_from_xy(normalize(mcp - joints[..., ROOT, :]), y_palm))
-    return torch.stack(frames, dim=-3)
+    metacarpals = normalize(joints[..., _MCP_JOINTS, :] - joints[..., ROOT : ROOT + 1, :])  # (..., 4, 3)
+    fingers = frame_from_xy(metacarpals, palm[..., 1].unsqueeze(-2))
+    return torch.cat((thumb.unsqueeze(-3), fingers), dim=-3)
 
 
 def direction_from_angles(cos_f: torch.Tensor, sin_f: torch.Tensor, cos_a: torch.Tensor, sin_a: torch.Tensor):
@@ -231,11 +230,11 @@ def joint_angles(joints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             and to a global rotation).
     """
     frames = base_frames(joints)  # (..., 5, 3, 3)
+    chains = joints[..., _CHAIN_JOINTS, :].unflatten(-2, (5, 4))  # (..., 5 fingers, 4 joints, 3)
+    bones = normalize(chains[..., 1:, :] - chains[..., :-1, :])  # (..., 5, 3 bones, 3)
     flexions, abductions = [], []
     for level in range(3):
-        start = torch.stack([joints[..., chain[level], :] for chain in FINGER_JOINTS], dim=-2)
-        end = torch.stack([joints[..., chain[level + 1], :] for chain in FINGER_JOINTS], dim=-2)
-        u = normalize(end - start)  # (..., 5, 3)
+        u = bones[..., level, :]  # (..., 5, 3)
         cx, cy, cz = dot(u, frames[..., 0]), dot(u, frames[..., 1]), dot(u, frames[..., 2])
         flexions.append(torch.atan2(-cz, cx))
         abductions.append(torch.atan2(cy, torch.sqrt((cx * cx + cz * cz).clamp_min(1e-18))))
