@@ -1,4 +1,4 @@
-"""Command line: ``trainwell train`` and ``trainwell eval`` — the one place that wires config, task and engine."""
+"""Command line: ``trainwell train | eval | doctor | report`` — the one place that wires config, task and engine."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from trainwell.config.loader import ConfigError, load_config
 from trainwell.engine import distributed as D
 from trainwell.engine.checkpoint import CheckpointError
+from trainwell.engine.doctor import NonFiniteLossError
 from trainwell.engine.evaluation import CoverageError
 from trainwell.engine.resume import run_dir_of_checkpoint
 from trainwell.engine.signals import EXIT_SIGNAL_BASE, TrainingInterrupted
@@ -72,6 +73,26 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. runs/.../checkpoints/best.pt)")
     ev.add_argument("--out", help="write {num_samples, world_size, metrics, checkpoint} as JSON to this file")
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="diagnose a finished or running run from its files",
+        description=(
+            "Print the training doctor's findings for a run directory (metrics.jsonl, findings.jsonl, "
+            "config.yaml, train.log). Exits with 1 when a severe finding (an error) exists, 0 otherwise."
+        ),
+    )
+    doctor.add_argument("run_dir", help="a run directory, e.g. runs/<name>/<timestamp>")
+    doctor.set_defaults(overrides=[])
+
+    report = sub.add_parser(
+        "report",
+        help="write report.html with plots of a run and the doctor's findings",
+        description="Write RUN_DIR/report.html and its plots (report_files/*.png) for a finished or running run.",
+    )
+    report.add_argument("run_dir", help="a run directory, e.g. runs/<name>/<timestamp>")
+    report.add_argument("--out", help="write the report here instead of RUN_DIR/report.html")
+    report.set_defaults(overrides=[])
     return parser
 
 
@@ -120,6 +141,28 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from trainwell.engine.doctor import diagnose_run
+
+    try:
+        diagnosis = diagnose_run(args.run_dir)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    print("\n".join(diagnosis.lines()))
+    return EXIT_RUN_ERROR if diagnosis.has_severe else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from trainwell.report import write_report
+
+    try:
+        path = write_report(args.run_dir, args.out)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    print(f"Wrote {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``trainwell`` console script; returns the exit status."""
     parser = _parser()
@@ -130,13 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(misplaced) != len(extra):
         parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in misplaced)}")
     args.overrides = [*args.overrides, *misplaced]
-    handlers = {"train": _train, "eval": _eval}
+    handlers = {"train": _train, "eval": _eval, "doctor": _doctor, "report": _report}
     try:
         return handlers[args.command](args)
     except ConfigError as err:
         print(f"trainwell: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    except (CheckpointError, CoverageError) as err:
+    except (CheckpointError, CoverageError, NonFiniteLossError) as err:
         print(f"trainwell: error: {err}", file=sys.stderr)
         return EXIT_RUN_ERROR
     except TrainingInterrupted as err:  # the loop has logged where it stopped and how to continue

@@ -100,9 +100,12 @@ class DiagnosticsConfig:
     enabled: bool = True
     """Run the always-on checks (cheap: they read values at logging steps only)."""
     nonfinite: Literal["stop", "skip"] = "stop"
-    """On a non-finite loss or gradient: stop (save the batch, name the component) or skip the step."""
+    """On a non-finite loss or gradient: stop (save the batch, name the component) or skip the step.
+    ``skip`` reads one flag per step from the device (a host sync); ``stop`` reads nothing extra."""
     debug_loss: bool = False
     """Print loss internals for the first batches (also: environment TRAINWELL_DEBUG_LOSS=1)."""
+    ignore: list[str] = field(default_factory=list)
+    """Finding ids (or id prefixes such as ``grad``) not to report, e.g. ``[model.eval_mode]`` for frozen BatchNorm."""
 
 
 @dataclass

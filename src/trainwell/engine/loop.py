@@ -36,6 +36,8 @@ from trainwell.engine.checkpoint import (
     to_plain,
 )
 from trainwell.engine.checkpoint import load_model_weights as copy_model_weights
+from trainwell.engine.diagnostics import RunContext
+from trainwell.engine.doctor import TrainingDoctor
 from trainwell.engine.evaluation import EvalResult, evaluate
 from trainwell.engine.logging import (
     DeviceMeter,
@@ -168,6 +170,20 @@ class Trainer:
             else None
         )
         self.stop_request = StopRequest(self.env)
+        self.doctor = TrainingDoctor(
+            cfg.diagnostics,
+            context=RunContext.from_config_dict(
+                config_to_dict(cfg),
+                total_steps=self.total_steps,
+                device=self.device.type,
+                world_size=self.env.world_size,
+            ),
+            env=self.env,
+            run_dir=self.run_dir if self.is_writer else None,
+            log=self.log,
+            task=task,
+        )
+        self.doctor.watch_data(self.train_set, self.sampler, task.collate_fn(), cfg.train.batch_size)
 
     # -- helpers ------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -193,17 +209,20 @@ class Trainer:
 
         Raises:
             TrainingInterrupted: SIGTERM / SIGINT / SIGUSR1 stopped the run; ``last.pt`` holds that step.
+            NonFiniteLossError: the loss went NaN/Inf under ``diagnostics.nonfinite=stop`` (see ``engine/doctor.py``).
         """
         cfg = self.cfg
         self._start_banner()
         started = time.perf_counter()
         self.stop_request.install()
+        self.doctor.on_fit_start(resumed=self.state.global_step > 0 or self.state.batch_in_epoch > 0)
         try:
             for epoch in range(self.state.epoch, cfg.train.epochs):
                 if self.should_stop():
                     break
                 epoch_started = time.perf_counter()
                 train_loss = self._train_one_epoch(epoch)
+                self.doctor.on_epoch_end(train_loss, self.state.global_step)  # NaN: stop before eval/checkpoints
                 if self.stop_request.agreed:  # a signal ended the epoch early, at an optimizer-step boundary
                     self._stop_on_signal(save=True)
                 self.state.epoch = epoch + 1
@@ -218,6 +237,7 @@ class Trainer:
         finally:
             self.stop_request.uninstall()
             self.metrics_writer.close()
+            self.doctor.finish()  # the "Diagnosis" section, also when the run stops early
         self._end_banner(time.perf_counter() - started)
         return FitResult(run_dir=self.run_dir, state=self.state, metrics=self.state.last_metrics)
 
@@ -256,8 +276,10 @@ class Trainer:
                 if self.env.is_distributed and not is_update
                 else contextlib.nullcontext()
             )
+            self.doctor.maybe_inspect_batch(batch, epoch, micro)  # first batches only (their host reads are fine)
             if self.device.type != "cpu":
                 batch = move_to_device(batch, self.device)
+            self.doctor.maybe_debug_losses(self.model, batch)  # only under diagnostics.debug_loss
             with no_sync:
                 names, stacked = self._forward(batch)
                 total = stacked.sum()
@@ -265,23 +287,28 @@ class Trainer:
                     # k micro-batches must give the gradient of one k-times larger batch.
                     total = total / group_size
                 self.scaler.scale(total).backward()
-            self.loss_meter.add(names, stacked)
+            # No sync under diagnostics.nonfinite=stop; under skip a non-finite micro-batch stays out of the means.
+            if self.doctor.observe_losses(names, stacked, epoch=epoch, micro=micro, step=self.state.global_step + 1):
+                self.loss_meter.add(names, stacked)
             self.state.batch_in_epoch = micro + 1
             bar.update()
             if is_update:
                 should_log = (self.state.global_step + 1) % cfg.log_every == 0
-                optimizer_step(
-                    model=self.model,
-                    optimizer=self.optimizer,
-                    scheduler=self.scheduler,
-                    scaler=self.scaler,
-                    clip_grad_norm=cfg.clip_grad_norm,
-                    stats=self.stats,
-                    measure_norm=should_log,
-                )
+                with self.doctor.watch_update(self.model, active=should_log):  # ‖Δw‖/‖w‖ on logging steps
+                    optimizer_step(
+                        model=self.model,
+                        optimizer=self.optimizer,
+                        scheduler=self.scheduler,
+                        scaler=self.scaler,
+                        clip_grad_norm=cfg.clip_grad_norm,
+                        stats=self.stats,
+                        measure_norm=should_log,
+                        skip_nonfinite=self.doctor.skips_nonfinite,
+                    )
                 self.state.global_step += 1
                 if should_log:
-                    self._log_train(epoch, bar)
+                    record = self._log_train(epoch, bar)
+                    self.doctor.on_train_log(record, self.model)  # checks; a non-finite loss stops here
                 # Processes agree on a signal only on logging steps (they sync there anyway).
                 if self.should_stop() or self.stop_request.should_stop(
                     global_step=self.state.global_step, sync=should_log
@@ -327,11 +354,16 @@ class Trainer:
                 {"num_samples": result.num_samples, **result.metrics},
                 "Val",
             )
+            record = {"kind": "val", "epoch": epoch + 1, "step": self.state.global_step, **result.metrics}
+            self.doctor.on_validation(record)
         return result
 
     # -- logging ------------------------------------------------------------------------------
-    def _log_train(self, epoch: int, bar: ProgressBar) -> None:
-        """One log line: interval-averaged loss breakdown, LR, grad norm, throughput (one host sync)."""
+    def _log_train(self, epoch: int, bar: ProgressBar) -> dict[str, Any]:
+        """One log line: interval-averaged loss breakdown, LR, grad norm, throughput (one host sync).
+
+        Returns the ``metrics.jsonl`` record (on every process; only rank 0 writes it).
+        """
         sums, count = self.loss_meter.read_interval()  # host sync: once per log_every steps
         names = list(sums)
         averaged = D.all_reduce_mean(
@@ -342,8 +374,11 @@ class Trainer:
         interval = self.stats.read_and_reset(self.cfg.train.clip_grad_norm)
         lr = self.scheduler.get_last_lr()[0]
         bar.set_loss(total)
+        record = {"loss": total, **{f"loss/{n}": v for n, v in components.items()}, "lr": lr, **interval}
+        record.update(self.doctor.interval_values())  # update_ratio
+        record.update(kind="train", epoch=epoch + 1, step=self.state.global_step)
         if not self.env.is_main:
-            return
+            return record
         shown = " ".join(f"{n} {format_value(v)}" for n, v in components.items() if v != 0.0)
         grad = f"grad_norm {format_value(interval['grad_norm'])}"
         if self.cfg.train.clip_grad_norm is not None:
@@ -354,8 +389,9 @@ class Trainer:
             f"lr {lr:.2e} | {grad} | {interval['steps_per_s']:.1f} it/s, "
             f"data wait {interval['data_wait_share']:.0%}"
         )
-        record = {"loss": total, **{f"loss/{n}": v for n, v in components.items()}, "lr": lr, **interval}
-        self.metrics_writer.write("train", epoch + 1, self.state.global_step, record, "Train")
+        values = {k: v for k, v in record.items() if k not in ("kind", "epoch", "step")}
+        self.metrics_writer.write("train", epoch + 1, self.state.global_step, values, "Train")
+        return record
 
     def _epoch_summary(self, epoch: int, train_loss: float, result: EvalResult | None, seconds: float) -> None:
         units = self.task.metric_units()

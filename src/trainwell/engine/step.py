@@ -41,6 +41,7 @@ class StepStats:
         self.num_measured = 0
         self.num_steps = 0
         self.num_skipped = 0
+        self.num_nonfinite = 0  # updates skipped under diagnostics.nonfinite=skip
         self.data_wait_s = 0.0
         self.started = time.perf_counter()
 
@@ -66,6 +67,8 @@ class StepStats:
         }
         if clip is not None:
             out["clip_rate"] = values[2] / measured
+        if self.num_nonfinite:
+            out["nonfinite_skipped"] = float(self.num_nonfinite)
         self.reset()
         return out
 
@@ -87,20 +90,30 @@ def optimizer_step(
     clip_grad_norm: float | None,
     stats: StepStats,
     measure_norm: bool,
+    skip_nonfinite: bool = False,
 ) -> bool:
     """Apply one optimizer step; returns whether the parameters were updated.
 
     The grad norm is measured *before* clipping and after unscaling, so it is comparable across
     precisions. Without clipping it is measured only when ``measure_norm`` (logging steps), which
-    keeps the norm's reduction kernels off ordinary steps.
+    keeps the norm's reduction kernels off ordinary steps. ``skip_nonfinite`` (diagnostics.nonfinite=skip)
+    measures the norm on every step and skips the update when it is not finite.
     """
     if scaler.is_enabled():
         scaler.unscale_(optimizer)  # clip and measure true gradients, not scaled ones
+    norm = None
     if clip_grad_norm is not None:
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    elif measure_norm or skip_nonfinite:
+        norm = total_grad_norm(model)
+    # Host sync on every step, but only under diagnostics.nonfinite=skip: the update must not happen.
+    if skip_nonfinite and norm is not None and not bool(torch.isfinite(norm)):
+        optimizer.zero_grad(set_to_none=True)
+        stats.num_nonfinite += 1
+        stats.num_steps += 1
+        return False
+    if norm is not None and (clip_grad_norm is not None or measure_norm):
         stats.add_norm(norm, clip_grad_norm)
-    elif measure_norm:
-        stats.add_norm(total_grad_norm(model), None)
 
     applied = True
     if scaler.is_enabled():

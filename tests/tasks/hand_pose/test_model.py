@@ -1,5 +1,7 @@
 """The lifting network: shapes, units, a root fixed at 0, and independence from the camera."""
 
+import math
+
 import numpy as np
 import torch
 
@@ -30,8 +32,8 @@ def test_output_shapes_root_and_units() -> None:
 
 def test_features_do_not_depend_on_the_camera() -> None:
     b = _batch()
-    features = lifting_features(b["keypoints_2d_px"], b["visibility"], b["intrinsics"])
-    assert features.shape == (64, NUM_FEATURES)
+    features, roll = lifting_features(b["keypoints_2d_px"], b["visibility"], b["intrinsics"])
+    assert features.shape == (64, NUM_FEATURES) and roll.shape == (64, 2)
     # The same rays seen by another camera: f × 1.7, principal point moved by (30, -20) px.
     k2 = b["intrinsics"].clone()
     k2[:, 0, 0] *= 1.7
@@ -39,7 +41,26 @@ def test_features_do_not_depend_on_the_camera() -> None:
     k2[:, :2, 2] += torch.tensor([30.0, -20.0])
     principal, principal2 = b["intrinsics"][:, None, :2, 2], k2[:, None, :2, 2]
     kp2 = (b["keypoints_2d_px"] - principal) * 1.7 + principal2
-    torch.testing.assert_close(lifting_features(kp2, b["visibility"], k2), features, atol=1e-4, rtol=1e-4)
+    features2, roll2 = lifting_features(kp2, b["visibility"], k2)
+    torch.testing.assert_close(features2, features, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(roll2, roll, atol=1e-5, rtol=1e-5)
+
+
+def test_prediction_turns_with_the_camera_about_its_optical_axis() -> None:
+    """Roll equivariance: the same hand seen by a camera rolled by t gives the prediction rolled by t."""
+    torch.manual_seed(0)
+    net = HandLiftingNet(LiftingNetConfig(hidden=64)).eval()
+    b = _batch()
+    k = b["intrinsics"]
+    fx, fy, cx, cy = k[:, None, 0, 0], k[:, None, 1, 1], k[:, None, 0, 2], k[:, None, 1, 2]
+    x, y = (b["keypoints_2d_px"][..., 0] - cx) / fx, (b["keypoints_2d_px"][..., 1] - cy) / fy
+    t = 2.1
+    c, s = math.cos(t), math.sin(t)
+    rolled_px = torch.stack(((c * x - s * y) * fx + cx, (s * x + c * y) * fy + cy), dim=-1)
+    pred = net(b["keypoints_2d_px"], b["visibility"], k)["joints_mm"]
+    rolled_pred = net(rolled_px, b["visibility"], k)["joints_mm"]
+    rotation = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    torch.testing.assert_close(rolled_pred, pred @ rotation.T, atol=1e-3, rtol=1e-4)
 
 
 def test_invisible_keypoints_do_not_influence_the_prediction() -> None:

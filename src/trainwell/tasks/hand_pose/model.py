@@ -37,28 +37,63 @@ class LiftingNetConfig:
     """The output layers predict millimetres / this, so their targets are of order 1."""
 
 
-def lifting_features(keypoints_2d_px: torch.Tensor, visibility: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
-    """Camera-independent input features ``(B, 66)`` from observed keypoints.
+_CHAIN_LEVEL = [0] + [level for _ in range(5) for level in (1, 2, 3, 4)]
+"""Bones between each joint and the wrist (0 wrist, 1 CMC/MCP … 4 tip): weights of the hand's 2D axis."""
 
-    1. Pixels → normalised image coordinates ``((u - cx) / fx, (v - cy) / fy)``.
-    2. Centre on the mean of the *visible* keypoints and divide by their RMS distance from it (the hand's
-       apparent size), so the pose shape is read the same way at any distance; invisible ones become 0.
-    3. Append the visibility flags, the centre (where in the field of view the hand is: perspective) and
+
+def lifting_features(
+    keypoints_2d_px: torch.Tensor, visibility: torch.Tensor, intrinsics: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Camera-independent input features ``(B, 66)`` and the in-plane rotation taken out of them.
+
+    1. Pixels → normalised image coordinates ``((u - cx) / fx, (v - cy) / fy)`` (the camera is gone).
+    2. Roll: rotate them about the optical axis so that the hand's 2D axis — visible joints weighted by
+       their distance from the wrist in bones, relative to the visible centroid — points along +x. A
+       rotation about the optical axis is exact in normalised coordinates, so the network predicts in
+       this canonical frame and :func:`unroll` turns the prediction back: the model is equivariant to
+       camera roll by construction instead of having to learn it.
+    3. Centre on the mean of the *visible* keypoints and divide by their RMS distance from it (the hand's
+       apparent size), so the pose shape reads the same at any distance; invisible ones become 0.
+    4. Append the visibility flags, the centre (where in the field of view the hand is: perspective) and
        the log of the apparent size (how far away the hand probably is).
 
     Args:
         keypoints_2d_px: ``(B, 21, 2)`` pixel coordinates (values at invisible joints are ignored).
         visibility: ``(B, 21)`` 1 where observed, 0 otherwise.
         intrinsics: ``(B, 3, 3)`` pinhole camera matrices, pixels.
+
+    Returns:
+        ``features (B, 66)`` and ``roll (B, 2)``: cosine and sine of the angle the input was rotated *by*
+        (negated), i.e. the canonical frame is the camera frame turned by ``-angle`` about z.
     """
     mask = visibility.unsqueeze(-1)
     normalized = pixels_to_normalized(keypoints_2d_px, intrinsics) * mask
     count = mask.sum(dim=1).clamp_min(1.0)  # (B, 1)
     centre = normalized.sum(dim=1) / count  # (B, 2)
     centred = (normalized - centre.unsqueeze(1)) * mask
+    level = torch.tensor(_CHAIN_LEVEL, dtype=centred.dtype, device=centred.device).unsqueeze(-1)
+    axis = (centred * level).sum(dim=1)  # (B, 2)
+    length = torch.linalg.vector_norm(axis, dim=-1, keepdim=True)
+    defined = length > 1e-9  # no visible joint beyond the centroid: keep the camera's own orientation
+    cos = torch.where(defined, axis[:, :1] / length.clamp_min(1e-9), torch.ones_like(length))
+    sin = torch.where(defined, axis[:, 1:] / length.clamp_min(1e-9), torch.zeros_like(length))
+    roll = torch.cat((cos, sin), dim=1)
+    centre, centred = _rotate_xy(centre, cos, -sin), _rotate_xy(centred, cos.unsqueeze(1), -sin.unsqueeze(1))
     spread = torch.sqrt((centred.square().sum(dim=(1, 2)) / count.squeeze(-1)).clamp_min(1e-8)).unsqueeze(-1)
     shape = centred / spread.unsqueeze(-1)
-    return torch.cat((shape.flatten(1), visibility, centre, torch.log(spread)), dim=1)
+    return torch.cat((shape.flatten(1), visibility, centre, torch.log(spread)), dim=1), roll
+
+
+def _rotate_xy(points: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first two coordinates of ``points`` ``(..., ≥2)`` by the angle with this cos/sin."""
+    x, y = points[..., 0], points[..., 1]
+    rotated = torch.stack((cos.squeeze(-1) * x - sin.squeeze(-1) * y, sin.squeeze(-1) * x + cos.squeeze(-1) * y), -1)
+    return torch.cat((rotated, points[..., 2:]), dim=-1)
+
+
+def unroll(joints_mm: torch.Tensor, roll: torch.Tensor) -> torch.Tensor:
+    """Joints ``(B, J, 3)`` predicted in the canonical frame back in the camera frame (rotate about z)."""
+    return _rotate_xy(joints_mm, roll[:, None, :1], roll[:, None, 1:])
 
 
 def _norm(kind: str, width: int) -> nn.Module:
@@ -114,11 +149,12 @@ class HandLiftingNet(nn.Module):
         self, keypoints_2d_px: torch.Tensor, visibility: torch.Tensor, intrinsics: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Predict ``{"joints_mm", "aux_joints_mm"}``, each ``(B, 21, 3)`` root-relative, camera axes, mm."""
-        x = self.stem(lifting_features(keypoints_2d_px, visibility, intrinsics))
+        features, roll = lifting_features(keypoints_2d_px, visibility, intrinsics)
+        x = self.stem(features)
         aux = None
         for i, block in enumerate(self.blocks):
             x = block(x)
             if i == 0:
                 aux = self._joints_mm(self.aux_head, x)
         assert aux is not None
-        return {"joints_mm": self._joints_mm(self.head, x), "aux_joints_mm": aux}
+        return {"joints_mm": unroll(self._joints_mm(self.head, x), roll), "aux_joints_mm": unroll(aux, roll)}

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from trainwell.engine.task import DataConfig, Evaluator, Task, TaskConfig
+from trainwell.metrics import PoseAccumulator
 from trainwell.tasks.hand_pose.datasets import SyntheticHandPoseDataset, collate_hand_batch
 from trainwell.tasks.hand_pose.losses import (
     LossWeights,
@@ -87,9 +88,7 @@ class HandPoseTask(Task):
             SyntheticHandPoseDataset(d, d.seed, "val", d.val_size),
         )
 
-    def build_evaluator(self) -> Evaluator:
-        from trainwell.metrics import PoseAccumulator
-
+    def build_evaluator(self) -> PoseAccumulator:
         return PoseAccumulator(root_index=ROOT)
 
     # -- per batch ----------------------------------------------------------------------------
@@ -115,11 +114,14 @@ class HandPoseTask(Task):
         return collate_hand_batch
 
     def metric_units(self) -> dict[str, str]:
-        return {"mpjpe": "mm", "pa_mpjpe": "mm"}
+        # PoseAccumulator's errors are in mm; its PCK / AUC values are fractions (no unit).
+        return {name: "mm" for name in ("mpjpe", "pa_mpjpe", "mpjpe_sc_tr", "n_mpjpe")}
 
     def check_batch(self, batch: Batch) -> list[Any]:
-        # trainwell.engine.diagnostics (the training doctor) does not exist yet; checks come with it.
-        return []
+        """Root-centred targets, millimetre units, keypoints inside the image (:mod:`.checks`)."""
+        from trainwell.tasks.hand_pose.checks import check_hand_batch
+
+        return check_hand_batch(batch, (self.data_cfg.image_width_px, self.data_cfg.image_height_px))
 
     @torch.no_grad()
     def debug_losses(self, model: nn.Module, batch: Batch) -> dict[str, float]:
@@ -136,7 +138,7 @@ class HandPoseTask(Task):
             batch["intrinsics"][:, 0, 0].unsqueeze(1)
         )
         visible_px = reprojection_px[visibility > 0]
-        features = lifting_features(batch["keypoints_2d_px"], visibility, batch["intrinsics"])
+        features, _ = lifting_features(batch["keypoints_2d_px"], visibility, batch["intrinsics"])
         stats = {
             # before root-centring (camera frame; the prediction placed at the true root)
             "pred_cam_mean_mm": pred_cam.mean(),

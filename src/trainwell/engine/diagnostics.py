@@ -1,0 +1,674 @@
+"""The training doctor's checks: pure functions from what a run already records to :class:`Finding` s.
+
+Three kinds of input, none of which costs the training loop a host sync of its own:
+
+* **the metrics history** — the ``metrics.jsonl`` records (``kind`` ``"train"`` at logging steps,
+  ``"val"`` after evaluations). :func:`check_history` runs every history check; the live doctor
+  (:mod:`trainwell.engine.doctor`) calls it at logging steps and ``trainwell doctor RUN_DIR`` calls it
+  on the file, so both see the same findings;
+* **the first training batches** — :func:`batch_tensor_stats` / :func:`check_batch_values`;
+* **the model's mode flags** — :func:`check_train_mode` (host-side attributes, free).
+
+Every threshold is a field of :class:`Thresholds`, documented there and in ``docs/doctor.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import statistics
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+Severity = Literal["info", "warning", "error"]
+SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One diagnosed problem: what, how sure (severity), the numbers that show it, and what to do.
+
+    Attributes:
+        id: stable dotted name, e.g. ``"loss.not_decreasing"`` (``diagnostics.ignore`` takes these).
+        severity: ``"error"`` (the run is broken), ``"warning"`` (probably wrong), ``"info"``.
+        title: one line saying what is wrong.
+        evidence: the numbers and steps that show it.
+        fix: the suggested fix.
+        step: optimizer step at which it was detected (``None``: before training / not tied to a step).
+    """
+
+    id: str
+    severity: Severity
+    title: str
+    evidence: str
+    fix: str
+    step: int | None = None
+
+    @property
+    def is_severe(self) -> bool:
+        """Errors are severe: ``trainwell doctor`` exits non-zero when one exists."""
+        return self.severity == "error"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Finding:
+        return cls(**{key: data.get(key) for key in ("id", "severity", "title", "evidence", "fix", "step")})
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where the doctor draws its lines (tuned so that healthy example runs raise nothing)."""
+
+    first_batches: int = 3
+    """Batches of the first epoch whose tensors are summarised and checked."""
+    loss_window_fraction: float = 0.3
+    """``loss.not_decreasing`` looks at the first this fraction of the planned steps (after warmup)."""
+    loss_window_min_records: int = 6
+    """… and at least this many log lines (the check waits for them)."""
+    loss_min_decrease: float = 0.10
+    """Relative decrease of the total loss over that window (from a line fitted to it) below which it flags."""
+    dominance_ratio: float = 100.0
+    """``loss.component_dominates``: largest / second-largest component over the first log lines."""
+    dominance_records: int = 3
+    """Log lines (from the first) whose median ratio is compared with ``dominance_ratio``."""
+    val_identical_rtol: float = 1e-7
+    """Validation metrics this close (relative) count as identical."""
+    val_train_moved: float = 0.02
+    """… flagged when the mean training loss moved by more than this (relative) between the evaluations."""
+    data_wait_share: float = 0.3
+    """``data.input_bound``: median share of wall time spent waiting for the next batch …"""
+    data_wait_min_s: float = 0.005
+    """… and median seconds waited per step, both at least this (ignores microsecond toy steps)."""
+    data_wait_min_records: int = 3
+    """Log lines needed (the first one, which includes start-up, is left out)."""
+    spike_factor: float = 10.0
+    """``grad.norm_spikes``: an interval's largest grad norm ≥ this × the median of the earlier intervals' norms."""
+    spike_min_history: int = 5
+    """Earlier log lines needed before spikes are counted."""
+    spike_min_count: int = 2
+    """Spikes needed to flag (one isolated spike is not a pattern)."""
+    update_ratio_high: float = 0.1
+    """``optim.large_updates``: ‖Δw‖ / ‖w‖ of one optimizer step (measured at logging steps) at or above this …"""
+    update_ratio_high_records: int = 2
+    """… on at least this many log lines."""
+    update_ratio_low: float = 1e-4
+    """Below this, ``loss.not_decreasing`` blames the learning rate."""
+    sgd_clip_rate: float = 0.9
+    """``grad.always_clipped`` (SGD only): share of steps clipped …"""
+    sgd_clip_factor: float = 10.0
+    """… with a median grad norm this many times the clip threshold."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the history checks need to know about the run besides its records."""
+
+    total_steps: int | None = None
+    log_every: int = 50
+    warmup_steps: int = 0
+    clip_grad_norm: float | None = None
+    optimizer: str = "adamw"
+    lr: float | None = None
+    num_workers: int = 0
+    pin_memory: bool = True
+    device: str = "cpu"
+    amp: str = "off"
+    world_size: int = 1
+
+    @classmethod
+    def from_config_dict(cls, cfg: Mapping[str, Any], **extra: Any) -> RunContext:
+        """Build from a resolved config (``config.yaml`` as a dict); ``extra`` overrides fields."""
+        train, optim = cfg.get("train", {}) or {}, cfg.get("optim", {}) or {}
+        data, schedule = cfg.get("data", {}) or {}, cfg.get("schedule", {}) or {}
+        values: dict[str, Any] = {
+            "total_steps": train.get("max_steps"),
+            "log_every": int(train.get("log_every", 50)),
+            "warmup_steps": int(schedule.get("warmup_steps", 0)),
+            "clip_grad_norm": train.get("clip_grad_norm"),
+            "optimizer": str(optim.get("name", "adamw")),
+            "lr": optim.get("lr"),
+            "num_workers": int(data.get("num_workers", 0)),
+            "pin_memory": bool(data.get("pin_memory", True)),
+            "device": str(train.get("device", "cpu")),
+            "amp": str(train.get("amp", "off")),
+        }
+        values.update({k: v for k, v in extra.items() if v is not None})
+        return cls(**values)
+
+
+# -- the metrics history ---------------------------------------------------------------------------
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def split_records(records: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+    """``(train, val)`` records, each sorted by step; a train record without a finite loss is left out."""
+    train = [r for r in records if r.get("kind") == "train" and _finite(r.get("loss"))]
+    val = [r for r in records if r.get("kind") == "val"]
+    return sorted(train, key=lambda r: r["step"]), sorted(val, key=lambda r: r["step"])
+
+
+def loss_components(record: Mapping[str, Any]) -> dict[str, float]:
+    """``{name: value}`` of the ``loss/<name>`` entries of a train record."""
+    return {key[5:]: float(value) for key, value in record.items() if key.startswith("loss/") and _finite(value)}
+
+
+def val_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric metrics of a val record (bookkeeping keys left out)."""
+    skip = {"kind", "epoch", "step", "num_samples"}
+    return {k: float(v) for k, v in record.items() if k not in skip and _finite(v)}
+
+
+def _fit_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of ``ys`` over ``xs``."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return 0.0 if den == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den
+
+
+def loss_window_end(ctx: RunContext, th: Thresholds) -> int | None:
+    """Last step of the early window ``loss.not_decreasing`` judges (``None``: the planned length is unknown)."""
+    if ctx.total_steps is None:
+        return None
+    return max(int(th.loss_window_fraction * ctx.total_steps), ctx.warmup_steps + int(0.1 * ctx.total_steps))
+
+
+def check_loss_progress(
+    train: Sequence[Mapping[str, Any]], ctx: RunContext, th: Thresholds, *, final: bool = False
+) -> Finding | None:
+    """``loss.not_decreasing``: the total loss did not fall meaningfully early in training.
+
+    The window is the first ``loss_window_fraction`` of the planned steps (and at least the warmup plus
+    10 %), holding at least ``loss_window_min_records`` log lines; a straight line fitted to the total loss
+    over it must fall by ``loss_min_decrease`` of its mean. With ``final`` (the run ended), a run shorter
+    than the window is judged on all its lines.
+    """
+    end = loss_window_end(ctx, th)
+    window = [r for r in train if end is None or r["step"] <= end]
+    if len(window) < th.loss_window_min_records:
+        if not (final or end is None) or len(train) < th.loss_window_min_records:
+            return None
+        window = list(train[: th.loss_window_min_records])
+    elif end is not None and not final and (not train or train[-1]["step"] < end):
+        return None  # the window is not complete yet
+    losses = [float(r["loss"]) for r in window]
+    if min(losses) <= 0:
+        return None  # a loss that can be negative has no relative scale
+    steps = [float(r["step"]) for r in window]
+    mean = statistics.fmean(losses)
+    drop = -_fit_slope(steps, losses) * (steps[-1] - steps[0]) / mean
+    if drop >= th.loss_min_decrease:
+        return None
+    ratios = [float(r["update_ratio"]) for r in window if _finite(r.get("update_ratio"))]
+    ratio = statistics.median(ratios) if ratios else None
+    evidence = (
+        f"over steps {int(steps[0])}–{int(steps[-1])} ({len(window)} log lines) the total loss went "
+        f"{losses[0]:.4g} → {losses[-1]:.4g}; a fitted line falls by {drop:.1%} of its mean "
+        f"(flagged below {th.loss_min_decrease:.0%})"
+    )
+    if ratio is not None:
+        evidence += f"; each optimizer step changed the weights by {ratio:.1e} of their norm (median)"
+    if ratio is not None and ratio < th.update_ratio_low:
+        fix = (
+            f"The updates are tiny (‖Δw‖/‖w‖ {ratio:.1e}; healthy runs show about 1e-3–1e-2): the learning rate "
+            f"(optim.lr={ctx.lr}) is probably far too low — try 10–1000× higher, and check schedule.warmup_steps."
+        )
+    else:
+        fix = (
+            "Check the learning rate (optim.lr) and warmup first, then that the targets match the inputs "
+            "(the first-batch report above), that the loss is not detached from the model's output, and that "
+            "the parameters are in the optimizer. If this run fine-tunes an already converged model, "
+            "this is expected: add 'loss.not_decreasing' to diagnostics.ignore."
+        )
+    return Finding(
+        "loss.not_decreasing",
+        "warning",
+        "The loss is not decreasing early in training",
+        evidence,
+        fix,
+        int(steps[-1]),
+    )
+
+
+def check_loss_balance(train: Sequence[Mapping[str, Any]], th: Thresholds, *, final: bool = False) -> Finding | None:
+    """``loss.component_dominates``: one component is orders of magnitude larger than every other."""
+    if len(train) < th.dominance_records and not final:
+        return None  # judged on the first few log lines together
+    ratios: list[float] = []
+    first: dict[str, float] = {}
+    for record in train[: th.dominance_records]:
+        parts = sorted(((abs(v), k) for k, v in loss_components(record).items()), reverse=True)
+        if len(parts) < 2 or parts[1][0] == 0.0:
+            return None
+        ratios.append(parts[0][0] / parts[1][0])
+        first = first or dict(loss_components(record))
+    if not ratios:
+        return None
+    ratio = statistics.median(ratios)
+    if ratio < th.dominance_ratio:
+        return None
+    total = sum(abs(v) for v in first.values())
+    big = max(first, key=lambda k: abs(first[k]))
+    shares = ", ".join(f"{k} {v:.3g} ({abs(v) / total:.2%})" for k, v in first.items())
+    return Finding(
+        "loss.component_dominates",
+        "warning",
+        f"Loss component '{big}' dominates the total by orders of magnitude",
+        f"at step {train[0]['step']}: {shares}; '{big}' is {ratio:.0f}× the next largest component "
+        f"(median over the first {len(ratios)} log lines; flagged at {th.dominance_ratio:g}×)",
+        f"The other components barely reach the gradient. Check the weight of '{big}' (task loss weights; "
+        "a factor 1000 is a mm/m slip) and its units; aim for components within ~10× of each other at the start.",
+        int(train[0]["step"]),
+    )
+
+
+def _identical(a: Mapping[str, float], b: Mapping[str, float], rtol: float) -> bool:
+    keys = set(a) & set(b)
+    return bool(keys) and all(abs(a[k] - b[k]) <= rtol * max(1.0, abs(a[k]), abs(b[k])) for k in keys)
+
+
+def check_validation(
+    train: Sequence[Mapping[str, Any]], val: Sequence[Mapping[str, Any]], th: Thresholds
+) -> Finding | None:
+    """``val.stuck``: consecutive evaluations give identical metrics while the training loss moves."""
+    for prev, cur in itertools.pairwise(val):
+        a, b = val_metrics(prev), val_metrics(cur)
+        if not _identical(a, b, th.val_identical_rtol):
+            continue
+        before = [float(r["loss"]) for r in train if r["step"] <= prev["step"]][-3:]
+        between = [float(r["loss"]) for r in train if prev["step"] < r["step"] <= cur["step"]]
+        if not before or not between:
+            continue  # no training in between: identical metrics are expected
+        old, new = statistics.fmean(before), statistics.fmean(between)
+        moved = abs(new - old) / max(abs(old), 1e-12)
+        if moved <= th.val_train_moved:
+            continue
+        shown = ", ".join(f"{k} {v:.6g}" for k, v in list(b.items())[:4])
+        return Finding(
+            "val.stuck",
+            "error",
+            "Validation metrics do not change while the model trains",
+            f"the evaluations at steps {prev['step']} and {cur['step']} gave identical metrics ({shown}) while "
+            f"the mean training loss went {old:.4g} → {new:.4g} ({moved:.0%})",
+            "Evaluation is not scoring the model being trained: check that eval_step uses the `model` it is "
+            "given (not a copy made at start-up or a stale EMA/checkpoint), that predictions are not cached, "
+            "and that the evaluator is reset between evaluations and computes from the gathered results.",
+            int(cur["step"]),
+        )
+    return None
+
+
+def _input_advice(ctx: RunContext, cores: int | None) -> str:
+    if ctx.num_workers == 0:
+        return (
+            f"Batches are loaded in the training process (data.num_workers=0): set data.num_workers to "
+            f"{max(2, min(8, cores or 4))} or so, so that loading overlaps the steps."
+        )
+    advice = f"data.num_workers={ctx.num_workers} workers cannot keep up: "
+    if ctx.device.startswith("cuda") and not ctx.pin_memory:
+        advice += "set data.pin_memory=true (faster host→GPU copies); "
+    return advice + (
+        "raise num_workers if cores are idle, and move expensive work out of __getitem__ — "
+        "precompute features or decoded samples once, cache them, batch the transforms (__getitems__)."
+    )
+
+
+def check_input_pipeline(
+    train: Sequence[Mapping[str, Any]], ctx: RunContext, th: Thresholds, cores: int | None = None
+) -> Finding | None:
+    """``data.input_bound``: a large share of step time is spent waiting for the next batch."""
+    usable = [
+        r for r in train[1:] if _finite(r.get("data_wait_share")) and _finite(r.get("steps_per_s")) and r["steps_per_s"]
+    ]
+    if len(usable) < th.data_wait_min_records:
+        return None
+    share = statistics.median(float(r["data_wait_share"]) for r in usable)
+    wait_s = statistics.median(float(r["data_wait_share"]) / float(r["steps_per_s"]) for r in usable)
+    if share < th.data_wait_share or wait_s < th.data_wait_min_s:
+        return None
+    return Finding(
+        "data.input_bound",
+        "warning",
+        "Training waits for data",
+        f"{share:.0%} of the wall time of a step is spent waiting for the next batch (median of "
+        f"{len(usable)} log lines), {wait_s * 1e3:.0f} ms per step",
+        _input_advice(ctx, cores),
+        int(usable[-1]["step"]),
+    )
+
+
+def check_grad_spikes(train: Sequence[Mapping[str, Any]], th: Thresholds) -> Finding | None:
+    """``grad.norm_spikes``: repeated intervals whose largest grad norm is far above the running median."""
+    history: list[float] = []
+    spikes: list[tuple[int, float, float]] = []
+    for record in train:
+        norm, peak = record.get("grad_norm"), record.get("grad_norm_max", record.get("grad_norm"))
+        if not (_finite(norm) and _finite(peak)):
+            continue
+        if len(history) >= th.spike_min_history:
+            median = statistics.median(history)
+            if median > 0 and peak >= th.spike_factor * median:
+                spikes.append((int(record["step"]), float(peak), median))
+        history.append(float(norm))
+    if len(spikes) < th.spike_min_count:
+        return None
+    shown = "; ".join(f"step {s}: {p:.3g} vs median {m:.3g}" for s, p, m in spikes[:4])
+    return Finding(
+        "grad.norm_spikes",
+        "warning",
+        "The gradient norm spikes far above its running median",
+        f"{len(spikes)} log intervals had a gradient norm ≥ {th.spike_factor:g}× the median of the earlier "
+        f"ones ({shown})",
+        "Spikes precede divergence: lower optim.lr or lengthen schedule.warmup_steps, set train.clip_grad_norm "
+        "(about 2–5× the typical norm), and look for rare bad samples (the first-batch report, data ranges).",
+        spikes[-1][0],
+    )
+
+
+def check_update_size(train: Sequence[Mapping[str, Any]], ctx: RunContext, th: Thresholds) -> Finding | None:
+    """``optim.large_updates``: single optimizer steps change the weights by a large fraction of their norm."""
+    large = [(int(r["step"]), float(r["update_ratio"])) for r in train if _finite(r.get("update_ratio"))]
+    large = [(s, v) for s, v in large if v >= th.update_ratio_high]
+    if len(large) < th.update_ratio_high_records:
+        return None
+    shown = ", ".join(f"step {s}: {v:.2f}" for s, v in large[:4])
+    return Finding(
+        "optim.large_updates",
+        "error",
+        "Each optimizer step rewrites a large part of the weights: the learning rate is too high",
+        f"‖Δw‖/‖w‖ of one step was ≥ {th.update_ratio_high:g} on {len(large)} log lines ({shown}); healthy "
+        f"training moves the weights by about 1e-3–1e-2 of their norm per step",
+        f"Lower optim.lr (now {ctx.lr}) by 10–100×, or add warmup (schedule.warmup_steps). Gradient clipping "
+        "does not help here: adaptive optimizers (Adam) take steps of about `lr` per weight whatever the gradient.",
+        large[-1][0],
+    )
+
+
+def check_clipping(train: Sequence[Mapping[str, Any]], ctx: RunContext, th: Thresholds) -> Finding | None:
+    """``grad.always_clipped``: with SGD, clipping at a fraction of the typical norm replaces the learning rate."""
+    if ctx.clip_grad_norm is None or ctx.optimizer != "sgd":
+        return None
+    rates = [float(r["clip_rate"]) for r in train if _finite(r.get("clip_rate"))]
+    norms = [float(r["grad_norm"]) for r in train if _finite(r.get("grad_norm"))]
+    if len(rates) < 3 or not norms:
+        return None
+    rate, norm = statistics.fmean(rates), statistics.median(norms)
+    if rate < th.sgd_clip_rate or norm < th.sgd_clip_factor * ctx.clip_grad_norm:
+        return None
+    return Finding(
+        "grad.always_clipped",
+        "warning",
+        "Gradient clipping is active on almost every step and sets the step size",
+        f"{rate:.0%} of steps were clipped; median grad norm {norm:.3g} vs train.clip_grad_norm "
+        f"{ctx.clip_grad_norm:g} ({norm / ctx.clip_grad_norm:.0f}×)",
+        "With SGD a clipped step is lr × clip, so the configured learning rate is not what trains the model: "
+        f"raise train.clip_grad_norm to about {2 * norm:.3g} (clip only spikes) and retune optim.lr.",
+        int(train[-1]["step"]),
+    )
+
+
+def check_skipped_steps(train: Sequence[Mapping[str, Any]]) -> Finding | None:
+    """``train.nonfinite_skipped``: optimizer steps skipped under ``diagnostics.nonfinite=skip``."""
+    hit = [(int(r["step"]), float(r["nonfinite_skipped"])) for r in train if _finite(r.get("nonfinite_skipped"))]
+    hit = [(s, n) for s, n in hit if n > 0]
+    if not hit:
+        return None
+    total = sum(n for _, n in hit)
+    shown = ", ".join(f"{n:.0f} in the log interval ending at step {s}" for s, n in hit[:5])
+    return Finding(
+        "train.nonfinite_skipped",
+        "warning",
+        "Optimizer steps were skipped because the gradients were not finite",
+        f"{total:.0f} step(s) skipped ({shown}); the loss of those batches is left out of the logged means",
+        "Skipping hides a recurring cause: run with diagnostics.nonfinite=stop to stop at the first one and save "
+        "its batch (nonfinite_batch.pt), then look for log(0), division by a zero norm, or sqrt of 0 in the loss.",
+        hit[-1][0],
+    )
+
+
+def check_history(
+    records: Sequence[Mapping[str, Any]],
+    ctx: RunContext,
+    th: Thresholds | None = None,
+    *,
+    final: bool = False,
+    cores: int | None = None,
+) -> list[Finding]:
+    """Every history check over ``metrics.jsonl`` records (``final``: the run has ended)."""
+    th = th or Thresholds()
+    train, val = split_records(records)
+    found = [
+        check_loss_progress(train, ctx, th, final=final),
+        check_loss_balance(train, th, final=final),
+        check_validation(train, val, th),
+        check_input_pipeline(train, ctx, th, cores),
+        check_grad_spikes(train, th),
+        check_update_size(train, ctx, th),
+        check_clipping(train, ctx, th),
+        check_skipped_steps(train),
+    ]
+    return [f for f in found if f is not None]
+
+
+def summarize_history(records: Sequence[Mapping[str, Any]], ctx: RunContext) -> list[str]:
+    """A few lines of numbers for the Diagnosis section (not findings: facts)."""
+    train, val = split_records(records)
+    lines: list[str] = []
+    if train:
+        first, last = float(train[0]["loss"]), float(train[-1]["loss"])
+        change = f" ({(last - first) / abs(first):+.0%})" if first else ""
+        lines.append(f"loss {first:.4g} → {last:.4g}{change} over steps {train[0]['step']}–{train[-1]['step']}")
+        norms = [float(r["grad_norm"]) for r in train if _finite(r.get("grad_norm"))]
+        if norms:
+            grad = f"grad norm median {statistics.median(norms):.3g}"
+            rates = [float(r["clip_rate"]) for r in train if _finite(r.get("clip_rate"))]
+            if rates and ctx.clip_grad_norm is not None:
+                grad += f", clipped on {statistics.fmean(rates):.0%} of steps at {ctx.clip_grad_norm:g}"
+            lines.append(grad)
+        waits = [float(r["data_wait_share"]) for r in train[1:] if _finite(r.get("data_wait_share"))]
+        if waits:
+            lines.append(f"data wait {statistics.median(waits):.0%} of step time (median)")
+        ratios = [float(r["update_ratio"]) for r in train if _finite(r.get("update_ratio"))]
+        if ratios:
+            lines.append(f"update size ‖Δw‖/‖w‖ {ratios[0]:.1e} → {ratios[-1]:.1e}")
+        skipped = sum(float(r.get("nonfinite_skipped", 0.0) or 0.0) for r in train)
+        if skipped:
+            lines.append(f"{skipped:.0f} optimizer steps skipped for non-finite gradients")
+    if val:
+        last = ", ".join(f"{k} {v:.4g}" for k, v in list(val_metrics(val[-1]).items())[:4])
+        lines.append(f"{len(val)} evaluations; last: {last}")
+    return lines
+
+
+# -- the first batches ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TensorStats:
+    """Summary of one tensor of a batch."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    min: float
+    max: float
+    mean: float
+    std: float
+    num_nan: int
+    num_inf: int
+
+
+def iter_tensors(batch: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """``(dotted name, tensor)`` for every tensor in a nested dict / list / tuple batch."""
+    if isinstance(batch, torch.Tensor):
+        yield prefix or "batch", batch
+    elif isinstance(batch, Mapping):
+        for key, value in batch.items():
+            yield from iter_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(batch, list | tuple):
+        for i, value in enumerate(batch):
+            yield from iter_tensors(value, f"{prefix}[{i}]" if prefix else f"[{i}]")
+
+
+@torch.no_grad()
+def batch_tensor_stats(batch: Any) -> list[TensorStats]:
+    """Shape, dtype, range, mean/std and NaN/Inf counts of every tensor (one host read per batch)."""
+    named = [(n, t) for n, t in iter_tensors(batch) if t.numel() > 0]
+    if not named:
+        return []
+    rows = []
+    for _, t in named:
+        x = t.detach().double()
+        finite = torch.isfinite(x)
+        clean = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        count = finite.sum().clamp_min(1)
+        mean = clean.sum() / count
+        std = torch.sqrt(((clean - mean) * finite).square().sum() / count)
+        big = torch.tensor(math.inf, dtype=x.dtype, device=x.device)
+        rows.append(
+            torch.stack(
+                [
+                    torch.where(finite, x, big).min(),
+                    torch.where(finite, x, -big).max(),
+                    mean,
+                    std,
+                    torch.isnan(x).sum().double(),
+                    torch.isinf(x).sum().double(),
+                ]
+            ).cpu()
+        )
+    values = torch.stack(rows).tolist()  # host read: first batches only
+    return [
+        TensorStats(n, tuple(t.shape), str(t.dtype).replace("torch.", ""), v[0], v[1], v[2], v[3], int(v[4]), int(v[5]))
+        for (n, t), v in zip(named, values, strict=True)
+    ]
+
+
+def format_batch_report(stats: Sequence[Sequence[TensorStats]]) -> list[str]:
+    """A table of the first batches: one row per tensor (ranges over all batches, shape of the first)."""
+    if not stats or not stats[0]:
+        return []
+    rows: dict[str, list[TensorStats]] = {}
+    for batch in stats:
+        for s in batch:
+            rows.setdefault(s.name, []).append(s)
+    width = max(len(name) for name in rows)
+    lines = [
+        f"First-batch data report ({len(stats)} batch{'es' if len(stats) > 1 else ''}):",
+        f"  {'tensor':<{width}}  {'shape':<16} {'dtype':<8} {'min':>10} {'max':>10} {'mean':>10} {'std':>10} nan/inf",
+    ]
+    for name, items in rows.items():
+        lo, hi = min(s.min for s in items), max(s.max for s in items)
+        mean, std = statistics.fmean(s.mean for s in items), statistics.fmean(s.std for s in items)
+        bad = sum(s.num_nan for s in items), sum(s.num_inf for s in items)
+        shape = "×".join(str(d) for d in items[0].shape) or "scalar"
+        lines.append(
+            f"  {name:<{width}}  {shape:<16} {items[0].dtype:<8} {lo:>10.4g} {hi:>10.4g} {mean:>10.4g} "
+            f"{std:>10.4g} {bad[0]}/{bad[1]}"
+        )
+    return lines
+
+
+def check_batch_values(stats: Sequence[TensorStats], batch_index: int) -> list[Finding]:
+    """``data.nonfinite``: NaN or Inf inside a training batch."""
+    bad = [s for s in stats if s.num_nan or s.num_inf]
+    if not bad:
+        return []
+    shown = "; ".join(f"'{s.name}' {s.shape}: {s.num_nan} NaN, {s.num_inf} Inf" for s in bad)
+    return [
+        Finding(
+            "data.nonfinite",
+            "error",
+            "Training batches contain NaN or Inf values",
+            f"batch {batch_index + 1} of epoch 1: {shown}",
+            "Find the samples (dataset __getitem__ with the indices of this batch) and fix the source: missing "
+            "annotations stored as NaN, divisions by a zero scale or depth, log of 0. Mask missing values explicitly.",
+            None,
+        )
+    ]
+
+
+# -- the model ----------------------------------------------------------------------------------------
+MODE_SENSITIVE: tuple[type[nn.Module], ...] = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+"""Modules that compute differently in train and eval mode."""
+
+
+def check_train_mode(model: nn.Module, step: int) -> Finding | None:
+    """``model.eval_mode``: Dropout / BatchNorm modules (or the model) in eval mode during training."""
+    sensitive = [(name, m) for name, m in model.named_modules() if isinstance(m, MODE_SENSITIVE)]
+    frozen = [(name, m) for name, m in sensitive if not m.training]
+    if model.training and not frozen:
+        return None
+    examples = ", ".join(f"'{name or type(model).__name__}' ({type(m).__name__})" for name, m in frozen[:3])
+    whole = not model.training
+    evidence = f"at step {step}, between training steps: model.training={model.training}"
+    if sensitive:
+        evidence += f"; {len(frozen)} of {len(sensitive)} Dropout/BatchNorm modules in eval mode"
+        evidence += f" (e.g. {examples})" if examples else ""
+    return Finding(
+        "model.eval_mode",
+        "error" if whole else "warning",
+        "The model is in eval mode during training" if whole else "Some Dropout/BatchNorm modules are in eval mode",
+        evidence,
+        "Dropout is off and BatchNorm uses (and stops updating) its running statistics in eval mode. Find the "
+        "`.eval()` call outside evaluation — often in compute_losses, a helper that runs the model for a "
+        "metric, or a callback — and restore `.train()` after it, or run that code under torch.no_grad() "
+        "without switching modes. Frozen BatchNorm on purpose? Add 'model.eval_mode' to diagnostics.ignore.",
+        step,
+    )
+
+
+# -- presentation ---------------------------------------------------------------------------------------
+def sort_findings(findings: Sequence[Finding]) -> list[Finding]:
+    """Most severe first, then by step."""
+    return sorted(findings, key=lambda f: (SEVERITY_ORDER.get(f.severity, 3), f.step if f.step is not None else -1))
+
+
+def format_finding(finding: Finding, *, indent: str = "  ") -> list[str]:
+    where = f" (step {finding.step})" if finding.step is not None else ""
+    return [
+        f"[{finding.severity.upper()}] {finding.id}{where}: {finding.title}",
+        f"{indent}evidence: {finding.evidence}",
+        f"{indent}fix: {finding.fix}",
+    ]
+
+
+def format_diagnosis(findings: Sequence[Finding], summary: Sequence[str] = ()) -> list[str]:
+    """The end-of-run "Diagnosis" section (also what ``trainwell doctor`` prints)."""
+    findings = sort_findings(findings)
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = sum(f.severity == "warning" for f in findings)
+    head = f"Diagnosis (training doctor): {errors} error(s), {warnings} warning(s)"
+    lines = [head if findings else "Diagnosis (training doctor): no problems found"]
+    for finding in findings:
+        lines.extend(format_finding(finding))
+    if summary:
+        lines.append("Run summary: " + "; ".join(summary))
+    return lines
+
+
+@dataclass
+class FindingSet:
+    """Findings keyed by id (the first report of an id wins), minus the ignored ids / id prefixes."""
+
+    ignore: Sequence[str] = ()
+    items: dict[str, Finding] = field(default_factory=dict)
+
+    def is_ignored(self, finding_id: str) -> bool:
+        return any(finding_id == p or finding_id.startswith(p.rstrip(".") + ".") for p in self.ignore)
+
+    def add(self, finding: Finding) -> bool:
+        """Add or update ``finding`` (a later report of an id replaces the earlier one, e.g. with a larger
+        count); ``True`` if the id is new (and not ignored)."""
+        if self.is_ignored(finding.id):
+            return False
+        new = finding.id not in self.items
+        self.items[finding.id] = finding
+        return new
+
+    def all(self) -> list[Finding]:
+        return sort_findings(list(self.items.values()))
