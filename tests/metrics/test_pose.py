@@ -306,6 +306,112 @@ def test_collinear_and_planar_points_match_the_reference() -> None:
         np.testing.assert_allclose(got.numpy(), ref_pa(gt, pred), atol=TOL_MM)
 
 
+# -- the closed-form rotation solver -----------------------------------------------------------------
+def ref_pa_joint_errors_svd(pred: np.ndarray, gt: np.ndarray, mirror: bool) -> np.ndarray:
+    """Batched Umeyama with ``torch.linalg.svd``: per-joint distances ``(B, N)`` after the best similarity."""
+    p, g = t64(pred), t64(gt)
+    pc, gc = p - p.mean(dim=1, keepdim=True), g - g.mean(dim=1, keepdim=True)
+    u, s, vh = torch.linalg.svd(gc.transpose(1, 2) @ pc)  # K = Σ g pᵀ = U S Vᵀ
+    d = torch.ones_like(s)
+    if not mirror:
+        d[:, 2] = torch.sign(torch.linalg.det(u) * torch.linalg.det(vh))
+    rot = u @ torch.diag_embed(d) @ vh
+    scale = (s * d).sum(dim=1) / pc.square().sum(dim=(1, 2))
+    aligned = scale[:, None, None] * pc @ rot.transpose(1, 2) + g.mean(dim=1, keepdim=True)
+    return torch.linalg.vector_norm(aligned - g, dim=-1).numpy()
+
+
+def rotated_hands(batch: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noisy predictions under random rotations (every 4th also mirrored), about 500 mm from the camera."""
+    pred, gt = hands(batch, seed=seed)
+    rot = Rotation.random(batch, random_state=seed).as_matrix()
+    rot[::4] *= np.array([-1.0, 1.0, 1.0])  # an improper "rotation": a wrong-hand prediction
+    return np.einsum("bij,bnj->bni", rot, pred - 500.0) + 500.0, gt
+
+
+def test_closed_form_solver_matches_svd_umeyama_on_20k_samples() -> None:
+    pred, gt = rotated_hands(20_000, seed=30)  # more than one solver chunk
+    for mirror in (False, True):
+        got = pa_joint_errors(t64(pred), t64(gt), allow_reflection=mirror).numpy()
+        np.testing.assert_allclose(got, ref_pa_joint_errors_svd(pred, gt, mirror), rtol=0, atol=1e-9)
+    assert got.mean() > 5.0  # the noise is not aligned away
+
+
+@pytest.mark.parametrize("angle_off_pi", [0.0, 1e-9, 1e-5, 1e-2])
+def test_near_half_turn_rotations_are_exact(angle_off_pi: float) -> None:
+    # A half turn has quaternion w = 0: the eigenvector must not be taken from the (vanishing) first column.
+    pred, gt = hands(64, seed=31)
+    axes = np.random.default_rng(32).normal(size=(64, 3))
+    rotvec = axes / np.linalg.norm(axes, axis=1, keepdims=True) * (np.pi - angle_off_pi)
+    rot = Rotation.from_rotvec(rotvec).as_matrix()
+    for source in (gt, pred):  # exact and noisy
+        turned = np.einsum("bij,bnj->bni", rot, source)
+        for mirror in (False, True):
+            got = pa_joint_errors(t64(turned), t64(gt), allow_reflection=mirror).numpy()
+            np.testing.assert_allclose(got, ref_pa_joint_errors_svd(turned, gt, mirror), rtol=0, atol=1e-9)
+    assert pa_mpjpe(t64(np.einsum("bij,bnj->bni", rot, gt)), t64(gt)).abs().max() <= 1e-9
+
+
+@pytest.mark.parametrize("thickness_mm", [0.0, 1e-9, 1e-4, 1.0])
+def test_planar_and_near_planar_hands(thickness_mm: float) -> None:
+    rng = np.random.default_rng(33)
+    flat = np.concatenate([rng.normal(0, 40, (32, 21, 2)), rng.normal(0, 1, (32, 21, 1)) * thickness_mm], axis=2)
+    rot = Rotation.random(32, random_state=34).as_matrix()
+    plane = np.einsum("bij,bnj->bni", rot, flat) + 500.0
+    noisy = plane + rng.normal(0, 5, plane.shape)
+    for pred, gt in ((noisy, plane), (plane, noisy), (plane, plane)):  # flat target, flat prediction, both
+        for mirror in (False, True):
+            got = pa_joint_errors(t64(pred), t64(gt), allow_reflection=mirror).numpy()
+            np.testing.assert_allclose(got, ref_pa_joint_errors_svd(pred, gt, mirror), rtol=0, atol=1e-9)
+            np.testing.assert_allclose(got.mean(axis=1), ref_pa(pred, gt, mirror=mirror), rtol=0, atol=TOL_MM)
+
+
+def test_collinear_points_fall_back_to_svd_and_stay_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Collinear points make the top eigenvalue double: no unique rotation, which the closed form must detect.
+    import trainwell.metrics.pose as pose
+
+    calls: list[int] = []
+    svd_rotation = pose._svd_rotation
+
+    def counting(cov: torch.Tensor, allow_reflection: bool) -> torch.Tensor:
+        calls.append(cov.shape[0])
+        return svd_rotation(cov, allow_reflection)
+
+    monkeypatch.setattr(pose, "_svd_rotation", counting)
+    rng = np.random.default_rng(35)
+    pred, gt = hands(16, seed=36)
+    line = np.linspace(-60, 60, 21)[:, None] * rng.normal(size=(4, 1, 3)) + 500.0
+    pred[:4] = line  # four collinear predictions among ordinary ones
+    for mirror in (False, True):
+        calls.clear()
+        got = pa_joint_errors(t64(pred), t64(gt), allow_reflection=mirror).numpy()
+        np.testing.assert_allclose(got, ref_pa_joint_errors_svd(pred, gt, mirror), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(got.mean(axis=1), ref_pa(pred, gt, mirror=mirror), rtol=0, atol=TOL_MM)
+        assert calls == [4]  # exactly the collinear samples, and only they
+    calls.clear()
+    pa_mpjpe(*map(t64, rotated_hands(1000, seed=37)))
+    assert calls == []  # ordinary predictions never need the fallback
+
+
+def test_identical_and_scaled_inputs_score_zero() -> None:
+    _, gt = hands(256, seed=38)
+    for mirror in (False, True):
+        assert pa_mpjpe(t64(gt), t64(gt), allow_reflection=mirror).abs().max() <= 1e-9
+        assert pa_mpjpe(t64(gt * 0.01), t64(gt), allow_reflection=mirror).abs().max() <= 1e-9
+
+
+def test_results_do_not_depend_on_the_batch_split() -> None:
+    pred, gt = rotated_hands(300, seed=39)
+    mask = torch.from_numpy(np.random.default_rng(40).random((300, 21)) > 0.2)
+    for mirror in (False, True):
+        whole = pa_joint_errors(t64(pred), t64(gt), mask=mask, allow_reflection=mirror)
+        parts = [
+            pa_joint_errors(t64(pred[s : s + 7]), t64(gt[s : s + 7]), mask=mask[s : s + 7], allow_reflection=mirror)
+            for s in range(0, 300, 7)
+        ]
+        assert torch.equal(torch.cat(parts), whole)  # bitwise: Newton stops per sample, sums in fixed order
+
+
 # -- PCK / AUC ----------------------------------------------------------------------------------------
 def test_pck_and_auc_match_freihand_eval_util() -> None:
     rng = np.random.default_rng(20)

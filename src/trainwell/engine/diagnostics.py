@@ -96,7 +96,9 @@ class Thresholds:
     update_ratio_high: float = 0.1
     """``optim.large_updates``: ‖Δw‖ / ‖w‖ of one optimizer step (measured at logging steps) at or above this …"""
     update_ratio_high_records: int = 2
-    """… on at least this many log lines."""
+    """… on at least this many log lines, or once at ``update_ratio_extreme`` or above."""
+    update_ratio_extreme: float = 0.3
+    """One step moving the weights by this fraction of their norm is enough on its own."""
     update_ratio_low: float = 1e-4
     """Below this, ``loss.not_decreasing`` blames the learning rate."""
     sgd_clip_rate: float = 0.9
@@ -185,17 +187,18 @@ def check_loss_progress(
     """``loss.not_decreasing``: the total loss did not fall meaningfully early in training.
 
     The window is the first ``loss_window_fraction`` of the planned steps (and at least the warmup plus
-    10 %), holding at least ``loss_window_min_records`` log lines; a straight line fitted to the total loss
-    over it must fall by ``loss_min_decrease`` of its mean. With ``final`` (the run ended), a run shorter
-    than the window is judged on all its lines.
+    10 %), or the first ``loss_window_min_records`` log lines if it holds fewer; a straight line fitted to
+    the total loss over it must fall by ``loss_min_decrease`` of its mean. The check waits until the window
+    is complete (``final``: the run has ended).
     """
     end = loss_window_end(ctx, th)
-    window = [r for r in train if end is None or r["step"] <= end]
+    window = [r for r in train if end is not None and r["step"] <= end]
     if len(window) < th.loss_window_min_records:
-        if not (final or end is None) or len(train) < th.loss_window_min_records:
+        # Sparse logging, a short run or an unknown length: the first lines, once there are enough.
+        if len(train) < th.loss_window_min_records:
             return None
         window = list(train[: th.loss_window_min_records])
-    elif end is not None and not final and (not train or train[-1]["step"] < end):
+    elif not final and train[-1]["step"] < end:  # type: ignore[operator]
         return None  # the window is not complete yet
     losses = [float(r["loss"]) for r in window]
     if min(losses) <= 0:
@@ -375,14 +378,14 @@ def check_update_size(train: Sequence[Mapping[str, Any]], ctx: RunContext, th: T
     """``optim.large_updates``: single optimizer steps change the weights by a large fraction of their norm."""
     large = [(int(r["step"]), float(r["update_ratio"])) for r in train if _finite(r.get("update_ratio"))]
     large = [(s, v) for s, v in large if v >= th.update_ratio_high]
-    if len(large) < th.update_ratio_high_records:
+    if len(large) < th.update_ratio_high_records and not any(v >= th.update_ratio_extreme for _, v in large):
         return None
     shown = ", ".join(f"step {s}: {v:.2f}" for s, v in large[:4])
     return Finding(
         "optim.large_updates",
         "error",
         "Each optimizer step rewrites a large part of the weights: the learning rate is too high",
-        f"‖Δw‖/‖w‖ of one step was ≥ {th.update_ratio_high:g} on {len(large)} log lines ({shown}); healthy "
+        f"‖Δw‖/‖w‖ of one step was ≥ {th.update_ratio_high:g} on {len(large)} log line(s) ({shown}); healthy "
         f"training moves the weights by about 1e-3–1e-2 of their norm per step",
         f"Lower optim.lr (now {ctx.lr}) by 10–100×, or add warmup (schedule.warmup_steps). Gradient clipping "
         "does not help here: adaptive optimizers (Adam) take steps of about `lr` per weight whatever the gradient.",
@@ -556,7 +559,7 @@ def format_batch_report(stats: Sequence[Sequence[TensorStats]]) -> list[str]:
     for batch in stats:
         for s in batch:
             rows.setdefault(s.name, []).append(s)
-    width = max(len(name) for name in rows)
+    width = max(len("tensor"), *(len(name) for name in rows))
     lines = [
         f"First-batch data report ({len(stats)} batch{'es' if len(stats) > 1 else ''}):",
         f"  {'tensor':<{width}}  {'shape':<16} {'dtype':<8} {'min':>10} {'max':>10} {'mean':>10} {'std':>10} nan/inf",

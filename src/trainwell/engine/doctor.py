@@ -243,9 +243,14 @@ class TrainingDoctor:
         return False
 
     @contextlib.contextmanager
-    def watch_update(self, model: nn.Module, active: bool) -> Iterator[None]:
-        """Around the optimizer step of a logging step: measure ‖Δw‖/‖w‖ on the device (read at the log line)."""
-        if not (active and self.reports):
+    def watch_update(self, model: nn.Module, *, step: int, log_step: bool) -> Iterator[None]:
+        """Around an optimizer step: measure ‖Δw‖/‖w‖ on the device, read at the next log line.
+
+        Measured on logging steps and on the step where warmup ends (the peak learning rate, where a
+        too-high rate shows most); the log line reports the largest value since the previous one. Costs a
+        copy of (at most :data:`UPDATE_PROBE_MAX_ELEMENTS` of) the parameters on those steps only.
+        """
+        if not (self.reports and (log_step or step == max(1, self.context.warmup_steps))):
             yield
             return
         if self._probe is None:
@@ -261,7 +266,8 @@ class TrainingDoctor:
             delta = torch._foreach_sub([p.detach() for p in self._probe], before)
             moved = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(delta)))
             size = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before)))
-            self._update_ratio = moved.float() / size.float().clamp_min(1e-12)
+            ratio = moved.float() / size.float().clamp_min(1e-12)
+            self._update_ratio = ratio if self._update_ratio is None else torch.maximum(self._update_ratio, ratio)
 
     def interval_values(self) -> dict[str, float]:
         """Extra values for the log record: ``update_ratio`` (one host read, on a logging step)."""

@@ -294,7 +294,8 @@ class Trainer:
             bar.update()
             if is_update:
                 should_log = (self.state.global_step + 1) % cfg.log_every == 0
-                with self.doctor.watch_update(self.model, active=should_log):  # ‖Δw‖/‖w‖ on logging steps
+                # ‖Δw‖/‖w‖ on logging steps (and at the peak learning rate): a parameter copy, no sync
+                with self.doctor.watch_update(self.model, step=self.state.global_step + 1, log_step=should_log):
                     optimizer_step(
                         model=self.model,
                         optimizer=self.optimizer,

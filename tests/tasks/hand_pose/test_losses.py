@@ -117,7 +117,9 @@ def test_pose_prior_penalises_hyperextension_and_sideways_bending(batch: dict[st
     assert float(L.pose_prior_loss(joints, MARGIN)) == 0.0
     # Our own construction agrees with the skeleton's angle convention:
     rebent = _bend_index_dip(joints, 30.0)
-    torch.testing.assert_close(joint_angles(rebent)[0][:, 1, 2], torch.full((len(joints),), math.radians(30.0)).double())
+    torch.testing.assert_close(
+        joint_angles(rebent)[0][:, 1, 2], torch.full((len(joints),), math.radians(30.0)).double()
+    )
     assert float(L.pose_prior_loss(_bend_index_dip(joints, -40.0), MARGIN)) > 0.0  # DIP bent backwards
     assert float(L.pose_prior_loss(_bend_index_dip(joints, 20.0, sideways_deg=30.0), MARGIN)) > 0.0  # DIP is a hinge
     # 40° of hyperextension: 40° - 0° (limit) - 2° (margin) beyond the DIP range, plus the DIP–PIP coupling.

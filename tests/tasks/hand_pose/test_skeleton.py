@@ -1,7 +1,5 @@
 """Skeleton structure and the joint-angle definition shared by the generator and the pose prior."""
 
-import math
-
 import numpy as np
 import pytest
 import torch

@@ -57,7 +57,7 @@ def test_shapes_dtypes_and_units(hands: dict[str, torch.Tensor]) -> None:
         assert hands[key].dtype == torch.float32, key
     # Millimetres: the farthest joint is 50–260 mm from the wrist (a small fist … a big open hand).
     span = hands["joints_rel_mm"].norm(dim=-1).amax(dim=1)
-    assert 50.0 < float(span.min()) and float(span.max()) < 260.0
+    assert float(span.min()) > 50.0 and float(span.max()) < 260.0
     assert bool((hands["joints_rel_mm"][:, 0] == 0).all())
     assert torch.equal(hands["joints_cam_mm"], hands["joints_rel_mm"] + hands["root_cam_mm"][:, None])
 
@@ -96,7 +96,10 @@ def test_projection_with_the_samples_intrinsics_gives_its_keypoints() -> None:
     np.testing.assert_allclose(h["keypoints_2d_px"].numpy()[visible], expected_px[visible], atol=1e-3)
     assert bool((h["keypoints_2d_px"][~torch.from_numpy(visible)] == 0).all())  # unobserved → 0
     inside = (
-        (expected_px[..., 0] >= 0) & (expected_px[..., 0] < 256) & (expected_px[..., 1] >= 0) & (expected_px[..., 1] < 256)
+        (expected_px[..., 0] >= 0)
+        & (expected_px[..., 0] < 256)
+        & (expected_px[..., 1] >= 0)
+        & (expected_px[..., 1] < 256)
     )
     assert not (visible & ~inside).any()  # nothing outside the image is visible
     occluded_inside = (inside & ~visible).sum() / inside.sum()

@@ -100,8 +100,7 @@ def check_keypoints_in_image(
         "Visible 2D keypoints lie outside the image",
         f"{share:.1%} of {points.shape[0]} visible keypoints fall outside the {width}×{height} px image "
         f"(u in [{float(u.min()):.4g}, {float(u.max()):.4g}], v in [{float(v.min()):.4g}, {float(v.max()):.4g}])",
-        f"2D keypoints must be in pixels of the input image; {hint}. Mark keypoints outside the image as not "
-        "visible.",
+        f"2D keypoints must be in pixels of the input image; {hint}. Mark keypoints outside the image as not visible.",
     )
 
 

@@ -132,7 +132,9 @@ class HandLiftingNet(nn.Module):
     def __init__(self, cfg: LiftingNetConfig) -> None:
         super().__init__()
         if cfg.num_blocks < 1:
-            raise ValueError(f"task.model.num_blocks must be at least 1 (the aux head follows block 1); got {cfg.num_blocks}.")
+            raise ValueError(
+                f"task.model.num_blocks must be at least 1 (the aux head follows block 1); got {cfg.num_blocks}."
+            )
         self.output_scale_mm = cfg.output_scale_mm
         self.stem = _Layer(NUM_FEATURES, cfg.hidden, cfg)
         self.blocks = nn.ModuleList(ResidualBlock(cfg) for _ in range(cfg.num_blocks))

@@ -85,7 +85,6 @@ TEMPLATE_BONE_LENGTHS_MM: tuple[float, ...] = (
 """Bone lengths of an average adult hand in millimetres, in :data:`BONES` order (hand scale 1)."""
 
 
-
 def _in_palm_plane(degrees: float) -> tuple[float, float, float]:
     return (math.cos(math.radians(degrees)), math.sin(math.radians(degrees)), 0.0)
 

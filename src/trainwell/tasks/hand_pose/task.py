@@ -165,9 +165,7 @@ class HandPoseTask(Task):
             "input_feature_abs_max": features.abs().max(),
             # unweighted components
             "joint_3d": joint_3d_loss(pred_rel, target_rel),
-            "keypoint_2d": keypoint_2d_loss(
-                pred_rel, root, batch["intrinsics"], batch["keypoints_2d_px"], visibility
-            ),
+            "keypoint_2d": keypoint_2d_loss(pred_rel, root, batch["intrinsics"], batch["keypoints_2d_px"], visibility),
             "bone_prior": bone_prior_loss(pred_rel, self._bone_tolerance),
             "pose_prior": pose_prior_loss(pred_rel, self._pose_margin_rad),
             "aux": joint_3d_loss(outputs["aux_joints_mm"], target_rel),

@@ -1,0 +1,106 @@
+"""``trainwell report RUN_DIR``: one HTML page with the run's plots and the training doctor's findings.
+
+The page is ``RUN_DIR/report.html``; its PNG figures sit beside it in ``report_files/`` and are referenced
+by relative paths, so the folder can be copied or zipped as a whole. It reads only the run's files (see
+:func:`trainwell.engine.doctor.diagnose_run`), so it works on finished and running runs alike.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from datetime import datetime
+from pathlib import Path
+
+from trainwell.engine.best import parse_metric_expression
+from trainwell.engine.diagnostics import Finding, Thresholds
+from trainwell.engine.doctor import RunDiagnosis, diagnose_run
+
+__all__ = ["write_report"]
+
+FILES_DIR = "report_files"
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1000px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+.finding { border-left: 6px solid #999; padding: 0.4em 0.8em; margin: 0.6em 0; background: #fafafa; }
+.error { border-color: #c62828; } .warning { border-color: #ef8f00; } .info { border-color: #1565c0; }
+.sev { font-weight: bold; text-transform: uppercase; font-size: 0.8em; }
+.ok { border-left: 6px solid #2e7d32; padding: 0.4em 0.8em; background: #f3faf3; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; } code, pre { background: #f4f4f4; }
+pre { padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+
+def _finding_html(finding: Finding) -> str:
+    step = f" — step {finding.step}" if finding.step is not None else ""
+    severity = html.escape(finding.severity)
+    return (
+        f'<div class="finding {severity}"><span class="sev">{severity}</span> '
+        f"<code>{html.escape(finding.id)}</code>{html.escape(step)}: <b>{html.escape(finding.title)}</b><br>"
+        f"<i>Evidence:</i> {html.escape(finding.evidence)}<br><i>Fix:</i> {html.escape(finding.fix)}</div>"
+    )
+
+
+def _page(diagnosis: RunDiagnosis, figures: list[tuple[str, str]]) -> str:
+    name = (diagnosis.config.get("run") or {}).get("name", diagnosis.run_dir.name)
+    task = (diagnosis.config.get("task") or {}).get("class_path", "?")
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>trainwell report — {html.escape(str(name))}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>Run <code>{html.escape(str(name))}</code></h1>",
+        f"<p>Task <code>{html.escape(str(task))}</code> · directory <code>{html.escape(str(diagnosis.run_dir))}</code>"
+        f" · {html.escape(diagnosis.status)} · report written {datetime.now():%Y-%m-%d %H:%M}</p>",
+        "<h2>Diagnosis</h2>",
+    ]
+    if diagnosis.findings:
+        parts += [_finding_html(f) for f in diagnosis.findings]
+    else:
+        parts.append('<div class="ok">The training doctor found no problems.</div>')
+    if diagnosis.summary:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in diagnosis.summary) + "</ul>")
+    parts.append("<h2>Plots</h2>")
+    if not figures:
+        parts.append("<p>No metrics recorded yet.</p>")
+    for caption, src in figures:
+        parts.append(
+            f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    config = json.dumps(diagnosis.config, indent=2, default=str)
+    parts += [f"<h2>Configuration</h2><pre>{html.escape(config)}</pre>", "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``report.html`` (default: in ``run_dir``) and its figures; returns the HTML file's path.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a run directory.
+    """
+    from trainwell.report.plots import plot_all  # matplotlib: imported only when a report is drawn
+
+    diagnosis = diagnose_run(run_dir)
+    path = Path(out) if out is not None else diagnosis.run_dir / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files = path.parent / FILES_DIR
+    eval_cfg = diagnosis.config.get("eval") or {}
+    best = None
+    if eval_cfg.get("best_metric"):
+        try:
+            best = parse_metric_expression(str(eval_cfg["best_metric"]))
+        except ValueError:
+            best = None
+    figures = plot_all(
+        diagnosis.records,
+        files,
+        clip=diagnosis.context.clip_grad_norm,
+        best=best,
+        best_mode=str(eval_cfg.get("best_mode", "min")),
+        update_ratio_high=Thresholds().update_ratio_high,
+    )
+    relative = [(caption, f"{FILES_DIR}/{p.name}") for caption, p in figures]
+    path.write_text(_page(diagnosis, relative), encoding="utf-8")
+    return path
