@@ -137,7 +137,13 @@ def test_update_probe_measures_the_relative_step() -> None:
 
 
 def test_debug_loss_prints_internals_and_changes_nothing(tmp_path: Path, monkeypatch) -> None:
-    args = ["configs/hand_pose/tiny.yaml", "data.train_size=256", "data.val_size=32", "train.epochs=1", "train.batch_size=64"]
+    args = [
+        "configs/hand_pose/tiny.yaml",
+        "data.train_size=256",
+        "data.val_size=32",
+        "train.epochs=1",
+        "train.batch_size=64",
+    ]
     args += ["train.log_every=1", "task.model.hidden=32", "task.model.dropout=0.2"]
     assert main(["train", *args, f"run.dir={tmp_path / 'plain'}"]) == 0
     monkeypatch.setenv("TRAINWELL_DEBUG_LOSS", "1")

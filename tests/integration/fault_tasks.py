@@ -114,11 +114,11 @@ class _SlowDataset(Dataset):
 
 
 class SlowDataRegressionTask(RegressionTask):
-    """The training set takes 15 ms to produce each batch in the training process."""
+    """The training set takes 40 ms to produce each batch in the training process."""
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         train, val = super().build_datasets()
-        return _SlowDataset(train, 0.015), val
+        return _SlowDataset(train, 0.04), val
 
 
 class OneShardEvalRegressionTask(RegressionTask):

@@ -106,7 +106,7 @@ def test_each_fault_raises_its_own_finding_and_no_other(fault: str, tmp_path: Pa
     [
         pytest.param(REGRESSION, id="regression example"),
         pytest.param(HAND_POSE, id="hand-pose base of the faults"),
-        pytest.param(["configs/hand_pose/tiny.yaml"], id="hand-pose tiny config"),
+        pytest.param(["configs/hand_pose/tiny.yaml"], id="hand-pose tiny config", marks=pytest.mark.slow),
     ],
 )
 def test_healthy_runs_raise_nothing(args: list[str], tmp_path: Path) -> None:

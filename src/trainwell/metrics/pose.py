@@ -151,7 +151,6 @@ def mpvpe(
         return masked_mean(_norms(diff, mask, mm_per_unit(unit)), mask)
 
 
-# -- Procrustes (similarity) alignment --------------------------------------------------------------
 # -- the 3×3 rotation solver ------------------------------------------------------------------------
 # Horn (1987) / QCP (Theobald 2005, Liu et al. 2010): the rotation R maximising tr(Rᵀ K) is given by the
 # unit quaternion q spanning the top eigenvector of a symmetric traceless 4×4 matrix H(K), and the maximum
@@ -176,15 +175,17 @@ _ADJ_TERMS = (  # (sign, a row, a column, minor) × 3 for each of the 16 entries
     (-1, 1, 0, 9), (1, 1, 1, 7), (-1, 1, 2, 6), (1, 0, 0, 9), (-1, 0, 1, 7), (1, 0, 2, 6),
     (-1, 3, 0, 3), (1, 3, 1, 1), (-1, 3, 2, 0), (1, 2, 0, 3), (-1, 2, 1, 1), (1, 2, 2, 0),
 )  # fmt: skip
-# Newton stops per sample once its step is below this (λ is O(1) after normalising K). Samples still
+# Newton stops per sample once its step is below this (λ is O(1) after normalising K); no sample stops
+# before _NEWTON_FREE_STEPS (hands need ~8 from √3), which spares those steps the masking. Samples still
 # moving after _NEWTON_MAX_STEPS have a (near) multiple top root and go to the SVD fallback.
 _NEWTON_TOL = 1e-13
 _NEWTON_FREE_STEPS = 4
 _NEWTON_MAX_STEPS = 30
-# Fallback thresholds on the normalised problem (‖K‖_F = 1). The eigenvector's error grows like eps / gap,
-# and the slope P'(λ) = Π_{i>1} (λ - λ_i) is at most 12 × the gap to the second eigenvalue: below 1e-4 the
-# top eigenvalue is (nearly) double and the rotation (nearly) not unique. The residual check (a maximiser
-# makes Rᵀ K symmetric) catches whatever else went wrong.
+# Fallback thresholds on the normalised problem (‖K‖_F = 1). The eigenvector taken from the adjugate has a
+# relative error of about eps / P'(λ), where the slope P'(λ) = Π_{i>1} (λ - λ_i) lies between gap³ and
+# 12 gap (gap: to the second eigenvalue); it is 0 for a double top eigenvalue (collinear points: the
+# rotation is not unique). The residual check (a maximiser makes Rᵀ K symmetric) catches whatever else
+# went wrong. Neither fires on ordinary hands; see tests/metrics/test_pose.py.
 _MIN_SLOPE = 1e-4
 _MAX_ASYMMETRY = 1e-12
 
@@ -196,9 +197,7 @@ def _det3(m: Tensor) -> Tensor:
 
 def _det3_entries(k: list[Tensor]) -> Tensor:
     """Determinants ``(B,)`` of 3×3 matrices given as 9 entries ``(B,)``, row-major."""
-    return (
-        k[0] * (k[4] * k[8] - k[5] * k[7]) - k[1] * (k[3] * k[8] - k[5] * k[6]) + k[2] * (k[3] * k[7] - k[4] * k[6])
-    )
+    return k[0] * (k[4] * k[8] - k[5] * k[7]) - k[1] * (k[3] * k[8] - k[5] * k[6]) + k[2] * (k[3] * k[7] - k[4] * k[6])
 
 
 def _sum_squares(x: list[Tensor]) -> Tensor:
@@ -278,7 +277,7 @@ def _proper_rotation(cov: list[Tensor]) -> tuple[Tensor, Tensor]:
     lam = torch.full_like(norm, 3.0**0.5)
     two_c2 = 2.0 * c2
     slope = torch.ones_like(lam)
-    moving = torch.ones_like(zero)
+    moving = ~zero
     for i in range(_NEWTON_MAX_STEPS):
         lam2 = lam * lam
         value = torch.addcmul(torch.addcmul(c0, c1, lam), lam2 + c2, lam2)
@@ -290,7 +289,8 @@ def _proper_rotation(cov: list[Tensor]) -> tuple[Tensor, Tensor]:
             step = torch.where(moving, value / slope, 0.0)
         lam = lam - step
         if i + 1 >= _NEWTON_FREE_STEPS:
-            moving &= ~(step.abs() <= _NEWTON_TOL)  # NaN keeps moving, and ends up distrusted
+            # Done: converged, or headed for a slope too small to trust (P' only falls as λ descends), or NaN.
+            moving &= (step.abs() > _NEWTON_TOL) & (slope >= _MIN_SLOPE)
             if not bool(moving.any()):  # host sync (free on CPU)
                 break
     for i in (0, 5, 10, 15):
@@ -313,7 +313,7 @@ def _proper_rotation(cov: list[Tensor]) -> tuple[Tensor, Tensor]:
         rk_ij = r[i] * k[j] + r[3 + i] * k[3 + j] + r[6 + i] * k[6 + j]
         rk_ji = r[j] * k[i] + r[3 + j] * k[3 + i] + r[6 + j] * k[6 + i]
         asymmetry = torch.maximum(asymmetry, (rk_ij - rk_ji).abs())
-    trusted = ~moving & (slope >= _MIN_SLOPE) & (asymmetry <= _MAX_ASYMMETRY) & inv_q.isfinite()
+    trusted = ~moving & (slope >= _MIN_SLOPE) & (asymmetry <= _MAX_ASYMMETRY) & inv_q.isfinite() & lam.isfinite()
     eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
     return torch.where(zero[:, None, None], eye, rot), trusted | zero
 
@@ -340,6 +340,7 @@ def _best_rotation(cov: Tensor, allow_reflection: bool) -> Tensor:
     return rot
 
 
+# -- Procrustes (similarity) alignment --------------------------------------------------------------
 # CPU chunking. The point-wise passes (centring, covariance, residuals) take at most _CPU_POINT_BYTES of
 # float64 coordinates per set at a time, so that the next pass finds them in cache (~30% faster than
 # 8 MB chunks at 100k × 21 points). The rotation solver runs ~500 small operations on (B,) vectors and

@@ -78,12 +78,14 @@ def test_invisible_keypoints_do_not_influence_the_prediction() -> None:
 def test_the_model_can_fit_a_small_batch() -> None:
     torch.manual_seed(0)
     net = HandLiftingNet(LiftingNetConfig(hidden=128, num_blocks=1, dropout=0.0, norm="layer"))
-    b = _batch(32)
+    b = _batch(16)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
     for _ in range(150):
         out = net(b["keypoints_2d_px"], b["visibility"], b["intrinsics"])["joints_mm"]
         loss = (out - b["joints_rel_mm"]).norm(dim=-1).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss.detach()) < 5.0  # mm, from ~80 at the start
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.1 * losses[0]  # mm: from ~80 to a few

@@ -20,8 +20,10 @@ definition:
 * **Frame propagation**: the child frame's ``x`` is the bone direction and its ``y`` the parent's
   ``y`` made orthogonal to it (no twist) — exactly the frame ``R_parent R_y(flexion) R_z(abduction)``.
 
-Every helper below uses element-wise arithmetic only (no reductions, no matmul), so a hand's result
-does not depend on which other hands share the batch: generation is bit-reproducible per sample.
+The helpers the generator uses (:func:`base_frames`, :func:`frame_from_xy`, :func:`frame_apply`, …) are
+element-wise arithmetic only — no reductions, no matmul — so a hand does not depend on which other hands
+share the batch: generation is bit-reproducible per sample. :func:`joint_angles`, the pose prior's hot
+path, uses batched reductions instead (the generator never calls it).
 """
 
 from __future__ import annotations
@@ -230,15 +232,20 @@ def joint_angles(joints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     frames = base_frames(joints)  # (..., 5, 3, 3)
     chains = joints[..., _CHAIN_JOINTS, :].unflatten(-2, (5, 4))  # (..., 5 fingers, 4 joints, 3)
-    bones = normalize(chains[..., 1:, :] - chains[..., :-1, :])  # (..., 5, 3 bones, 3)
-    flexions, abductions = [], []
+    bones = torch.nn.functional.normalize(chains[..., 1:, :] - chains[..., :-1, :], dim=-1, eps=1e-9)
+    components = []  # each bone's direction in its parent's frame, (..., 5, 3)
+    # Batched reductions from here on (this is the loss's hot path; the generator does not use it).
     for level in range(3):
-        u = bones[..., level, :]  # (..., 5, 3)
-        cx, cy, cz = dot(u, frames[..., 0]), dot(u, frames[..., 1]), dot(u, frames[..., 2])
-        flexions.append(torch.atan2(-cz, cx))
-        abductions.append(torch.atan2(cy, torch.sqrt((cx * cx + cz * cz).clamp_min(1e-18))))
-        frames = frame_from_xy(u, frames[..., 1])
-    return torch.stack(flexions, dim=-1), torch.stack(abductions, dim=-1)
+        u = bones[..., level, :]
+        components.append((frames * u.unsqueeze(-1)).sum(dim=-2))
+        y = frames[..., 1]
+        y = torch.nn.functional.normalize(y - (y * u).sum(dim=-1, keepdim=True) * u, dim=-1, eps=1e-9)
+        frames = torch.stack((u, y, torch.linalg.cross(u, y, dim=-1)), dim=-1)
+    c = torch.stack(components, dim=-2)  # (..., 5, 3 joints, 3)
+    cx, cy, cz = c[..., 0], c[..., 1], c[..., 2]
+    flexion = torch.atan2(-cz, cx)
+    abduction = torch.atan2(cy, torch.sqrt((cx * cx + cz * cz).clamp_min(1e-18)))
+    return flexion, abduction
 
 
 def bone_lengths(joints: torch.Tensor) -> torch.Tensor:
