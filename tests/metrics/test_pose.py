@@ -340,16 +340,16 @@ def test_closed_form_solver_matches_svd_umeyama_on_20k_samples() -> None:
 @pytest.fixture
 def svd_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Sizes of the batches handed to the SVD fallback of the closed-form solver, call by call."""
-    import trainwell.metrics.pose as pose
+    import trainwell.metrics.procrustes as procrustes
 
     calls: list[int] = []
-    svd_rotation = pose._svd_rotation
+    svd_rotation = procrustes.svd_rotation
 
     def counting(cov: torch.Tensor, allow_reflection: bool) -> torch.Tensor:
         calls.append(cov.shape[0])
         return svd_rotation(cov, allow_reflection)
 
-    monkeypatch.setattr(pose, "_svd_rotation", counting)
+    monkeypatch.setattr(procrustes, "svd_rotation", counting)
     return calls
 
 
