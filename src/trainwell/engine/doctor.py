@@ -277,25 +277,27 @@ class TrainingDoctor:
         return {"update_ratio": value}
 
     # -- logging steps, epoch ends, evaluations ----------------------------------------------------
-    def on_train_log(self, record: Mapping[str, Any], model: nn.Module) -> None:
-        """A log line was written (every process calls this: a non-finite loss stops all of them).
+    def on_train_log(self, values: Mapping[str, Any], model: nn.Module, *, epoch: int, step: int) -> None:
+        """A log line with ``values`` (those of its ``metrics.jsonl`` record) was written.
+
+        Every process calls this: a non-finite loss stops all of them together.
 
         Raises:
             NonFiniteLossError: under ``diagnostics.nonfinite=stop``.
         """
         if not self.enabled:
             return
-        values = [v for k, v in record.items() if k == "loss" or k.startswith("loss/")]
-        grad = record.get("grad_norm")
+        losses = [v for k, v in values.items() if k == "loss" or k.startswith("loss/")]
+        grad = values.get("grad_norm")
         grads_bad = grad is not None and not math.isfinite(grad) and self.context.amp != "fp16"
-        self._check_finite(values, grads_bad, int(record["step"]))
+        self._check_finite(losses, grads_bad, step)
         self._recent.clear()
         if not self.reports:
             return
-        self.records.append(dict(record))
+        self.records.append({"kind": "train", "epoch": epoch + 1, "step": step, **values})
         for finding in check_history(self.records, self.context, self.th, cores=os.cpu_count()):
             self._raise(finding, update=True)
-        mode = check_train_mode(model, int(record["step"]))
+        mode = check_train_mode(model, step)
         if mode is not None:
             self._raise(mode)
 

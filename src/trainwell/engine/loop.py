@@ -309,7 +309,8 @@ class Trainer:
                 self.state.global_step += 1
                 if should_log:
                     record = self._log_train(epoch, bar)
-                    self.doctor.on_train_log(record, self.model)  # checks; a non-finite loss stops here
+                    # The doctor's checks on the values just logged; a non-finite loss stops here.
+                    self.doctor.on_train_log(record, self.model, epoch=epoch, step=self.state.global_step)
                 # Processes agree on a signal only on logging steps (they sync there anyway).
                 if self.should_stop() or self.stop_request.should_stop(
                     global_step=self.state.global_step, sync=should_log
@@ -363,7 +364,7 @@ class Trainer:
     def _log_train(self, epoch: int, bar: ProgressBar) -> dict[str, Any]:
         """One log line: interval-averaged loss breakdown, LR, grad norm, throughput (one host sync).
 
-        Returns the ``metrics.jsonl`` record (on every process; only rank 0 writes it).
+        Returns the values of the ``metrics.jsonl`` record (on every process; only rank 0 writes it).
         """
         sums, count = self.loss_meter.read_interval()  # host sync: once per log_every steps
         names = list(sums)
@@ -377,7 +378,6 @@ class Trainer:
         bar.set_loss(total)
         record = {"loss": total, **{f"loss/{n}": v for n, v in components.items()}, "lr": lr, **interval}
         record.update(self.doctor.interval_values())  # update_ratio
-        record.update(kind="train", epoch=epoch + 1, step=self.state.global_step)
         if not self.env.is_main:
             return record
         shown = " ".join(f"{n} {format_value(v)}" for n, v in components.items() if v != 0.0)
@@ -390,8 +390,7 @@ class Trainer:
             f"lr {lr:.2e} | {grad} | {interval['steps_per_s']:.1f} it/s, "
             f"data wait {interval['data_wait_share']:.0%}"
         )
-        values = {k: v for k, v in record.items() if k not in ("kind", "epoch", "step")}
-        self.metrics_writer.write("train", epoch + 1, self.state.global_step, values, "Train")
+        self.metrics_writer.write("train", epoch + 1, self.state.global_step, record, "Train")
         return record
 
     def _epoch_summary(self, epoch: int, train_loss: float, result: EvalResult | None, seconds: float) -> None:
