@@ -1,7 +1,7 @@
 """The hand-pose training of `make demo`, driven from Python instead of YAML.
 
-    python examples/python_api.py            # the demo's sizes
-    python examples/python_api.py --tiny     # a few seconds
+python examples/python_api.py            # the demo's sizes
+python examples/python_api.py --tiny     # a few seconds
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ train/eval? ``Trainer._train_one_epoch`` and ``evaluate``. Where do loss values 
 ``Trainer._log_train`` — once per ``train.log_every`` optimizer steps, never in between. Where are
 checkpoints written? ``_save_checkpoints`` (epoch end), ``_maybe_save_latest`` (inside an epoch) and
 ``_stop_on_signal``; what they hold: ``state_dict`` / ``load_state_dict``; files: ``engine/checkpoint.py``.
+Where does the training doctor look? The ``self.doctor.*`` calls (``engine/doctor.py``; the checks
+themselves are in ``engine/diagnostics.py``).
 """
 
 from __future__ import annotations
