@@ -27,6 +27,7 @@ def _imports(path: Path) -> set[str]:
         ("metrics", ("trainwell.engine", "trainwell.tasks", "trainwell.config", "trainwell.cli", "<relative>")),
         ("engine", ("trainwell.tasks", "trainwell.cli")),
         ("config", ("trainwell.tasks", "trainwell.cli")),
+        ("report", ("trainwell.tasks", "trainwell.cli")),
     ],
 )
 def test_import_direction(package: str, forbidden: tuple[str, ...]) -> None:
