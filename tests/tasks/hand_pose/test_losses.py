@@ -134,9 +134,10 @@ def test_pose_prior_penalises_hyperextension_and_sideways_bending(batch: dict[st
 def test_zero_weights_are_omitted_and_weights_multiply(batch: dict[str, torch.Tensor]) -> None:
     outputs = _perfect(batch)
     outputs["joints_mm"] = outputs["joints_mm"] + 1.0
-    only_3d = _losses(outputs, batch, L.LossWeights(joint_3d=1.0))
+    off = {name: 0.0 for name in L.LOSS_NAMES}
+    only_3d = _losses(outputs, batch, L.LossWeights(**{**off, "joint_3d": 1.0}))
     assert set(only_3d) == {"joint_3d"}
-    doubled = _losses(outputs, batch, L.LossWeights(joint_3d=2.0))
+    doubled = _losses(outputs, batch, L.LossWeights(**{**off, "joint_3d": 2.0}))
     assert float(doubled["joint_3d"]) == pytest.approx(2 * float(only_3d["joint_3d"]))
-    no_3d = _losses(outputs, batch, L.LossWeights(joint_3d=0.0, bone_prior=0.5))
+    no_3d = _losses(outputs, batch, L.LossWeights(**{**off, "bone_prior": 0.5}))
     assert set(no_3d) == {"bone_prior"}

@@ -26,7 +26,7 @@ SAMPLE_KEYS: tuple[str, ...] = (
 class SyntheticHandPoseDataset(Dataset):
     """``size`` synthetic hands of one split; sample ``i`` is a pure function of ``(seed, split, i)``.
 
-    All samples are generated at construction, in chunks (a few seconds per 100k), and held as one
+    All samples are generated at construction, in chunks (about a second per 100k), and held as one
     tensor per field. ``dataset[i]`` is a dict of per-sample tensors; ``dataset.__getitems__(indices)``
     (which PyTorch's DataLoader calls when present) is the batched dict, one fancy-index per field.
 

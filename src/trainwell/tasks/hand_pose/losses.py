@@ -37,17 +37,20 @@ LOSS_NAMES = ("joint_3d", "keypoint_2d", "bone_prior", "pose_prior", "aux")
 
 @dataclass
 class LossWeights:
-    """``task.loss_weights``: the weight of each named component; a weight of 0 drops the component."""
+    """``task.loss_weights``: the weight of each named component; 0 drops the component.
+
+    The defaults are the demo's (``configs/hand_pose/synthetic_lifting.yaml``).
+    """
 
     joint_3d: float = 1.0
     """Root-relative 3D joint error (mm)."""
-    keypoint_2d: float = 0.0
-    """Reprojection error in normalised image units (px / focal); ~100–500 makes it comparable to joint_3d."""
-    bone_prior: float = 0.0
+    keypoint_2d: float = 100.0
+    """Reprojection error in normalised image units (px / focal): 100 turns 0.01 (~5 px) into 1, like 1 mm."""
+    bone_prior: float = 1.0
     """Excess deviation of bone proportions from the template (dimensionless log-ratio)."""
-    pose_prior: float = 0.0
+    pose_prior: float = 1.0
     """Excess of joint angles beyond the anatomical limits (radians)."""
-    aux: float = 0.0
+    aux: float = 0.5
     """``joint_3d`` of the intermediate head (mm)."""
 
 

@@ -1,9 +1,10 @@
 """2D → 3D lifting network: the residual MLP of Martinez et al. (2017), "A simple yet effective baseline".
 
 Input: the visible 2D keypoints in pixels, their visibility and the camera intrinsics. The network
-first removes the camera (:func:`lifting_features`), so the same weights serve any focal length and
-principal point. Output: root(wrist)-relative 3D joints in the camera axes, millimetres, plus the same
-from an auxiliary head after the first residual block (deep supervision).
+first removes the camera and its roll about the optical axis (:func:`lifting_features`), so the same
+weights serve any focal length and principal point, and in-plane rotations need not be learnt.
+Output: root(wrist)-relative 3D joints in the camera axes, millimetres, plus the same from an auxiliary
+head after the first residual block (deep supervision).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ class LiftingNetConfig:
     """Width of every hidden layer."""
     num_blocks: int = 2
     """Residual blocks (each: two Linear → norm → ReLU → Dropout layers and a skip connection)."""
-    dropout: float = 0.1
-    """Dropout probability after every hidden activation."""
+    dropout: float = 0.0
+    """Dropout probability after every hidden activation (0: synthetic data is plentiful, nothing to regularise)."""
     norm: Literal["batch", "layer"] = "batch"
     """Normalisation after each hidden Linear: BatchNorm1d (as in Martinez et al.) or LayerNorm."""
     output_scale_mm: float = 100.0

@@ -5,7 +5,7 @@ counter-based hash (splitmix64 in NumPy ``uint64`` arithmetic) of ``(seed, split
 so any subset of indices, in any order, in any process or DataLoader worker, generates the same
 hands, the train and val streams never overlap, and nothing holds state. All geometry is element-wise
 over the batch (no reduction or matmul whose rounding could depend on the batch), so a sample is
-bit-for-bit the same whichever batch it is generated in. 100k samples take a few seconds.
+bit-for-bit the same whichever batch it is generated in. 100k samples take about a second.
 
 One hand:
 

@@ -49,7 +49,7 @@ class HandPoseTaskConfig(TaskConfig):
 class HandPoseDataConfig(SyntheticHandsConfig, DataConfig):
     """``data:`` section: dataset sizes and seed, the generator's parameters, and the DataLoader's."""
 
-    train_size: int = 50_000
+    train_size: int = 80_000
     """Training samples (indices 0 … train_size-1 of the train stream)."""
     val_size: int = 5_000
     """Validation samples (a disjoint stream)."""
