@@ -1,4 +1,4 @@
-"""The hand-pose training of `make demo`, driven from Python instead of YAML.
+"""The hand-pose training of `make demo` (configs/hand_pose/synthetic_lifting.yaml), driven from Python.
 
 python examples/python_api.py            # the demo's sizes
 python examples/python_api.py --tiny     # a few seconds
@@ -21,10 +21,10 @@ def main() -> None:
 
     cfg = ExperimentConfig(
         task=HandPoseTaskConfig(),
-        data=HandPoseDataConfig(train_size=2_000 if args.tiny else 50_000, val_size=500 if args.tiny else 5_000),
-        train=TrainConfig(epochs=2 if args.tiny else 10, batch_size=256, clip_grad_norm=1.0, log_every=50),
-        optim=OptimConfig(name="adamw", lr=1e-3, weight_decay=1e-4),
-        schedule=ScheduleConfig(warmup_steps=20, decay="cosine", min_lr_ratio=0.01),
+        data=HandPoseDataConfig(train_size=2_000 if args.tiny else 80_000, val_size=500 if args.tiny else 5_000),
+        train=TrainConfig(epochs=2 if args.tiny else 12, batch_size=256, clip_grad_norm=1.0, log_every=50),
+        optim=OptimConfig(name="adamw", lr=3e-3, weight_decay=1e-4),
+        schedule=ScheduleConfig(warmup_steps=100, decay="cosine", min_lr_ratio=0.01),
         eval=EvalConfig(best_metric="(mpjpe + pa_mpjpe) / 2", best_mode="min"),
         run=RunConfig(name="python_api", dir=args.run_dir),
     )

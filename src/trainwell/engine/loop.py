@@ -402,6 +402,7 @@ class Trainer:
             shown = ", ".join(
                 f"{name} {format_value(value)}{' ' + units[name] if name in units else ''}"
                 for name, value in result.metrics.items()
+                if "/" not in name  # grouped metrics (e.g. per joint) go to files and plots, not the line
             )
             parts.append(f"val {shown}")
         parts.append(f"LR = {self.scheduler.get_last_lr()[0]:.2e}")
@@ -439,7 +440,8 @@ class Trainer:
                 f"{self.state.best_epoch}; checkpoint: {best_path}"
             )
         if self.state.last_metrics:
-            self._info("Final val: " + ", ".join(f"{k} {format_value(v)}" for k, v in self.state.last_metrics.items()))
+            shown = ", ".join(f"{k} {format_value(v)}" for k, v in self.state.last_metrics.items() if "/" not in k)
+            self._info(f"Final val: {shown}")
         self._info("=" * 80)
 
     # -- best model and checkpoints -----------------------------------------------------------
