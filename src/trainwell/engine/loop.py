@@ -82,6 +82,10 @@ class FitResult:
     metrics: dict[str, float]
 
 
+_NO_OP = contextlib.nullcontext()
+"""A reusable do-nothing context (no object per step on the hot path)."""
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (CUDA included) from one number."""
     random.seed(seed)
@@ -191,7 +195,7 @@ class Trainer:
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """``torch.autocast`` for the configured precision (the current ``torch.amp`` API)."""
         if self.amp_dtype is None:
-            return contextlib.nullcontext()
+            return _NO_OP
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _info(self, message: str) -> None:
@@ -276,15 +280,14 @@ class Trainer:
             no_sync = (
                 self.ddp_model.no_sync()  # type: ignore[operator]
                 if self.env.is_distributed and not is_update
-                else contextlib.nullcontext()
+                else _NO_OP
             )
             self.doctor.maybe_inspect_batch(batch, epoch, micro)  # first batches only (their host reads are fine)
             if self.device.type != "cpu":
                 batch = move_to_device(batch, self.device)
             self.doctor.maybe_debug_losses(self.model, batch)  # only under diagnostics.debug_loss
             with no_sync:
-                names, stacked = self._forward(batch)
-                total = stacked.sum()
+                names, total, stacked = self._forward(batch)
                 if group_size > 1:
                     # k micro-batches must give the gradient of one k-times larger batch.
                     total = total / group_size
@@ -325,15 +328,23 @@ class Trainer:
         epoch_mean = torch.tensor([sum(sums.values()) / max(1, count)], dtype=torch.float64)
         return float(D.all_reduce_mean(epoch_mean, self.env)[0])
 
-    def _forward(self, batch: Any) -> tuple[tuple[str, ...], torch.Tensor]:
-        """Named loss components for one micro-batch, stacked into one ``(K,)`` tensor."""
+    def _forward(self, batch: Any) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
+        """Named loss components of one micro-batch: ``(names, total, stacked)``.
+
+        ``total`` is their sum, to backpropagate; ``stacked`` ``(K,)`` holds their detached fp32 values for the
+        meters (bf16 sums of several terms lose digits). Stacking detached values keeps the extra kernels out
+        of the backward graph: with one component, backward runs exactly the graph of a hand-written loop.
+        """
         with self.autocast():
             losses = self.task.compute_losses(self.ddp_model, batch)
         if not losses:
             raise RuntimeError(f"{type(self.task).__name__}.compute_losses returned no loss components.")
-        # fp32 for the sum and the meters: bf16 sums of several terms lose digits.
-        stacked = torch.stack([value.float().reshape(()) for value in losses.values()])
-        return tuple(losses), stacked
+        values = list(losses.values())
+        total = values[0]
+        for value in values[1:]:
+            total = total + value
+        stacked = torch.stack([value.detach().float().reshape(()) for value in values])
+        return tuple(losses), total, stacked
 
     def evaluate(self, epoch: int | None = None) -> EvalResult:
         """Score the validation set exactly once across all processes and log the metrics."""
