@@ -1,6 +1,7 @@
 """The training loop: one explicit ``fit`` that calls each component by name.
 
-Where does the learning rate change? ``Trainer._optimizer_step``. Where is the model switched to
+Where does the learning rate change? ``engine.step.optimizer_step`` (``scheduler.step()`` after an applied optimizer
+step; the curve is ``engine.schedule.lr_factor``). Where is the model switched to
 train/eval? ``Trainer._train_one_epoch`` and ``evaluate``. Where do loss values reach the host?
 ``Trainer._log_train`` — once per ``train.log_every`` optimizer steps, never in between. Where are
 checkpoints written? ``_save_checkpoints`` (epoch end), ``_maybe_save_latest`` (inside an epoch) and
