@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -658,6 +658,3 @@ def build_task(cfg: ExperimentConfig) -> Task:
     from trainwell.config.loader import task_class_of
 
     return task_class_of(cfg)(cfg.task, cfg.data)
-
-
-LogFn = Callable[[str], None]

@@ -6,7 +6,6 @@ scheduler.step *only if the optimizer really stepped* → zero_grad(set_to_none=
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -134,7 +133,3 @@ def optimizer_step(
     optimizer.zero_grad(set_to_none=True)
     stats.num_steps += 1
     return applied
-
-
-def is_finite(value: float) -> bool:
-    return math.isfinite(value)
