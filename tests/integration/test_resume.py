@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+from small_run import CONFIG, ROOT, SMALL, train
 
 from trainwell.cli import main
 from trainwell.config.loader import load_config
@@ -25,29 +26,7 @@ from trainwell.engine.checkpoint import BEST, LAST, TEST_KILL_IN_SAVE_ENV, atomi
 from trainwell.engine.loop import Trainer, build_task
 from trainwell.engine.signals import TEST_KILL_AT_STEP_ENV, TEST_SIGNAL_AT_STEP_ENV
 
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = str(ROOT / "configs/examples/regression.yaml")
-# 96 samples / batch 8 = 12 micro-batches = 6 optimizer steps per epoch (accumulation 2), 18 steps in all.
-# Dropout makes the result depend on the RNG streams. last.pt is written every 4 steps and at epoch ends,
-# log records every 2 steps: a run killed after step 10 has logged a step that its resumption repeats.
-SMALL = [
-    "data.train_size=96",
-    "data.val_size=32",
-    "train.batch_size=8",
-    "train.grad_accum_steps=2",
-    "train.epochs=3",
-    "task.hidden=16",
-    "task.dropout=0.2",
-    "checkpoint.latest_every_steps=4",
-    "checkpoint.keep=2",
-    "train.log_every=2",
-    "train.progress_bar=off",
-]
 _TIMING = {"steps_per_s", "data_wait_share"}
-
-
-def train(run_dir: Path, *extra: str) -> int:
-    return main(["train", CONFIG, *SMALL, f"run.dir={run_dir}", *extra])
 
 
 def spawn(run_dir: Path, extra: list[str], hooks: dict[str, str]) -> int:

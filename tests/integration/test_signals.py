@@ -11,31 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from small_run import CONFIG, ROOT, SMALL, train
 
-from trainwell.cli import main
 from trainwell.engine.checkpoint import LAST, load_checkpoint
 from trainwell.engine.distributed import DistEnv
 from trainwell.engine.signals import TEST_SIGNAL_AT_STEP_ENV, StopRequest
-
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = str(ROOT / "configs/examples/regression.yaml")
-# 6 optimizer steps per epoch (12 micro-batches, accumulation 2); last.pt every 4 steps and at epoch ends.
-SMALL = [
-    "data.train_size=96",
-    "data.val_size=32",
-    "train.batch_size=8",
-    "train.grad_accum_steps=2",
-    "train.epochs=3",
-    "task.hidden=16",
-    "task.dropout=0.2",
-    "checkpoint.latest_every_steps=4",
-    "train.log_every=2",
-    "train.progress_bar=off",
-]
-
-
-def train(run_dir: Path, *extra: str) -> int:
-    return main(["train", CONFIG, *SMALL, f"run.dir={run_dir}", *extra])
 
 
 def last_state(run_dir: Path) -> dict:

@@ -151,13 +151,18 @@ def atomic_save(payload: Mapping[str, Any], path: Path) -> None:
         fsync_directory(path.parent)
     except OSError as err:
         _remove_quietly(tmp)
-        raise CheckpointError(
-            f"Could not write checkpoint '{path}': {err.strerror or err}. The previous checkpoints are untouched; "
-            f"free disk space or fix the permissions of '{path.parent}', then resume with --resume auto."
-        ) from err
+        raise _write_error(path, err) from err
     except BaseException:  # an error in torch.save, a second Ctrl-C: leave no half-written temp file
         _remove_quietly(tmp)
         raise
+
+
+def _write_error(path: Path, err: OSError) -> CheckpointError:
+    """The error for a failed checkpoint write (disk full, permission denied, …): what happened, what to do."""
+    return CheckpointError(
+        f"Could not write checkpoint '{path}': {err.strerror or err}. The previous checkpoints are untouched; "
+        f"free disk space or fix the permissions of '{path.parent}', then resume with --resume auto."
+    )
 
 
 def link_or_copy(source: Path, target: Path) -> None:
@@ -176,10 +181,7 @@ def link_or_copy(source: Path, target: Path) -> None:
         fsync_directory(target.parent)
     except OSError as err:
         _remove_quietly(tmp)
-        raise CheckpointError(
-            f"Could not write checkpoint '{target}': {err.strerror or err}. The previous checkpoints are "
-            f"untouched; free disk space or fix the permissions of '{target.parent}'."
-        ) from err
+        raise _write_error(target, err) from err
 
 
 def fsync_directory(directory: Path) -> None:
