@@ -7,9 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from trainwell.doctor.findings import Finding, FindingSet, format_diagnosis
 from trainwell.engine.diagnostics import (
-    Finding,
-    FindingSet,
     RunContext,
     Thresholds,
     batch_tensor_stats,
@@ -25,7 +24,6 @@ from trainwell.engine.diagnostics import (
     check_update_size,
     check_validation,
     format_batch_report,
-    format_diagnosis,
 )
 
 TH = Thresholds()

@@ -43,9 +43,8 @@ from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from trainwell.config.schema import DiagnosticsConfig
+from trainwell.doctor.findings import Finding, FindingSet, format_diagnosis, format_finding
 from trainwell.engine.diagnostics import (
-    Finding,
-    FindingSet,
     RunContext,
     TensorStats,
     Thresholds,
@@ -54,8 +53,6 @@ from trainwell.engine.diagnostics import (
     check_history,
     check_train_mode,
     format_batch_report,
-    format_diagnosis,
-    format_finding,
     summarize_history,
 )
 from trainwell.engine.distributed import DistEnv

@@ -21,13 +21,18 @@ How the codebases trainwell replaces map onto it:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from trainwell.config.schema import OptimConfig, ScheduleConfig
+    from trainwell.doctor.findings import Finding
 
 
 @dataclass
@@ -50,25 +55,73 @@ class DataConfig:
     """Keep workers alive between epochs (only when num_workers > 0)."""
 
 
+PerSample = torch.Tensor | list[torch.Tensor]
+"""Per-sample results under one name: a tensor ``(N, ...)`` (one row per sample), or a list of ``N`` tensors of any
+shapes (ragged: the boxes of each frame, the token ids of each caption). Both are gathered exactly once by index."""
+
+
 @runtime_checkable
 class Evaluator(Protocol):
     """Per-sample evaluation state the engine drives (Ignite-style ``reset / update / compute``).
 
     Results are kept *per dataset index* so that distributed evaluation can gather them and verify
     that every sample was scored exactly once before ``compute`` turns them into numbers.
+
+    Lifecycle: ``Task.build_evaluator()`` is called once per evaluation, after ``build_datasets``; the engine calls
+    ``reset()``, then ``eval_step`` feeds it batch by batch on every process, then ``local_results()`` on every
+    process; on rank 0 only: ``load_results(all)`` with the gathered results sorted by index, ``compute()``, and
+    ``save_outputs(dir)`` if the evaluator has it. References (ground truth that is not in the per-sample results,
+    e.g. all captions of an image for CIDEr's document frequencies) are reached through the task, which built the
+    validation set and can hand it to the evaluator it builds.
     """
 
     def reset(self) -> None: ...
 
-    def local_results(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(indices (N,), {name: tensor (N, ...)})`` held by this process."""
+    def local_results(self) -> tuple[torch.Tensor, dict[str, PerSample]]:
+        """``(indices (N,), {name: PerSample})`` held by this process, in the same order as ``indices``."""
         ...
 
-    def load_results(self, indices: torch.Tensor, results: dict[str, torch.Tensor]) -> None:
-        """Replace the held results by the gathered ones (sorted by index)."""
+    def load_results(self, indices: torch.Tensor, results: dict[str, PerSample]) -> None:
+        """Replace the held results by the gathered ones (sorted by index; ragged names stay lists)."""
         ...
 
     def compute(self) -> dict[str, float]: ...
+
+    # Optional: ``save_outputs(self, out_dir: Path) -> list[Path]`` writes prediction files (COCO ``captions.json``,
+    # KITTI result ``.txt`` files, FreiHAND ``pred.json``) after ``compute`` on rank 0; returns the paths written.
+
+
+@dataclass
+class LossOutput:
+    """What ``Task.compute_losses`` may return instead of a plain ``{name: tensor}`` dict.
+
+    Attributes:
+        losses: *weighted* scalar components; the engine optimises their sum and logs each as ``loss/<name>``.
+        logs: values to log but not to optimise (OpenPCDet's ``tb_dict`` extras, accuracies): scalar tensors or
+            Python floats, logged as ``<name>`` at logging steps.
+        progress: items for the progress bar and log line (OpenPCDet's ``disp_dict``), same types as ``logs``.
+
+    Tensors stay on the device; the engine reads them only at logging steps (no host-device sync per step).
+    """
+
+    losses: Mapping[str, torch.Tensor]
+    logs: Mapping[str, torch.Tensor | float] = field(default_factory=dict)
+    progress: Mapping[str, torch.Tensor | float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What a metric means, for log lines, ``best_metric`` defaults and the doctor's plausibility checks.
+
+    Attributes:
+        unit: printed after the value (``"mm"``, ``""``).
+        higher_is_better: ``True`` for AP, CIDEr, PCK; ``False`` for errors.
+        plausible: ``(low, high)`` a healthy run stays within (a hand's MPJPE below 1 000 mm); ``None``: no bound.
+    """
+
+    unit: str = ""
+    higher_is_better: bool = False
+    plausible: tuple[float, float] | None = None
 
 
 Batch = Any
@@ -78,9 +131,16 @@ Batch = Any
 class Task:
     """Base class for tasks. Subclasses set ``Config``/``DataConfig`` and implement the methods.
 
+    Lifecycle (on every process): ``__init__(cfg, data_cfg)``; ``run_dir`` is set (the run directory when the run
+    writes outputs, the checkpoint's run directory for ``trainwell eval``/``predict``, else ``None``);
+    ``build_datasets()`` once; ``build_model()`` once; ``build_optimizer`` / ``build_scheduler`` once (optional);
+    ``on_epoch_start(epoch)`` before every training epoch (also the one a resumed run continues);
+    ``compute_losses`` per micro-batch; ``build_evaluator()`` once per evaluation, then ``eval_step`` per batch.
+
     Attributes:
         cfg: the typed ``task:`` section (an instance of ``Config``).
         data_cfg: the typed ``data:`` section (an instance of ``DataConfig``).
+        run_dir: where the run writes (tokenizers, vocabularies a task saves beside its checkpoints), or ``None``.
     """
 
     Config: ClassVar[type[TaskConfig]] = TaskConfig
@@ -89,6 +149,7 @@ class Task:
     def __init__(self, cfg: TaskConfig, data_cfg: DataConfig) -> None:
         self.cfg = cfg
         self.data_cfg = data_cfg
+        self.run_dir: Path | None = None
 
     # -- construction -------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -104,11 +165,15 @@ class Task:
         raise NotImplementedError
 
     # -- per batch ----------------------------------------------------------------------------
-    def compute_losses(self, model: nn.Module, batch: Batch) -> Mapping[str, torch.Tensor]:
+    def compute_losses(self, model: nn.Module, batch: Batch) -> Mapping[str, torch.Tensor] | LossOutput:
         """Run the model on a training batch and return *weighted* scalar loss components.
 
         The engine optimises their sum and logs each by name. Return tensors, never floats:
-        turning a loss into a Python number forces a host-device sync every step.
+        turning a loss into a Python number forces a host-device sync every step. Return a
+        :class:`LossOutput` to add logged-only values and progress-bar items.
+
+        Runs under ``torch.autocast`` when ``train.amp`` is on. To compute a loss in fp32 (as ViECap's
+        cross-entropy), wrap it in ``with trainwell.engine.amp.full_precision():`` and cast the logits ``.float()``.
         """
         raise NotImplementedError
 
@@ -125,12 +190,48 @@ class Task:
         """Units to print after metric values, e.g. ``{"mpjpe": "mm"}``."""
         return {}
 
-    def check_batch(self, batch: Batch) -> list[Any]:
+    def metric_specs(self) -> dict[str, MetricSpec]:
+        """Unit, direction and plausible range of each metric (the doctor flags values outside the range)."""
+        return {name: MetricSpec(unit=unit) for name, unit in self.metric_units().items()}
+
+    def check_batch(self, batch: Batch) -> list[Finding]:
         """Task-specific sanity checks on an early training batch (the training doctor calls this).
 
-        Returns a list of :class:`trainwell.engine.diagnostics.Finding` (empty when healthy).
+        Returns a list of :class:`trainwell.doctor.Finding` (empty when healthy).
         """
         return []
+
+    def build_optimizer(self, model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer | None:
+        """A custom optimizer; ``None`` (the default) builds the ``optim:`` one. Saved and resumed as usual."""
+        return None
+
+    def build_scheduler(
+        self, optimizer: torch.optim.Optimizer, total_steps: int, cfg: ScheduleConfig
+    ) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """A custom LR scheduler stepped once per applied optimizer step; ``None`` builds the ``schedule:`` one."""
+        return None
+
+    def build_batch_sampler(
+        self, dataset: Dataset, batch_size: int, epoch: int, seed: int
+    ) -> Sequence[list[int]] | None:
+        """The *global* training batches of ``epoch`` (e.g. length buckets); ``None`` = shuffled fixed-size batches.
+
+        Must be a pure function of its arguments (a resumed run calls it again and skips the batches done).
+        The engine deals batch ``i`` to process ``i % world_size`` and drops a tail that would leave some
+        processes without a batch (say so in the log), so every process takes the same number of steps.
+        """
+        return None
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Called before every training epoch (0-based), also the one a resumed run continues (e.g. to switch
+        augmentation off for the last epochs, as OpenPCDet's ``DisableAugmentationHook``). With ``data.num_workers``
+        > 0 and persistent workers, change dataset state only through what ``__getitem__`` reads from the epoch."""
+
+    def predict(self, model: nn.Module, input_path: Path, out_dir: Path | None) -> Any:
+        """``trainwell predict``: run the model (in eval mode, under no_grad) on the inputs of one file and return
+        a JSON-serialisable result (printed and written to ``out_dir/predictions.json``). The task may write its own
+        formats into ``out_dir`` too (KITTI result text, FreiHAND ``pred.json``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement predict(); `trainwell predict` needs it.")
 
     def debug_losses(self, model: nn.Module, batch: Batch) -> dict[str, float]:
         """Loss internals for ``diagnostics.debug_loss`` (statistics of predictions, targets, elements)."""

@@ -12,8 +12,11 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+from trainwell.doctor.findings import Finding
 from trainwell.engine.best import parse_metric_expression
-from trainwell.engine.diagnostics import Finding, Thresholds
+from trainwell.engine.diagnostics import (
+    Thresholds,
+)
 from trainwell.engine.doctor import RunDiagnosis, diagnose_run
 
 __all__ = ["write_report"]

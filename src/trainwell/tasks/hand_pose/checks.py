@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import torch
 
-from trainwell.engine.diagnostics import Finding
+from trainwell.doctor import Finding
 from trainwell.tasks.hand_pose import skeleton as S
 
 BONE_RANGE_MM = (10.0, 150.0)
