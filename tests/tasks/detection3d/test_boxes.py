@@ -22,31 +22,25 @@ def _rect(box: list[float]) -> list[tuple[float, float]]:
     return out
 
 
+def _side(a: tuple[float, float], b: tuple[float, float], p: tuple[float, float]) -> float:
+    """Twice the signed area of (a, b, p): positive when p is left of a->b."""
+    return (b[0] - a[0]) * (p[1] - a[1]) - (b[1] - a[1]) * (p[0] - a[0])
+
+
 def _clip(subject: list[tuple[float, float]], clipper: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Sutherland–Hodgman: clip ``subject`` by each half-plane of the convex counter-clockwise ``clipper``."""
     output = subject
     for i in range(len(clipper)):
-        (ax, ay), (bx, by) = clipper[i], clipper[(i + 1) % len(clipper)]
-
-        def inside(p: tuple[float, float]) -> bool:
-            return (bx - ax) * (p[1] - ay) - (by - ay) * (p[0] - ax) >= -1e-12
-
-        def cross(p: tuple[float, float], q: tuple[float, float]) -> tuple[float, float]:
-            # Intersection of segment p-q with the clipper's line a-b.
-            d1 = (bx - ax) * (p[1] - ay) - (by - ay) * (p[0] - ax)
-            d2 = (bx - ax) * (q[1] - ay) - (by - ay) * (q[0] - ax)
-            t = d1 / (d1 - d2)
-            return (p[0] + t * (q[0] - p[0]), p[1] + t * (q[1] - p[1]))
-
+        a, b = clipper[i], clipper[(i + 1) % len(clipper)]
         inp, output = output, []
         for j in range(len(inp)):
             cur, prev = inp[j], inp[j - 1]
-            if inside(cur):
-                if not inside(prev):
-                    output.append(cross(prev, cur))
+            d_cur, d_prev = _side(a, b, cur), _side(a, b, prev)
+            if (d_cur >= -1e-12) != (d_prev >= -1e-12):
+                t = d_prev / (d_prev - d_cur)  # where segment prev-cur crosses the clipper's line
+                output.append((prev[0] + t * (cur[0] - prev[0]), prev[1] + t * (cur[1] - prev[1])))
+            if d_cur >= -1e-12:
                 output.append(cur)
-            elif inside(prev):
-                output.append(cross(prev, cur))
         if not output:
             return []
     return output
