@@ -69,8 +69,14 @@ def make_anchors(cfg: AnchorConfig, point_range_m: list[float], grid_xy: tuple[i
 def encode(boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
     """ResidualCoder targets ``(..., 7)`` of ``boxes`` against ``anchors``."""
     diag = torch.sqrt(anchors[..., 3] ** 2 + anchors[..., 4] ** 2)
-    xyz = torch.stack([(boxes[..., 0] - anchors[..., 0]) / diag, (boxes[..., 1] - anchors[..., 1]) / diag,
-                       (boxes[..., 2] - anchors[..., 2]) / anchors[..., 5]], -1)  # fmt: skip
+    xyz = torch.stack(
+        [
+            (boxes[..., 0] - anchors[..., 0]) / diag,
+            (boxes[..., 1] - anchors[..., 1]) / diag,
+            (boxes[..., 2] - anchors[..., 2]) / anchors[..., 5],
+        ],
+        -1,
+    )
     dims = torch.log(boxes[..., 3:6].clamp_min(1e-3) / anchors[..., 3:6])
     return torch.cat([xyz, dims, (boxes[..., 6] - anchors[..., 6])[..., None]], -1)
 
@@ -104,9 +110,13 @@ def nearest_bev_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def assign_targets(
-    anchors: torch.Tensor, anchor_class: torch.Tensor, gt_boxes: torch.Tensor, gt_labels: torch.Tensor,
-    gt_ignored: torch.Tensor, cfg: AnchorConfig,
-) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    anchors: torch.Tensor,
+    anchor_class: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    gt_labels: torch.Tensor,
+    gt_ignored: torch.Tensor,
+    cfg: AnchorConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Labels ``(A,)`` (-1 ignore, 0 background, c ≥ 1 class) and matched GT boxes ``(A, 7)`` of one frame.
 
     Per class, as OpenPCDet's ``AxisAlignedTargetAssigner``: an anchor is positive when its IoU with a GT of its class
@@ -134,8 +144,11 @@ def assign_targets(
         pos[gt_best_anchor[takes]] = True
         best_gt[gt_best_anchor[takes]] = torch.nonzero(takes)[:, 0]
         cls_labels[pos] = c
-        near_ignored = (torch.where(ignored[None], iou, torch.zeros_like(iou)).max(1).values
-                        >= cls.unmatched_threshold) if bool(ignored.any()) else torch.zeros_like(pos)  # fmt: skip
+        near_ignored = (
+            (torch.where(ignored[None], iou, torch.zeros_like(iou)).max(1).values >= cls.unmatched_threshold)
+            if bool(ignored.any())
+            else torch.zeros_like(pos)
+        )
         cls_labels[near_ignored & ~pos] = -1
         labels[idx] = cls_labels
         matched[idx] = boxes[best_gt]

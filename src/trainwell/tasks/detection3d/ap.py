@@ -73,7 +73,10 @@ class FrameDetections:
 def ignore_flags(
     gt: FrameLabels, det: FrameDetections, cls: str, difficulty: int
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """KITTI's ``clean_data``: ``(gt_flags (G,), det_flags (D,), num_valid_gt)``; 0 = counts, 1 = ignored, -1 = other."""
+    """KITTI's ``clean_data``: ``(gt_flags (G,), det_flags (D,), num_valid_gt)``.
+
+    Flags: 0 = counts, 1 = ignored (neither a miss nor a false positive), -1 = another class (takes no part).
+    """
     names = [n.lower() for n in gt.names]
     same = np.array([n == cls.lower() for n in names], dtype=bool)
     neighbour = np.array([n == NEIGHBOUR.get(cls, "").lower() for n in names], dtype=bool)

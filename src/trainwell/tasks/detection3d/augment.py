@@ -24,8 +24,9 @@ class AugmentConfig:
     """``random_world_rotation``: yaw drawn uniformly from ``±rotation_deg`` (OpenPCDet: ±π/4)."""
     scale_range: tuple[float, float] = (0.95, 1.05)
     """``random_world_scaling``: a factor drawn uniformly from this range."""
-    disable_last_epochs: int = 0
-    """OpenPCDet's ``DisableAugmentationHook`` (``NUM_LAST_EPOCHS``): no augmentation in the last N epochs."""
+    disable_from_epoch: int | None = None
+    """OpenPCDet's ``DisableAugmentationHook``: no augmentation from this (0-based) epoch on; for the last N of
+    ``train.epochs`` set it to ``epochs - N`` (the task does not see ``train.epochs``). ``null``: never."""
 
 
 def augment_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -36,8 +36,9 @@ def frame_to_sample(frame: Frame, point_range_m: Sequence[float]) -> dict[str, A
     """Crop points to the detector's range, keep the labels whose centre is inside, convert to tensors."""
     points = frame["points"][in_range(frame["points"][:, :3], point_range_m)]
     boxes = np.asarray(frame["gt_boxes"], dtype=np.float32).reshape(-1, 7)
-    keep = in_range(boxes[:, :3], [point_range_m[0], point_range_m[1], -np.inf, point_range_m[3], point_range_m[4],
-                                   np.inf])  # fmt: skip
+    keep = in_range(
+        boxes[:, :3], [point_range_m[0], point_range_m[1], -np.inf, point_range_m[3], point_range_m[4], np.inf]
+    )
     names = [n for n, k in zip(frame["gt_names"], keep, strict=True) if k]
     labels = [CLASS_NAMES.index(n) + 1 if n in CLASS_NAMES else 0 for n in names]
     return {
@@ -64,8 +65,15 @@ class FrameDataset(Dataset):
         cache: keep raw frames in memory (they are pure functions of the index, so caching changes nothing).
     """
 
-    def __init__(self, load: Callable[[int], Frame], size: int, point_range_m: Sequence[float],
-                 augment: AugmentConfig | None = None, seed: int = 0, cache: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        load: Callable[[int], Frame],
+        size: int,
+        point_range_m: Sequence[float],
+        augment: AugmentConfig | None = None,
+        seed: int = 0,
+        cache: bool = True,
+    ) -> None:
         self.load = load
         self.size = size
         self.point_range_m = list(point_range_m)
@@ -97,16 +105,24 @@ class FrameDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         frame = self.raw(index)
         if self.augment_on and self.augment is not None:
-            points, boxes = augment_frame(frame["points"], np.asarray(frame["gt_boxes"]).reshape(-1, 7),
-                                          self.augment, augment_rng(self.seed, self.epoch, index))  # fmt: skip
+            points, boxes = augment_frame(
+                frame["points"],
+                np.asarray(frame["gt_boxes"]).reshape(-1, 7),
+                self.augment,
+                augment_rng(self.seed, self.epoch, index),
+            )
             frame = {**frame, "points": points, "gt_boxes": boxes}
         return frame_to_sample(frame, self.point_range_m)
 
 
 def synthetic_dataset(
-    scene: SceneConfig, seed: int, split: str, size: int, point_range_m: Sequence[float],
+    scene: SceneConfig,
+    seed: int,
+    split: str,
+    size: int,
+    point_range_m: Sequence[float],
     augment: AugmentConfig | None = None,
-) -> FrameDataset:  # fmt: skip
+) -> FrameDataset:
     """Synthetic frames of ``split``: frame ``i`` is ``generate_frame(scene, seed, split, i)``."""
 
     def load(index: int) -> Frame:
@@ -121,8 +137,9 @@ def collate_frames(samples: list[dict[str, Any]]) -> dict[str, Any]:
     Boxes are padded only to the batch's largest frame: ``gt_boxes (B, Gmax, 7)``, ``gt_labels (B, Gmax)`` with
     ``-1`` marking padding, ``gt_ignored (B, Gmax)``; the per-frame difficulty inputs and names stay lists.
     """
-    points = [torch.cat([torch.full((s["points"].shape[0], 1), float(b)), s["points"]], 1) for b, s in
-              enumerate(samples)]  # fmt: skip
+    points = [
+        torch.cat([torch.full((s["points"].shape[0], 1), float(b)), s["points"]], 1) for b, s in enumerate(samples)
+    ]
     max_g = max([s["gt_boxes"].shape[0] for s in samples] + [1])
     boxes = torch.zeros(len(samples), max_g, 7)
     labels = torch.full((len(samples), max_g), -1, dtype=torch.int64)

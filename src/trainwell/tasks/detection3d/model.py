@@ -1,9 +1,9 @@
 """A PointPillars detector in plain PyTorch (no compiled ops): runs on CPU and GPU alike.
 
-* **Pillar feature net** (OpenPCDet's ``PillarVFE``): each point gets ``(x, y, z, i)``, its offset to the mean of its
-  pillar and to the pillar's centre in x, y, z (10 features); a shared Linear + BatchNorm + ReLU lifts them to ``C`` channels
-  and a scatter-max (``Tensor.scatter_reduce``) pools each pillar. Pillars are found by ``torch.unique`` over flat cell
-  keys, so there is no cap on points per pillar and no padding.
+* **Pillar feature net** (OpenPCDet's ``PillarVFE``): each point gets ``(x, y, z, i)``, its offset to the mean of
+  its pillar and to the pillar's centre in x, y, z (10 features); a shared Linear + BatchNorm + ReLU lifts them to
+  ``C`` channels and a scatter-max (``Tensor.scatter_reduce``) pools each pillar. Pillars are found by
+  ``torch.unique`` over flat cell keys, so there is no cap on points per pillar and no padding.
 * **Scatter** (``PointPillarScatter``): pillar features are written into a dense ``(B, C, ny, nx)`` pseudo-image.
 * **Backbone + neck** (``BaseBEVBackbone``): three strided conv blocks, each upsampled back to the first block's
   resolution by a transposed conv and concatenated (FPN-like).
@@ -25,8 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainwell.tasks.detection3d.anchors import AnchorConfig, assign_targets, decode, direction_targets, encode
-from trainwell.tasks.detection3d.anchors import make_anchors
+from trainwell.tasks.detection3d.anchors import (
+    AnchorConfig,
+    assign_targets,
+    decode,
+    direction_targets,
+    encode,
+    make_anchors,
+)
 from trainwell.tasks.detection3d.boxes import limit_period, nms_rotated
 
 
@@ -64,8 +70,10 @@ def grid_size(cfg: PillarsConfig) -> tuple[int, int]:
     for lo, hi in ((0, 3), (1, 4)):
         n = (cfg.point_range_m[hi] - cfg.point_range_m[lo]) / cfg.pillar_size_m
         if abs(n - round(n)) > 1e-6:
-            raise ValueError(f"task.model.point_range_m {cfg.point_range_m} is not a whole number of "
-                             f"pillar_size_m={cfg.pillar_size_m} pillars.")  # fmt: skip
+            raise ValueError(
+                f"task.model.point_range_m {cfg.point_range_m} is not a whole number of "
+                f"pillar_size_m={cfg.pillar_size_m} pillars."
+            )
         sizes.append(round(n))
     return sizes[0], sizes[1]
 
@@ -84,8 +92,9 @@ class PointPillars(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.nx, self.ny = grid_size(cfg)
-        self.pfn = nn.Sequential(nn.Linear(10, cfg.pfn_channels, bias=False), nn.BatchNorm1d(cfg.pfn_channels),
-                                 nn.ReLU())  # fmt: skip
+        self.pfn = nn.Sequential(
+            nn.Linear(10, cfg.pfn_channels, bias=False), nn.BatchNorm1d(cfg.pfn_channels), nn.ReLU()
+        )
         self.blocks = nn.ModuleList()
         self.ups = nn.ModuleList()
         c_in, total_stride = cfg.pfn_channels, 1
@@ -93,9 +102,15 @@ class PointPillars(nn.Module):
             self.blocks.append(_block(c_in, c, s, n))
             total_stride *= s
             up = total_stride // cfg.layer_strides[0]
-            self.ups.append(nn.Sequential(nn.ConvTranspose2d(c, cfg.upsample_filters, up, up, bias=False)
-                                          if up > 1 else nn.Conv2d(c, cfg.upsample_filters, 1, bias=False),
-                                          nn.BatchNorm2d(cfg.upsample_filters), nn.ReLU()))  # fmt: skip
+            self.ups.append(
+                nn.Sequential(
+                    nn.ConvTranspose2d(c, cfg.upsample_filters, up, up, bias=False)
+                    if up > 1
+                    else nn.Conv2d(c, cfg.upsample_filters, 1, bias=False),
+                    nn.BatchNorm2d(cfg.upsample_filters),
+                    nn.ReLU(),
+                )
+            )
             c_in = c
             del i
         self.head_stride = cfg.layer_strides[0]
@@ -127,8 +142,16 @@ class PointPillars(nn.Module):
         centre_x = (ix.float() + 0.5) * cfg.pillar_size_m + cfg.point_range_m[0]
         centre_y = (iy.float() + 0.5) * cfg.pillar_size_m + cfg.point_range_m[1]
         centre_z = (cfg.point_range_m[2] + cfg.point_range_m[5]) / 2
-        feats = torch.cat([points[:, 1:5], xyz - mean[inverse], (xyz[:, 0] - centre_x)[:, None],
-                           (xyz[:, 1] - centre_y)[:, None], (xyz[:, 2] - centre_z)[:, None]], 1)  # fmt: skip
+        feats = torch.cat(
+            [
+                points[:, 1:5],
+                xyz - mean[inverse],
+                (xyz[:, 0] - centre_x)[:, None],
+                (xyz[:, 1] - centre_y)[:, None],
+                (xyz[:, 2] - centre_z)[:, None],
+            ],
+            1,
+        )
         lifted = self.pfn(feats)
         pooled = torch.zeros(cells.numel(), lifted.shape[1], device=points.device, dtype=lifted.dtype)
         pooled = pooled.scatter_reduce(0, inverse[:, None].expand_as(lifted), lifted, "amax", include_self=False)
@@ -158,15 +181,22 @@ class PointPillars(nn.Module):
             return self.loss(cls, box, dir_logits, batch)
         return self.post_process(cls, box, dir_logits)
 
-    def loss(self, cls: torch.Tensor, box: torch.Tensor, dir_logits: torch.Tensor,
-             batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:  # fmt: skip
+    def loss(
+        self, cls: torch.Tensor, box: torch.Tensor, dir_logits: torch.Tensor, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Focal classification, smooth-L1 box and direction losses (each normalised by the positives)."""
         cfg = self.cfg
         labels, matched = [], []
         # Target assignment is vectorised within a frame; frames have different numbers of boxes.
         for b in range(cls.shape[0]):
-            lab, box_gt = assign_targets(self.anchors, self.anchor_class, batch["gt_boxes"][b], batch["gt_labels"][b],
-                                         batch["gt_ignored"][b], cfg.anchors)  # fmt: skip
+            lab, box_gt = assign_targets(
+                self.anchors,
+                self.anchor_class,
+                batch["gt_boxes"][b],
+                batch["gt_labels"][b],
+                batch["gt_ignored"][b],
+                cfg.anchors,
+            )
             labels.append(lab)
             matched.append(box_gt)
         labels_t, matched_t = torch.stack(labels), torch.stack(matched)

@@ -26,11 +26,20 @@ from trainwell.tasks.detection3d.boxes import corners_3d
 
 CLASS_NAMES = ("Car", "Pedestrian", "Cyclist")
 # Mean (length, width, height) and spread in metres, as KITTI's class statistics.
-SIZES_M = {"Car": ((3.9, 1.6, 1.56), (0.3, 0.1, 0.1)), "Pedestrian": ((0.8, 0.6, 1.73), (0.1, 0.08, 0.1)),
-           "Cyclist": ((1.76, 0.6, 1.73), (0.12, 0.06, 0.08))}  # fmt: skip
+SIZES_M = {
+    "Car": ((3.9, 1.6, 1.56), (0.3, 0.1, 0.1)),
+    "Pedestrian": ((0.8, 0.6, 1.73), (0.1, 0.08, 0.1)),
+    "Cyclist": ((1.76, 0.6, 1.73), (0.12, 0.06, 0.08)),
+}
 # Material per class: (reflectivity, range noise multiplier, extra drop probability).
-MATERIAL = {"Car": (0.6, 1.0, 0.0), "Pedestrian": (0.35, 1.0, 0.0), "Cyclist": (0.45, 1.0, 0.05),
-            "wall": (0.3, 1.0, 0.0), "pole": (0.5, 1.0, 0.0), "vegetation": (0.15, 8.0, 0.5)}  # fmt: skip
+MATERIAL = {
+    "Car": (0.6, 1.0, 0.0),
+    "Pedestrian": (0.35, 1.0, 0.0),
+    "Cyclist": (0.45, 1.0, 0.05),
+    "wall": (0.3, 1.0, 0.0),
+    "pole": (0.5, 1.0, 0.0),
+    "vegetation": (0.15, 8.0, 0.5),
+}
 GROUND_REFLECTIVITY = 0.2
 # A KITTI-like camera at the sensor (P2 of KITTI's frames): focal length, principal point, image size in pixels.
 FOCAL_PX, CX_PX, CY_PX, IMAGE_W_PX, IMAGE_H_PX = 721.5, 609.6, 172.9, 1242.0, 375.0
@@ -71,8 +80,14 @@ def frame_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(split.encode()), index])
 
 
-def _place(rng: np.random.Generator, cfg: SceneConfig, taken: list[tuple[float, float, float]], radius: float,
-           x_range: tuple[float, float], half_width: float) -> tuple[float, float] | None:  # fmt: skip
+def _place(
+    rng: np.random.Generator,
+    cfg: SceneConfig,
+    taken: list[tuple[float, float, float]],
+    radius: float,
+    x_range: tuple[float, float],
+    half_width: float,
+) -> tuple[float, float] | None:
     """A free (x, y) in the camera's view, at least ``radius`` from every taken circle; None after 30 tries."""
     for _ in range(30):
         x = rng.uniform(*x_range)
@@ -94,8 +109,9 @@ def _objects(rng: np.random.Generator, cfg: SceneConfig, ground: np.ndarray) -> 
         mean, std = SIZES_M[cls]
         for _ in range(int(rng.integers(lo, hi + 1))):
             dims = np.maximum(rng.normal(mean, std), 0.3)
-            spot = _place(rng, cfg, taken, 0.5 * float(np.hypot(dims[0], dims[1])) + 0.3, cfg.scene_x_m,
-                          cfg.scene_half_width_m)  # fmt: skip
+            spot = _place(
+                rng, cfg, taken, 0.5 * float(np.hypot(dims[0], dims[1])) + 0.3, cfg.scene_x_m, cfg.scene_half_width_m
+            )
             if spot is None:
                 continue
             if cls == "Car" and rng.random() < 0.7:  # most cars follow the road (either direction)
@@ -113,8 +129,11 @@ def _objects(rng: np.random.Generator, cfg: SceneConfig, ground: np.ndarray) -> 
             side = rng.choice([-1.0, 1.0])
             spot, heading = (rng.uniform(5, 50), side * rng.uniform(cfg.scene_half_width_m, 28)), rng.normal(0, 0.05)
         else:
-            dims = (np.array([0.25, 0.25, rng.uniform(3, 7)]) if kind == "pole"
-                    else rng.uniform([0.8, 0.8, 0.6], [3.0, 3.0, 2.5]))  # fmt: skip
+            dims = (
+                np.array([0.25, 0.25, rng.uniform(3, 7)])
+                if kind == "pole"
+                else rng.uniform([0.8, 0.8, 0.6], [3.0, 3.0, 2.5])
+            )
             spot = _place(rng, cfg, taken, float(np.hypot(dims[0], dims[1])) / 2, (2.0, 60.0), 30.0)
             heading = rng.uniform(-np.pi, np.pi)
         if spot is None:
