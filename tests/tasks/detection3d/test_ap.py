@@ -46,8 +46,8 @@ def test_perfect_detections_score_100() -> None:
     labels = [_labels(gts[i * 8 : (i + 1) * 8]) for i in range(10)]
     dets = [_dets(gts[i * 8 : (i + 1) * 8], list(np.linspace(0.9, 0.5, 8) - i * 0.01)) for i in range(10)]
     ap = kitti_eval(labels, dets, classes=["Car"])
-    assert ap["Car_3d_moderate_R40_70"] == pytest.approx(100.0)
-    assert ap["Car_bev_easy_R40_50"] == pytest.approx(100.0)
+    assert ap["kitti/Car_3d_moderate_R40_70"] == pytest.approx(100.0)
+    assert ap["kitti/Car_bev_easy_R40_50"] == pytest.approx(100.0)
 
 
 def test_half_recall_scores_50_and_interleaved_false_positives_halve_precision() -> None:
@@ -55,7 +55,7 @@ def test_half_recall_scores_50_and_interleaved_false_positives_halve_precision()
     scores = list(np.linspace(0.99, 0.2, 80))
     # 40 of 80 cars found, nothing else: recall stops at 0.5, so 20 of 40 recall positions have precision 1.
     half = kitti_eval([_labels(gts)], [_dets(gts[:40], scores[:40])], classes=["Car"])
-    assert half["Car_3d_moderate_R40_70"] == pytest.approx(50.0)
+    assert half["kitti/Car_3d_moderate_R40_70"] == pytest.approx(50.0)
     # Every car found, each one just below a false positive far away: precision 1/2 at every recall.
     fps = [_car(x[0], x[1] + 60.0) for x in gts]
     boxes, s = [], []
@@ -63,10 +63,10 @@ def test_half_recall_scores_50_and_interleaved_false_positives_halve_precision()
         boxes += [fps[i], gts[i]]
         s += [scores[i] + 1e-4, scores[i]]
     inter = kitti_eval([_labels(gts)], [_dets(boxes, s)], classes=["Car"])
-    assert inter["Car_bev_moderate_R40_70"] == pytest.approx(50.0)
+    assert inter["kitti/Car_bev_moderate_R40_70"] == pytest.approx(50.0)
     # False positives scored below every true positive cost nothing.
     low = kitti_eval([_labels(gts)], [_dets(gts + fps, scores + [0.01] * 80)], classes=["Car"])
-    assert low["Car_bev_moderate_R40_70"] == pytest.approx(100.0)
+    assert low["kitti/Car_bev_moderate_R40_70"] == pytest.approx(100.0)
 
 
 def test_ignored_ground_truths_are_neither_missed_nor_false_positives() -> None:
@@ -77,9 +77,9 @@ def test_ignored_ground_truths_are_neither_missed_nor_false_positives() -> None:
     labels = [_labels(gts), small, van]
     dets = [_dets(gts, list(np.linspace(0.9, 0.5, 80))), _dets([], []), _dets([_car(0.0, 40.0)], [0.99])]
     ap = kitti_eval(labels, dets, classes=["Car"])
-    assert ap["Car_3d_easy_R40_70"] == pytest.approx(100.0)  # small car ignored, van detection not an FP
+    assert ap["kitti/Car_3d_easy_R40_70"] == pytest.approx(100.0)  # small car ignored, van detection not an FP
     # The 40 small cars are now misses: recall stops at 80 / 120, so about 2/3 of the 40 positions remain.
-    assert 60.0 < ap["Car_3d_moderate_R40_70"] < 70.0
+    assert 60.0 < ap["kitti/Car_3d_moderate_R40_70"] < 70.0
 
 
 # ---- a plain re-implementation of KITTI's eval.py rules, one frame and one threshold at a time -------------------
@@ -221,7 +221,7 @@ def test_matches_a_plain_reimplementation_on_random_scenes() -> None:
             for kind in ("bev", "3d"):
                 for iou in ious:
                     ref = _ref_ap(labels, dets, cls, d, kind, iou)
-                    assert ap[f"{cls}_{kind}_{diff}_R40_{round(iou * 100)}"] == pytest.approx(ref, abs=1e-9)
+                    assert ap[f"kitti/{cls}_{kind}_{diff}_R40_{round(iou * 100)}"] == pytest.approx(ref, abs=1e-9)
                     checked += ref > 0
     assert checked > 10  # most combinations have a non-trivial AP
 

@@ -203,8 +203,10 @@ def kitti_eval(
 ) -> dict[str, float]:
     """AP_R40 (percent) per class, difficulty, BEV/3D and KITTI IoU threshold, plus class means.
 
-    Keys: ``<Class>_<bev|3d>_<difficulty>_R40_<iou×100>`` (e.g. ``Car_bev_moderate_R40_50``) and
-    ``mAP_<bev|3d>_moderate_R40`` (mean over classes at each class's strict threshold).
+    Keys: ``kitti/<Class>_<bev|3d>_<difficulty>_R40_<iou×100>`` (e.g. ``kitti/Car_bev_easy_R40_50``; grouped
+    under ``kitti/`` so that log lines leave them out), the headline values again without the prefix (moderate:
+    ``Car_bev_moderate_R40_50``, ``<Class>_3d_moderate_R40_<strict>``), and ``mAP_<bev|3d>_moderate_R40`` (the
+    mean over classes at each class's strict threshold).
     """
     if len(labels) != len(detections):
         raise ValueError(f"kitti_eval: {len(labels)} frames of labels but {len(detections)} of detections.")
@@ -236,10 +238,19 @@ def kitti_eval(
                     per_frame.append((ov, gflags[kg], dflags[kd], np.asarray(det.scores)[kd]))
                 padded = _pad(per_frame, num_valid)
                 for iou in MIN_OVERLAP[cls]:
-                    out[f"{cls}_{kind}_{difficulty}_R40_{round(iou * 100)}"] = average_precision_r40(padded, iou)
-        strict = [out[f"{c}_{kind}_moderate_R40_{round(MIN_OVERLAP[c][0] * 100)}"] for c in classes]
+                    out[f"kitti/{cls}_{kind}_{difficulty}_R40_{round(iou * 100)}"] = average_precision_r40(padded, iou)
+        strict = [out[f"kitti/{c}_{kind}_moderate_R40_{round(MIN_OVERLAP[c][0] * 100)}"] for c in classes]
         out[f"mAP_{kind}_moderate_R40"] = float(np.mean(strict)) if strict else 0.0
+    for name in headline_metrics(classes):
+        out[name] = out[f"kitti/{name}"]
     return out
+
+
+def headline_metrics(classes: Sequence[str] = CLASSES) -> list[str]:
+    """The AP names logged without the ``kitti/`` prefix: every class at its strict 3D threshold (moderate), and
+    Car in BEV at 0.5 (the demo's target)."""
+    names = [f"{c}_3d_moderate_R40_{round(MIN_OVERLAP[c][0] * 100)}" for c in classes]
+    return (["Car_bev_moderate_R40_50"] if "Car" in classes else []) + names
 
 
 def recall_at_iou(

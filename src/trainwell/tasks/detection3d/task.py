@@ -19,7 +19,16 @@ from torch.utils.data import Dataset
 from trainwell.doctor import Finding
 from trainwell.engine.task import DataConfig, LossOutput, MetricSpec, Task, TaskConfig
 from trainwell.tasks.detection3d import kitti
-from trainwell.tasks.detection3d.ap import CLASSES, FrameDetections, FrameLabels, kitti_eval, recall_at_iou
+from trainwell.tasks.detection3d.ap import (
+    CLASSES,
+    DIFFICULTIES,
+    MIN_OVERLAP,
+    FrameDetections,
+    FrameLabels,
+    headline_metrics,
+    kitti_eval,
+    recall_at_iou,
+)
 from trainwell.tasks.detection3d.augment import AugmentConfig
 from trainwell.tasks.detection3d.checks import check_detection_batch, check_head_not_background
 from trainwell.tasks.detection3d.datasets import FrameDataset, collate_frames, frame_to_sample, synthetic_dataset
@@ -255,13 +264,13 @@ class Detection3DTask(Task):
     def metric_specs(self) -> dict[str, MetricSpec]:
         ap = MetricSpec(unit="", higher_is_better=True, plausible=(0.0, 100.0))
         names = [
-            f"{c}_{k}_{d}_R40_{t}"
+            f"kitti/{c}_{k}_{d}_R40_{round(t * 100)}"
             for c in CLASSES
             for k in ("bev", "3d")
-            for d in ("easy", "moderate", "hard")
-            for t in ({"Car": (70, 50)}.get(c, (50, 25)))
+            for d in DIFFICULTIES
+            for t in MIN_OVERLAP[c]
         ]
-        specs = {n: ap for n in [*names, "mAP_bev_moderate_R40", "mAP_3d_moderate_R40"]}
+        specs = {n: ap for n in [*names, *headline_metrics(), "mAP_bev_moderate_R40", "mAP_3d_moderate_R40"]}
         specs.update({f"recall_3d_{t}": MetricSpec(higher_is_better=True, plausible=(0.0, 1.0)) for t in (30, 50, 70)})
         return specs
 
