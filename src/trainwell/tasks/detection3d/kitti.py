@@ -123,18 +123,19 @@ def read_label(path: Path) -> list[KittiObject]:
     return objects
 
 
-def format_object(obj: KittiObject) -> str:
-    """One KITTI line, 4 decimals as OpenPCDet's ``test.py`` writes results (score last when present)."""
+def format_object(obj: KittiObject, decimals: int = 4) -> str:
+    """One KITTI line (score last when present): 4 decimals as OpenPCDet's ``test.py`` writes results, 2 as KITTI's
+    own ``label_2`` files."""
     occ = f"{obj.occluded:d}" if obj.occluded >= 0 else "-1"
     trunc = f"{obj.truncated:.2f}" if obj.truncated >= 0 else "-1"
     nums = [obj.alpha, *obj.bbox, *obj.dimensions_hwl, *obj.location, obj.rotation_y]
-    text = f"{obj.type} {trunc} {occ} " + " ".join(f"{v:.4f}" for v in nums)
-    return text + (f" {obj.score:.4f}" if obj.score is not None else "")
+    text = f"{obj.type} {trunc} {occ} " + " ".join(f"{v:.{decimals}f}" for v in nums)
+    return text + (f" {obj.score:.{decimals}f}" if obj.score is not None else "")
 
 
-def write_label(path: Path, objects: list[KittiObject]) -> None:
+def write_label(path: Path, objects: list[KittiObject], decimals: int = 4) -> None:
     """Write a label / result file (an empty file for a frame without objects, as KITTI expects)."""
-    Path(path).write_text("".join(format_object(o) + "\n" for o in objects))
+    Path(path).write_text("".join(format_object(o, decimals) + "\n" for o in objects))
 
 
 def camera_to_lidar_boxes(
