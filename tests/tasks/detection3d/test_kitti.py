@@ -54,7 +54,7 @@ def test_files_round_trip(tmp_path: Path) -> None:
     assert objects[1].occluded == 1 and objects[2].truncated == pytest.approx(0.32)
     kitti.write_label(tmp_path / "out.txt", objects, decimals=2)
     assert (tmp_path / "out.txt").read_text() == LABEL
-    with pytest.raises(ValueError, match="000007.txt:1: expected 15 or 16 columns"):
+    with pytest.raises(ValueError, match=r"000007\.txt:1: expected 15 or 16 columns"):
         (tmp_path / "bad").mkdir()
         bad = tmp_path / "bad" / "000007.txt"
         bad.write_text("Car 0 0\n")
