@@ -49,8 +49,12 @@ def test_draws_are_a_pure_function_of_seed_epoch_index() -> None:
 
 
 def test_epoch_reaches_the_dataset_and_augmentation_switches_off() -> None:
-    data = Detection3DDataConfig(train_size=4, val_size=2, scene=SceneConfig(num_channels=8, azimuth_step_deg=1.0),
-                                 augment=AugmentConfig(disable_from_epoch=2))  # fmt: skip
+    data = Detection3DDataConfig(
+        train_size=4,
+        val_size=2,
+        scene=SceneConfig(num_channels=8, azimuth_step_deg=1.0),
+        augment=AugmentConfig(disable_from_epoch=2),
+    )
     task = Detection3DTask(Detection3DTaskConfig(), data)
     train, _ = task.build_datasets()
     task.on_epoch_start(0)

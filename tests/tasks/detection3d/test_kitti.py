@@ -98,10 +98,22 @@ def test_camera_lidar_conversion_matches_kitti_geometry_and_round_trips() -> Non
     np.testing.assert_allclose(back_ry, ry, atol=1e-12)
     # Written back through the label format: the same text to the printed precision.
     text = "".join(
-        kitti.format_object(kitti.KittiObject(r[0], float(r[1]), int(r[2]), float(r[3]), [float(v) for v in r[4:8]],
-                                              list(back_hwl[i]), list(back_loc[i]), float(back_ry[i])), 2) + "\n"
+        kitti.format_object(
+            kitti.KittiObject(
+                r[0],
+                float(r[1]),
+                int(r[2]),
+                float(r[3]),
+                [float(v) for v in r[4:8]],
+                list(back_hwl[i]),
+                list(back_loc[i]),
+                float(back_ry[i]),
+            ),
+            2,
+        )
+        + "\n"
         for i, r in enumerate(rows)
-    )  # fmt: skip
+    )
     assert text == "".join(line + "\n" for line in LABEL.splitlines()[:3])
 
 
@@ -114,8 +126,7 @@ def test_a_kitti_directory_trains_the_same_model(tmp_path: Path) -> None:
     scene = SceneConfig(num_channels=16, azimuth_step_deg=0.5)
     frames = [generate_frame(scene, 0, "train", i) for i in range(3)]
     for i, f in enumerate(frames):
-        objs = kitti.result_objects(f["gt_boxes"].astype(np.float64), np.ones(len(f["gt_names"])), f["gt_names"],
-                                    calib)  # fmt: skip
+        objs = kitti.result_objects(f["gt_boxes"].astype(np.float64), np.ones(len(f["gt_names"])), f["gt_names"], calib)
         for o, occ, trunc in zip(objs, f["occlusion"], f["truncation"], strict=True):
             o.score, o.occluded, o.truncated = None, int(occ), float(trunc)
         _write_frame(tmp_path, f"{i:06d}", f["points"], "".join(kitti.format_object(o) + "\n" for o in objs))

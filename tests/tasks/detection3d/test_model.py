@@ -17,8 +17,15 @@ from trainwell.tasks.detection3d.model import PillarsConfig, PointPillars
 from trainwell.tasks.detection3d.scenes import SceneConfig
 from trainwell.tasks.detection3d.task import Detection3DDataConfig, Detection3DTask, Detection3DTaskConfig
 
-SMALL = PillarsConfig(point_range_m=[0.0, -8.0, -3.0, 16.0, 8.0, 1.0], pillar_size_m=0.5, pfn_channels=8,
-                      layer_nums=[1, 1, 1], layer_strides=[1, 2, 2], num_filters=[8, 16, 16], upsample_filters=8)  # fmt: skip
+SMALL = PillarsConfig(
+    point_range_m=[0.0, -8.0, -3.0, 16.0, 8.0, 1.0],
+    pillar_size_m=0.5,
+    pfn_channels=8,
+    layer_nums=[1, 1, 1],
+    layer_strides=[1, 2, 2],
+    num_filters=[8, 16, 16],
+    upsample_filters=8,
+)
 
 
 def test_pillars_scatter_to_the_right_cell_and_max_pool() -> None:
@@ -36,10 +43,14 @@ def test_pillars_scatter_to_the_right_cell_and_max_pool() -> None:
 
 
 def test_forward_shapes_and_loss_parts() -> None:
-    task = Detection3DTask(Detection3DTaskConfig(model=SMALL),
-                           Detection3DDataConfig(train_size=2, val_size=1,
-                                                 scene=SceneConfig(num_channels=16, azimuth_step_deg=0.5,
-                                                                   scene_x_m=(4.0, 15.0), scene_half_width_m=7.0)))  # fmt: skip
+    task = Detection3DTask(
+        Detection3DTaskConfig(model=SMALL),
+        Detection3DDataConfig(
+            train_size=2,
+            val_size=1,
+            scene=SceneConfig(num_channels=16, azimuth_step_deg=0.5, scene_x_m=(4.0, 15.0), scene_half_width_m=7.0),
+        ),
+    )
     train, _ = task.build_datasets()
     model = task.build_model()
     batch = collate_frames([train[0], train[1]])
@@ -64,24 +75,31 @@ def test_box_coder_round_trip_and_assignment() -> None:
     grid = torch.tensor([[x, y, -0.95, 3.9, 1.6, 1.56, r] for x in (5.0, 10.0) for y in (0.0, 5.0) for r in (0, 1.57)])
     cls_of = torch.ones(8, dtype=torch.long)
     gt = torch.tensor([[10.0, 5.0, -0.95, 3.9, 1.6, 1.56, 0.05], [5.0, 0.0, -0.95, 3.9, 1.6, 1.56, 0.0]])
-    labels, matched = assign_targets(grid, cls_of, gt, torch.tensor([1, 1]), torch.tensor([False, True]),
-                                     AnchorConfig())  # fmt: skip
+    labels, matched = assign_targets(
+        grid, cls_of, gt, torch.tensor([1, 1]), torch.tensor([False, True]), AnchorConfig()
+    )
     assert labels.tolist() == [-1, 0, 0, 0, 0, 0, 1, 0]  # GT 1 is ignored (too few points): its anchor is ignored
     assert torch.equal(matched[6], gt[0])
 
 
 def _batch_with(points: torch.Tensor, boxes: torch.Tensor) -> dict:
-    return {"batch_size": 1, "points": torch.cat([torch.zeros(len(points), 1), points], 1),
-            "gt_boxes": boxes[None], "gt_labels": torch.ones(1, len(boxes), dtype=torch.long),
-            "gt_ignored": torch.zeros(1, len(boxes), dtype=torch.bool)}  # fmt: skip
+    return {
+        "batch_size": 1,
+        "points": torch.cat([torch.zeros(len(points), 1), points], 1),
+        "gt_boxes": boxes[None],
+        "gt_labels": torch.ones(1, len(boxes), dtype=torch.long),
+        "gt_ignored": torch.zeros(1, len(boxes), dtype=torch.bool),
+    }
 
 
 def _car_points(box: torch.Tensor, n: int = 200) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
     local = (torch.rand(n, 3, generator=g) - 0.5) * box[3:6] * 0.95
     c, s = math.cos(box[6]), math.sin(box[6])
-    xyz = torch.stack([local[:, 0] * c - local[:, 1] * s + box[0], local[:, 0] * s + local[:, 1] * c + box[1],
-                       local[:, 2] + box[2]], 1)  # fmt: skip
+    xyz = torch.stack(
+        [local[:, 0] * c - local[:, 1] * s + box[0], local[:, 0] * s + local[:, 1] * c + box[1], local[:, 2] + box[2]],
+        1,
+    )
     return torch.cat([xyz, torch.ones(n, 1)], 1)
 
 
