@@ -70,13 +70,6 @@ def test_epoch_reaches_the_dataset_and_augmentation_switches_off() -> None:
     assert torch.equal(train[1]["points"], plain["points"])
 
 
-def test_persistent_workers_are_refused() -> None:
-    import pytest
-
-    with pytest.raises(ValueError, match="persistent_workers"):
-        Detection3DTask(Detection3DTaskConfig(), Detection3DDataConfig(num_workers=2, persistent_workers=True))
-
-
 def test_collate_keeps_frames_ragged() -> None:
     data = Detection3DDataConfig(train_size=3, val_size=1, scene=SceneConfig(num_channels=8, azimuth_step_deg=1.0))
     train, _ = Detection3DTask(Detection3DTaskConfig(), data).build_datasets()

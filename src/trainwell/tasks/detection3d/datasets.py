@@ -7,8 +7,9 @@ A sample is a dict of tensors: ``points (N, 4)`` (x, y, z, intensity), ``gt_boxe
 
 Augmentation on the training set is a pure function of ``(seed, epoch, index)``; the epoch comes from
 :meth:`FrameDataset.set_epoch`, which the task calls from ``on_epoch_start``. That reaches DataLoader workers only
-when they are started after it (``data.num_workers: 0``, or ``data.persistent_workers: false``, which restarts them
-every epoch); the task refuses persistent workers for that reason.
+when they are started after it: the engine starts fresh workers every epoch for a task that overrides
+``on_epoch_start`` (it turns ``data.persistent_workers`` off), and with ``data.num_workers: 0`` the dataset is the
+training process's own.
 """
 
 from __future__ import annotations

@@ -43,22 +43,6 @@ class Detection3DTaskConfig(TaskConfig):
     class_path: str = "trainwell.tasks.detection3d:Detection3DTask"
     model: PillarsConfig = field(default_factory=PillarsConfig)
     """The detector (OpenPCDet's ``MODEL`` section: range, pillars, backbone, anchors, losses, post-processing)."""
-    onecycle: OneCycleConfig = field(default_factory=lambda: OneCycleConfig())
-    """OpenPCDet's ``adam_onecycle`` LR/β1 schedule (replaces the ``schedule:`` curve when enabled)."""
-
-
-@dataclass
-class OneCycleConfig:
-    """OpenPCDet's ``OPTIMIZATION`` with ``OPTIMIZER: adam_onecycle`` (the peak LR is ``optim.lr``)."""
-
-    enabled: bool = True
-    pct_start: float = 0.4
-    """``PCT_START``: share of the steps spent rising to the peak."""
-    div_factor: float = 10.0
-    """``DIV_FACTOR``: the first LR is ``optim.lr / div_factor``."""
-    final_div_factor: float = 1e4
-    moms: tuple[float, float] = (0.95, 0.85)
-    """``MOMS``: Adam's β1 cycles from the first value down to the second at the peak LR, and back."""
 
 
 @dataclass
@@ -77,8 +61,6 @@ class Detection3DDataConfig(DataConfig):
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     min_points: int = 5
     """KITTI frames: labels with fewer points are ignored as training targets."""
-    persistent_workers: bool = False
-    """Must stay false with ``num_workers > 0``: the augmentation epoch reaches workers only when they restart."""
 
 
 def frame_id(index: int) -> str:
@@ -192,12 +174,6 @@ class Detection3DTask(Task):
 
     def __init__(self, cfg: Detection3DTaskConfig, data_cfg: Detection3DDataConfig) -> None:
         super().__init__(cfg, data_cfg)
-        if data_cfg.num_workers > 0 and data_cfg.persistent_workers:
-            raise ValueError(
-                "data.persistent_workers=true with data.num_workers > 0: persistent DataLoader workers "
-                "keep the dataset's first epoch, so augmentation would repeat and "
-                "augment.disable_from_epoch would never reach them. Set data.persistent_workers=false."
-            )
         self.train_set: FrameDataset | None = None
         self.val_set: FrameDataset | None = None
 
@@ -213,27 +189,6 @@ class Detection3DTask(Task):
 
     def build_model(self) -> nn.Module:
         return PointPillars(self.cfg.model)
-
-    def build_scheduler(
-        self, optimizer: torch.optim.Optimizer, total_steps: int, cfg: Any
-    ) -> torch.optim.lr_scheduler.LRScheduler | None:
-        """OneCycle with β1 cycling (``torch.optim.lr_scheduler.OneCycleLR`` cycles Adam's β1 as OpenPCDet's)."""
-        one = self.cfg.onecycle
-        if not one.enabled:
-            return None
-        peak = [group["lr"] for group in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=peak,
-            total_steps=max(total_steps, 2),
-            pct_start=one.pct_start,
-            anneal_strategy="cos",
-            cycle_momentum=True,
-            base_momentum=one.moms[1],
-            max_momentum=one.moms[0],
-            div_factor=one.div_factor,
-            final_div_factor=one.final_div_factor,
-        )
 
     def collate_fn(self) -> Any:
         return collate_frames
