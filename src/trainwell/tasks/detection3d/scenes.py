@@ -82,7 +82,6 @@ def frame_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 def _place(
     rng: np.random.Generator,
-    cfg: SceneConfig,
     taken: list[tuple[float, float, float]],
     radius: float,
     x_range: tuple[float, float],
@@ -110,7 +109,7 @@ def _objects(rng: np.random.Generator, cfg: SceneConfig, ground: np.ndarray) -> 
         for _ in range(int(rng.integers(lo, hi + 1))):
             dims = np.maximum(rng.normal(mean, std), 0.3)
             spot = _place(
-                rng, cfg, taken, 0.5 * float(np.hypot(dims[0], dims[1])) + 0.3, cfg.scene_x_m, cfg.scene_half_width_m
+                rng, taken, 0.5 * float(np.hypot(dims[0], dims[1])) + 0.3, cfg.scene_x_m, cfg.scene_half_width_m
             )
             if spot is None:
                 continue
@@ -134,7 +133,7 @@ def _objects(rng: np.random.Generator, cfg: SceneConfig, ground: np.ndarray) -> 
                 if kind == "pole"
                 else rng.uniform([0.8, 0.8, 0.6], [3.0, 3.0, 2.5])
             )
-            spot = _place(rng, cfg, taken, float(np.hypot(dims[0], dims[1])) / 2, (2.0, 60.0), 30.0)
+            spot = _place(rng, taken, float(np.hypot(dims[0], dims[1])) / 2, (2.0, 60.0), 30.0)
             heading = rng.uniform(-np.pi, np.pi)
         if spot is None:
             continue

@@ -81,7 +81,8 @@ class KittiDataset(FrameDataset):
         def load(index: int) -> dict[str, Any]:
             return kitti.load_kitti_frame(root, self.ids[index], cfg.min_points)
 
-        super().__init__(load, len(self.ids), point_range_m, augment=augment, seed=cfg.seed)
+        # No cache: a KITTI split is gigabytes of points, and reading a frame's files is fast.
+        super().__init__(load, len(self.ids), point_range_m, augment=augment, seed=cfg.seed, cache=False)
 
 
 class Detection3DEvaluator:
