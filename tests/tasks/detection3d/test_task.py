@@ -116,13 +116,13 @@ def test_a_few_steps_lower_the_loss() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     batch = collate_frames([train[i] for i in range(4)])
     losses = []
-    for _ in range(15):
+    for _ in range(8):
         total = sum(task.compute_losses(model, batch).losses.values())
         opt.zero_grad()
         total.backward()
         opt.step()
         losses.append(float(total.detach()))
-    assert losses[-1] < 0.7 * losses[0]
+    assert losses[-1] < 0.8 * losses[0]
 
 
 @pytest.mark.slow
