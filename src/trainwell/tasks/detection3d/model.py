@@ -98,10 +98,10 @@ class PointPillars(nn.Module):
         self.blocks = nn.ModuleList()
         self.ups = nn.ModuleList()
         c_in, total_stride = cfg.pfn_channels, 1
-        for i, (n, s, c) in enumerate(zip(cfg.layer_nums, cfg.layer_strides, cfg.num_filters, strict=True)):
+        for n, s, c in zip(cfg.layer_nums, cfg.layer_strides, cfg.num_filters, strict=True):
             self.blocks.append(_block(c_in, c, s, n))
             total_stride *= s
-            up = total_stride // cfg.layer_strides[0]
+            up = total_stride // cfg.layer_strides[0]  # back to the first block's resolution (the head's grid)
             self.ups.append(
                 nn.Sequential(
                     nn.ConvTranspose2d(c, cfg.upsample_filters, up, up, bias=False)
@@ -112,7 +112,6 @@ class PointPillars(nn.Module):
                 )
             )
             c_in = c
-            del i
         self.head_stride = cfg.layer_strides[0]
         self.num_classes = len(cfg.anchors.classes)
         self.anchors_per_loc = self.num_classes * len(cfg.anchors.rotations)

@@ -147,7 +147,7 @@ class Detection3DEvaluator:
                 )
             )
         metrics = kitti_eval(labels, dets, classes=[c for c in CLASSES if c in self.class_names])
-        # Recall over the labelled classes, excluding boxes too sparse to be targets (OpenPCDet counts its GT list).
+        # Recall over every labelled box of the learned classes in range, sparse ones included (as OpenPCDet counts).
         gts = [lab.boxes[[n in self.class_names for n in lab.names]] for lab in labels]
         metrics.update(recall_at_iou(gts, [d.boxes for d in dets]))
         return metrics
