@@ -100,14 +100,16 @@ class Trainer(RunComponents):
         if self.stop_request.agreed:  # a signal ended the epoch early, at an optimizer-step boundary
             self._stop_on_signal(save=True)
         complete = self.state.batch_in_epoch >= self.plan.batches_per_epoch
+        # Step intervals whose step is the epoch's last were left for here (read before the position resets).
+        eval_step, periodic_step = self._fires(self.plan.eval_every), self._fires(self.plan.periodic)
         if complete:
             self.state.epoch, self.state.batch_in_epoch = epoch + 1, 0
         last = self.budget_spent() or self.state.epoch == self.plan.epochs
-        evaluate_now = last or (complete and self.plan.eval_every.fires_at_epoch_end(epoch + 1))
-        periodic = complete and self.plan.periodic.fires_at_epoch_end(epoch + 1)
-        result = self._evaluate_and_save(
-            epoch, evaluate=evaluate_now, periodic=f"epoch_{epoch + 1:04d}.pt" if periodic else None
-        )
+        evaluate_now = last or eval_step or (complete and self.plan.eval_every.fires_at_epoch_end(epoch + 1))
+        periodic = f"step_{self.state.global_step:08d}.pt" if periodic_step else None
+        if complete and self.plan.periodic.fires_at_epoch_end(epoch + 1):
+            periodic = f"epoch_{epoch + 1:04d}.pt"
+        result = self._evaluate_and_save(epoch, evaluate=evaluate_now, periodic=periodic)
         units = {name: spec.unit for name, spec in self.task.metric_specs().items()}
         lr = self.scheduler.get_last_lr()[0]
         line = epoch_line(
