@@ -63,6 +63,13 @@ class WindowResult:
         return self.steps / self.seconds if self.seconds > 0 else float("nan")
 
 
+def summarise_syncs(records: Sequence[warnings.WarningMessage], top: int = 8) -> tuple[int, list[str]]:
+    """The number of sync warnings among ``records`` and their most frequent Python call sites."""
+    syncs = [r for r in records if "synchronizing CUDA operation" in str(r.message)]
+    sites = Counter(f"{os.path.relpath(r.filename)}:{r.lineno}" for r in syncs)
+    return len(syncs), [f"{site} ×{n}" for site, n in sites.most_common(top)]
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # deliberate: outside the window, so the clock reads finished work
@@ -126,10 +133,7 @@ class StepProbe:
         self.result.steps = self.calls - self.first
         if self._catcher is not None:
             self._catcher.__exit__(None, None, None)
-            syncs = [r for r in self._records if "synchroniz" in str(r.message)]
-            self.result.syncs = len(syncs)
-            sites = Counter(f"{os.path.relpath(r.filename)}:{r.lineno}" for r in syncs)
-            self.result.sync_sites = [f"{site} ×{n}" for site, n in sites.most_common(8)]
+            self.result.syncs, self.result.sync_sites = summarise_syncs(self._records)
         if self.device.type == "cuda":
             self.result.peak_memory_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
 

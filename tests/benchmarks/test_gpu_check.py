@@ -122,6 +122,19 @@ def test_probe_window_counts_the_steps_between_its_bounds() -> None:
         runs.StepProbe(torch.device("cpu"), 4, 4, count_syncs=False)
 
 
+def test_sync_warnings_are_counted_by_call_site() -> None:
+    import warnings
+
+    def record(message: str, line: int) -> warnings.WarningMessage:
+        return warnings.WarningMessage(message, UserWarning, str(ROOT / "src" / "trainwell" / "x.py"), line)
+
+    sync = "called a synchronizing CUDA operation"
+    records = [record(sync, 10), record(sync, 10), record("some other warning", 3), record(sync, 42)]
+    count, sites = runs.summarise_syncs(records)
+    assert count == 3
+    assert sites[0].endswith("x.py:10 ×2") and sites[1].endswith("x.py:42 ×1") and len(sites) == 2
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_probe_kills_its_process_when_the_step_starts() -> None:
     pid = os.fork()
