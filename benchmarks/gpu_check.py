@@ -11,7 +11,8 @@ pack whose config exists it
    precision (``benchmarks/gpu_check_runs.py``: pinned memory, ``non_blocking`` copies, fused AdamW),
    alternating runs in one process, the median of back-to-back ratios;
 3. kills a run mid-epoch (a child that SIGKILLs itself when step k starts, k = 1.5 epochs), resumes it with
-   ``trainwell train ... --resume auto`` and checks the final weights (and optimizer state) bitwise equal to
+   ``trainwell train ... --resume auto`` and checks the final weights (and optimizer, GradScaler and
+   scheduler state) bitwise equal to
    an uninterrupted run's, CUDA RNG state included (dropout is on where the pack has a key for it);
 4. runs ``trainwell eval`` of that checkpoint on the device and on the CPU and checks the metrics agree
    within ``rtol = 1e-3`` (fp32 on both; TF32 convolutions are cuDNN's default) plus ``atol = 1e-6``;
@@ -166,19 +167,22 @@ def check_resume(pack: Pack, keys: list[str], work: Path, log: Path) -> dict[str
     proc = _run([py, str(RUNS_SCRIPT), "killed", pack.config, *keys, f"run.dir={broken}"], log)
     if proc.returncode != -9:
         return {"ok": False, "error": _failed(proc, "the run meant to die by SIGKILL")}
-    killed_at = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    killed_at = next((line for line in proc.stdout.splitlines() if "SIGKILLs itself" in line), "")
     proc = _run([py, "-m", "trainwell", "train", pack.config, *keys, f"run.dir={broken}", "--resume", "auto"], log)
     if proc.returncode != 0:
         return {"ok": False, "error": _failed(proc, "the resumed run")}
     a = torch.load(full / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     b = torch.load(broken / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     model_diff = tensors_equal(a["model"], b["model"])
-    optim_diff = tensors_equal(a.get("optimizer"), b.get("optimizer"), "optimizer")
+    # The rest of the training state must continue identically too (absent parts compare equal).
+    state_diff = [
+        d for part in ("optimizer", "scaler", "scheduler") for d in tensors_equal(a.get(part), b.get(part), part)
+    ]
     return {
-        "ok": not model_diff and not optim_diff,
+        "ok": not model_diff and not state_diff,
         "killed": killed_at,
         "model_differs_at": model_diff[:5],
-        "optimizer_differs_at": optim_diff[:5],
+        "state_differs_at": state_diff[:5],
         "checkpoint": str(full / "checkpoints" / "last.pt"),
     }
 
