@@ -25,6 +25,7 @@ and run trainwell from the source tree, no install needed::
 
     PYTHONPATH=src python benchmarks/gpu_check.py --out gpu_check.json            # every pack present
     PYTHONPATH=src python benchmarks/gpu_check.py --quick --packs regression       # ~1 minute
+    PYTHONPATH=src python benchmarks/gpu_check.py --set train.compile=true          # the same, compiled
 
 trainwell's other dependencies (numpy, omegaconf, PyYAML, tqdm, tensorboard, matplotlib) must be importable
 too. Where no CUDA torch is installed and a network is, e.g.
@@ -203,7 +204,7 @@ def check_eval(pack: Pack, keys: list[str], checkpoint: str, device: str, work: 
 def check_pack(pack: Pack, args: argparse.Namespace, work: Path, log: Path) -> PackResult:
     """All four checks of one pack; a failing step is recorded and the next one still runs."""
     result = PackResult(pack.name, pack.config)
-    base = [*pack.overrides, *(pack.quick_overrides if args.quick else ())]
+    base = [*pack.overrides, *(pack.quick_overrides if args.quick else ()), *args.set]
     out = work / "measure.json"
     measure_cmd = [sys.executable, str(RUNS_SCRIPT), "measure", pack.config, *base, "--device", args.device]
     measure_cmd += ["--amp", *args.amp, "--steps", str(args.steps), "--repeats", str(args.repeats), "--out", str(out)]
@@ -213,7 +214,7 @@ def check_pack(pack: Pack, args: argparse.Namespace, work: Path, log: Path) -> P
     else:
         result.errors.append(_failed(proc, "measure"))
     resume_amp = "fp16" if args.device.startswith("cuda") else "bf16"  # fp16: the GradScaler state resumes too
-    keys = [*pack.overrides, *pack.resume_overrides, "train.epochs=2", "train.max_steps=null"]
+    keys = [*pack.overrides, *pack.resume_overrides, *args.set, "train.epochs=2", "train.max_steps=null"]
     keys += ["checkpoint.latest_every_steps=1", "checkpoint.every_epochs=0", "eval.every_epochs=0"]
     keys += ["train.progress_bar=off", "train.log_every=5", f"train.amp={resume_amp}", f"train.device={args.device}"]
     result.resume = check_resume(pack, keys, work, log)
@@ -338,6 +339,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--amp", nargs="+", default=["bf16", "fp16"], choices=["off", "bf16", "fp16"])
     parser.add_argument("--steps", type=int, default=None, help="steps per measured run (default 60, quick 20)")
     parser.add_argument("--repeats", type=int, default=None, help="speed pairs per precision (default 3, quick 1)")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config overrides for every run, e.g. train.compile=true data.num_workers=4",
+    )
     parser.add_argument("--out", default=None, help="write the table and all details as JSON here")
     parser.add_argument("--work-dir", default=None, help="keep run directories and child logs here")
     args = parser.parse_args(argv)
@@ -350,6 +358,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device; see the header")
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         parser.error(f"--device must be cpu, cuda or cuda:N, not {args.device!r}")
+    bad = [kv for kv in args.set if "=" not in kv]
+    if bad:
+        parser.error(f"--set takes KEY=VALUE overrides, got {bad}")
     args.pack_names = [p.name for p in PACKS if p.name in chosen]
     args.steps = args.steps or (20 if args.quick else 60)
     args.repeats = args.repeats or (1 if args.quick else 3)

@@ -52,6 +52,7 @@ def test_options_defaults_quick_and_pack_selection() -> None:
     quick = gpu_check.parse_args(["--device", "cpu", "--quick", "--packs", "hand_pose_lifting, regression"])
     assert (quick.steps, quick.repeats) == (20, 1)
     assert quick.pack_names == ["regression", "hand_pose_lifting"]  # the table's order, not the option's
+    assert gpu_check.parse_args(["--device", "cpu", "--set", "train.compile=true"]).set == ["train.compile=true"]
 
 
 @pytest.mark.parametrize(
@@ -60,6 +61,7 @@ def test_options_defaults_quick_and_pack_selection() -> None:
         (["--device", "cpu", "--packs", "regresion"], "unknown pack"),
         (["--device", "tpu"], "--device must be"),
         (["--device", "cpu", "--amp", "fp8"], "invalid choice"),
+        (["--device", "cpu", "--set", "train.compile"], "KEY=VALUE"),
     ],
 )
 def test_bad_options_are_refused_with_the_reason(
