@@ -18,7 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from trainwell.config.schema import DataConfig, ExperimentConfig
+from trainwell.config.schema import DataConfig, ExperimentConfig, config_to_dict, config_to_yaml
 from trainwell.engine.task import Task
 
 
@@ -253,11 +253,13 @@ def build_task(cfg: ExperimentConfig) -> Task:
     return import_task_class(cfg.task.class_path, "the config")(cfg.task, cfg.data)
 
 
-def config_to_yaml(cfg: ExperimentConfig) -> str:
-    """The fully resolved config as YAML (written to ``<run>/config.yaml``; loadable again)."""
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-
-
-def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The resolved config as plain containers (for checkpoints and ``config.yaml``)."""
-    return dataclasses.asdict(cfg)
+__all__ = [
+    "ConfigError",
+    "build_task",
+    "config_to_dict",
+    "config_to_yaml",
+    "load_config",
+    "load_experiment",
+    "read_run_config",
+    "validate_config",
+]

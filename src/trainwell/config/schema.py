@@ -14,9 +14,12 @@ loader length and world size and printed in the start banner); ``0`` switches on
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+import yaml
 
 Problem = tuple[str, str]
 """``(key, what is wrong)`` for a value out of range."""
@@ -341,3 +344,13 @@ class ExperimentConfig:
         task_problems = getattr(self.task, "problems", None)
         if callable(task_problems):
             yield from task_problems()
+
+
+def config_to_yaml(cfg: ExperimentConfig) -> str:
+    """The fully resolved config as YAML (written to ``<run>/config.yaml``; loadable again)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The resolved config as plain containers (for checkpoints and ``config.yaml``)."""
+    return dataclasses.asdict(cfg)

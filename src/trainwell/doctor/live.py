@@ -32,8 +32,7 @@ from trainwell.doctor.batch import (
     format_batch_report,
 )
 from trainwell.doctor.checks import RunContext, Thresholds, check_history, summarize_history
-from trainwell.doctor.findings import Finding, FindingSet, format_diagnosis, format_finding
-from trainwell.doctor.offline import FINDINGS_FILE, read_jsonl
+from trainwell.doctor.findings import FINDINGS_FILE, Finding, FindingSet, format_diagnosis, format_finding, read_jsonl
 from trainwell.engine.distributed import DistEnv
 
 DEBUG_LOSS_ENV = "TRAINWELL_DEBUG_LOSS"

@@ -7,7 +7,6 @@ It reads ``config.yaml`` back through the typed schema, ``status.json`` (how the
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,25 +15,8 @@ from typing import Any
 from trainwell.config.loader import read_run_config
 from trainwell.config.schema import ExperimentConfig
 from trainwell.doctor.checks import RunContext, check_history, summarize_history
-from trainwell.doctor.findings import Finding, FindingSet, format_diagnosis
+from trainwell.doctor.findings import FINDINGS_FILE, Finding, FindingSet, format_diagnosis, read_jsonl
 from trainwell.engine.rundir import describe_status, read_status
-
-FINDINGS_FILE = "findings.jsonl"
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a ``.jsonl`` file; a torn last line (a running or killed run) is skipped."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            out.append(value)
-    return out
 
 
 @dataclass

@@ -18,21 +18,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-from torch import nn
 
 from trainwell.engine import distributed as D
 from trainwell.engine.amp import autocast
-from trainwell.engine.checkpoint import BEST, LAST, TrainState, load_checkpoint
-from trainwell.engine.checkpoint.resume import find_resumable
+from trainwell.engine.checkpoint import BEST, LAST, TrainState
 from trainwell.engine.checkpoint.rng import loader_seed
-from trainwell.engine.checkpoint.state import upgrade_payload
-from trainwell.engine.checkpoint.weights import WeightsReport, load_model_weights
 from trainwell.engine.evaluation import EvalResult, evaluate
 from trainwell.engine.logging import ProgressBar, epoch_line
 from trainwell.engine.losses import check_losses, record_names, split_output
 from trainwell.engine.nonfinite import NonFiniteLossError
-from trainwell.engine.rundir import write_status
-from trainwell.engine.runtime import seed_everything
 from trainwell.engine.setup import RunComponents
 from trainwell.engine.signals import TrainingInterrupted
 from trainwell.engine.step import optimizer_step
@@ -106,14 +100,16 @@ class Trainer(RunComponents):
         if self.stop_request.agreed:  # a signal ended the epoch early, at an optimizer-step boundary
             self._stop_on_signal(save=True)
         complete = self.state.batch_in_epoch >= self.plan.batches_per_epoch
+        # Step intervals whose step is the epoch's last were left for here (read before the position resets).
+        eval_step, periodic_step = self._fires(self.plan.eval_every), self._fires(self.plan.periodic)
         if complete:
             self.state.epoch, self.state.batch_in_epoch = epoch + 1, 0
         last = self.budget_spent() or self.state.epoch == self.plan.epochs
-        evaluate_now = last or (complete and self.plan.eval_every.fires_at_epoch_end(epoch + 1))
-        periodic = complete and self.plan.periodic.fires_at_epoch_end(epoch + 1)
-        result = self._evaluate_and_save(
-            epoch, evaluate=evaluate_now, periodic=f"epoch_{epoch + 1:04d}.pt" if periodic else None
-        )
+        evaluate_now = last or eval_step or (complete and self.plan.eval_every.fires_at_epoch_end(epoch + 1))
+        periodic = f"step_{self.state.global_step:08d}.pt" if periodic_step else None
+        if complete and self.plan.periodic.fires_at_epoch_end(epoch + 1):
+            periodic = f"epoch_{epoch + 1:04d}.pt"
+        result = self._evaluate_and_save(epoch, evaluate=evaluate_now, periodic=periodic)
         units = {name: spec.unit for name, spec in self.task.metric_specs().items()}
         lr = self.scheduler.get_last_lr()[0]
         line = epoch_line(
@@ -337,56 +333,3 @@ class Trainer(RunComponents):
         if self.env.is_main:
             self.log.warning(str(stop))
         raise stop
-
-    def _status(self, state: str, **details: Any) -> None:
-        if self.out.is_writer:
-            write_status(self.out.run_dir, state, step=self.state.global_step, **details)
-
-    # -- resuming and initialising ----------------------------------------------------------------
-    def resume(self, source: str | Path) -> Path | None:
-        """Continue from a checkpoint; returns the file used, or ``None`` when there was none.
-
-        ``"auto"``: the newest valid checkpoint of this run directory; damaged ones are skipped and named.
-        A path: that file, which must be valid.
-        """
-        path, payload = (
-            (str(source), None) if source != "auto" else find_resumable(self.checkpoints, self.env, self.log.warning)
-        )
-        if path is None:
-            self.log.info(f"--resume auto: no checkpoint in {self.out.run_dir}; starting afresh")
-            return None
-        payload = upgrade_checked(path, payload if payload is not None else load_checkpoint(path))
-        current_layout = dict(self.state.data_layout)
-        self.run_state.load_state_dict(payload)  # every part, the RNG streams last
-        self.after_resume(payload, current_layout)
-        self.log.info(f"Resumed from '{path}' at {self.position()}, step {self.state.global_step}")
-        return Path(path)
-
-    def init_from(self, path: str | Path, *, strict: bool = True) -> WeightsReport:
-        """Load model weights only (to fine-tune), reporting missing / unexpected / shape-mismatched keys.
-
-        Raises:
-            CheckpointError: with ``strict``, on any mismatch (nothing is loaded then).
-        """
-        report = load_model_weights(self.model, path, strict=strict, map_location=self.device)
-        (self.log.info if report.is_exact else self.log.warning)(f"Initialised the model: {report.describe()}")
-        return report
-
-    def reseed_after_world_change(self) -> None:
-        """The saved RNG streams belong to another number of processes: restart them from the step."""
-        seed_everything(self.cfg.train.seed + self.env.rank + self.state.global_step)
-
-
-def upgrade_checked(path: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload in the current format, or a :class:`CheckpointError` saying which version wrote it."""
-    from trainwell.engine.checkpoint import CheckpointError
-
-    try:
-        return upgrade_payload(payload)
-    except (ValueError, KeyError) as err:
-        raise CheckpointError(f"Cannot resume from '{path}': {err}.") from None
-
-
-def model_of(trainer: Trainer) -> nn.Module:
-    """The bare model (no DDP, no compile wrapper) — what checkpoints hold and evaluation runs."""
-    return trainer.model

@@ -144,8 +144,9 @@ class NonFinitePolicy:
             )
             return Finding("train.nonfinite", "error", "Non-finite values in training", evidence, fix, step), None
         values = bad.values.tolist()
-        first = next(n for n, v in zip(bad.names, values, strict=True) if not math.isfinite(v))
-        shown = ", ".join(f"{n} = {v:.4g}" for n, v in zip(bad.names, values, strict=True))
+        names = [n.removeprefix("loss/") for n in bad.names]
+        first = next(n for n, v in zip(names, values, strict=True) if not math.isfinite(v))
+        shown = ", ".join(f"{n} = {v:.4g}" for n, v in zip(names, values, strict=True))
         path, inputs = self._save_batch(bad)
         evidence = (
             f"the loss became non-finite at step {bad.step} (epoch {bad.epoch + 1}, batch {bad.micro + 1}); "
@@ -166,7 +167,7 @@ class NonFinitePolicy:
             "step": row.step,
             "epoch": row.epoch + 1,
             "batch_in_epoch": row.micro + 1,
-            "losses": dict(zip(row.names, row.values.tolist(), strict=True)),
+            "losses": {n.removeprefix("loss/"): v for n, v in zip(row.names, row.values.tolist(), strict=True)},
         }
         try:
             indices = self.batches.batch_indices(row.epoch, row.micro)

@@ -69,4 +69,4 @@ def describe_status(status: dict[str, Any]) -> str:
         return f"crashed{step}: {status.get('error', 'unknown error')}"
     if state == "running":
         return f"running, or killed without a chance to record it (last update {status.get('updated', '?')}{step})"
-    return "no status recorded"
+    return "unfinished: no status.json (still running under an older trainwell, or not a trainwell run)"

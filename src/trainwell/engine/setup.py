@@ -16,23 +16,31 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trainwell.config.schema import ExperimentConfig
+from trainwell.config.schema import ExperimentConfig, config_to_dict, config_to_yaml
 from trainwell.doctor.checks import RunContext
 from trainwell.doctor.live import TrainingDoctor
 from trainwell.engine import distributed as D
 from trainwell.engine.amp import amp_dtype
 from trainwell.engine.banner import end_lines, start_lines
 from trainwell.engine.best import BestTracker
-from trainwell.engine.checkpoint import CheckpointManager, RunState, TrainState
-from trainwell.engine.checkpoint.resume import config_changes, library_versions, position_mismatch, trim_metrics_log
-from trainwell.engine.checkpoint.state import RngPart, ScalerPart
+from trainwell.engine.checkpoint import CheckpointError, CheckpointManager, RunState, TrainState, load_checkpoint
+from trainwell.engine.checkpoint.files import to_plain
+from trainwell.engine.checkpoint.resume import (
+    config_changes,
+    find_resumable,
+    library_versions,
+    position_mismatch,
+    trim_metrics_log,
+)
+from trainwell.engine.checkpoint.state import RngPart, ScalerPart, upgrade_payload
+from trainwell.engine.checkpoint.weights import WeightsReport, load_model_weights
 from trainwell.engine.data import TrainBatches
 from trainwell.engine.logging import MetricsWriter, setup_console_logging, train_line
 from trainwell.engine.meters import DeviceMeter, StepStats
 from trainwell.engine.nonfinite import NonFinitePolicy
 from trainwell.engine.optim import build_optimizer, group_names
 from trainwell.engine.plan import RunPlan
-from trainwell.engine.rundir import make_run_dir
+from trainwell.engine.rundir import make_run_dir, write_status
 from trainwell.engine.runtime import configure_threads, cpu_bf16_warning, seed_everything
 from trainwell.engine.schedule import build_scheduler
 from trainwell.engine.signals import StopRequest
@@ -120,8 +128,6 @@ class RunComponents:
             self.log.warning(f"trainwell: {warning}")
 
     def _open_outputs(self, write_outputs: bool) -> None:
-        from trainwell.config.loader import config_to_yaml  # the engine writes config.yaml; it never loads one
-
         run_dir = None
         if write_outputs:
             made = make_run_dir(self.cfg.run.name, self.cfg.run.dir) if self.env.is_main else None
@@ -208,12 +214,43 @@ class RunComponents:
             "seed": self.cfg.train.seed,
         }
 
+    # -- resuming and initialising ----------------------------------------------------------------
+    def resume(self, source: str | Path) -> Path | None:
+        """Continue from a checkpoint; returns the file used, or ``None`` when there was none.
+
+        ``"auto"``: the newest valid checkpoint of this run directory; damaged ones are skipped and named.
+        A path: that file, which must be valid.
+        """
+        path, payload = (
+            (str(source), None) if source != "auto" else find_resumable(self.checkpoints, self.env, self.log.warning)
+        )
+        if path is None:
+            self.log.info(f"--resume auto: no checkpoint in {self.out.run_dir}; starting afresh")
+            return None
+        payload = upgrade_checked(path, payload if payload is not None else load_checkpoint(path))
+        current_layout = dict(self.state.data_layout)
+        self.run_state.load_state_dict(payload)  # every part, the RNG streams last
+        self.after_resume(payload, current_layout)
+        self.log.info(f"Resumed from '{path}' at {self.position()}, step {self.state.global_step}")
+        return Path(path)
+
+    def init_from(self, path: str | Path, *, strict: bool = True) -> WeightsReport:
+        """Load model weights only (to fine-tune), reporting missing / unexpected / shape-mismatched keys.
+
+        Raises:
+            CheckpointError: with ``strict``, on any mismatch (nothing is loaded then).
+        """
+        report = load_model_weights(self.model, path, strict=strict, map_location=self.device)
+        (self.log.info if report.is_exact else self.log.warning)(f"Initialised the model: {report.describe()}")
+        return report
+
+    def _status(self, state: str, **details: Any) -> None:
+        if self.out.is_writer:
+            write_status(self.out.run_dir, state, step=self.state.global_step, **details)
+
     # -- bookkeeping -------------------------------------------------------------------------------
     def payload_extras(self) -> dict[str, Any]:
         """What a checkpoint carries besides the parts: the config (for ``export`` and resume checks), versions."""
-        from trainwell.config.loader import config_to_dict
-        from trainwell.engine.checkpoint.files import to_plain
-
         return {
             "config": to_plain(config_to_dict(self.cfg)),
             "versions": library_versions(),
@@ -222,9 +259,6 @@ class RunComponents:
 
     def after_resume(self, payload: dict[str, Any], current_layout: dict[str, int]) -> None:
         """Checks after the parts loaded: the best rule, the position in the epoch, the RNG streams, the logs."""
-        from trainwell.config.loader import config_to_dict
-        from trainwell.engine.checkpoint.files import to_plain
-
         changed = self.best.rule_changed()
         if changed:
             self.log.warning(changed)
@@ -299,3 +333,11 @@ class RunComponents:
             lrs=lrs,
             clipping=self.cfg.train.clip_grad_norm is not None,
         )
+
+
+def upgrade_checked(path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload in the current format, or a :class:`CheckpointError` saying which version wrote it."""
+    try:
+        return upgrade_payload(payload)
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"Cannot resume from '{path}': {err}.") from None
