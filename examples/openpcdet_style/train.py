@@ -45,6 +45,7 @@ def experiment(opt: dict, epochs: int, root: str | None, tiny: bool) -> Experime
             clip_grad_norm=opt["GRAD_NORM_CLIP"],
             log_every=20,
             progress_bar="off",
+            num_threads=1 if tiny else None,
         ),
         # OpenPCDet's adam_onecycle decays weights the decoupled way (true_wd): AdamW.
         optim=OptimConfig(name="adamw", lr=opt["LR"], weight_decay=opt["WEIGHT_DECAY"]),
