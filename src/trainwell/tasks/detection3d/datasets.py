@@ -123,13 +123,14 @@ def synthetic_dataset(
     size: int,
     point_range_m: Sequence[float],
     augment: AugmentConfig | None = None,
+    cache: bool = True,
 ) -> FrameDataset:
     """Synthetic frames of ``split``: frame ``i`` is ``generate_frame(scene, seed, split, i)``."""
 
     def load(index: int) -> Frame:
         return generate_frame(scene, seed, split, index)
 
-    return FrameDataset(load, size, point_range_m, augment=augment, seed=seed)
+    return FrameDataset(load, size, point_range_m, augment=augment, seed=seed, cache=cache)
 
 
 def collate_frames(samples: list[dict[str, Any]]) -> dict[str, Any]:
