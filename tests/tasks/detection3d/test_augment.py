@@ -84,3 +84,30 @@ def test_collate_keeps_frames_ragged() -> None:
         g = s["gt_boxes"].shape[0]
         assert torch.equal(batch["gt_boxes"][b, :g], s["gt_boxes"])
         assert (batch["gt_labels"][b, g:] == -1).all()
+
+
+def test_ground_truth_sampling_pastes_donor_objects_without_collisions() -> None:
+    from trainwell.tasks.detection3d.augment import GtSamplingConfig, sample_ground_truth
+    from trainwell.tasks.detection3d.boxes import iou_bev
+    from trainwell.tasks.detection3d.scenes import generate_frame
+
+    scene = SceneConfig(num_channels=16, azimuth_step_deg=0.5)
+    frames = [generate_frame(scene, 0, "train", i) for i in range(6)]
+    cfg = GtSamplingConfig(enabled=True, sample_groups={"Car": 12, "Pedestrian": 6, "Cyclist": 6})
+    out = sample_ground_truth(frames[0], 0, frames.__getitem__, 6, cfg, augment_rng(0, 0, 0, stream=1))
+    again = sample_ground_truth(frames[0], 0, frames.__getitem__, 6, cfg, augment_rng(0, 0, 0, stream=1))
+    np.testing.assert_array_equal(out["points"], again["points"])  # a pure function of its generator
+    n0 = len(frames[0]["gt_names"])
+    added = out["gt_boxes"][n0:].astype(np.float64)
+    assert len(added) > 0 and out["gt_names"].count("Cyclist") >= frames[0]["gt_names"].count("Cyclist")
+    assert all(len(out[k]) == len(out["gt_names"]) for k in ("num_points", "occlusion", "height_px", "ignored"))
+    # No pasted box overlaps another box; each holds exactly its donor's points (the scene's were removed there).
+    iou = iou_bev(torch.from_numpy(out["gt_boxes"].astype(np.float64)), torch.from_numpy(added)).numpy()
+    iou[n0 + np.arange(len(added)), np.arange(len(added))] = 0
+    assert iou.max() == 0
+    inside = _inside(out["points"], added)
+    donor_counts = []
+    for box in added:
+        src = next(f for f in frames[1:] if any(np.array_equal(b, box.astype(np.float32)) for b in f["gt_boxes"]))
+        donor_counts.append(int(_inside(src["points"], box[None])[:, 0].sum()))
+    assert inside.sum(0).tolist() == donor_counts

@@ -3,14 +3,34 @@
 
 The generator of a training frame is a pure function of ``(seed, epoch, index)`` (:func:`augment_rng`), so a resumed
 run draws exactly the augmentations the uninterrupted run would have drawn, whichever DataLoader worker loads the
-frame. Ground-truth sampling (``gt_sampling``) is not implemented.
+frame. Ground-truth sampling (``gt_sampling``, :func:`sample_ground_truth`) pastes labelled objects and their points
+from other training frames, at the positions they had there (so their point patterns stay those a sensor at the
+origin sees), as OpenPCDet's ``DataBaseSampler`` does.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import torch
+
+from trainwell.tasks.detection3d.boxes import iou_bev, points_in_boxes
+
+
+@dataclass
+class GtSamplingConfig:
+    """``data.augment.gt_sampling``: OpenPCDet's ``gt_sampling`` (``SAMPLE_GROUPS``, ``filter_by_min_points``)."""
+
+    enabled: bool = False
+    sample_groups: dict[str, int] = field(default_factory=lambda: {"Car": 15, "Pedestrian": 15, "Cyclist": 15})
+    """Fill each class up to this many objects per frame (OpenPCDet's ``'Car:15'``)."""
+    min_points: int = 5
+    """Only objects with at least this many points are pasted."""
+    max_tries: int = 40
+    """Donor draws per class and frame before giving up (a draw fails on a collision or an empty donor)."""
 
 
 @dataclass
@@ -24,14 +44,75 @@ class AugmentConfig:
     """``random_world_rotation``: yaw drawn uniformly from ``±rotation_deg`` (OpenPCDet: ±π/4)."""
     scale_range: tuple[float, float] = (0.95, 1.05)
     """``random_world_scaling``: a factor drawn uniformly from this range."""
+    gt_sampling: GtSamplingConfig = field(default_factory=GtSamplingConfig)
     disable_from_epoch: int | None = None
     """OpenPCDet's ``DisableAugmentationHook``: no augmentation from this (0-based) epoch on; for the last N of
     ``train.epochs`` set it to ``epochs - N`` (the task does not see ``train.epochs``). ``null``: never."""
 
 
-def augment_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The augmentation generator of one training frame in one epoch."""
-    return np.random.default_rng([seed, epoch, index, 0xA06])
+def augment_rng(seed: int, epoch: int, index: int, stream: int = 0) -> np.random.Generator:
+    """The augmentation generator of one training frame in one epoch (``stream`` 1: ground-truth sampling)."""
+    return np.random.default_rng([seed, epoch, index, 0xA06, stream])
+
+
+_PER_OBJECT = ("num_points", "height_px", "truncation", "occlusion", "ignored")
+
+
+def sample_ground_truth(
+    frame: dict[str, Any],
+    index: int,
+    donor: Callable[[int], dict[str, Any]],
+    num_frames: int,
+    cfg: GtSamplingConfig,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """Paste objects of other frames (their box, labels and the points inside the box) into ``frame``.
+
+    Each class is filled up to ``cfg.sample_groups[cls]`` objects; a pasted box may not overlap (BEV) any box
+    already there or pasted; the frame's own points inside pasted boxes are removed.
+    """
+    boxes = np.asarray(frame["gt_boxes"], dtype=np.float64).reshape(-1, 7)
+    names = list(frame["gt_names"])
+    new: list[tuple[dict[str, Any], int]] = []
+    for cls, want in cfg.sample_groups.items():
+        need = want - names.count(cls)
+        for _ in range(cfg.max_tries):
+            if need <= 0:
+                break
+            j = int(rng.integers(num_frames))
+            src = donor(j)
+            cand = [
+                k
+                for k, n in enumerate(src["gt_names"])
+                if n == cls and src["num_points"][k] >= cfg.min_points and not src["ignored"][k]
+            ]
+            if j == index or not cand:
+                continue
+            k = cand[int(rng.integers(len(cand)))]
+            box = np.asarray(src["gt_boxes"][k], dtype=np.float64)[None]
+            taken = np.concatenate([boxes, *(np.asarray(d["gt_boxes"][m], dtype=np.float64)[None] for d, m in new)])
+            if len(taken) and float(iou_bev(torch.from_numpy(box), torch.from_numpy(taken)).max()) > 0:
+                continue
+            new.append((src, k))
+            need -= 1
+    if not new:
+        return frame
+    pasted = np.stack([np.asarray(d["gt_boxes"][m], dtype=np.float64) for d, m in new])
+    points = frame["points"]
+    inside = points_in_boxes(torch.from_numpy(points[:, :3]).double(), torch.from_numpy(pasted)).any(1).numpy()
+    parts = [points[~inside]]
+    for (src, _), box in zip(new, pasted, strict=True):
+        own = points_in_boxes(torch.from_numpy(src["points"][:, :3]).double(), torch.from_numpy(box[None]))[:, 0]
+        parts.append(src["points"][own.numpy()])
+    out = {
+        **frame,
+        "points": np.concatenate(parts).astype(np.float32),
+        "gt_boxes": np.concatenate([boxes, pasted]).astype(np.float32),
+        "gt_names": names + [src["gt_names"][m] for src, m in new],
+    }
+    for key in _PER_OBJECT:
+        out[key] = np.concatenate([np.asarray(frame[key]), np.array([src[key][m] for src, m in new])])
+    return out
 
 
 def rotate_z(xy: np.ndarray, angle: float) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from trainwell.tasks.detection3d.augment import AugmentConfig, augment_frame, augment_rng
+from trainwell.tasks.detection3d.augment import AugmentConfig, augment_frame, augment_rng, sample_ground_truth
 from trainwell.tasks.detection3d.scenes import CLASS_NAMES, SceneConfig, generate_frame
 
 Frame = dict[str, Any]
@@ -105,6 +105,15 @@ class FrameDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         frame = self.raw(index)
+        if self.augment_on and self.augment is not None and self.augment.gt_sampling.enabled:
+            frame = sample_ground_truth(
+                frame,
+                index,
+                self.raw,
+                self.size,
+                self.augment.gt_sampling,
+                augment_rng(self.seed, self.epoch, index, stream=1),
+            )
         if self.augment_on and self.augment is not None:
             points, boxes = augment_frame(
                 frame["points"],
