@@ -171,7 +171,7 @@ class Trainer(RunComponents):
         for k, (micro, batch) in enumerate(group):
             self.doctor.maybe_inspect_batch(batch, epoch, micro)  # first batches only (their host reads are fine)
             if self.device.type != "cpu":
-                batch = move_to_device(batch, self.device)
+                batch = move_to_device(batch, self.device, channels_last=self.cfg.train.channels_last)
             self.doctor.maybe_debug_losses(self.model, batch)  # only under diagnostics.debug_loss
             # Skip DDP's gradient all-reduce on micro-batches that do not end the group.
             no_sync = self.ddp_model.no_sync() if self.env.is_distributed and k < size - 1 else _NO_OP  # type: ignore[operator]

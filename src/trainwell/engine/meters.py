@@ -88,6 +88,8 @@ class StepStats:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.data_wait_s = 0.0
+        self.scale: float | None = None
+        """The fp16 GradScaler's scale after the last step (read once per step; see ``optimizer_step``)."""
         self.reset()
 
     def reset(self) -> None:
