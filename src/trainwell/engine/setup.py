@@ -94,6 +94,7 @@ class RunComponents:
         self.group_names = group_names(self.optimizer)
         self._build_data()
         self.plan = RunPlan.resolve(cfg, len(self.batches.batches(0)))
+        task.num_epochs = self.plan.epochs
         self.scheduler = task.build_scheduler(self.optimizer, self.plan.total_steps, cfg.schedule) or build_scheduler(
             self.optimizer, cfg.schedule, self.plan.total_steps, self.plan.milestones
         )
