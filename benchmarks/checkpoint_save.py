@@ -98,7 +98,9 @@ def main() -> None:
                 last_s.append(median_seconds(save_last, 1))
             last_path = trainer.checkpoints.directory / "last.pt"
             size_mb = last_path.stat().st_size / 1e6
-            digest_s = median_seconds(lambda trainer=trainer: content_digest(trainer.run_state.state_dict()), args.repeats)
+            digest_s = median_seconds(
+                lambda trainer=trainer: content_digest(trainer.run_state.state_dict()), args.repeats
+            )
             load_plain = median_seconds(lambda p=plain: torch.load(p, weights_only=True), args.repeats)
             load_verified = median_seconds(lambda p=last_path: load_checkpoint(p), args.repeats)
 
