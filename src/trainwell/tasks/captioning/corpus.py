@@ -70,7 +70,7 @@ PREFIXES = ("", "", "there is ", "a photo of ", "an image of ", "a picture showi
 SINGLE_SUFFIXES = ("", "", " in the picture", " on its own")
 
 
-@dataclass(frozen=True)
+@dataclass
 class CorpusConfig:
     """How scenes, captions, features and detections are drawn (the synthetic parts of the ``data:`` section)."""
 
