@@ -5,7 +5,13 @@ from collections import Counter
 
 import pytest
 
-from trainwell.tasks.captioning.scoring import caption_metrics, entity_recall, ptb_tokenize
+from trainwell.tasks.captioning.scoring import (
+    best_constant_caption,
+    caption_metrics,
+    cider_d,
+    entity_recall,
+    ptb_tokenize,
+)
 
 
 def ngrams(words: list[str], n: int) -> Counter:
@@ -134,3 +140,12 @@ def test_bad_inputs_are_named() -> None:
         caption_metrics({0: "a"}, {1: ["a"]})
     with pytest.raises(ValueError, match="at least one reference"):
         caption_metrics({0: "a"}, {0: []})
+
+
+def test_best_constant_caption_is_the_argmax_over_candidates() -> None:
+    candidates = ["a dog on a bench", "a cat", "a man rides a bike", "a boat on the water"]
+    caption, score = best_constant_caption(REFS, candidates)
+    each = {c: caption_metrics(dict.fromkeys(REFS, c), REFS)["cider_d"] for c in candidates}
+    assert score == pytest.approx(max(each.values()), rel=1e-12)
+    assert each[caption] == pytest.approx(score, rel=1e-12)
+    assert cider_d(HYPS, REFS) == pytest.approx(caption_metrics(HYPS, REFS)["cider_d"], rel=1e-12)

@@ -90,3 +90,28 @@ def entity_recall(captions: Sequence[str], entity_words: Sequence[Sequence[Seque
         total += len(entities)
         named += sum(any(word in words for word in synonyms) for synonyms in entities)
     return named / total if total else float("nan")
+
+
+def cider_d(predictions: Mapping[int, str], references: Mapping[int, Sequence[str]]) -> float:
+    """CIDEr-D alone (pycocoevalcap's ``Cider``) of raw-text predictions against raw-text references."""
+    from pycocoevalcap.cider.cider import Cider
+
+    res = {image_id: [ptb_tokenize(caption)] for image_id, caption in predictions.items()}
+    gts = {image_id: [ptb_tokenize(caption) for caption in references[image_id]] for image_id in predictions}
+    return float(Cider().compute_score(gts, res)[0])
+
+
+def best_constant_caption(references: Mapping[int, Sequence[str]], candidates: Sequence[str]) -> tuple[str, float]:
+    """The candidate with the highest CIDEr-D when it is predicted for every image, and that score.
+
+    The baseline a captioner must beat: a model that ignores its input can at best emit the one caption that
+    scores highest on average. Candidates are raw text (e.g. every reference of the set, plus short phrases).
+    """
+    if not candidates:
+        raise ValueError("best_constant_caption() needs at least one candidate.")
+    best = ("", float("-inf"))
+    for caption in dict.fromkeys(candidates):
+        score = cider_d({image_id: caption for image_id in references}, references)
+        if score > best[1]:
+            best = (caption, score)
+    return best
