@@ -38,7 +38,7 @@ def test_scene_structure_and_every_object_named_in_every_caption() -> None:
         scene = sample.scene
         sizes.add(len(scene.objects))
         assert len(set(scene.objects)) == len(scene.objects)
-        # a relation tree: every object after the first relates to an earlier one
+        # a relation chain: every object after the first relates to the one before
         assert [subject for subject, _, _ in scene.relations] == list(range(1, len(scene.objects)))
         assert all(0 <= parent < subject for subject, _, parent in scene.relations)
         for caption in sample.captions:

@@ -1,14 +1,14 @@
 """A synthetic captioning corpus that trains for real on a CPU: scenes, reference captions, CLIP-like features, and
 the entities a (noisy) detector finds.
 
-A *scene* holds 1–5 distinct objects, each with an optional attribute, and a relation from every object after the
-first to one placed before it (a tree). A small grammar renders several reference captions per scene, with noun,
-attribute and relation synonyms, active/inverse relation phrasing ("a cup on a table" / "a table under a cup"),
-clause order shuffled, and first/second mentions ("a dog ... the dog"), so a caption is not a lookup of the entity
-set. A fixed random "CLIP-like" encoder maps the scene to a unit 512-d feature: the sum of object embeddings,
-attribute-object bindings and subject-relation-object bindings (elementwise products of random vectors, which
-behave like fresh random directions), plus scene noise; stored as float16 as ViECap's pre-extracted features are.
-The detector misses objects and adds false positives; the hard prompt is built from what it reports.
+A *scene* holds 1–5 distinct objects, each with an optional attribute, and a relation from every object after the first
+to the one before it (a chain). A small grammar renders several reference captions per scene, with noun, attribute and
+relation synonyms, the chain read from either end with active or inverse relation phrasing ("a cup on a table next to a
+chair" / "a seat beside a table under a mug") and varied openings, so a caption is not a lookup of the entity set. A
+fixed random "CLIP-like" encoder maps the scene to a unit 512-d feature: the sum of object embeddings, attribute-object
+bindings and subject-relation-object bindings (elementwise products of random vectors, which behave like fresh random
+directions), plus scene noise; stored as float16 as ViECap's pre-extracted features are. The detector misses objects and
+adds false positives; the hard prompt is built from what it reports.
 
 Every sample is a pure function of ``(seed, split, index)`` (its own ``numpy`` generator seeded from the three).
 """
@@ -118,16 +118,14 @@ def sample_rng(seed: int, split: str, index: int, stream: int = 0) -> np.random.
 
 
 def draw_scene(rng: np.random.Generator, cfg: CorpusConfig) -> Scene:
-    """1 … ``max_entities`` distinct objects, optional attributes, and a relation tree over them."""
+    """1 … ``max_entities`` distinct objects, optional attributes, and a relation chain (object k to k - 1)."""
     num = int(rng.integers(1, min(cfg.max_entities, len(OBJECT_NAMES)) + 1))
     objects = tuple(OBJECT_NAMES[i] for i in rng.choice(len(OBJECT_NAMES), size=num, replace=False))
     attributes = tuple(
         ATTRIBUTE_NAMES[int(rng.integers(len(ATTRIBUTE_NAMES)))] if rng.random() < cfg.attribute_prob else None
         for _ in objects
     )
-    relations = tuple(
-        (k, RELATION_NAMES[int(rng.integers(len(RELATION_NAMES)))], int(rng.integers(k))) for k in range(1, num)
-    )
+    relations = tuple((k, RELATION_NAMES[int(rng.integers(len(RELATION_NAMES)))], k - 1) for k in range(1, num))
     return Scene(objects, attributes, relations)
 
 
@@ -136,16 +134,12 @@ def _article(word: str) -> str:
 
 
 def render_caption(scene: Scene, rng: np.random.Generator) -> str:
-    """One reference caption of ``scene``: synonyms, inverse phrasings and clause order drawn from ``rng``."""
+    """One reference caption of ``scene``: the relation chain read from either end, with synonyms drawn from
+    ``rng`` ("a cup on a table next to a chair" / "a seat beside a table under a mug"), every object named once."""
     nouns = [OBJECTS[o][int(rng.integers(len(OBJECTS[o])))] for o in scene.objects]
     adjectives = [None if a is None else ATTRIBUTES[a][int(rng.integers(len(ATTRIBUTES[a])))] for a in scene.attributes]
-    mentioned: set[int] = set()
 
     def phrase(k: int) -> str:
-        if k in mentioned:  # a second mention is definite and may drop the attribute
-            keep = adjectives[k] is not None and rng.random() < 0.5
-            return f"the {adjectives[k]} {nouns[k]}" if keep else f"the {nouns[k]}"
-        mentioned.add(k)
         words = f"{adjectives[k]} {nouns[k]}" if adjectives[k] else nouns[k]
         return f"{_article(words)} {words}"
 
@@ -153,18 +147,19 @@ def render_caption(scene: Scene, rng: np.random.Generator) -> str:
     if not scene.relations:
         text = prefix + phrase(0) + SINGLE_SUFFIXES[int(rng.integers(len(SINGLE_SUFFIXES)))]
     else:
-        clauses = []
-        for position in rng.permutation(len(scene.relations)):
-            subject, relation, obj = scene.relations[int(position)]
-            forward, inverse = RELATIONS[relation]
-            if rng.random() < 0.5:
-                first, words, second = subject, forward[int(rng.integers(len(forward)))], obj
-            else:
-                first, words, second = obj, inverse[int(rng.integers(len(inverse)))], subject
-            left = phrase(first)  # order matters: the left phrase is the first mention
-            clauses.append(f"{left} {words} {phrase(second)}")
-        body = clauses[0] if len(clauses) == 1 else ", ".join(clauses[:-1]) + " and " + clauses[-1]
-        text = prefix + body
+        # relation k links object k (subject) to object k - 1: read from the last object with the forward
+        # phrasings, or from the first with the inverse ones
+        backward = rng.random() < 0.5
+        order = range(len(scene.objects) - 1, -1, -1) if backward else range(len(scene.objects))
+        words = []
+        for step, k in enumerate(order):
+            if step:
+                subject = k + 1 if backward else k
+                forward, inverse = RELATIONS[scene.relations[subject - 1][1]]
+                options = forward if backward else inverse
+                words.append(options[int(rng.integers(len(options)))])
+            words.append(phrase(k))
+        text = prefix + " ".join(words)
     return text[0].upper() + text[1:] + "."
 
 
