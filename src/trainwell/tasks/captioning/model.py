@@ -35,6 +35,10 @@ class CaptionModelConfig:
     """Layers of the mapping Transformer."""
     num_heads: int = 8
     """Attention heads of the mapping Transformer."""
+    prefix_init_std: float = 1.0
+    """Standard deviation of the learnt constant tokens at initialisation (ViECap: ``torch.randn``, 1.0). Beside a
+    small random GPT-2 (token embeddings of std 0.02) a large constant drowns the feature-dependent part of the soft
+    prompt for the first thousand steps; 0.02 lets the feature through from the start."""
     language_model: str | None = None
     """A local directory to load GPT-2 from (``from_pretrained``, no hub access) and its tokenizer; ``None``: a
     random GPT-2 of the size below, with a byte-level BPE trained on the corpus."""
@@ -60,7 +64,7 @@ class MappingNetwork(nn.Module):
         super().__init__()
         self.clip_project_length = cfg.clip_project_length
         self.linear = nn.Linear(cfg.clip_hidden_size, cfg.clip_project_length * width)
-        self.prefix_const = nn.Parameter(torch.randn(cfg.continuous_prompt_length, width))
+        self.prefix_const = nn.Parameter(torch.randn(cfg.continuous_prompt_length, width) * cfg.prefix_init_std)
         layer = nn.TransformerEncoderLayer(
             width, cfg.num_heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True, norm_first=True
         )
