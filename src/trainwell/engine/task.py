@@ -30,29 +30,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+# The typed task:/data: sections live with the schema; a task imports them from here or from there.
+from trainwell.config.schema import DataConfig, TaskConfig
+
 if TYPE_CHECKING:
     from trainwell.config.schema import OptimConfig, ScheduleConfig
     from trainwell.doctor.findings import Finding
-
-
-@dataclass
-class TaskConfig:
-    """The ``task:`` section. A task subclasses this with its own typed keys."""
-
-    class_path: str = "???"
-    """Import path of the task class, ``package.module:ClassName``."""
-
-
-@dataclass
-class DataConfig:
-    """The ``data:`` section. A task may subclass this to add its own keys (sizes, paths, seeds)."""
-
-    num_workers: int = 0
-    """DataLoader worker processes per training process (0 = load in the main process)."""
-    pin_memory: bool = True
-    """Pin host memory for faster host-to-GPU copies (ignored on CPU)."""
-    persistent_workers: bool = True
-    """Keep workers alive between epochs (only when num_workers > 0)."""
 
 
 PerSample = torch.Tensor | list[torch.Tensor]
@@ -160,6 +143,10 @@ class Task:
         """Return ``(train_dataset, val_dataset)``; both map-style with ``__len__``."""
         raise NotImplementedError
 
+    def build_val_dataset(self) -> Dataset:
+        """The validation set alone (``trainwell eval``); override when building the training set is costly."""
+        return self.build_datasets()[1]
+
     def build_evaluator(self) -> Evaluator:
         """Return a fresh evaluator (e.g. :class:`trainwell.metrics.PoseAccumulator`)."""
         raise NotImplementedError
@@ -236,3 +223,6 @@ class Task:
     def debug_losses(self, model: nn.Module, batch: Batch) -> dict[str, float]:
         """Loss internals for ``diagnostics.debug_loss`` (statistics of predictions, targets, elements)."""
         return {}
+
+
+__all__ = ["Batch", "DataConfig", "Evaluator", "LossOutput", "MetricSpec", "PerSample", "Task", "TaskConfig"]
