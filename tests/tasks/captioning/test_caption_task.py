@@ -24,9 +24,9 @@ def test_evaluator_scores_the_decoded_captions_once_over_all_samples(tmp_path: P
     for half in (order[: len(order) // 2], order[len(order) // 2 :]):
         evaluator.update(half, [tokens[i] for i in half])
     indices, results = evaluator.local_results()
-    assert results["tokens"].shape == (len(records), task.cfg.max_new_tokens)  # padded with -1 to a fixed width
+    assert isinstance(results["tokens"], list) and len(results["tokens"]) == len(records)  # ragged
     sort = indices.argsort()
-    evaluator.load_results(indices[sort], {"tokens": results["tokens"][sort]})
+    evaluator.load_results(indices[sort], {"tokens": [results["tokens"][i] for i in sort.tolist()]})
     metrics = evaluator.compute()
     want = caption_metrics(
         {i: r.captions[0] for i, r in enumerate(records)}, {i: r.captions for i, r in enumerate(records)}
@@ -35,10 +35,13 @@ def test_evaluator_scores_the_decoded_captions_once_over_all_samples(tmp_path: P
         assert metrics[name] == pytest.approx(value, rel=1e-9)
     assert metrics["entity_recall"] == 1.0  # a reference names every object
     assert metrics["bleu_4"] > 0.5
-    # ragged results (the task contract's lists) load the same
-    ragged = CaptionEvaluator(tok, records, width=task.cfg.max_new_tokens, ragged=True)
-    ragged.load_results(torch.arange(len(records)), {"tokens": tokens})
-    assert ragged.compute() == metrics
+    # dense results (padded with -1 to a fixed width) give the same scores
+    dense = CaptionEvaluator(tok, records, width=task.cfg.max_new_tokens, ragged=False)
+    dense.update(torch.arange(len(records)), tokens)
+    _, padded = dense.local_results()
+    assert padded["tokens"].shape == (len(records), task.cfg.max_new_tokens)
+    dense.load_results(torch.arange(len(records)), padded)
+    assert dense.compute() == metrics
     (path,) = evaluator.save_outputs(tmp_path)
     rows = json.loads(path.read_text())
     assert path.name == "captions.json"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from trainwell import Trainer, load_config
-from trainwell.engine.loop import build_task
+from trainwell.config.loader import build_task
 
 ROOT = Path(__file__).resolve().parents[3]
 METRICS = {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d", "entity_recall"}

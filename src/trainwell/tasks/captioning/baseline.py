@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from trainwell.config.loader import load_config
-from trainwell.engine.loop import build_task
+from trainwell.config.loader import build_task, load_config
 from trainwell.tasks.captioning.scoring import best_constant_caption, caption_metrics
 from trainwell.tasks.captioning.task import CaptioningTask
 

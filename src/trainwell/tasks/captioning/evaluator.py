@@ -2,9 +2,9 @@
 
 Per-sample results are the generated token ids, gathered by the engine from every process and checked for coverage
 before :meth:`CaptionEvaluator.compute` runs on rank 0. With ``ragged=True`` they are a list of one int64 tensor per
-sample (the task contract's ragged results); with ``ragged=False`` (the default until every engine in use gathers
-lists) a ``(N, width)`` tensor padded with ``-1``, ``width`` being the longest generation allowed, the same on every
-process. :meth:`~CaptionEvaluator.load_results` accepts both. CIDEr-D's
+sample (the task contract's ragged results, what the task uses); with ``ragged=False`` a ``(N, width)`` tensor
+padded with ``-1``, ``width`` being the longest generation allowed, the same on every process (for engines that
+gather only dense tensors). :meth:`~CaptionEvaluator.load_results` accepts both. CIDEr-D's
 document frequencies depend on every reference, which is why scoring waits for the gathered set; the references
 come from the validation records the task hands over when it builds the evaluator.
 """

@@ -169,7 +169,7 @@ class CaptioningTask(Task):
         return CaptionCollator(self.tokenizer.pad_id)
 
     def build_evaluator(self) -> CaptionEvaluator:
-        return CaptionEvaluator(self.tokenizer, self.records("val"), width=self.cfg.max_new_tokens)
+        return CaptionEvaluator(self.tokenizer, self.records("val"), width=self.cfg.max_new_tokens, ragged=True)
 
     # -- sequences ---------------------------------------------------------------------------------
     def _features(self, batch: Batch, *, noise: bool) -> torch.Tensor:
