@@ -172,6 +172,16 @@ class _WritingEvaluator:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
+    def compute(self) -> dict[str, float]:
+        from trainwell.doctor import Finding
+
+        metrics = self.inner.compute()
+        # What an evaluator may notice about its predictions; the engine hands it to the doctor.
+        self.findings = [
+            Finding("eval.example", "info", "An evaluator's own finding", f"mse {metrics['mse']:.3g}", "-")
+        ]
+        return metrics
+
     def save_outputs(self, out_dir: Path) -> list[Path]:
         indices, results = self.inner.local_results()
         path = out_dir / "per_sample.json"

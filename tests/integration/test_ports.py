@@ -194,6 +194,8 @@ def test_eval_export_and_predict_use_the_task_without_a_trainer(
     extra = ["task.class_path=port_tasks:PredictingTask", "train.epochs=1"]
     assert train(tmp_path / "run", *extra) == 0
     assert (tmp_path / "run" / "predictions" / "per_sample.json").is_file()  # written after the run's evaluation
+    findings = [json.loads(line) for line in (tmp_path / "run" / "findings.jsonl").read_text().splitlines()]
+    assert any(f.get("id") == "eval.example" for f in findings)  # the evaluator's finding reached the doctor
     best = tmp_path / "run" / "checkpoints" / "best.pt"
     base = [CONFIG, *SMALL, *extra, f"--checkpoint={best}"]
     assert main(["eval", *base, "--export", str(tmp_path / "export"), "--out", str(tmp_path / "eval.json")]) == 0

@@ -240,6 +240,14 @@ class TrainingDoctor:
         return findings
 
     # -- findings -------------------------------------------------------------------------------------
+    def report(self, findings: Sequence[Finding]) -> None:
+        """Findings another component made (an evaluator's checks of its predictions), reported like the doctor's."""
+        if not self.reports:
+            return
+        for finding in findings:
+            if isinstance(finding, Finding):
+                self._raise(finding, update=True)
+
     def _raise(self, finding: Finding, *, update: bool = False, announce: bool = True) -> None:
         """Report a finding once (log + ``findings.jsonl``). ``update``: a history check may refine its
         evidence later (counts, windows); the refined version replaces it in memory and is written by

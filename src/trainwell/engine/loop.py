@@ -303,6 +303,7 @@ class Trainer(RunComponents):
             record = {"num_samples": result.num_samples, **result.metrics}
             self.out.metrics.write("val", epoch + 1, self.state.global_step, record, "Val")
             self.doctor.on_validation({"kind": "val", "epoch": epoch + 1, "step": self.state.global_step, **record})
+            self.doctor.report(result.findings)  # the evaluator's own observations (empty captions, …)
         return result
 
     def _evaluate_and_save(self, epoch: int, *, evaluate: bool, periodic: str | None) -> dict[str, float] | None:
