@@ -28,7 +28,7 @@ gain); floats in ``[0, 1]``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -66,8 +66,8 @@ class RenderConfig:
     """Probability of no return at a pixel across a depth edge of more than 20 mm."""
     max_range_mm: float = 1500.0
     """No return beyond this depth."""
-    background_offset_mm: list[float] = None  # type: ignore[assignment]
-    """``[min, max]`` distance of the background plane behind the wrist, mm (default ``[80, 400]``)."""
+    background_offset_mm: list[float] = field(default_factory=lambda: [80.0, 400.0])
+    """``[min, max]`` distance of the background plane behind the wrist, mm."""
     occluder_prob: float = 0.3
     """Probability that a sphere (an object) sits between the camera and part of the hand."""
     forearm: bool = True
@@ -78,8 +78,6 @@ class RenderConfig:
     """Standard deviation of the per-pixel RGB noise (image in [0, 1])."""
 
     def __post_init__(self) -> None:
-        if self.background_offset_mm is None:
-            self.background_offset_mm = [80.0, 400.0]
         if self.crop_size_px < 8:
             raise ValueError(f"data.crop_size_px must be at least 8; got {self.crop_size_px}.")
 
