@@ -73,6 +73,32 @@ def _map_pixels(
     )
 
 
+def warp_to_camera(
+    images: torch.Tensor,
+    k_from: torch.Tensor,
+    k_to: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    size_px: tuple[int, int],
+    *,
+    mode: str,
+) -> torch.Tensor:
+    """Re-render ``images (B, C, H, W)`` of camera ``k_from`` as seen by ``k_to`` rotated by ``(cos, sin)`` about z.
+
+    Each output pixel centre is traced back through ``H⁻¹`` and sampled (``mode``: ``"bilinear"`` for RGB,
+    ``"nearest"`` for depth); outside the input: the border colour for RGB, 0 (no return) for depth. Output
+    ``(B, C, *size_px)``.
+    """
+    n, (h, w) = images.shape[0], size_px
+    v_grid, u_grid = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
+    out_px = torch.stack((u_grid, v_grid), -1).reshape(1, -1, 2).expand(n, -1, -1).to(k_to.dtype)
+    src = _map_pixels(out_px, k_to, k_from, cos, -sin)  # (B, h·w, 2) input pixel coordinates
+    in_h, in_w = images.shape[-2:]
+    grid = torch.stack((src[..., 0] / in_w * 2 - 1, src[..., 1] / in_h * 2 - 1), -1).view(n, h, w, 2)
+    padding = "zeros" if mode == "nearest" else "border"
+    return torch.nn.functional.grid_sample(images, grid, mode=mode, padding_mode=padding, align_corners=False)
+
+
 def augment_batch(batch: dict[str, torch.Tensor], cfg: AugmentConfig, keys: list[int]) -> dict[str, torch.Tensor]:
     """Augment a batch of crops (keys of :func:`~trainwell.tasks.hand_pose.render.render_rgbd`), one seed per sample.
 
@@ -91,14 +117,8 @@ def augment_batch(batch: dict[str, torch.Tensor], cfg: AugmentConfig, keys: list
     k_new[:, 0, 0], k_new[:, 1, 1] = k_old[:, 0, 0] * scale, k_old[:, 1, 1] * scale
     k_new[:, :2, 2] = scale[:, None] * k_old[:, :2, 2] + (1 - scale[:, None]) * centre + shift
 
-    # Trace each output pixel centre back into the input (H⁻¹: rotate by -θ) and sample there.
-    v_grid, u_grid = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-    out_px = torch.stack((u_grid, v_grid), -1).reshape(1, -1, 2).expand(n, -1, -1)
-    src = _map_pixels(out_px, k_new, k_old, cos, -sin)  # (B, H·W, 2) input pixel coordinates
-    grid = torch.stack((src[..., 0] / w * 2 - 1, src[..., 1] / h * 2 - 1), -1).view(n, h, w, 2)
-    sample = torch.nn.functional.grid_sample
-    new_rgb = sample(rgb, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    new_depth = sample(depth, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    new_rgb = warp_to_camera(rgb, k_old, k_new, cos, sin, (h, w), mode="bilinear")
+    new_depth = warp_to_camera(depth, k_old, k_new, cos, sin, (h, w), mode="nearest")
 
     gains = 1.0 + cfg.color * (2 * u[:, 4:7] - 1)
     contrast = 1.0 + cfg.color * (2 * u[:, 7] - 1)
