@@ -27,7 +27,7 @@ def test_pure_function_of_seed_split_index(crops: dict[str, torch.Tensor]) -> No
 def test_shapes_and_ranges(crops: dict[str, torch.Tensor]) -> None:
     assert crops["rgb"].shape == (12, 3, 32, 32) and crops["depth_mm"].shape == (12, 1, 32, 32)
     assert crops["vertices_rel_mm"].shape == (12, NUM_VERTICES, 3)
-    assert 0.0 <= float(crops["rgb"].min()) and float(crops["rgb"].max()) <= 1.0
+    assert float(crops["rgb"].min()) >= 0.0 and float(crops["rgb"].max()) <= 1.0
     valid = crops["depth_mm"][crops["depth_mm"] > 0]
     assert 200 < float(valid.median()) < 1500  # millimetres
     assert torch.equal(valid, valid.round())  # the sensor's 1 mm quantisation

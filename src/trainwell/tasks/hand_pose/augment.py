@@ -106,7 +106,7 @@ def augment_batch(batch: dict[str, torch.Tensor], cfg: AugmentConfig, keys: list
     (``joints_cam_mm``, ``joints_rel_mm``, ``root_cam_mm``, ``vertices_rel_mm``) change together.
     """
     rgb, depth, k_old = batch["rgb"], batch["depth_mm"], batch["intrinsics"]
-    n, _, h, w = rgb.shape
+    h, w = rgb.shape[-2:]
     u = torch.stack([torch.rand(8, generator=torch.Generator().manual_seed(key)) for key in keys])
     angle = math.radians(cfg.rotation_deg) * (2 * u[:, 0] - 1)
     cos, sin = torch.cos(angle), torch.sin(angle)

@@ -24,6 +24,7 @@ from trainwell.tasks.hand_pose.render import RenderConfig
 from trainwell.tasks.hand_pose.rgbd_data import RenderedHandDataset
 from trainwell.tasks.hand_pose.rgbd_losses import RGBDLossWeights, rgbd_losses
 from trainwell.tasks.hand_pose.skeleton import ROOT
+from trainwell.tasks.hand_pose.submit import absolute_predictions, write_freihand_pred, write_ho3d_pred
 from trainwell.tasks.hand_pose.synthetic import SyntheticHandsConfig
 from trainwell.tasks.hand_pose.task import SCALE_BONE, HandPoseEvaluator
 
@@ -61,10 +62,38 @@ class RGBDDataConfig(SyntheticHandsConfig, RenderConfig, DataConfig):
 
 
 class RGBDHandEvaluator(HandPoseEvaluator):
-    """MPJPE / PA-MPJPE (mm) and per-joint errors, plus MPVPE / PA-MPVPE / F-scores on the pack's mesh vertices."""
+    """MPJPE / PA-MPJPE (mm) and per-joint errors, plus MPVPE / PA-MPVPE / F-scores on the pack's mesh vertices.
+
+    It also keeps each sample's absolute (camera-frame) predicted joints and vertices, gathered by index with the
+    errors, so that :meth:`save_outputs` writes the benchmark files (FreiHAND and HO3D ``pred.json``).
+    """
 
     def __init__(self) -> None:
         super().__init__(root_index=ROOT, scale_bone=SCALE_BONE, evaluate_vertices=True)
+
+    def update_with_outputs(self, outputs: dict[str, torch.Tensor], batch: Batch, indices: torch.Tensor) -> None:
+        """Score a batch of model outputs and keep the absolute predictions for :meth:`save_outputs`."""
+        self.update(
+            outputs["joints_mm"],
+            batch["joints_rel_mm"],
+            indices,
+            pred_vertices=outputs["vertices_mm"],
+            target_vertices=batch["vertices_rel_mm"],
+        )
+        absolute = absolute_predictions(outputs, batch["intrinsics"])
+        for name, value in absolute.items():  # device-to-host copies, as update() does
+            self._results.setdefault(name, []).append(value.detach().float().cpu())
+
+    def save_outputs(self, out_dir: Path) -> list[Path]:
+        """``out_dir/freihand/pred.json`` and ``out_dir/ho3d/pred.json`` in dataset-index order."""
+        _, results = self._sorted()
+        if "joints_cam_mm" not in results:
+            return []
+        joints, verts = results["joints_cam_mm"].numpy(), results["vertices_cam_mm"].numpy()
+        return [
+            write_freihand_pred(Path(out_dir) / "freihand" / "pred.json", joints, verts),
+            write_ho3d_pred(Path(out_dir) / "ho3d" / "pred.json", joints, verts),
+        ]
 
 
 class RGBDHandPoseTask(Task):
@@ -104,14 +133,7 @@ class RGBDHandPoseTask(Task):
         )
 
     def eval_step(self, model: nn.Module, batch: Batch, indices: torch.Tensor, evaluator: Evaluator) -> None:
-        out = self._predict(model, batch)
-        evaluator.update(  # type: ignore[attr-defined]
-            out["joints_mm"],
-            batch["joints_rel_mm"],
-            indices,
-            pred_vertices=out["vertices_mm"],
-            target_vertices=batch["vertices_rel_mm"],
-        )
+        evaluator.update_with_outputs(self._predict(model, batch), batch, indices)  # type: ignore[attr-defined]
 
     # -- optional -----------------------------------------------------------------------------
     def collate_fn(self) -> Any:
