@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from trainwell.tasks.hand_pose.render import RenderConfig, render_rgbd
-from trainwell.tasks.hand_pose.rgbd_losses import RGBD_LOSS_NAMES, RGBDLossWeights, rgbd_losses
+from trainwell.tasks.hand_pose.rgbd_losses import RGBD_LOSS_NAMES, RGBDLossWeights, heatmap_targets, rgbd_losses
 from trainwell.tasks.hand_pose.synthetic import SyntheticHandsConfig
 
 
@@ -20,6 +20,7 @@ def perfect(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "aux_joints_mm": batch["joints_rel_mm"].clone(),
         "keypoints_2d_px": batch["keypoints_2d_px"].clone(),
         "vertices_mm": batch["vertices_rel_mm"].clone(),
+        "heatmap_logits": torch.log(heatmap_targets(batch["keypoints_2d_px"], (4, 4), stride=4.0)),
     }
 
 
@@ -37,7 +38,7 @@ def test_units_and_weights(batch) -> None:
     shifted = out["joints_mm"].clone()
     shifted[:, 1:] += torch.tensor([2.0, 0.0, 0.0])
     out["joints_mm"] = shifted
-    weights = RGBDLossWeights(keypoint_2d=2.0, joint_3d=1.0, vertex=0.5, shape_prior=0, pose_prior=0, aux=0)
+    weights = RGBDLossWeights(keypoint_2d=2.0, joint_3d=1.0, vertex=0.5, shape_prior=0, pose_prior=0, aux=0, heatmap=0)
     losses = rgbd_losses(out, batch, weights, bone_tolerance=0.11, pose_margin_rad=0.035)
     assert set(losses) == {"keypoint_2d", "joint_3d", "vertex"}  # zero weight drops the part
     assert float(losses["keypoint_2d"]) == pytest.approx(10.0, rel=1e-5)
@@ -50,3 +51,14 @@ def test_priors_flag_an_implausible_hand(batch) -> None:
     out["joints_mm"] = out["joints_mm"] * torch.linspace(0.2, 3.0, 21)[None, :, None]  # distorted proportions
     losses = rgbd_losses(out, batch, RGBDLossWeights(), bone_tolerance=0.11, pose_margin_rad=0.035)
     assert float(losses["shape_prior"]) > 0.01
+
+
+def test_heatmap_target_peaks_at_the_keypoint_and_loss_grows_away_from_it() -> None:
+    kp = torch.tensor([[[14.0, 42.0]]])  # cell (row 10, column 3) of a stride-4 map
+    target = heatmap_targets(kp, (16, 16), stride=4.0)
+    assert int(target.flatten().argmax()) == 10 * 16 + 3 and float(target.sum()) == pytest.approx(1.0)
+    from trainwell.tasks.hand_pose.rgbd_losses import heatmap_loss
+
+    logits = torch.log(target)
+    near, far = heatmap_loss(logits, kp + 2.0, 4.0), heatmap_loss(logits, kp + 12.0, 4.0)
+    assert float(heatmap_loss(logits, kp, 4.0)) == pytest.approx(0.0, abs=1e-5) and 0 < float(near) < float(far)

@@ -16,7 +16,8 @@ must learn the camera and the image position by heart and is markedly less accur
 Inputs: ``rgb (B, 3, H, W)`` in [0, 1], ``depth_mm (B, 1, H, W)`` (0 = no return), ``intrinsics (B, 3, 3)`` of the
 crop. Outputs (mm, camera axes, root-relative unless noted): ``joints_mm (B, 21, 3)``, ``keypoints_2d_px
 (B, 21, 2)`` crop pixels, ``root_depth_mm (B,)`` absolute, ``vertices_mm (B, V, 3)``, ``aux_joints_mm (B, 21, 3)``
-(direct regression from the pooled encoder features: deep supervision, the ``aux`` loss).
+(direct regression from the pooled encoder features: deep supervision, the ``aux`` loss), ``heatmap_logits
+(B, 21, H/4, W/4)`` (for the ``heatmap`` loss: soft-argmax alone learns slowly from scratch).
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ class RGBDHandNet(nn.Module):
         s8 = self.stages[2](s4)
         up = nn.functional.interpolate(self.top(s8), size=s4.shape[-2:], mode="bilinear", align_corners=False)
         f = self.head(self.lateral(s4) + up)
-        keypoints, weights = soft_argmax_2d(self.heatmaps(f), self.STRIDE)
+        heatmap_logits = self.heatmaps(f)
+        keypoints, weights = soft_argmax_2d(heatmap_logits, self.STRIDE)
         rel_z = (weights * self.depths(f).float()).sum(dim=(2, 3)) * DEPTH_SCALE_MM  # (B, 21), mm
         rel_z = rel_z - rel_z[:, ROOT : ROOT + 1]
         pooled = torch.cat((s8.mean(dim=(2, 3)), f.mean(dim=(2, 3))), dim=1)
@@ -163,4 +165,5 @@ class RGBDHandNet(nn.Module):
             "root_depth_mm": root_z,
             "vertices_mm": vertices,
             "aux_joints_mm": aux,
+            "heatmap_logits": heatmap_logits.float(),
         }

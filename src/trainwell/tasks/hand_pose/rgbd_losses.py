@@ -10,6 +10,8 @@ part            UTNet's name         here
                                      proportion prior of :func:`.losses.bone_prior_loss` (the hand's *shape*)
 ``pose_prior``  ``pose_prior``       joint angles beyond the anatomical limits (:func:`.losses.pose_prior_loss`)
 ``aux``         ``loss_aux``         ``joint_3d`` of the directly regressed auxiliary head (deep supervision)
+``heatmap``     (not in UTNet)       KL divergence of each joint's heatmap from a Gaussian (σ = 1 cell) at the
+                                     labelled keypoint: a dense signal that lets soft-argmax learn from scratch
 =============== ==================== =====================================================================
 
 A part with weight 0 is not computed. Nothing leaves the device (no ``.item()``).
@@ -24,7 +26,7 @@ import torch
 
 from trainwell.tasks.hand_pose.losses import bone_prior_loss, joint_3d_loss, pose_prior_loss
 
-RGBD_LOSS_NAMES = ("keypoint_2d", "joint_3d", "vertex", "shape_prior", "pose_prior", "aux")
+RGBD_LOSS_NAMES = ("keypoint_2d", "joint_3d", "vertex", "shape_prior", "pose_prior", "aux", "heatmap")
 
 
 @dataclass
@@ -43,6 +45,28 @@ class RGBDLossWeights:
     """Joint angles beyond the anatomical limits, radians."""
     aux: float = 0.2
     """``joint_3d`` of the auxiliary head, mm."""
+    heatmap: float = 10.0
+    """KL divergence (nats) of the heatmaps from Gaussians at the labelled keypoints."""
+
+
+def heatmap_targets(keypoints_px: torch.Tensor, shape: tuple[int, int], stride: float, sigma_cells: float = 1.0):
+    """``(B, J, h, w)`` normalised Gaussians centred on ``keypoints_px`` ``(B, J, 2)`` (cell centres ``s (j + ½)``)."""
+    h, w = shape
+    xs = (torch.arange(w, dtype=keypoints_px.dtype, device=keypoints_px.device) + 0.5) * stride
+    ys = (torch.arange(h, dtype=keypoints_px.dtype, device=keypoints_px.device) + 0.5) * stride
+    dx = (xs[None, None, None, :] - keypoints_px[..., 0, None, None]) / (sigma_cells * stride)
+    dy = (ys[None, None, :, None] - keypoints_px[..., 1, None, None]) / (sigma_cells * stride)
+    logits = -0.5 * (dx * dx + dy * dy)
+    return torch.softmax(logits.flatten(2), dim=-1).view(*keypoints_px.shape[:2], h, w)
+
+
+def heatmap_loss(logits: torch.Tensor, keypoints_px: torch.Tensor, stride: float) -> torch.Tensor:
+    """Mean over joints of ``KL(target ‖ softmax(logits))``, nats; 0 when the heatmap is the target."""
+    target = heatmap_targets(keypoints_px, logits.shape[-2:], stride).flatten(2)
+    log_pred = torch.log_softmax(logits.float().flatten(2), dim=-1)
+    # 0 · log 0 = 0 (cells the target gives no mass, even where the prediction's log-probability is -inf)
+    terms = torch.where(target > 0, target * (torch.log(target.clamp_min(1e-30)) - log_pred), torch.zeros_like(target))
+    return terms.sum(dim=-1).mean()
 
 
 def keypoint_2d_px_loss(
@@ -89,4 +113,7 @@ def rgbd_losses(
         losses["pose_prior"] = weights.pose_prior * pose_prior_loss(pred, pose_margin_rad)
     if weights.aux:
         losses["aux"] = weights.aux * joint_3d_loss(outputs["aux_joints_mm"], target)
+    if weights.heatmap:
+        stride = batch["rgb"].shape[-1] / outputs["heatmap_logits"].shape[-1]
+        losses["heatmap"] = weights.heatmap * heatmap_loss(outputs["heatmap_logits"], batch["keypoints_2d_px"], stride)
     return losses
