@@ -30,11 +30,12 @@ _AUGMENT_SALT = np.uint64(0xA06_3E47)
 class AugmentConfig:
     """``data.augment``: the ranges of the training augmentation (all 0 = off)."""
 
-    rotation_deg: float = 180.0
-    """In-plane rotation uniform in ``±rotation_deg`` (about the optical axis)."""
+    rotation_deg: float = 30.0
+    """In-plane rotation uniform in ``±rotation_deg`` (about the optical axis). Rendered hands already come in every
+    3D orientation; large angles mostly turn the crop's corners (and fingertips) out of view."""
     scale: float = 0.1
     """Zoom uniform in ``1 ± scale`` about the crop centre."""
-    shift: float = 0.08
+    shift: float = 0.05
     """Crop jitter: a shift uniform in ``±shift × crop size`` in each direction."""
     color: float = 0.15
     """Brightness, contrast and per-channel gain jitter, uniform in ``1 ± color``."""
