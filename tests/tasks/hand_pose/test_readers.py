@@ -74,6 +74,11 @@ def test_ho3d_train_frame(tmp_path: Path) -> None:
     assert np.allclose(sample["depth_mm"][0].numpy(), depth_m * 1000, atol=0.07)  # within the 0.125 mm step
     assert sample["bbox_px"].tolist() == [100.0, 80.0, 300.0, 260.0]
     assert sample["intrinsics"][0, 0] == 614.0
+    # The evaluation split gives only the wrist (OpenGL frame): the reader returns it in the pack's frame, mm.
+    write_ho3d_frame(tmp_path, "SM1", "0001", joints_gl[0], depth_m)
+    evaluation = HO3DReader(tmp_path, "train")[1]
+    assert "joints_cam_mm" not in evaluation
+    assert np.allclose(evaluation["root_cam_mm"].numpy(), joints_cv_pack_m[0] * 1000, atol=1e-3)
 
 
 class _Exploit:

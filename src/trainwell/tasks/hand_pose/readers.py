@@ -161,7 +161,8 @@ class HO3DReader:
     """HO3D v2/v3 ``train`` or ``evaluation`` split: ``reader[i]`` is one frame in the pack's units.
 
     Keys: ``rgb (3, H, W)``, ``depth_mm (1, H, W)``, ``intrinsics (3, 3)``; where annotated ``joints_cam_mm (21, 3)``
-    (converted frame, order and unit) and ``bbox_px (4,)`` (``handBoundingBox``); ``sequence``, ``frame``.
+    (converted frame, order and unit), or on the evaluation split ``root_cam_mm (3,)`` (the wrist HO3D gives),
+    and ``bbox_px (4,)`` (``handBoundingBox``); ``sequence``, ``frame``.
     """
 
     def __init__(self, root: Path, split: str = "train") -> None:
@@ -200,6 +201,9 @@ class HO3DReader:
         joints = meta.get("handJoints3D")
         if joints is not None and np.asarray(joints).shape == (21, 3):
             sample["joints_cam_mm"] = torch.tensor(ho3d_joints_to_pack_mm(joints), dtype=torch.float32)
+        elif joints is not None and np.asarray(joints).shape == (3,):  # evaluation split: the wrist only
+            root = np.asarray(joints, dtype=np.float64) @ OPENGL_TO_OPENCV.T * 1000.0
+            sample["root_cam_mm"] = torch.tensor(root, dtype=torch.float32)
         if meta.get("handBoundingBox") is not None:
             sample["bbox_px"] = torch.tensor(np.asarray(meta["handBoundingBox"], dtype=np.float64), dtype=torch.float32)
         return sample
