@@ -72,3 +72,39 @@ def test_predict_on_an_npz_of_crops(tmp_path: Path) -> None:
     xyz, _ = official_read(tmp_path / "out" / "freihand" / "pred.json", 2)
     assert np.allclose(np.stack(xyz) * 1000, np.array(result["joints_cam_mm"]), atol=1e-3)
     assert (tmp_path / "out" / "ho3d" / "pred.json").is_file()
+
+
+def test_predict_on_an_image_with_sidecar_and_depth(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from trainwell.tasks.hand_pose.submit import crop_image
+
+    h, w = 100, 120
+    image = np.zeros((h, w, 3), np.uint8)
+    image[40:44, 70:74] = 255  # a bright 4 px square centred on pixel coordinate (72, 42)
+    Image.fromarray(image).save(tmp_path / "frame.png")
+    value = np.full((h, w), round(0.6 / 0.00012498664727900177), np.uint16)  # 600 mm everywhere, HO3D encoding
+    depth = np.stack([(value & 0xFF).astype(np.uint8), (value >> 8).astype(np.uint8), np.zeros((h, w), np.uint8)], -1)
+    Image.fromarray(depth).save(tmp_path / "frame_depth.png")
+    k = [[300.0, 0.0, 60.0], [0.0, 300.0, 50.0], [0.0, 0.0, 1.0]]
+    box = [50.0, 20.0, 90.0, 60.0]
+    (tmp_path / "frame.json").write_text(json.dumps({"K": k, "bbox_px": box}))
+
+    # The crop: a point's pixel in the crop is its pixel in the image mapped by the crop's scale and offset, and the
+    # image content moves with it.
+    rgb, depth_mm, k_crop = crop_image(
+        torch.from_numpy(image).permute(2, 0, 1).float() / 255, torch.full((1, h, w), 600.0), torch.tensor(k), box, 32
+    )
+    side, cx, cy = 40 * 1.25, 70.0, 40.0
+    expected = ((72 - (cx - side / 2)) * 32 / side, (42 - (cy - side / 2)) * 32 / side)
+    point = torch.tensor([[[(72 - 60) / 300 * 500, (42 - 50) / 300 * 500, 500.0]]])
+    uvw = torch.einsum("bij,bnj->bni", k_crop.double(), point.double())
+    assert np.allclose((uvw[0, 0, :2] / uvw[0, 0, 2]).numpy(), expected, atol=1e-4)
+    brightest = int(rgb[0].sum(0).flatten().argmax())
+    assert abs(brightest % 32 + 0.5 - expected[0]) <= 1.0 and abs(brightest // 32 + 0.5 - expected[1]) <= 1.0
+    assert float(depth_mm.min()) == 600.0
+
+    net = RGBDHandNet(RGBDNetConfig(width=8, head_width=16)).eval()
+    with torch.no_grad():
+        result = predict_file(net, tmp_path / "frame.png", None, crop_size_px=32)
+    assert np.array(result["joints_cam_mm"]).shape == (1, 21, 3)
