@@ -33,6 +33,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints-dev.txt 'lightning>=2.4'  # the comparison only; never a dependency
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/pose_metrics.py
 	$(PY) benchmarks/checkpoint_save.py

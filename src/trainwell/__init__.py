@@ -22,11 +22,11 @@ _EXPORTS = {
     "ExperimentConfig": "trainwell.config.schema",
     "FitResult": "trainwell.engine.loop",
     "Trainer": "trainwell.engine.loop",
-    "build_task": "trainwell.engine.loop",
+    "build_task": "trainwell.config.loader",
     "DataConfig": "trainwell.engine.task",
     "Evaluator": "trainwell.engine.task",
     "Task": "trainwell.engine.task",
-    "TaskConfig": "trainwell.engine.task",
+    "TaskConfig": "trainwell.config.schema",
 }
 __all__ = sorted(_EXPORTS)
 

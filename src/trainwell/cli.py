@@ -1,19 +1,28 @@
-"""Command line: ``trainwell train | eval | doctor | report`` — the one place that wires config, task and engine."""
+"""Command line: ``trainwell train | eval | predict | export | doctor | report`` — the one place that wires config,
+task and engine."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from trainwell.config.loader import ConfigError, load_config
+from trainwell.config.loader import ConfigError, load_experiment
+from trainwell.config.schema import ExperimentConfig
 from trainwell.engine import distributed as D
 from trainwell.engine.checkpoint import CheckpointError
-from trainwell.engine.doctor import NonFiniteLossError
+from trainwell.engine.checkpoint.resume import run_dir_of_checkpoint
 from trainwell.engine.evaluation import CoverageError
-from trainwell.engine.resume import run_dir_of_checkpoint
+from trainwell.engine.losses import LossContractError
+from trainwell.engine.nonfinite import NonFiniteLossError
+from trainwell.engine.optim import OptimConfigError
 from trainwell.engine.signals import EXIT_SIGNAL_BASE, TrainingInterrupted
+from trainwell.engine.task import Task
 
 EXIT_CONFIG_ERROR = 2
 """Exit status for a bad config file, override or argument (nothing was built)."""
@@ -72,7 +81,35 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("config", help="experiment YAML file the checkpoint was trained with")
     ev.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. runs/.../checkpoints/best.pt)")
     ev.add_argument("--out", help="write {num_samples, world_size, metrics, checkpoint} as JSON to this file")
+    ev.add_argument(
+        "--export",
+        metavar="DIR",
+        help="write the evaluator's prediction files here (COCO captions.json, KITTI results, FreiHAND pred.json)",
+    )
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+
+    pr = sub.add_parser(
+        "predict",
+        help="run a checkpoint's model on one input file (the task reads it)",
+        description="Predict with a checkpoint's model on the inputs of one file; prints JSON and writes "
+        "OUT/predictions.json (plus the task's own formats) when --out is given.",
+    )
+    pr.add_argument("config", help="experiment YAML file the checkpoint was trained with")
+    pr.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. runs/.../checkpoints/best.pt)")
+    pr.add_argument("--input", required=True, help="input file, in a format the task's predict() reads")
+    pr.add_argument("--out", help="directory for predictions.json and the task's files")
+    pr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+
+    ex = sub.add_parser(
+        "export",
+        help="write a checkpoint's model weights as a plain state dict (.pt or .safetensors)",
+        description="Write the model weights of CHECKPOINT as a plain state dict: FILE.safetensors (safetensors) or "
+        "FILE.pt (torch.load(f, weights_only=True) -> model.load_state_dict), plus FILE.json with the run's config "
+        "and metrics. Loadable by code that knows nothing of trainwell.",
+    )
+    ex.add_argument("checkpoint", help="a trainwell checkpoint")
+    ex.add_argument("--out", required=True, help="output file: *.safetensors or *.pt")
+    ex.set_defaults(overrides=[])
 
     doctor = sub.add_parser(
         "doctor",
@@ -96,10 +133,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(args: argparse.Namespace) -> int:
-    from trainwell.engine.loop import Trainer, build_task
+def _load(args: argparse.Namespace) -> tuple[ExperimentConfig, Task]:
+    """Config (validated) and task, built once; ``TRAINWELL_DEBUG_LOSS=1`` is recorded in the config."""
+    cfg, task_cls = load_experiment(args.config, args.overrides)
+    if os.environ.get("TRAINWELL_DEBUG_LOSS", "") not in ("", "0"):
+        cfg.diagnostics.debug_loss = True  # in config.yaml, so the run says why it printed loss internals
+    return cfg, task_cls(cfg.task, cfg.data)
 
-    cfg = load_config(args.config, args.overrides)
+
+def _train(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> int:
+    from trainwell.engine.loop import Trainer
+
+    cfg, task = _load(args)
     if args.resume == "auto" and cfg.run.dir is None:
         raise ConfigError("--resume auto continues the run in run.dir: pass run.dir=DIR (the directory to continue).")
     if args.resume not in (None, "auto"):
@@ -109,7 +154,7 @@ def _train(args: argparse.Namespace) -> int:
             cfg.run.dir = str(run_dir_of_checkpoint(args.resume))  # continue that run, in its directory
     if args.init_from is not None and not Path(args.init_from).is_file():
         raise ConfigError(f"--init-from '{args.init_from}' does not exist.")
-    trainer = Trainer(cfg, build_task(cfg))
+    trainer = Trainer(cfg, task, callbacks=callbacks)
     resumed = trainer.resume(args.resume) if args.resume else None
     if resumed is None and args.init_from is not None:  # a resumed run already holds its own weights
         trainer.init_from(args.init_from, strict=not args.init_from_non_strict)
@@ -117,32 +162,73 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from trainwell.engine.loop import Trainer, build_task
+def _require_file(path: str, flag: str) -> None:
+    if not Path(path).is_file():
+        raise ConfigError(f"{flag} '{path}' does not exist.")
 
-    cfg = load_config(args.config, args.overrides)
-    if not Path(args.checkpoint).is_file():
-        raise ConfigError(f"--checkpoint '{args.checkpoint}' does not exist.")
-    trainer = Trainer(cfg, build_task(cfg), write_outputs=False)
-    trainer.load_model_weights(args.checkpoint)
-    result = trainer.evaluate()
-    units = trainer.task.metric_units()
-    if trainer.env.is_main:
+
+def _eval(args: argparse.Namespace) -> int:
+    from trainwell.engine.standalone import evaluate_checkpoint
+
+    cfg, task = _load(args)
+    _require_file(args.checkpoint, "--checkpoint")
+    export = Path(args.export) if args.export else None
+    result, env = evaluate_checkpoint(cfg, task, args.checkpoint, outputs_dir=export)
+    units = {name: spec.unit for name, spec in task.metric_specs().items()}
+    if env.is_main:
         for name, value in result.metrics.items():
-            print(f"{name}: {value:.4f}{' ' + units[name] if name in units else ''}")
+            print(f"{name}: {value:.4f}{' ' + units[name] if units.get(name) else ''}")
+        for path in result.outputs:
+            print(f"wrote {path}")
         if args.out:
             payload = {
                 "num_samples": result.num_samples,
                 "world_size": result.world_size,
                 "metrics": result.metrics,
                 "checkpoint": str(args.checkpoint),
+                "outputs": [str(p) for p in result.outputs],
             }
             Path(args.out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from trainwell.engine.standalone import predict_file
+
+    cfg, task = _load(args)
+    _require_file(args.checkpoint, "--checkpoint")
+    _require_file(args.input, "--input")
+    out_dir = Path(args.out) if args.out else None
+    try:
+        result = predict_file(cfg, task, args.checkpoint, Path(args.input), out_dir)
+    except NotImplementedError as err:
+        raise ConfigError(str(err)) from None
+    text = json.dumps(result, indent=2, default=_json_default)
+    print(text)
+    if out_dir is not None:
+        (out_dir / "predictions.json").write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from trainwell.engine.checkpoint.weights import export_weights
+
+    _require_file(args.checkpoint, "checkpoint")
+    for path in export_weights(args.checkpoint, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def _doctor(args: argparse.Namespace) -> int:
-    from trainwell.engine.doctor import diagnose_run
+    from trainwell.doctor.offline import diagnose_run
 
     try:
         diagnosis = diagnose_run(args.run_dir)
@@ -163,8 +249,12 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``trainwell`` console script; returns the exit status."""
+def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int:
+    """Entry point of the ``trainwell`` console script; returns the exit status.
+
+    ``callbacks``: objects with ``on_step_end(trainer)`` handed to the Trainer of ``train`` (a seam for tools and
+    tests that drive the real command, e.g. to stop a run at an exact step).
+    """
     parser = _parser()
     # argparse matches all positionals at once, so KEY=VALUE overrides written after an option
     # (`eval CONFIG --checkpoint X train.device=cpu`) come back unrecognised: take them as overrides.
@@ -173,13 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     if len(misplaced) != len(extra):
         parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in misplaced)}")
     args.overrides = [*args.overrides, *misplaced]
-    handlers = {"train": _train, "eval": _eval, "doctor": _doctor, "report": _report}
+    handlers = {"eval": _eval, "predict": _predict, "export": _export, "doctor": _doctor, "report": _report}
     try:
+        if args.command == "train":
+            return _train(args, callbacks)
         return handlers[args.command](args)
     except ConfigError as err:
         print(f"trainwell: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    except (CheckpointError, CoverageError, NonFiniteLossError) as err:
+    except (CheckpointError, CoverageError, NonFiniteLossError, LossContractError, OptimConfigError) as err:
         print(f"trainwell: error: {err}", file=sys.stderr)
         return EXIT_RUN_ERROR
     except TrainingInterrupted as err:  # the loop has logged where it stopped and how to continue

@@ -23,10 +23,10 @@ from trainwell.engine.checkpoint import (
     CorruptCheckpointError,
     UnsafeCheckpointError,
     atomic_save,
-    content_digest,
     load_checkpoint,
     load_model_weights,
 )
+from trainwell.engine.checkpoint.files import content_digest
 
 CONFIG = "configs/examples/regression.yaml"
 
@@ -245,14 +245,14 @@ def _step_of(path: Path) -> int:
 def test_rotation_keeps_exactly_keep_periodic_files_plus_best_and_last(tmp_path: Path) -> None:
     manager, _ = _manager(tmp_path, every_epochs=1, keep=2)
     for epoch in range(1, 7):
-        manager.save_epoch_end(_payload(epoch), epochs_done=epoch, best=epoch in (1, 3))
+        manager.save(_payload(epoch), periodic=f"epoch_{epoch:04d}.pt", best=epoch in (1, 3))
     assert sorted(p.name for p in tmp_path.iterdir()) == [BEST, "epoch_0005.pt", "epoch_0006.pt", LAST]
     assert _step_of(tmp_path / BEST) == 3 and _step_of(tmp_path / LAST) == 6
     assert _step_of(tmp_path / "epoch_0005.pt") == 5
 
-    every_other, _ = _manager(tmp_path / "b", every_epochs=2, keep=3)
+    every_other, _ = _manager(tmp_path / "b", keep=3)
     for epoch in range(1, 10):
-        every_other.save_epoch_end(_payload(epoch), epochs_done=epoch, best=False)
+        every_other.save(_payload(epoch), periodic=f"epoch_{epoch:04d}.pt" if epoch % 2 == 0 else None)
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == [
         "epoch_0004.pt",
         "epoch_0006.pt",
@@ -261,10 +261,25 @@ def test_rotation_keeps_exactly_keep_periodic_files_plus_best_and_last(tmp_path:
     ]
 
 
+def test_keep_all_keeps_every_periodic_file_and_step_names_sort_by_write_time(tmp_path: Path) -> None:
+    manager, _ = _manager(tmp_path, keep="all")
+    for step in (100, 200, 300):
+        manager.save(_payload(step), periodic=f"step_{step:08d}.pt")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [LAST, "step_00000100.pt", "step_00000200.pt", "step_00000300.pt"]
+    capped, _ = _manager(tmp_path / "capped", keep=1)
+    for step in (5, 10):
+        capped.save(_payload(step), periodic=f"step_{step:08d}.pt")
+    assert sorted(p.name for p in (tmp_path / "capped").iterdir()) == [LAST, "step_00000010.pt"]
+    none, _ = _manager(tmp_path / "none", keep=0)
+    none.save(_payload(1), periodic="epoch_0001.pt")
+    assert [p.name for p in (tmp_path / "none").iterdir()] == [LAST]
+
+
 def test_latest_is_replaced_without_touching_linked_epoch_file(tmp_path: Path) -> None:
     manager, _ = _manager(tmp_path, every_epochs=1, keep=5)
-    manager.save_epoch_end(_payload(4), epochs_done=1, best=True)
-    manager.save_latest(_payload(6))
+    manager.save(_payload(4), periodic="epoch_0001.pt", best=True)
+    manager.save(_payload(6))
     assert _step_of(tmp_path / LAST) == 6
     assert _step_of(tmp_path / "epoch_0001.pt") == 4 and _step_of(tmp_path / BEST) == 4
 
@@ -272,8 +287,8 @@ def test_latest_is_replaced_without_touching_linked_epoch_file(tmp_path: Path) -
 def test_resume_scan_skips_a_truncated_newest_file_and_says_why(tmp_path: Path) -> None:
     manager, messages = _manager(tmp_path, every_epochs=1, keep=3)
     assert manager.find_resumable() is None  # nothing yet: a fresh start
-    manager.save_epoch_end(_payload(6), epochs_done=1, best=False)
-    manager.save_latest(_payload(8))
+    manager.save(_payload(6), periodic="epoch_0001.pt")
+    manager.save(_payload(8))
     last = tmp_path / LAST
     with open(last, "r+b") as handle:
         handle.truncate(last.stat().st_size // 3)
@@ -294,7 +309,7 @@ def test_resume_scan_refuses_to_start_afresh_over_damaged_files(tmp_path: Path) 
 
 def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
     manager, _ = _manager(tmp_path)
-    manager.save_latest(_payload(1))
+    manager.save(_payload(1))
     (tmp_path / f".{LAST}.tmp-12345").write_bytes(b"half")
     assert [p.name for p in manager.remove_stale_temp_files()] == [f".{LAST}.tmp-12345"]
     assert [p.name for p in tmp_path.iterdir()] == [LAST]

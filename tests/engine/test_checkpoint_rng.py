@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from trainwell.engine.checkpoint import atomic_save, load_checkpoint
+from trainwell.engine.checkpoint.rng import capture_rng_state, gather_rng_states, loader_seed, restore_own_rng_state
 from trainwell.engine.distributed import DistEnv
-from trainwell.engine.rng import capture_rng_state, gather_rng_states, loader_seed, restore_own_rng_state
 
 CPU = torch.device("cpu")
 

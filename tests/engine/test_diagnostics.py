@@ -7,12 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from trainwell.doctor.findings import Finding, FindingSet, format_diagnosis
-from trainwell.engine.diagnostics import (
+from trainwell.config.schema import ExperimentConfig
+from trainwell.doctor.batch import batch_tensor_stats, check_batch_values, check_train_mode, format_batch_report
+from trainwell.doctor.checks import (
     RunContext,
     Thresholds,
-    batch_tensor_stats,
-    check_batch_values,
     check_clipping,
     check_grad_spikes,
     check_history,
@@ -20,11 +19,10 @@ from trainwell.engine.diagnostics import (
     check_loss_balance,
     check_loss_progress,
     check_skipped_steps,
-    check_train_mode,
     check_update_size,
     check_validation,
-    format_batch_report,
 )
+from trainwell.doctor.findings import Finding, FindingSet, format_diagnosis
 
 TH = Thresholds()
 
@@ -248,12 +246,11 @@ def test_finding_round_trip_and_diagnosis_text() -> None:
 
 
 def test_run_context_from_config() -> None:
-    cfg = {
-        "train": {"log_every": 5, "clip_grad_norm": 1.0, "max_steps": None, "amp": "bf16"},
-        "optim": {"name": "sgd", "lr": 0.1},
-        "data": {"num_workers": 3, "pin_memory": False},
-        "schedule": {"warmup_steps": 7},
-    }
-    ctx = RunContext.from_config_dict(cfg, total_steps=48)
+    cfg = ExperimentConfig()
+    cfg.train.clip_grad_norm, cfg.train.amp = 1.0, "bf16"
+    cfg.optim.name, cfg.optim.lr = "sgd", 0.1
+    cfg.data.num_workers, cfg.data.pin_memory = 3, False
+    cfg.schedule.warmup_steps = 7
+    ctx = RunContext.from_config(cfg, total_steps=48, log_every=5, device="cpu", world_size=1)
     assert (ctx.total_steps, ctx.log_every, ctx.clip_grad_norm, ctx.optimizer, ctx.lr) == (48, 5, 1.0, "sgd", 0.1)
     assert (ctx.num_workers, ctx.pin_memory, ctx.warmup_steps, ctx.amp) == (3, False, 7, "bf16")

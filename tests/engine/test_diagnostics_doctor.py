@@ -10,11 +10,15 @@ from torch import nn
 
 from trainwell.cli import main
 from trainwell.config.loader import load_config
-from trainwell.engine.diagnostics import RunContext
-from trainwell.engine.doctor import NonFiniteLossError, TrainingDoctor, diagnose_run
+from trainwell.config.schema import ScheduleConfig
+from trainwell.doctor.checks import RunContext
+from trainwell.doctor.live import TrainingDoctor
+from trainwell.doctor.offline import diagnose_run
 from trainwell.engine.loop import Trainer
+from trainwell.engine.meters import StepStats
+from trainwell.engine.nonfinite import NonFiniteLossError
 from trainwell.engine.schedule import build_scheduler
-from trainwell.engine.step import StepStats, optimizer_step
+from trainwell.engine.step import optimizer_step
 from trainwell.tasks.regression import RegressionTask
 
 REGRESSION = "configs/examples/regression.yaml"
@@ -92,7 +96,7 @@ def test_skip_leaves_the_step_out_and_keeps_training(tmp_path: Path) -> None:
 def test_a_skipped_update_changes_nothing() -> None:
     model = nn.Linear(3, 2)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
-    scheduler = build_scheduler(optimizer, warmup_steps=0, total_steps=10, decay="linear", min_lr_ratio=0.0)
+    scheduler = build_scheduler(optimizer, ScheduleConfig(decay="linear"), 10)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     before = [p.detach().clone() for p in model.parameters()]
     model(torch.tensor([[1.0, float("nan"), 0.0]])).sum().backward()

@@ -5,11 +5,13 @@ import warnings
 import torch
 from torch import nn
 
-from trainwell.config.loader import load_config
+from trainwell.config.loader import build_task, load_config
+from trainwell.config.schema import ScheduleConfig
 from trainwell.engine.distributed import DistEnv
-from trainwell.engine.loop import Trainer, build_task
+from trainwell.engine.loop import Trainer
+from trainwell.engine.meters import StepStats
 from trainwell.engine.schedule import build_scheduler
-from trainwell.engine.step import StepStats, optimizer_step
+from trainwell.engine.step import optimizer_step
 
 CONFIG = "configs/examples/regression.yaml"
 
@@ -27,7 +29,7 @@ def test_pre_clip_norm_equals_clip_grad_norm_return_value() -> None:
 
     model = _model_with_grads()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sched = build_scheduler(opt, warmup_steps=0, total_steps=10, decay="constant", min_lr_ratio=0.0)
+    sched = build_scheduler(opt, ScheduleConfig(decay="constant"), 10)
     stats = StepStats(torch.device("cpu"))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     optimizer_step(
@@ -47,7 +49,7 @@ def test_skipped_fp16_step_does_not_advance_schedule_or_warn() -> None:
     scaler.scale(model(torch.randn(16, 4)).pow(2).mean()).backward()
     next(model.parameters()).grad[0, 0] = float("inf")  # what an fp16 overflow leaves behind
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
-    sched = build_scheduler(opt, warmup_steps=5, total_steps=20, decay="cosine", min_lr_ratio=0.0)
+    sched = build_scheduler(opt, ScheduleConfig(warmup_steps=5, decay="cosine"), 20)
     lr_before = opt.param_groups[0]["lr"]
     stats = StepStats(torch.device("cpu"))
     with warnings.catch_warnings(record=True) as caught:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from trainwell.cli import main
-from trainwell.engine.doctor import diagnose_run
+from trainwell.doctor.offline import diagnose_run
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))  # fault_tasks:* class paths

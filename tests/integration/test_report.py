@@ -69,7 +69,7 @@ def test_report_shows_findings_and_draws_a_run_that_stopped(tmp_path: Path, monk
     out = tmp_path / "elsewhere" / "page.html"
     assert main(["report", str(tmp_path), "--out", str(out)]) == 0
     text = out.read_text(encoding="utf-8")
-    assert 'class="finding error"' in text and "train.nonfinite" in text and "stopped by the doctor" in text
+    assert 'class="finding error"' in text and "train.nonfinite" in text and "stopped by the non-finite policy" in text
     for image in referenced_images(out):
         assert_valid_png(image)
 

@@ -1,8 +1,8 @@
 """Kill a real run at several points, resume it, and get bitwise the weights of an uninterrupted run.
 
 The killed runs are subprocesses that SIGKILL themselves at a chosen optimizer step, or half-way through
-writing a checkpoint (test-only hooks, see ``signals.TEST_KILL_AT_STEP_ENV`` and
-``checkpoint.TEST_KILL_IN_SAVE_ENV``), so the crash point is exact and the test does not race the run.
+writing a checkpoint (test-side seams in ``small_run.py``: a step callback, a substituted checkpoint writer), so the
+crash point is exact and the test does not race the run.
 The reference and the resumed runs execute in this process (cheaper: no interpreter start-up).
 """
 
@@ -18,23 +18,23 @@ from typing import Any
 
 import pytest
 import torch
-from small_run import CONFIG, ROOT, SMALL, train
+from small_run import CONFIG, ROOT, SMALL, SignalAtStep, train
 
 from trainwell.cli import main
-from trainwell.config.loader import load_config
-from trainwell.engine.checkpoint import BEST, LAST, TEST_KILL_IN_SAVE_ENV, atomic_save, load_checkpoint
-from trainwell.engine.loop import Trainer, build_task
-from trainwell.engine.signals import TEST_KILL_AT_STEP_ENV, TEST_SIGNAL_AT_STEP_ENV
+from trainwell.config.loader import build_task, load_config
+from trainwell.engine.checkpoint import BEST, LAST, atomic_save, load_checkpoint
+from trainwell.engine.loop import Trainer
 
 _TIMING = {"steps_per_s", "data_wait_share"}
 
 
-def spawn(run_dir: Path, extra: list[str], hooks: dict[str, str]) -> int:
+def spawn(run_dir: Path, extra: list[str], hooks: dict[str, int]) -> int:
     """A real ``trainwell train`` process; output goes to a file (DataLoader workers outlive a SIGKILL)."""
-    env = {**os.environ, **hooks, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run_dir.mkdir(parents=True, exist_ok=True)
+    script = str(Path(__file__).with_name("small_run.py"))
     with open(run_dir.parent / f"{run_dir.name}.out", "w") as out:
-        command = [sys.executable, "-m", "trainwell", "train", CONFIG, *SMALL, f"run.dir={run_dir}", *extra]
+        command = [sys.executable, script, json.dumps(hooks), "train", CONFIG, *SMALL, f"run.dir={run_dir}", *extra]
         return subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, timeout=120).returncode
 
 
@@ -83,21 +83,21 @@ def test_reference_run_keeps_best_last_and_the_newest_periodic_files(reference: 
 @pytest.mark.parametrize(
     ("extra", "hooks"),
     [
-        pytest.param([], {TEST_KILL_AT_STEP_ENV: "11"}, id="inside-epoch-2"),
-        pytest.param([], {TEST_KILL_AT_STEP_ENV: "7"}, id="just-after-epoch-1"),
-        pytest.param([], {TEST_KILL_IN_SAVE_ENV: "5"}, id="half-way-through-a-save"),
-        pytest.param(["data.num_workers=2"], {TEST_KILL_AT_STEP_ENV: "15"}, id="two-workers-inside-epoch-3"),
-        pytest.param(["train.amp=bf16"], {TEST_KILL_AT_STEP_ENV: "11"}, id="bf16-inside-epoch-2"),
+        pytest.param([], {"kill_at_step": 11}, id="inside-epoch-2"),
+        pytest.param([], {"kill_at_step": 7}, id="just-after-epoch-1"),
+        pytest.param([], {"kill_in_save": 5}, id="half-way-through-a-save"),
+        pytest.param(["data.num_workers=2"], {"kill_at_step": 15}, id="two-workers-inside-epoch-3"),
+        pytest.param(["train.amp=bf16"], {"kill_at_step": 11}, id="bf16-inside-epoch-2"),
     ],
 )
 def test_killed_run_resumes_to_bitwise_equal_weights(
-    tmp_path: Path, reference: dict[str, Path], extra: list[str], hooks: dict[str, str]
+    tmp_path: Path, reference: dict[str, Path], extra: list[str], hooks: dict[str, int]
 ) -> None:
     run_dir = tmp_path / "run"
     assert spawn(run_dir, extra, hooks) == -signal.SIGKILL
     checkpoints = run_dir / "checkpoints"
     torn = list(checkpoints.glob(".*.tmp-*"))
-    if TEST_KILL_IN_SAVE_ENV in hooks:
+    if "kill_in_save" in hooks:
         assert len(torn) == 1 and torn[0].stat().st_size > 0  # the process really died mid-write
     assert load_checkpoint(checkpoints / LAST)["train_state"]["global_step"] > 0
 
@@ -115,9 +115,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(
     tmp_path: Path, reference: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_dir = tmp_path / "run"
-    monkeypatch.setenv(TEST_SIGNAL_AT_STEP_ENV, "9:SIGTERM")
-    assert train(run_dir) == 128 + signal.SIGTERM
-    monkeypatch.delenv(TEST_SIGNAL_AT_STEP_ENV)
+    assert train(run_dir, callbacks=(SignalAtStep(9, signal.SIGTERM),)) == 128 + signal.SIGTERM
     last = run_dir / "checkpoints" / LAST
     assert load_checkpoint(last)["train_state"]["global_step"] == 9
     with open(last, "r+b") as handle:
@@ -135,9 +133,7 @@ def test_resumed_run_replaces_best_only_with_a_better_score(tmp_path: Path, monk
     runs = {}
     for case in ("unbeatable", "control"):
         run_dir = tmp_path / case
-        monkeypatch.setenv(TEST_SIGNAL_AT_STEP_ENV, "9:SIGTERM")
-        assert train(run_dir) == 128 + signal.SIGTERM
-        monkeypatch.delenv(TEST_SIGNAL_AT_STEP_ENV)
+        assert train(run_dir, callbacks=(SignalAtStep(9, signal.SIGTERM),)) == 128 + signal.SIGTERM
         runs[case] = run_dir
     # Pretend the interrupted run had already reached an mse no later epoch can beat.
     last = runs["unbeatable"] / "checkpoints" / LAST
@@ -153,10 +149,10 @@ def test_resumed_run_replaces_best_only_with_a_better_score(tmp_path: Path, monk
         if case == "unbeatable":
             assert (best.stat().st_ino, best.read_bytes()) == before
             assert "Saved best model" not in resumed_log
-            assert "Best mse = 1.000e-12 at epoch 1" in resumed_log
+            assert "Best mse (min) = 1.000e-12 at epoch 1" in resumed_log
         else:  # the same run with its true best does improve after the resume
             assert best.read_bytes() != before[1]
-            assert "Saved best model (mse = " in resumed_log
+            assert "Saved best model (mse (min) = " in resumed_log
 
 
 def test_resume_auto_without_checkpoint_starts_afresh_and_needs_a_run_dir(
@@ -187,3 +183,43 @@ def test_init_from_loads_model_weights_only_and_reports_mismatches(
     assert train(tmp_path / "lenient", *narrow, "--init-from", str(source), "--init-from-non-strict") == 0
     log = (tmp_path / "lenient" / "train.log").read_text()
     assert "Initialised the model: 1 of 6 model tensors loaded" in log and "shape mismatch: 0.weight" in log
+
+
+def _as_format_1(payload: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint as trainwell 0.1 wrote it before the engine redesign (no ``format``; state spread out)."""
+    state = dict(payload["train_state"])
+    rule = state.pop("best_rule")
+    old = {k: v for k, v in payload.items() if k not in ("format", "checksum")}
+    metric, mode = (rule.rsplit(" (", 1)[0], rule.rsplit(" (", 1)[1].rstrip(")")) if rule else (None, "min")
+    old["train_state"] = {
+        **{k: state[k] for k in ("epoch", "global_step", "batch_in_epoch", "best_value", "best_epoch")},
+        "best_metric": metric,
+        "best_mode": mode,
+    }
+    old["data"], old["metrics"] = state["data_layout"], state["last_metrics"]
+    old["meters"] = {"loss": payload["meters"]}
+    return old
+
+
+def test_a_checkpoint_of_the_previous_format_resumes_bitwise(tmp_path: Path, reference: dict[str, Path]) -> None:
+    run_dir = tmp_path / "run"
+    assert train(run_dir, callbacks=(SignalAtStep(9, signal.SIGTERM),)) == 143
+    last = run_dir / "checkpoints" / LAST
+    atomic_save(_as_format_1(load_checkpoint(last)), last)
+    assert "format" not in load_checkpoint(last)
+    assert train(run_dir, "--resume", "auto") == 0
+    assert_bitwise_equal(final_state(run_dir), final_state(reference["off"]))
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_with_the_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    assert train(run_dir, callbacks=(SignalAtStep(9, signal.SIGTERM),)) == 143
+    last = run_dir / "checkpoints" / LAST
+    payload = load_checkpoint(last)
+    payload["format"], payload["versions"]["trainwell"] = 7, "9.9.9"
+    atomic_save(payload, last)
+    assert train(run_dir, "--resume", str(last)) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint format 7 is newer than this trainwell reads (2)" in err and "trainwell 9.9.9" in err

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from small_run import CONFIG, ROOT, SMALL, train
+from small_run import CONFIG, ROOT, SMALL, SignalAtStep, train
 
 from trainwell.engine.checkpoint import LAST, load_checkpoint
 from trainwell.engine.distributed import DistEnv
-from trainwell.engine.signals import TEST_SIGNAL_AT_STEP_ENV, StopRequest
+from trainwell.engine.signals import StopRequest
 
 
 def last_state(run_dir: Path) -> dict:
@@ -40,13 +40,11 @@ def test_stop_request_records_the_first_signal_and_a_second_ctrl_c_aborts() -> N
     assert signal.getsignal(signal.SIGTERM) is before
 
 
-def test_sigterm_writes_a_resumable_last_pt_and_exits_143(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sigterm_writes_a_resumable_last_pt_and_exits_143(tmp_path: Path) -> None:
     assert train(tmp_path / "reference") == 0
 
     run_dir = tmp_path / "run"
-    monkeypatch.setenv(TEST_SIGNAL_AT_STEP_ENV, "9:SIGTERM")
-    assert train(run_dir) == 143
-    monkeypatch.delenv(TEST_SIGNAL_AT_STEP_ENV)
+    assert train(run_dir, callbacks=(SignalAtStep(9, signal.SIGTERM),)) == 143
     state = last_state(run_dir)["train_state"]
     assert (state["epoch"], state["global_step"], state["batch_in_epoch"]) == (1, 9, 6)  # the step it was in
     log = (run_dir / "train.log").read_text()
@@ -58,11 +56,8 @@ def test_sigterm_writes_a_resumable_last_pt_and_exits_143(tmp_path: Path, monkey
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
 
 
-def test_second_ctrl_c_aborts_without_writing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv(TEST_SIGNAL_AT_STEP_ENV, "9:SIGINT,SIGINT")
-    assert train(tmp_path) == 130
+def test_second_ctrl_c_aborts_without_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert train(tmp_path, callbacks=(SignalAtStep(9, signal.SIGINT, signal.SIGINT),)) == 130
     assert "aborted (second Ctrl-C)" in capsys.readouterr().err
     assert last_state(tmp_path)["train_state"]["global_step"] == 8  # the periodic save before, not step 9
     assert not list((tmp_path / "checkpoints").glob(".*.tmp-*"))

@@ -18,7 +18,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from trainwell.config.schema import ExperimentConfig
+from trainwell.config.schema import DataConfig, ExperimentConfig, config_to_dict, config_to_yaml
 from trainwell.engine.task import Task
 
 
@@ -147,50 +147,31 @@ def validate_config(cfg: ExperimentConfig, source: str = "the config") -> None:
     Raises:
         ConfigError: naming the key and the allowed range.
     """
-    _check_ranges(cfg, source)
+    _check_ranges(cfg, lambda key: source)
 
 
-def _check_ranges(cfg: ExperimentConfig, source: str) -> None:
-    rules: list[tuple[str, bool, str]] = [
-        ("train.epochs", cfg.train.epochs >= 1, "must be at least 1"),
-        ("train.batch_size", cfg.train.batch_size >= 1, "must be at least 1"),
-        ("train.grad_accum_steps", cfg.train.grad_accum_steps >= 1, "must be at least 1"),
-        ("train.log_every", cfg.train.log_every >= 1, "must be at least 1"),
-        ("train.max_steps", cfg.train.max_steps is None or cfg.train.max_steps >= 1, "must be null or ≥ 1"),
-        (
-            "train.clip_grad_norm",
-            cfg.train.clip_grad_norm is None or cfg.train.clip_grad_norm > 0,
-            "must be > 0",
-        ),
-        ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
-        ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be ≥ 0"),
-        ("optim.betas", len(cfg.optim.betas) == 2, "must have two values"),
-        ("schedule.warmup_steps", cfg.schedule.warmup_steps >= 0, "must be ≥ 0"),
-        ("schedule.min_lr_ratio", 0.0 <= cfg.schedule.min_lr_ratio <= 1.0, "must be in [0, 1]"),
-        ("eval.every_epochs", cfg.eval.every_epochs >= 0, "must be ≥ 0"),
-        ("eval.batch_size", cfg.eval.batch_size >= 1, "must be at least 1"),
-        ("checkpoint.keep", cfg.checkpoint.keep >= 0, "must be ≥ 0"),
-        ("checkpoint.every_epochs", cfg.checkpoint.every_epochs >= 0, "must be ≥ 0"),
-        ("checkpoint.latest_every_steps", cfg.checkpoint.latest_every_steps >= 0, "must be ≥ 0"),
-        ("data.num_workers", cfg.data.num_workers >= 0, "must be ≥ 0"),
-        ("distributed.timeout_s", cfg.distributed.timeout_s > 0, "must be > 0"),
-    ]
-    for key, ok, what in rules:
-        if not ok:
-            section, _, leaf = key.partition(".")
-            value = getattr(getattr(cfg, section), leaf)
-            raise ConfigError(f"Config key '{key}' in {source} {what} (got {value!r}).")
-    if cfg.eval.best_metric is not None:
-        from trainwell.engine.best import parse_metric_expression
-
-        try:
-            parse_metric_expression(cfg.eval.best_metric)
-        except ValueError as err:
-            raise ConfigError(f"Config key 'eval.best_metric' in {source}: {err}") from None
+def _check_ranges(cfg: ExperimentConfig, source_of: Any) -> None:
+    """Raise for the first out-of-range value; ``source_of(key)`` names where the value came from."""
+    for key, what in cfg.problems():
+        value: Any = cfg
+        for part in key.split("["):
+            part = part.rstrip("]")
+            for name in part.split("."):
+                if not name:
+                    continue
+                value = value[int(name)] if name.isdigit() else getattr(value, name, "?")
+        raise ConfigError(f"Config key '{key}' in {source_of(key)} {what} (got {value!r}).")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read ``path``, apply ``KEY=VALUE`` overrides, validate, and return the typed config.
+    """Read ``path``, apply ``KEY=VALUE`` overrides, validate, and return the typed config."""
+    return load_experiment(path, overrides)[0]
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig, type[Task]]:
+    """Read ``path``, apply ``KEY=VALUE`` overrides, validate; return the typed config and the task class.
+
+    The task class is imported here, once: its ``Config``/``DataConfig`` type the task/data sections.
 
     Raises:
         ConfigError: with a message naming the key, the file or override, and a suggestion.
@@ -233,20 +214,52 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     except (MissingMandatoryValue, OmegaConfBaseException) as err:
         raise _explain(err, schema, f"'{path}'") from None
     assert isinstance(obj, ExperimentConfig)
-    _check_ranges(obj, f"'{path}'")
-    return obj
+    overridden = {key: text for key, _, text in parsed}
+
+    def source_of(key: str) -> str:
+        plain = key.split("[")[0]
+        return f"command-line override '{overridden[plain]}'" if plain in overridden else f"'{path}'"
+
+    _check_ranges(obj, source_of)
+    return obj, task_cls
 
 
-def task_class_of(cfg: ExperimentConfig) -> type[Task]:
-    """The task class named by an already validated config."""
-    return import_task_class(cfg.task.class_path, "the config")
+def read_run_config(path: str | Path) -> ExperimentConfig:
+    """A run's ``config.yaml`` read back through the schema (for the doctor and the report).
+
+    With the task importable, the task/data sections are typed by it; otherwise they are read as the base
+    sections (their own keys dropped), so a run directory stays readable on a machine without the task's code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return ExperimentConfig()
+    try:
+        return load_config(path)
+    except ConfigError:
+        raw = _read_yaml(path)
+        raw["task"] = {"class_path": (raw.get("task") or {}).get("class_path", "?")}
+        data = raw.get("data") or {}
+        raw["data"] = {k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(DataConfig)}}
+        known = {f.name for f in dataclasses.fields(ExperimentConfig)}
+        merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), {k: v for k, v in raw.items() if k in known})
+        obj = OmegaConf.to_object(merged)
+        assert isinstance(obj, ExperimentConfig)
+        return obj
 
 
-def config_to_yaml(cfg: ExperimentConfig) -> str:
-    """The fully resolved config as YAML (written to ``<run>/config.yaml``; loadable again)."""
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+def build_task(cfg: ExperimentConfig) -> Task:
+    """Instantiate the task named by ``task.class_path`` with its typed sections (Python API; the CLI uses the
+    class :func:`load_experiment` returned)."""
+    return import_task_class(cfg.task.class_path, "the config")(cfg.task, cfg.data)
 
 
-def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The resolved config as plain containers (for checkpoints and ``config.yaml``)."""
-    return dataclasses.asdict(cfg)
+__all__ = [
+    "ConfigError",
+    "build_task",
+    "config_to_dict",
+    "config_to_yaml",
+    "load_config",
+    "load_experiment",
+    "read_run_config",
+    "validate_config",
+]

@@ -3,14 +3,69 @@
 These names are a public contract (other tools read ``config.yaml`` from run directories): add keys
 freely, never rename one. The ``task:`` and ``data:`` sections are typed by the task's own
 ``Config``/``DataConfig`` subclasses, chosen from ``task.class_path`` when the file is loaded.
+
+Every section checks its own value ranges in ``problems()``, beside the fields it checks; the loader
+reports the first problem with the key and the source (file or override).
+
+Intervals (``train.log_every``, ``eval.every``, ``checkpoint.every``, ``checkpoint.latest_every``) take
+optimizer steps (``500``) or epochs (``"1ep"``, ``"0.2ep"``: a fifth of an epoch, resolved from the real
+loader length and world size and printed in the start banner); ``0`` switches one off.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-from trainwell.engine.task import DataConfig, TaskConfig
+import yaml
+
+Problem = tuple[str, str]
+"""``(key, what is wrong)`` for a value out of range."""
+
+
+@dataclass
+class TaskConfig:
+    """The ``task:`` section. A task subclasses this with its own typed keys."""
+
+    class_path: str = "???"
+    """Import path of the task class, ``package.module:ClassName``."""
+
+
+@dataclass
+class DataConfig:
+    """The ``data:`` section. A task may subclass this to add its own keys (sizes, paths, seeds)."""
+
+    num_workers: int = 0
+    """DataLoader worker processes per training process (0 = load in the main process)."""
+    pin_memory: bool = True
+    """Pin host memory for faster host-to-GPU copies (ignored on CPU)."""
+    persistent_workers: bool = True
+    """Keep workers alive between epochs (only when num_workers > 0; off when the task has on_epoch_start)."""
+    drop_last: bool = False
+    """Drop each epoch's last, incomplete training batch (per process)."""
+
+    def problems(self) -> Iterator[Problem]:
+        if self.num_workers < 0:
+            yield "data.num_workers", "must be ≥ 0"
+
+
+def _interval_problem(key: str, value: int | str | None) -> Iterator[Problem]:
+    if value is None:
+        return
+    if isinstance(value, int):
+        if value < 0:
+            yield key, "must be ≥ 0 steps, or epochs such as '0.2ep'"
+        return
+    text = value.strip()
+    number = text[:-2] if text.endswith("ep") else None
+    try:
+        ok = number is not None and float(number) >= 0
+    except ValueError:
+        ok = False
+    if not ok:
+        yield key, f"must be a number of steps (500) or of epochs ('1ep', '0.2ep'), not {value!r}"
 
 
 @dataclass
@@ -18,11 +73,12 @@ class TrainConfig:
     """``train:`` — the optimisation loop."""
 
     epochs: int = 10
-    """Passes over the training set (the run also stops at ``max_steps`` if that comes first)."""
+    """Passes over the training set (with ``max_steps`` set, the epochs follow from the step budget)."""
     batch_size: int = 32
     """Samples per process per micro-batch. Global batch = batch_size × world size × grad_accum_steps."""
     max_steps: int | None = None
-    """Optional budget of optimizer steps (iteration-based schedules, as in detection codebases)."""
+    """Budget of optimizer steps: the run ends there and the schedule spans exactly these steps; the number of
+    epochs becomes ceil(max_steps / steps per epoch) and ``epochs`` is not used (iteration-based training)."""
     seed: int = 0
     """Seeds python, numpy and torch; the training order is a function of (seed, epoch)."""
     amp: Literal["off", "bf16", "fp16"] = "off"
@@ -31,17 +87,57 @@ class TrainConfig:
     """Clip the total gradient norm to this value (after unscaling); null = no clipping."""
     grad_accum_steps: int = 1
     """Micro-batches accumulated per optimizer step."""
-    log_every: int = 50
-    """Optimizer steps between log lines (the only steps on which loss values reach the host)."""
+    log_every: int | str = 50
+    """Optimizer steps (or ``"0.2ep"``) between log lines (the only steps on which loss values reach the host)."""
     device: str = "auto"
     """``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda``."""
     progress_bar: Literal["auto", "on", "off"] = "auto"
     """``auto``: a bar on a terminal, plain periodic lines otherwise (CI, log files)."""
+    num_threads: int | None = None
+    """PyTorch intra-op threads of each process; null: the cores available divided by the processes on this
+    machine (DataLoader workers always use 1). Too many threads on a busy machine make steps much slower."""
+    compile: bool | str = False
+    """``torch.compile`` the model for the training forward: ``true`` (inductor) or a backend name (``eager``,
+    ``aot_eager``); checkpoints hold the plain module's weights, so resume and export are unchanged."""
+    channels_last: bool = False
+    """Image models on CUDA: the model and every 4-D floating input batch in ``channels_last`` memory format
+    (faster convolutions with AMP on tensor cores)."""
+
+    def problems(self) -> Iterator[Problem]:
+        if self.epochs < 1:
+            yield "train.epochs", "must be at least 1"
+        if self.batch_size < 1:
+            yield "train.batch_size", "must be at least 1"
+        if self.grad_accum_steps < 1:
+            yield "train.grad_accum_steps", "must be at least 1"
+        if self.max_steps is not None and self.max_steps < 1:
+            yield "train.max_steps", "must be null or ≥ 1"
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            yield "train.clip_grad_norm", "must be > 0 (or null for no clipping)"
+        if self.num_threads is not None and self.num_threads < 1:
+            yield "train.num_threads", "must be null or ≥ 1"
+        yield from _interval_problem("train.log_every", self.log_every)
+        if self.log_every in (0, "0ep"):
+            yield "train.log_every", "must be > 0 (log lines are where the doctor looks)"
+
+
+@dataclass
+class ParamGroupConfig:
+    """One entry of ``optim.param_groups``: parameters whose name matches get their own LR and decay."""
+
+    match: str = "???"
+    """A glob (``backbone.*``) or, prefixed ``re:``, a regular expression on parameter names (``named_parameters``)."""
+    name: str | None = None
+    """Name of the group in logs (``Train/lr/<name>``); default: the pattern."""
+    lr_mult: float = 1.0
+    """LR of this group = ``optim.lr × lr_mult`` (the schedule scales it like the others)."""
+    weight_decay: float | None = None
+    """Weight decay of this group; null: ``optim.weight_decay``."""
 
 
 @dataclass
 class OptimConfig:
-    """``optim:`` — the optimizer."""
+    """``optim:`` — the optimizer (a task may build its own instead: ``Task.build_optimizer``)."""
 
     name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: float = 1e-3
@@ -53,18 +149,70 @@ class OptimConfig:
     """SGD momentum."""
     eps: float = 1e-8
     """Adam/AdamW epsilon."""
+    fused: bool | None = None
+    """Fused Adam/AdamW kernels; null: on when every parameter is a CUDA floating tensor (with fp16 the GradScaler
+    then hands the overflow flag to the kernel instead of reading it on the host)."""
+    param_groups: list[ParamGroupConfig] = field(default_factory=list)
+    """Groups by parameter name; the first matching entry wins; the rest form the group ``default``."""
+    no_decay_norm_bias: bool = False
+    """No weight decay on biases, normalisation layers and embeddings (their own group ``no_decay``)."""
+
+    def problems(self) -> Iterator[Problem]:
+        if self.lr <= 0:
+            yield "optim.lr", "must be > 0"
+        if self.weight_decay < 0:
+            yield "optim.weight_decay", "must be ≥ 0"
+        if len(self.betas) != 2:
+            yield "optim.betas", "must have two values"
+        for i, group in enumerate(self.param_groups):
+            if group.lr_mult < 0:
+                yield f"optim.param_groups[{i}].lr_mult", "must be ≥ 0"
 
 
 @dataclass
 class ScheduleConfig:
-    """``schedule:`` — the learning-rate curve, a pure function of the optimizer step."""
+    """``schedule:`` — the learning-rate curve, a pure function of the optimizer step (``engine/schedule.py``)."""
 
     warmup_steps: int = 0
-    """Linear warmup from 0 to ``optim.lr`` over this many optimizer steps."""
-    decay: Literal["linear", "cosine", "constant"] = "cosine"
-    """Shape after warmup, down to ``min_lr_ratio × optim.lr`` at the last step."""
+    """Warmup from 0 to ``optim.lr`` over this many optimizer steps (not used by ``onecycle``)."""
+    warmup: Literal["linear", "cosine"] = "linear"
+    """Shape of the warmup."""
+    warmup_starts_at_zero: bool = False
+    """The first update uses LR 0 and update k uses k/warmup_steps, as ``transformers``'
+    ``get_linear_schedule_with_warmup`` (step for step); default: update k uses (k+1)/warmup_steps."""
+    decay: Literal["linear", "cosine", "constant", "step", "onecycle"] = "cosine"
+    """Shape after warmup: down to ``min_lr_ratio × optim.lr`` at the last step (``linear``, ``cosine``),
+    ``constant``, ``step`` (× ``step_factor`` at each of ``step_milestones``, floored at ``min_lr_ratio``) or
+    ``onecycle`` (OpenPCDet's ``adam_onecycle``: cosine up from lr/div_factor over ``pct_start``, then down to
+    lr/div_factor/1e4, with Adam's β1 (SGD's momentum) cycling between ``onecycle_moms``)."""
     min_lr_ratio: float = 0.0
-    """Final learning rate as a fraction of the peak."""
+    """Final learning rate as a fraction of the peak (``step``: the floor)."""
+    step_milestones: list[int | str] = field(default_factory=list)
+    """``step`` decay: where the LR is multiplied by ``step_factor``: steps (``30000``) or epochs (``"35ep"``)."""
+    step_factor: float = 0.1
+    """``step`` decay: the factor at each milestone (OpenPCDet's LR_DECAY)."""
+    pct_start: float = 0.4
+    """``onecycle``: fraction of the steps spent rising to the peak."""
+    div_factor: float = 10.0
+    """``onecycle``: the cycle starts at lr / div_factor (and ends at lr / div_factor / 1e4)."""
+    onecycle_moms: list[float] = field(default_factory=lambda: [0.95, 0.85])
+    """``onecycle``: β1 (or momentum) at the start and at the peak (it rises back by the end)."""
+
+    def problems(self) -> Iterator[Problem]:
+        if self.warmup_steps < 0:
+            yield "schedule.warmup_steps", "must be ≥ 0"
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            yield "schedule.min_lr_ratio", "must be in [0, 1]"
+        if not 0.0 < self.pct_start < 1.0:
+            yield "schedule.pct_start", "must be in (0, 1)"
+        if self.div_factor <= 0:
+            yield "schedule.div_factor", "must be > 0"
+        if len(self.onecycle_moms) != 2:
+            yield "schedule.onecycle_moms", "must have two values"
+        if self.decay == "step" and not self.step_milestones:
+            yield "schedule.step_milestones", "must list at least one milestone for decay: step"
+        for i, milestone in enumerate(self.step_milestones):
+            yield from _interval_problem(f"schedule.step_milestones[{i}]", milestone)
 
 
 @dataclass
@@ -73,12 +221,28 @@ class EvalConfig:
 
     every_epochs: int = 1
     """Evaluate every this many epochs (and always after the last one); 0 = only at the end."""
+    every: int | str | None = None
+    """Evaluate every N optimizer steps or ``"0.5ep"``; when set it replaces ``every_epochs``."""
     batch_size: int = 256
     """Samples per process per evaluation batch."""
     best_metric: str | None = None
     """Expression over metric names selecting ``best.pt``, e.g. ``(mpjpe + pa_mpjpe) / 2``."""
     best_mode: Literal["min", "max"] = "min"
     """Whether a lower or a higher ``best_metric`` is better."""
+
+    def problems(self) -> Iterator[Problem]:
+        if self.every_epochs < 0:
+            yield "eval.every_epochs", "must be ≥ 0"
+        if self.batch_size < 1:
+            yield "eval.batch_size", "must be at least 1"
+        yield from _interval_problem("eval.every", self.every)
+        if self.best_metric is not None:
+            from trainwell.engine.best import parse_metric_expression
+
+            try:
+                parse_metric_expression(self.best_metric)
+            except ValueError as err:
+                yield "eval.best_metric", str(err)
 
 
 @dataclass
@@ -87,15 +251,36 @@ class CheckpointConfig:
 
     every_epochs: int = 1
     """Write ``epoch_NNNN.pt`` every this many epochs; 0 = never."""
-    keep: int = 3
-    """Newest periodic checkpoints kept; 0 = write none (``best.pt`` and ``last.pt`` are never rotated away)."""
+    every: int | str | None = None
+    """Periodic checkpoints every N optimizer steps (``step_NNNNNNNN.pt``) or ``"2ep"`` (``epoch_NNNN.pt``);
+    when set it replaces ``every_epochs`` (OpenPCDet's ckpt_save_interval)."""
+    keep: int | str = 3
+    """Newest periodic checkpoints kept, or ``all``; 0 = write none (``best.pt`` and ``last.pt`` are never
+    rotated away). OpenPCDet's max_ckpt_save_num."""
     latest_every_steps: int = 0
     """Also write ``last.pt`` every this many optimizer steps inside an epoch; 0 = only at epoch end."""
+    latest_every: int | str | None = None
+    """``last.pt`` every N steps or ``"0.2ep"`` (ViECap's latest.pt every ⅕ epoch); replaces latest_every_steps."""
+
+    @property
+    def keep_count(self) -> int | None:
+        """``keep`` as a number; ``None`` = keep all."""
+        return None if self.keep == "all" else int(self.keep)
+
+    def problems(self) -> Iterator[Problem]:
+        if not (self.keep == "all" or (isinstance(self.keep, int) and self.keep >= 0)):
+            yield "checkpoint.keep", "must be ≥ 0 or 'all'"
+        if self.every_epochs < 0:
+            yield "checkpoint.every_epochs", "must be ≥ 0"
+        if self.latest_every_steps < 0:
+            yield "checkpoint.latest_every_steps", "must be ≥ 0"
+        yield from _interval_problem("checkpoint.every", self.every)
+        yield from _interval_problem("checkpoint.latest_every", self.latest_every)
 
 
 @dataclass
 class DiagnosticsConfig:
-    """``diagnostics:`` — the training doctor."""
+    """``diagnostics:`` — the training doctor and the non-finite policy."""
 
     enabled: bool = True
     """Run the always-on checks (cheap: they read values at logging steps only)."""
@@ -103,9 +288,12 @@ class DiagnosticsConfig:
     """On a non-finite loss or gradient: stop (save the batch, name the component) or skip the step.
     ``skip`` reads one flag per step from the device (a host sync); ``stop`` reads nothing extra."""
     debug_loss: bool = False
-    """Print loss internals for the first batches (also: environment TRAINWELL_DEBUG_LOSS=1)."""
+    """Print loss internals for the first batches (also: environment TRAINWELL_DEBUG_LOSS=1, recorded here)."""
     ignore: list[str] = field(default_factory=list)
     """Finding ids (or id prefixes such as ``grad``) not to report, e.g. ``[model.eval_mode]`` for frozen BatchNorm."""
+
+    def problems(self) -> Iterator[Problem]:
+        return iter(())
 
 
 @dataclass
@@ -121,6 +309,10 @@ class DistributedConfig:
     sync_batchnorm: bool = False
     """Convert BatchNorm layers to SyncBatchNorm."""
 
+    def problems(self) -> Iterator[Problem]:
+        if self.timeout_s <= 0:
+            yield "distributed.timeout_s", "must be > 0"
+
 
 @dataclass
 class RunConfig:
@@ -130,6 +322,9 @@ class RunConfig:
     """Run name; the default directory is ``runs/<name>/<timestamp>``."""
     dir: str | None = None
     """Explicit run directory (used as is; reused by ``--resume auto``)."""
+
+    def problems(self) -> Iterator[Problem]:
+        return iter(())
 
 
 @dataclass
@@ -146,3 +341,23 @@ class ExperimentConfig:
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def problems(self) -> Iterator[Problem]:
+        """Every value-range problem of every section (the task's own sections may add ``problems()`` too)."""
+        for section in (self.data, self.train, self.optim, self.schedule, self.eval, self.checkpoint):
+            yield from section.problems()
+        yield from self.diagnostics.problems()
+        yield from self.distributed.problems()
+        task_problems = getattr(self.task, "problems", None)
+        if callable(task_problems):
+            yield from task_problems()
+
+
+def config_to_yaml(cfg: ExperimentConfig) -> str:
+    """The fully resolved config as YAML (written to ``<run>/config.yaml``; loadable again)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The resolved config as plain containers (for checkpoints and ``config.yaml``)."""
+    return dataclasses.asdict(cfg)

@@ -3,9 +3,14 @@ of a run's findings (the first report of an id wins; ignored ids are dropped).""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
+
+FINDINGS_FILE = "findings.jsonl"
+"""Every finding of a run, one JSON object per line (and the run context, ``kind: context``)."""
 
 Severity = Literal["info", "warning", "error"]
 SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
@@ -94,3 +99,18 @@ class FindingSet:
 
     def all(self) -> list[Finding]:
         return sort_findings(list(self.items.values()))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a ``.jsonl`` file; a torn last line (a running or killed run) is skipped."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            out.append(value)
+    return out

@@ -8,6 +8,8 @@ import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from trainwell.engine.checkpoint.state import TrainState
+
 _BINARY: dict[type, Callable[[float, float], float]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
@@ -91,3 +93,36 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
     if best is None:
         return True
     return value < best if mode == "min" else value > best
+
+
+class BestTracker:
+    """Where the best checkpoint is chosen: one place, one rule (``eval.best_metric`` + ``eval.best_mode``).
+
+    It keeps its result in the run's :class:`TrainState` (``best_value``,
+    ``best_epoch``, ``best_step``, ``best_rule``), so it is saved and resumed with the run.
+    """
+
+    def __init__(self, expression: str | None, mode: str, state: TrainState) -> None:
+        self.metric = parse_metric_expression(expression) if expression else None
+        self.mode = mode
+        self.state = state
+        self.rule = f"{expression} ({mode})" if expression else None
+
+    def update(self, metrics: Mapping[str, float], *, epoch: int, step: int) -> bool:
+        """Record ``metrics`` if they beat the best so far; ``True`` means write ``best.pt`` now."""
+        if self.metric is None:
+            return False
+        value = self.metric(metrics)
+        if not is_better(value, self.state.best_value, self.mode):
+            return False
+        self.state.best_value, self.state.best_epoch, self.state.best_step = value, epoch, step
+        self.state.best_rule = self.rule
+        return True
+
+    def rule_changed(self) -> str | None:
+        """After a resume: why the saved best no longer counts (the rule changed), else ``None``."""
+        saved = self.state.best_rule
+        if self.state.best_value is None or saved == self.rule:
+            return None
+        self.state.best_value = self.state.best_epoch = self.state.best_step = None
+        return f"eval.best_metric/best_mode changed from {saved} to {self.rule}: best.pt starts anew."

@@ -6,16 +6,21 @@
 2. The evaluator's per-sample results, keyed by dataset index, are gathered on rank 0 as tensors
    (:func:`trainwell.engine.distributed.gather_rows`: NCCL and gloo alike, memory on rank 0 grows with
    the number of samples only).
+   Ragged results (a list of per-sample tensors of any first dimension: the boxes of a frame, the tokens of a
+   caption) travel as a per-sample length plus their concatenated rows, and come back as lists.
 3. Rank 0 checks that the indices are exactly ``0 … N-1``, once each (:func:`verify_coverage`), hands
    the results, sorted by index, to the evaluator and computes the metrics — the same numbers whatever
-   the number of processes. Any failure is raised on every process; no metric is ever reported from
-   a partial or duplicated set.
+   the number of processes — and lets it write its prediction files (``save_outputs``). Any failure is
+   raised on every process; no metric is ever reported from a partial or duplicated set.
+
+Batches are collated outside autocast (as in training); only ``eval_step`` runs under it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,7 +35,8 @@ from trainwell.engine.distributed import (
     require_same_on_all_ranks,
     shard_range,
 )
-from trainwell.engine.task import Evaluator, Task
+from trainwell.engine.logging import ProgressBar
+from trainwell.engine.task import Evaluator, PerSample, Task
 from trainwell.engine.tensors import move_to_device
 
 INDEX_KEY = "trainwell/index"
@@ -48,6 +54,8 @@ class EvalResult:
     metrics: dict[str, float]
     num_samples: int
     world_size: int
+    outputs: list[Path] = field(default_factory=list)
+    """Prediction files the evaluator wrote (rank 0)."""
 
 
 def verify_coverage(indices: torch.Tensor, num_samples: int) -> None:
@@ -75,24 +83,51 @@ def verify_coverage(indices: torch.Tensor, num_samples: int) -> None:
         )
 
 
+def _split_ragged(results: dict[str, PerSample], num: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(dense rows, ragged flat rows)``: each ragged name becomes ``<name>/len`` (N,) and its concatenation."""
+    dense: dict[str, torch.Tensor] = {}
+    flat: dict[str, torch.Tensor] = {}
+    for name, value in results.items():
+        if isinstance(value, torch.Tensor):
+            dense[name] = value
+            continue
+        if len(value) != num:
+            raise ValueError(f"Ragged result '{name}' has {len(value)} entries for {num} indices; give one per sample.")
+        parts = [v.detach().cpu().reshape(1) if v.dim() == 0 else v.detach().cpu() for v in value]
+        dense[f"{name}/len"] = torch.tensor([p.shape[0] for p in parts], dtype=torch.int64)
+        flat[name] = torch.cat(parts) if parts else torch.empty(0)
+    return dense, flat
+
+
 def gather_results(
-    indices: torch.Tensor, results: dict[str, torch.Tensor], env: DistEnv
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+    indices: torch.Tensor, results: dict[str, PerSample], env: DistEnv
+) -> tuple[torch.Tensor, dict[str, PerSample]] | None:
     """Collect every process's per-sample results on rank 0 (``None`` elsewhere), sorted by index.
 
     Args:
         indices: ``(n,)`` dataset indices held by this process (``n`` may differ between processes).
-        results: ``{name: (n, ...)}`` per-sample results in the same order as ``indices``.
+        results: ``{name: (n, ...) tensor or list of n tensors}`` in the same order as ``indices``.
     """
     if INDEX_KEY in results:
         raise ValueError(f"Evaluator results may not use the reserved name '{INDEX_KEY}'.")
-    gathered = gather_rows({INDEX_KEY: indices.reshape(-1).long(), **results}, env)
+    indices = indices.reshape(-1).long()
+    dense, flat = _split_ragged(results, indices.numel())
+    gathered = gather_rows({INDEX_KEY: indices, **dense}, env)
+    # Every process runs the same gathers in the same (sorted) order, whether or not it has rows.
+    flat_gathered = {name: gather_rows({"rows": flat[name]}, env) for name in sorted(flat)}
     if gathered is None:
         return None
     all_indices = gathered.pop(INDEX_KEY)
     # A stable sort keeps the result order independent of how the samples were sharded.
     order = torch.argsort(all_indices, stable=True)
-    return all_indices[order], {name: value[order] for name, value in gathered.items()}
+    lengths_keys = {f"{name}/len" for name in flat}
+    out: dict[str, PerSample] = {name: value[order] for name, value in gathered.items() if name not in lengths_keys}
+    for name, rows in flat_gathered.items():
+        assert rows is not None
+        lengths = gathered[f"{name}/len"]
+        pieces = list(torch.split(rows["rows"], lengths.tolist()))
+        out[name] = [pieces[i] for i in order.tolist()]
+    return all_indices[order], out
 
 
 def _score_shard(
@@ -106,6 +141,7 @@ def _score_shard(
     device: torch.device,
     autocast: Callable[[], Any],
     num_workers: int,
+    progress: ProgressBar | None = None,
 ) -> None:
     """Run ``eval_step`` over this process's shard (no collectives: shard sizes differ)."""
     batches = [list(shard[i : i + batch_size]) for i in range(0, len(shard), batch_size)]
@@ -113,10 +149,15 @@ def _score_shard(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), autocast():
+        with torch.no_grad():
+            # The loader collates here, outside autocast: a collate_fn that stacks fp16 features must not
+            # meet CPU autocast's dtype rules (training collates outside autocast too).
             for batch_indices, batch in zip(batches, loader, strict=True):
                 indices = torch.tensor(batch_indices, dtype=torch.int64, device=device)
-                task.eval_step(model, move_to_device(batch, device), indices, evaluator)
+                with autocast():
+                    task.eval_step(model, move_to_device(batch, device), indices, evaluator)
+                if progress is not None:
+                    progress.update(len(batch_indices))
     finally:
         model.train(was_training)
 
@@ -133,6 +174,8 @@ def evaluate(
     autocast: Callable[[], Any],
     num_workers: int = 0,
     log: Callable[[str], None] | None = None,
+    progress_mode: str = "auto",
+    outputs_dir: Path | None = None,
 ) -> EvalResult:
     """Score ``dataset`` exactly once across all processes; every process gets the same metrics.
 
@@ -148,21 +191,27 @@ def evaluate(
     # Score rank 0's model everywhere (its BatchNorm statistics are the ones the checkpoints hold).
     broadcast_buffers(model, env)
     evaluator.reset()
+    shard = shard_range(num_samples, env)
+    # Rank 0's shard is the largest: its bar tells when the evaluation ends (a terminal only, rank 0 only).
+    progress = ProgressBar(total=len(shard), description="eval", mode=progress_mode, enabled=env.is_main, unit="sample")
     _score_shard(
         task=task,
         model=model,
         dataset=dataset,
         evaluator=evaluator,
-        shard=shard_range(num_samples, env),
+        shard=shard,
         batch_size=batch_size,
         device=device,
         autocast=autocast,
         num_workers=num_workers,
+        progress=progress,
     )
+    progress.close()
 
     local_indices, local_results = evaluator.local_results()
     gathered = gather_results(local_indices, local_results, env)
     metrics: dict[str, float] | None = None
+    written: list[Path] = []
     failure: Exception | None = None
     if gathered is not None:  # rank 0
         all_indices, all_results = gathered
@@ -170,6 +219,10 @@ def evaluate(
             verify_coverage(all_indices, num_samples)
             evaluator.load_results(all_indices, all_results)
             metrics = evaluator.compute()
+            save_outputs = getattr(evaluator, "save_outputs", None)
+            if outputs_dir is not None and callable(save_outputs):
+                outputs_dir.mkdir(parents=True, exist_ok=True)
+                written = list(save_outputs(outputs_dir) or [])
         except Exception as err:  # reported to every process below, then re-raised here
             failure = err
     # Every process learns the outcome, so that all of them stop together on an error.
@@ -185,4 +238,4 @@ def evaluate(
     assert metrics is not None
     if log is not None:
         log(f"Evaluated on {num_samples} samples from all {env.world_size} processes")
-    return EvalResult(metrics=metrics, num_samples=num_samples, world_size=env.world_size)
+    return EvalResult(metrics=metrics, num_samples=num_samples, world_size=env.world_size, outputs=written)

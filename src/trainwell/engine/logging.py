@@ -13,79 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
 _LOGGER_NAME = "trainwell"
-
-
-class DeviceMeter:
-    """Running sums of named scalars, kept on the device; read (one host sync) only when logging.
-
-    One ``add_`` per step. ``read_interval`` returns the sums since its previous call (a log line),
-    ``read_total`` the sums since ``reset`` (an epoch), both from the same cumulative tensor.
-    """
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.names: tuple[str, ...] = ()
-        self.total: torch.Tensor | None = None
-        self.count = 0
-        self._flushed: dict[str, float] = {}  # sums of component sets that were replaced
-        self._snapshot: dict[str, float] = {}
-        self._snapshot_count = 0
-
-    def add(self, names: tuple[str, ...], values: torch.Tensor) -> None:
-        """Add one step's values ``(K,)`` named by ``names`` (no host sync)."""
-        if names != self.names and self.total is not None:
-            # The set of components changed (an optional term switched on): keep what we had.
-            for name, value in zip(self.names, self.total.tolist(), strict=True):
-                self._flushed[name] = self._flushed.get(name, 0.0) + value
-            self.total = None
-        if self.total is None:
-            self.names = names
-            self.total = values.detach().clone()
-        else:
-            self.total.add_(values.detach())
-        self.count += 1
-
-    def read_total(self) -> tuple[dict[str, float], int]:
-        """``(sums, count)`` since ``reset`` (one host sync)."""
-        sums = dict(self._flushed)
-        if self.total is not None:
-            for name, value in zip(self.names, self.total.tolist(), strict=True):
-                sums[name] = sums.get(name, 0.0) + value
-        return sums, self.count
-
-    def read_interval(self) -> tuple[dict[str, float], int]:
-        """``(sums, count)`` since the previous ``read_interval`` (one host sync)."""
-        sums, count = self.read_total()
-        interval = {name: value - self._snapshot.get(name, 0.0) for name, value in sums.items()}
-        interval_count = count - self._snapshot_count
-        self._snapshot, self._snapshot_count = sums, count
-        # A component absent from the whole interval stays out of the log line.
-        return {k: v for k, v in interval.items() if k in self.names or v != 0.0}, interval_count
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything the meter holds (one host sync), so a resumed run logs what an uninterrupted one would."""
-        return {
-            "names": list(self.names),
-            "total": None if self.total is None else self.total.detach().cpu(),
-            "count": self.count,
-            "flushed": dict(self._flushed),
-            "snapshot": dict(self._snapshot),
-            "snapshot_count": self._snapshot_count,
-        }
-
-    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
-        self.names = tuple(state["names"])
-        self.total = None if state["total"] is None else state["total"].to(device)
-        self.count = int(state["count"])
-        self._flushed = dict(state["flushed"])
-        self._snapshot = dict(state["snapshot"])
-        self._snapshot_count = int(state["snapshot_count"])
 
 
 class _TqdmAwareHandler(logging.StreamHandler):
@@ -169,10 +99,10 @@ class MetricsWriter:
 class ProgressBar:
     """A tqdm bar per epoch on a terminal; nothing otherwise (log lines then carry progress)."""
 
-    def __init__(self, total: int, description: str, mode: str, enabled: bool) -> None:
+    def __init__(self, total: int, description: str, mode: str, enabled: bool, unit: str = "it") -> None:
         show = enabled and (mode == "on" or (mode == "auto" and sys.stdout.isatty()))
         self._bar = (
-            tqdm(total=total, desc=description, unit="it", dynamic_ncols=True, leave=False, file=sys.stdout)
+            tqdm(total=total, desc=description, unit=unit, dynamic_ncols=True, leave=False, file=sys.stdout)
             if show
             else None
         )
@@ -181,11 +111,55 @@ class ProgressBar:
         if self._bar is not None:
             self._bar.update(count)
 
-    def set_loss(self, loss: float) -> None:
-        """Show the running loss (called at logging steps, when the value is already on the host)."""
+    def set_values(self, values: dict[str, float]) -> None:
+        """Show the running loss and the task's progress items (at logging steps: values already on the host)."""
         if self._bar is not None:
-            self._bar.set_postfix(loss=format_value(loss), refresh=False)
+            self._bar.set_postfix({k: format_value(v) for k, v in values.items()}, refresh=False)
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def train_line(
+    *,
+    epoch: int,
+    step: int,
+    batch: int,
+    batches: int,
+    record: dict[str, float],
+    components: dict[str, float],
+    logged: dict[str, float],
+    lrs: dict[str, float],
+    clipping: bool,
+) -> str:
+    """One training log line: loss and its non-zero components, logged values, LR(s), grad norm, throughput."""
+    shown = " ".join(f"{n} {format_value(v)}" for n, v in components.items() if v != 0.0)
+    extra = "".join(f" | {n} {format_value(v)}" for n, v in logged.items())
+    if len(lrs) == 1:
+        lr = f"lr {next(iter(lrs.values())):.2e}"
+    else:
+        lr = "lr " + " ".join(f"{name} {value:.2e}" for name, value in lrs.items())
+    grad = f"grad_norm {format_value(record['grad_norm'])}"
+    if clipping:
+        grad += f" (clipped {record['clip_rate']:.0%})"
+    return (
+        f"epoch {epoch + 1} step {step} [{batch}/{batches}] loss {format_value(record['loss'])} | {shown}{extra} | "
+        f"{lr} | {grad} | {record['steps_per_s']:.1f} it/s, data wait {record['data_wait_share']:.0%}"
+    )
+
+
+def epoch_line(
+    *, epoch: int, epochs: int, train_loss: float, metrics: dict[str, float] | None, units: dict[str, str], lr: float
+) -> str:
+    """The epoch summary: ``Epoch 3/10 | train loss … | val mpjpe … mm | LR = 1.00e-05``."""
+    parts = [f"Epoch {epoch + 1}/{epochs}", f"train loss {format_value(train_loss)}"]
+    if metrics is not None:
+        shown = ", ".join(
+            f"{name} {format_value(value)}{' ' + units[name] if units.get(name) else ''}"
+            for name, value in metrics.items()
+            if "/" not in name  # grouped metrics (e.g. per joint) go to files and plots, not the line
+        )
+        parts.append(f"val {shown}")
+    parts.append(f"LR = {lr:.2e}")
+    return " | ".join(parts)

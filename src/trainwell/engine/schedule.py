@@ -1,41 +1,99 @@
-"""Learning-rate schedules as pure functions of the optimizer step (nanoGPT style)."""
+"""Learning-rate (and momentum) schedules as pure functions of the optimizer step (nanoGPT style).
+
+Where does the learning rate change? :meth:`CurveScheduler.step`, called by ``engine.step.optimizer_step``
+after every *applied* optimizer step; the value is :func:`lr_factor` of the step count. ``step`` below always
+counts completed optimizer steps, so ``lr_factor(0)`` is the factor of the first update.
+"""
 
 from __future__ import annotations
 
 import math
-from functools import partial
+from dataclasses import dataclass
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LRScheduler
+
+from trainwell.config.schema import ScheduleConfig
 
 
-def lr_factor(step: int, *, warmup_steps: int, total_steps: int, decay: str, min_lr_ratio: float) -> float:
-    """Multiplier of the peak LR after ``step`` optimizer steps.
+def _cos_anneal(start: float, end: float, pct: float) -> float:
+    """Cosine from ``start`` (pct 0) to ``end`` (pct 1)."""
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1.0)
 
-    Linear warmup from 0 (exclusive) to 1 over ``warmup_steps``, then ``decay`` from 1 down to
-    ``min_lr_ratio`` at ``total_steps``: ``linear``, ``cosine`` (half cosine) or ``constant``.
-    ``step`` counts completed optimizer steps, so step 0 is the LR of the first update.
+
+@dataclass(frozen=True)
+class Curve:
+    """A schedule resolved for one run: the config plus the step counts it needs."""
+
+    cfg: ScheduleConfig
+    total_steps: int
+    milestones: tuple[int, ...] = ()
+    """``step`` decay milestones in optimizer steps (resolved from epochs by the caller)."""
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of each group's peak LR for the update after ``step`` completed steps."""
+        cfg = self.cfg
+        if cfg.decay == "onecycle":
+            return self._onecycle(step)[0]
+        warmup = cfg.warmup_steps
+        if step < warmup:
+            done = step if cfg.warmup_starts_at_zero else step + 1
+            pct = done / warmup
+            return pct if cfg.warmup == "linear" else _cos_anneal(0.0, 1.0, pct)
+        if cfg.decay == "constant":
+            return 1.0
+        if cfg.decay == "step":
+            passed = sum(step >= m for m in self.milestones)
+            return max(cfg.min_lr_ratio, cfg.step_factor**passed)
+        progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
+        shape = 1.0 - progress if cfg.decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
+
+    def momentum(self, step: int) -> float | None:
+        """β1 (Adam) or momentum (SGD) for the update after ``step`` steps; ``None``: leave it alone."""
+        return self._onecycle(step)[1] if self.cfg.decay == "onecycle" else None
+
+    def _onecycle(self, step: int) -> tuple[float, float]:
+        """OpenPCDet's ``OneCycle``: two cosine phases for the LR (up, then down) and the momentum (down, up)."""
+        cfg = self.cfg
+        low = 1.0 / cfg.div_factor
+        peak_step = int(cfg.pct_start * self.total_steps)
+        high_mom, low_mom = cfg.onecycle_moms
+        if step < peak_step:
+            pct = step / max(1, peak_step)
+            return _cos_anneal(low, 1.0, pct), _cos_anneal(high_mom, low_mom, pct)
+        pct = min(1.0, (step - peak_step) / max(1, self.total_steps - peak_step))
+        return _cos_anneal(1.0, low / 1e4, pct), _cos_anneal(low_mom, high_mom, pct)
+
+
+class CurveScheduler(LRScheduler):
+    """Sets every param group's LR to ``base_lr × curve.lr_factor(step)`` (and β1/momentum for onecycle).
+
+    Its state is the step count (``last_epoch``) alone: the curve is rebuilt from the config on resume.
     """
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if decay == "constant":
-        return 1.0
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    if decay == "linear":
-        shape = 1.0 - progress
-    elif decay == "cosine":
-        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
-    else:
-        raise ValueError(f"schedule.decay must be linear, cosine or constant, not {decay!r}")
-    return min_lr_ratio + (1.0 - min_lr_ratio) * shape
+
+    def __init__(self, optimizer: torch.optim.Optimizer, curve: Curve) -> None:
+        self.curve = curve
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        step = self.last_epoch  # completed optimizer steps (LRScheduler's own counter)
+        momentum = self.curve.momentum(step)
+        if momentum is not None:
+            for group in self.optimizer.param_groups:
+                if "betas" in group:
+                    group["betas"] = (momentum, *tuple(group["betas"])[1:])
+                elif "momentum" in group:
+                    group["momentum"] = momentum
+        factor = self.curve.lr_factor(step)
+        return [base * factor for base in self.base_lrs]
+
+    def state_dict(self) -> dict:
+        return {key: value for key, value in super().state_dict().items() if key != "curve"}
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, *, warmup_steps: int, total_steps: int, decay: str, min_lr_ratio: float
-) -> LambdaLR:
-    """A ``LambdaLR`` over :func:`lr_factor`; step it once per *applied* optimizer step."""
-    curve = partial(
-        lr_factor, warmup_steps=warmup_steps, total_steps=total_steps, decay=decay, min_lr_ratio=min_lr_ratio
-    )
-    return LambdaLR(optimizer, lr_lambda=curve)
+    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int, milestones: tuple[int, ...] = ()
+) -> CurveScheduler:
+    """The ``schedule:`` curve over ``total_steps``; step it once per *applied* optimizer step."""
+    return CurveScheduler(optimizer, Curve(cfg, total_steps, milestones))

@@ -33,12 +33,6 @@ EXIT_SIGNAL_BASE = 128
 """A run stopped by signal N exits with status 128 + N, as a shell reports a process killed by N:
 SIGINT 130, SIGUSR1 138, SIGTERM 143. ``last.pt`` was written; ``--resume auto`` continues the run."""
 
-TEST_KILL_AT_STEP_ENV = "TRAINWELL_TEST_KILL_AT_STEP"
-"""Test-only hook: ``N`` makes the process SIGKILL itself right after optimizer step N (simulates a crash)."""
-TEST_SIGNAL_AT_STEP_ENV = "TRAINWELL_TEST_SIGNAL_AT_STEP"
-"""Test-only hook: ``N:SIGTERM`` (or ``N:SIGINT,SIGINT``) makes the process send itself these signals right
-after optimizer step N, through the real handlers. Never set either hook outside tests."""
-
 
 class TrainingInterrupted(Exception):
     """Training stopped on a signal after writing ``last.pt``; ``exit_code`` is 128 + the signal number."""
@@ -66,7 +60,6 @@ class StopRequest:
         self.agreed: int | None = None
         """The signal all processes agreed to stop on (set by :meth:`should_stop`)."""
         self._pid = os.getpid()
-        self._hooks = _TestHooks()
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -104,7 +97,6 @@ class StopRequest:
         Every process must pass the same ``sync`` at the same step (the loop passes ``True`` on logging
         steps and at epoch ends).
         """
-        self._hooks.after_step(global_step)
         if self.agreed is not None:
             return True
         if not self.env.is_distributed:
@@ -119,22 +111,3 @@ class StopRequest:
         """Barrier before exiting, so no process exits (and makes torchrun kill the rest) mid-save."""
         if self.env.is_distributed:
             dist.barrier()
-
-
-class _TestHooks:
-    """The test-only environment hooks (``TRAINWELL_TEST_*``), read once."""
-
-    def __init__(self) -> None:
-        kill = os.environ.get(TEST_KILL_AT_STEP_ENV)
-        self.kill_at = int(kill) if kill else None
-        step, _, names = os.environ.get(TEST_SIGNAL_AT_STEP_ENV, "").partition(":")
-        self.signal_at = int(step) if step else None
-        self.signals = [getattr(signal, name.strip()) for name in names.split(",") if name.strip()]
-
-    def after_step(self, global_step: int) -> None:
-        if self.signal_at == global_step:
-            self.signal_at = None  # once: the epoch-end check may see the same step again
-            for signum in self.signals:
-                os.kill(os.getpid(), signum)
-        if self.kill_at == global_step:
-            os.kill(os.getpid(), signal.SIGKILL)

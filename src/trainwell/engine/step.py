@@ -6,70 +6,11 @@ scheduler.step *only if the optimizer really stepped* → zero_grad(set_to_none=
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from trainwell.config.schema import OptimConfig
-
-
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW / Adam / SGD over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), eps=cfg.eps)
-    if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), eps=cfg.eps)
-    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-
-
-class StepStats:
-    """Per-interval gradient and timing statistics, kept on the device until a log line reads them."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.data_wait_s = 0.0
-        self.reset()
-
-    def reset(self) -> None:
-        self.norm_sum = torch.zeros((), device=self.device, dtype=torch.float32)
-        self.norm_max = torch.zeros((), device=self.device, dtype=torch.float32)
-        self.num_clipped = torch.zeros((), device=self.device, dtype=torch.float32)
-        self.num_measured = 0
-        self.num_steps = 0
-        self.num_skipped = 0
-        self.num_nonfinite = 0  # updates skipped under diagnostics.nonfinite=skip
-        self.data_wait_s = 0.0
-        self.started = time.perf_counter()
-
-    def add_norm(self, norm: torch.Tensor, clip: float | None) -> None:
-        norm = norm.detach().float()
-        self.norm_sum += norm
-        torch.maximum(self.norm_max, norm, out=self.norm_max)
-        if clip is not None:
-            self.num_clipped += (norm > clip).float()
-        self.num_measured += 1
-
-    def read_and_reset(self, clip: float | None) -> dict[str, float]:
-        """Interval summary (one host sync) and a fresh interval."""
-        elapsed = max(1e-9, time.perf_counter() - self.started)
-        values = torch.stack([self.norm_sum, self.norm_max, self.num_clipped]).tolist()
-        measured = max(1, self.num_measured)
-        out = {
-            "grad_norm": values[0] / measured,
-            "grad_norm_max": values[1],
-            "steps_per_s": self.num_steps / elapsed,
-            "data_wait_share": min(1.0, self.data_wait_s / elapsed),
-            "skipped_steps": float(self.num_skipped),
-        }
-        if clip is not None:
-            out["clip_rate"] = values[2] / measured
-        if self.num_nonfinite:
-            out["nonfinite_skipped"] = float(self.num_nonfinite)
-        self.reset()
-        return out
+from trainwell.engine.meters import StepStats
 
 
 def total_grad_norm(model: nn.Module) -> torch.Tensor:
@@ -116,12 +57,13 @@ def optimizer_step(
 
     applied = True
     if scaler.is_enabled():
-        # fp16 only: GradScaler.step already reads found_inf on the host to decide whether to step,
-        # so comparing the scale before and after update() adds no new device sync in practice.
-        scale_before = scaler.get_scale()
+        # fp16 only: a skipped step shows as a smaller scale after update(). The scale before is the one read
+        # after the previous step (it changes only in update()), so only one host read per step remains.
+        scale_before = stats.scale if stats.scale is not None else scaler.get_scale()
         scaler.step(optimizer)
         scaler.update()
-        applied = scaler.get_scale() >= scale_before
+        stats.scale = scaler.get_scale()  # host sync (fp16 only)
+        applied = stats.scale >= scale_before
     else:
         optimizer.step()
     # The schedule counts applied steps only: a skipped fp16 step must not advance the LR (and

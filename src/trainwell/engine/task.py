@@ -30,29 +30,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+# The typed task:/data: sections live with the schema; a task imports them from here or from there.
+from trainwell.config.schema import DataConfig, TaskConfig
+
 if TYPE_CHECKING:
     from trainwell.config.schema import OptimConfig, ScheduleConfig
     from trainwell.doctor.findings import Finding
-
-
-@dataclass
-class TaskConfig:
-    """The ``task:`` section. A task subclasses this with its own typed keys."""
-
-    class_path: str = "???"
-    """Import path of the task class, ``package.module:ClassName``."""
-
-
-@dataclass
-class DataConfig:
-    """The ``data:`` section. A task may subclass this to add its own keys (sizes, paths, seeds)."""
-
-    num_workers: int = 0
-    """DataLoader worker processes per training process (0 = load in the main process)."""
-    pin_memory: bool = True
-    """Pin host memory for faster host-to-GPU copies (ignored on CPU)."""
-    persistent_workers: bool = True
-    """Keep workers alive between epochs (only when num_workers > 0)."""
 
 
 PerSample = torch.Tensor | list[torch.Tensor]
@@ -141,6 +124,8 @@ class Task:
         cfg: the typed ``task:`` section (an instance of ``Config``).
         data_cfg: the typed ``data:`` section (an instance of ``DataConfig``).
         run_dir: where the run writes (tokenizers, vocabularies a task saves beside its checkpoints), or ``None``.
+        num_epochs: the epochs the run will train (set once the plan is known, before the first ``on_epoch_start``;
+            with ``train.max_steps`` it follows from the budget), or ``None`` outside training.
     """
 
     Config: ClassVar[type[TaskConfig]] = TaskConfig
@@ -150,6 +135,7 @@ class Task:
         self.cfg = cfg
         self.data_cfg = data_cfg
         self.run_dir: Path | None = None
+        self.num_epochs: int | None = None
 
     # -- construction -------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -159,6 +145,10 @@ class Task:
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         """Return ``(train_dataset, val_dataset)``; both map-style with ``__len__``."""
         raise NotImplementedError
+
+    def build_val_dataset(self) -> Dataset:
+        """The validation set alone (``trainwell eval``); override when building the training set is costly."""
+        return self.build_datasets()[1]
 
     def build_evaluator(self) -> Evaluator:
         """Return a fresh evaluator (e.g. :class:`trainwell.metrics.PoseAccumulator`)."""
@@ -236,3 +226,6 @@ class Task:
     def debug_losses(self, model: nn.Module, batch: Batch) -> dict[str, float]:
         """Loss internals for ``diagnostics.debug_loss`` (statistics of predictions, targets, elements)."""
         return {}
+
+
+__all__ = ["Batch", "DataConfig", "Evaluator", "LossOutput", "MetricSpec", "PerSample", "Task", "TaskConfig"]

@@ -1,10 +1,10 @@
-"""Pose metrics: pure functions on batched tensors (:mod:`.pose`) and an evaluation accumulator."""
+"""Pose metrics: pure functions on batched tensors (:mod:`.pose`, :mod:`.reduce`) and an evaluation accumulator."""
 
 from trainwell.metrics.accumulator import PoseAccumulator
 from trainwell.metrics.pose import (
     HO3D_SCALE_BONE,
+    SERVER_NORM_GUARD_M,
     Unit,
-    auc_thresholds,
     f_score,
     joint_errors,
     masked_mean,
@@ -17,17 +17,25 @@ from trainwell.metrics.pose import (
     pa_joint_errors,
     pa_mpjpe,
     pa_mpvpe,
+    sc_tr_joint_errors,
+    similarity_align,
+)
+from trainwell.metrics.reduce import (
+    Alignment,
+    auc_thresholds,
     pck,
     pck_auc,
     pck_curve,
     per_joint_mean,
     per_joint_pck_curves,
-    sc_tr_joint_errors,
-    similarity_align,
+    pooled_mean,
+    pooled_mpjpe,
 )
 
 __all__ = [
     "HO3D_SCALE_BONE",
+    "SERVER_NORM_GUARD_M",
+    "Alignment",
     "PoseAccumulator",
     "Unit",
     "auc_thresholds",
@@ -48,6 +56,8 @@ __all__ = [
     "pck_curve",
     "per_joint_mean",
     "per_joint_pck_curves",
+    "pooled_mean",
+    "pooled_mpjpe",
     "sc_tr_joint_errors",
     "similarity_align",
 ]

@@ -11,6 +11,7 @@ samples were sharded or batched.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -18,21 +19,17 @@ from torch import Tensor
 from trainwell.metrics.pose import (
     HO3D_SCALE_BONE,
     Unit,
-    auc_thresholds,
     f_score,
     joint_errors,
     masked_mean,
     mm_per_unit,
     mpvpe,
-    n_mpjpe,
+    n_joint_errors,
     pa_joint_errors,
-    pck,
-    pck_auc,
-    pck_curve,
-    per_joint_mean,
     sc_tr_joint_errors,
     similarity_align,
 )
+from trainwell.metrics.reduce import auc_thresholds, pck, pck_auc, pck_curve, per_joint_mean
 
 
 class PoseAccumulator:
@@ -54,6 +51,14 @@ class PoseAccumulator:
             MPVPE, PA-MPVPE and F-scores.
         f_score_thresholds_mm: thresholds of ``f@{t}mm`` / ``pa_f@{t}mm`` (FreiHAND: 5 and 15 mm).
         save_predictions: keep every predicted skeleton (input units, float64) for :meth:`predictions`.
+        norm_guard_m: ``SERVER_NORM_GUARD_M`` (1e-8) reproduces the FreiHAND/HO3D servers' Procrustes scale
+            exactly (joints and vertices); 0 (default) is the least-squares optimum.
+        mask_convention: ``"per_sample"`` (default): masked joints stay out of every fit and each sample's
+            mean, and samples weigh equally. ``"mmpose"``: as MMPose's ``keypoint_mpjpe(..., mask)``, the
+            Procrustes and N-MPJPE fits use every evaluated joint, masked ones included (they must hold valid
+            coordinates), and ``mpjpe``/``pa_mpjpe``/``n_mpjpe``/``mpjpe_sc_tr`` average over all visible
+            (sample, joint) pairs. With ``root_index=None`` these equal MMPose's ``'none'``,
+            ``'procrustes'`` and ``'scale'`` values.
     """
 
     def __init__(
@@ -70,8 +75,16 @@ class PoseAccumulator:
         evaluate_vertices: bool = False,
         f_score_thresholds_mm: Sequence[float] = (5.0, 15.0),
         save_predictions: bool = False,
+        norm_guard_m: float = 0.0,
+        mask_convention: Literal["per_sample", "mmpose"] = "per_sample",
     ) -> None:
         mm_per_unit(unit)  # fail at construction, not at the first batch
+        if mask_convention not in ("per_sample", "mmpose"):
+            raise ValueError(f"mask_convention must be 'per_sample' or 'mmpose', not {mask_convention!r}")
+        if not norm_guard_m >= 0.0:
+            raise ValueError(f"norm_guard_m must be >= 0 metres (1e-8 reproduces the servers), got {norm_guard_m}")
+        self.norm_guard_m = float(norm_guard_m)
+        self.mask_convention = mask_convention
         self.root_index = root_index
         self.keypoint_indices = None if keypoint_indices is None else [int(i) for i in keypoint_indices]
         self.allow_reflection = allow_reflection
@@ -116,15 +129,21 @@ class PoseAccumulator:
                 "PoseAccumulator(evaluate_vertices=True) needs pred_vertices and target_vertices in update()"
             )
         keep = self._subset_mask(pred, mask)
+        # The points the alignments are fitted on: the visible ones, or (MMPose) every evaluated joint.
+        fit = keep if self.mask_convention == "per_sample" else self._subset_mask(pred, None)
         err = joint_errors(pred, target, mask=keep, root_index=self.root_index, unit=self.unit)
-        pa_err = pa_joint_errors(pred, target, mask=keep, allow_reflection=self.allow_reflection, unit=self.unit)
+        reflect, guard = self.allow_reflection, self.norm_guard_m
+        pa_err = pa_joint_errors(pred, target, mask=fit, allow_reflection=reflect, norm_guard_m=guard, unit=self.unit)
+        n_err = n_joint_errors(pred, target, mask=fit, root_index=self.root_index, unit=self.unit)
+        if keep is not None and fit is not keep:
+            pa_err, n_err = pa_err.masked_fill(~keep, 0.0), n_err.masked_fill(~keep, 0.0)
         sc_tr_root = 0 if self.root_index is None else self.root_index  # HO3D anchors on the wrist, joint 0
         sc_tr = sc_tr_joint_errors(pred, target, root_index=sc_tr_root, scale_bone=self.scale_bone, unit=self.unit)
         row: dict[str, Tensor] = {
             "mpjpe": masked_mean(err, keep),
             "pa_mpjpe": masked_mean(pa_err, keep),
             "mpjpe_sc_tr": masked_mean(sc_tr, keep),
-            "n_mpjpe": n_mpjpe(pred, target, mask=keep, root_index=self.root_index, unit=self.unit),
+            "n_mpjpe": masked_mean(n_err, keep),
         }
         # Per-joint errors (B, K) over the evaluated joints feed PCK/AUC and the per-joint means.
         visible = torch.ones(pred.shape[:2], dtype=torch.bool, device=pred.device) if keep is None else keep
@@ -161,7 +180,9 @@ class PoseAccumulator:
         # F-scores compare the same point sets MPVPE compares: both meshes moved by their roots.
         offset = (roots["pred_root"] - roots["target_root"]).unsqueeze(1) if roots else 0.0
         # PA-MPVPE fits the similarity on the vertices themselves (FreiHAND/HO3D with a MANO-sized mesh).
-        aligned = similarity_align(pred_v, target_v, allow_reflection=self.allow_reflection)
+        aligned = similarity_align(
+            pred_v, target_v, allow_reflection=self.allow_reflection, norm_guard_m=self.norm_guard_m, unit=self.unit
+        )
         thresholds = self.f_score_thresholds_mm
         return {
             "mpvpe": mpvpe(pred_v, target_v, unit=self.unit, **roots),
@@ -227,11 +248,18 @@ class PoseAccumulator:
 
         Keys: ``mpjpe``, ``pa_mpjpe``, ``mpjpe_sc_tr``, ``n_mpjpe``, ``pck@{t}mm``, ``pa_pck@{t}mm``,
         ``auc_{a}_{b}mm``, ``pa_auc_{a}_{b}mm``; with vertices also ``mpvpe``, ``pa_mpvpe``, ``f@{t}mm``,
-        ``pa_f@{t}mm``. Samples without a visible joint do not enter the joint means.
+        ``pa_f@{t}mm``. Samples without a visible joint do not enter the joint means. With
+        ``mask_convention="mmpose"`` the four joint means weigh each sample by its number of visible joints.
         """
         _, res = self._sorted()
-        metrics = {name: float(res[name].nanmean()) for name in ("mpjpe", "pa_mpjpe", "mpjpe_sc_tr", "n_mpjpe")}
         visible = res["joint_visible"]
+        names = ("mpjpe", "pa_mpjpe", "mpjpe_sc_tr", "n_mpjpe")
+        if self.mask_convention == "mmpose":
+            count = visible.sum(dim=1).to(torch.float64)  # sample mean × count = the sample's sum of distances
+            total = count.sum()
+            metrics = {name: float(torch.where(count > 0, res[name] * count, 0.0).sum() / total) for name in names}
+        else:
+            metrics = {name: float(res[name].nanmean()) for name in names}
         for prefix, errors in (("", res["joint_err"]), ("pa_", res["pa_joint_err"])):
             for t in self.pck_thresholds_mm:
                 metrics[f"{prefix}pck@{t:g}mm"] = pck(errors, t, visible)

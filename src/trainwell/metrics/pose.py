@@ -1,5 +1,7 @@
 """Pose metrics as pure functions of batched tensors: MPJPE and its aligned variants, PCK/AUC, F-score.
 
+Dataset-level reductions (PCK/AUC, MMPose's pooled mean) are in :mod:`.reduce`.
+
 Conventions shared by every function here (see ``docs/metrics.md`` for the formulas and protocols):
 
 * ``pred`` and ``target`` are ``(B, N, 3)`` point sets (joints or mesh vertices) of any floating dtype,
@@ -20,7 +22,6 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -33,6 +34,12 @@ _TO_MM: dict[str, float] = {"mm": 1.0, "m": 1000.0}
 # the MANO joint order, where that is wrist -> middle MCP; in the FreiHAND/OpenPose order the same bone
 # is (0, 9) and (0, 4) would be wrist -> thumb tip. Pass the pair that matches your joint order.
 HO3D_SCALE_BONE: tuple[int, int] = (0, 4)
+
+# The FreiHAND and HO3D servers' ``align_w_scale`` divides each centred set by its norm plus 1e-8 (in the
+# submission's unit, metres), which scales the aligned prediction by |p_c|² / (|p_c| + 1e-8)² rather than by
+# the least-squares optimum: a relative bias of ~2e-8 m / |p_c|, about 1e-7 for a hand. Pass this as
+# ``norm_guard_m`` to reproduce the servers' numbers to round-off.
+SERVER_NORM_GUARD_M: float = 1e-8
 
 
 # -- plumbing ---------------------------------------------------------------------------------------
@@ -189,8 +196,11 @@ def _centred(
     return p, t, cov, var_p, mu_p, mu_t
 
 
-def _scaled_rotation(cov: Tensor, var_p: Tensor, allow_reflection: bool) -> Tensor:
-    """``s R`` ``(B, 3, 3)`` of the best similarity (Umeyama 1991) from ``K`` ``(B, 3, 3)`` and ``Σ |p|²`` ``(B,)``."""
+def _scaled_rotation(cov: Tensor, var_p: Tensor, allow_reflection: bool, guard: float = 0.0) -> Tensor:
+    """``s R`` ``(B, 3, 3)`` of the best similarity (Umeyama 1991) from ``K`` ``(B, 3, 3)`` and ``Σ |p|²`` ``(B,)``.
+
+    ``guard`` > 0 (input units) replaces ``Σ |p|²`` by ``(|p| + guard)²``, the FreiHAND/HO3D servers' scale.
+    """
     rot = best_rotation(cov, allow_reflection)
     # s = tr(Rᵀ K) / Σ|p|², the sum of the (signed) singular values over the variance. The trace is added in a
     # fixed order so that its bits do not depend on the batch size.
@@ -198,8 +208,11 @@ def _scaled_rotation(cov: Tensor, var_p: Tensor, allow_reflection: bool) -> Tens
     objective = products[:, 0]
     for i in range(1, 9):
         objective = objective + products[:, i]
+    # The servers normalise both sets by (norm + guard) before the orthogonal fit and multiply back by the
+    # target's (norm + guard) only: the target's guard cancels, the prediction's stays, squared.
+    denom = var_p if guard == 0.0 else (var_p.sqrt() + guard).square()
     # Zero-variance prediction: every similarity maps it to one point; the best is scale 0 (onto mu_t).
-    scale = torch.where(var_p > 0, objective / var_p.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    scale = torch.where(var_p > 0, objective / denom.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
     return rot * scale[:, None, None]
 
 
@@ -219,28 +232,50 @@ def _squared_residuals(s_rot: Tensor, p: Tensor, t: Tensor, out: Tensor) -> Tens
     return out
 
 
+def _guard(norm_guard_m: float, unit: Unit) -> float:
+    """``norm_guard_m`` (metres) in input units, checked."""
+    if not norm_guard_m >= 0.0:
+        raise ValueError(f"norm_guard_m must be >= 0 metres (SERVER_NORM_GUARD_M = 1e-8 or 0), got {norm_guard_m}")
+    return norm_guard_m * 1000.0 / mm_per_unit(unit) if norm_guard_m else 0.0
+
+
 def similarity_align(
-    pred: Tensor, target: Tensor, *, mask: Tensor | None = None, allow_reflection: bool = False
+    pred: Tensor,
+    target: Tensor,
+    *,
+    mask: Tensor | None = None,
+    allow_reflection: bool = False,
+    norm_guard_m: float = 0.0,
+    unit: Unit = "mm",
 ) -> Tensor:
     """``pred`` ``(B, N, 3)`` moved by its best similarity transform onto ``target``; float64, input units.
 
     The fit uses the visible points only; all points (masked ones too) are moved. With
-    ``allow_reflection=True`` the "rotation" may be a mirror (FreiHAND/HO3D servers).
+    ``allow_reflection=True`` the "rotation" may be a mirror (FreiHAND/HO3D servers). ``norm_guard_m``:
+    see :func:`pa_mpjpe` (``unit`` only converts it to input units).
     """
     _check(pred, target, mask)
+    guard = _guard(norm_guard_m, unit)
     with _exact(pred.device):
         _, _, cov, var_p, mu_p, mu_t = _centred(pred, target, mask)
-        s_rot = _scaled_rotation(cov, var_p, allow_reflection)
+        s_rot = _scaled_rotation(cov, var_p, allow_reflection, guard)
         p = _coords_first(pred, None)
         p -= mu_p
         return torch.baddbmm(mu_t, s_rot, p).transpose(1, 2)
 
 
 def pa_joint_errors(
-    pred: Tensor, target: Tensor, *, mask: Tensor | None = None, allow_reflection: bool = False, unit: Unit = "mm"
+    pred: Tensor,
+    target: Tensor,
+    *,
+    mask: Tensor | None = None,
+    allow_reflection: bool = False,
+    norm_guard_m: float = 0.0,
+    unit: Unit = "mm",
 ) -> Tensor:
     """Per-point distances ``(B, N)`` in mm after Procrustes alignment (see :func:`pa_mpjpe`); 0 where masked."""
     _check(pred, target, mask)
+    guard = _guard(norm_guard_m, unit)
     batch, num = pred.shape[:2]
     on_cpu = pred.device.type == "cpu"
     solve_step = _CPU_SOLVE_CHUNK if on_cpu else batch
@@ -252,7 +287,7 @@ def pa_joint_errors(
             parts = [slice(sub, min(sub + point_step, stop)) for sub in range(start, stop, point_step)]
             fits = [_centred(pred[s], target[s], None if mask is None else mask[s])[:4] for s in parts]
             cov, var_p = (torch.cat([f[i] for f in fits]) for i in (2, 3))
-            s_rot = _scaled_rotation(cov, var_p, allow_reflection)
+            s_rot = _scaled_rotation(cov, var_p, allow_reflection, guard)
             for part, (p, t, _, _) in zip(parts, fits, strict=True):
                 _squared_residuals(s_rot[part.start - start : part.stop - start], p, t, out=err[part])
         err.sqrt_()
@@ -263,7 +298,13 @@ def pa_joint_errors(
 
 
 def pa_mpjpe(
-    pred: Tensor, target: Tensor, *, mask: Tensor | None = None, allow_reflection: bool = False, unit: Unit = "mm"
+    pred: Tensor,
+    target: Tensor,
+    *,
+    mask: Tensor | None = None,
+    allow_reflection: bool = False,
+    norm_guard_m: float = 0.0,
+    unit: Unit = "mm",
 ) -> Tensor:
     """Procrustes-aligned MPJPE: per-sample ``(B,)`` in mm.
 
@@ -271,15 +312,26 @@ def pa_mpjpe(
     that minimises the sum of squared distances over the visible joints. By default ``R`` is a proper
     rotation (HMR family, MMPose). ``allow_reflection=True`` also admits mirrors, as the FreiHAND and HO3D
     servers do; a mirrored (wrong-hand) prediction then scores as well as the correct one.
+    ``norm_guard_m=SERVER_NORM_GUARD_M`` reproduces the servers' ``align_w_scale`` exactly: the scale becomes
+    ``tr(Rᵀ K) / (|p_c| + 1e-8 m)²`` instead of ``tr(Rᵀ K) / |p_c|²`` (a bias of ~1e-7; 0 = the optimum).
     """
-    return masked_mean(pa_joint_errors(pred, target, mask=mask, allow_reflection=allow_reflection, unit=unit), mask)
+    errors = pa_joint_errors(
+        pred, target, mask=mask, allow_reflection=allow_reflection, norm_guard_m=norm_guard_m, unit=unit
+    )
+    return masked_mean(errors, mask)
 
 
 def pa_mpvpe(
-    pred: Tensor, target: Tensor, *, mask: Tensor | None = None, allow_reflection: bool = False, unit: Unit = "mm"
+    pred: Tensor,
+    target: Tensor,
+    *,
+    mask: Tensor | None = None,
+    allow_reflection: bool = False,
+    norm_guard_m: float = 0.0,
+    unit: Unit = "mm",
 ) -> Tensor:
     """Procrustes-aligned mean per-vertex error ``(B,)`` in mm: :func:`pa_mpjpe` fitted on the vertices."""
-    return pa_mpjpe(pred, target, mask=mask, allow_reflection=allow_reflection, unit=unit)
+    return pa_mpjpe(pred, target, mask=mask, allow_reflection=allow_reflection, norm_guard_m=norm_guard_m, unit=unit)
 
 
 # -- scale-only alignments --------------------------------------------------------------------------
@@ -347,67 +399,6 @@ def n_mpjpe(
     squares scale; no rotation, no further translation). ``root_index=None`` is MMPose's exact form.
     """
     return masked_mean(n_joint_errors(pred, target, mask=mask, root_index=root_index, unit=unit), mask)
-
-
-# -- dataset-level PCK / AUC ------------------------------------------------------------------------
-def per_joint_mean(errors: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Mean of ``(B, N)`` errors over the samples where each joint is visible → ``(N,)``; NaN if never."""
-    if mask is None:
-        return errors.to(torch.float64).mean(dim=0)
-    count = mask.sum(dim=0)
-    total = torch.where(mask, errors.to(torch.float64), 0.0).sum(dim=0)
-    return torch.where(count > 0, total / count.clamp_min(1), torch.nan)
-
-
-def auc_thresholds(min_mm: float = 0.0, max_mm: float = 50.0, num: int = 100) -> Tensor:
-    """The FreiHAND threshold grid ``np.linspace(min_mm, max_mm, num)`` as a float64 tensor (mm)."""
-    if num < 2 or not max_mm > min_mm:
-        raise ValueError(f"an AUC needs num >= 2 thresholds and max_mm > min_mm, got {num}, [{min_mm}, {max_mm}]")
-    return torch.from_numpy(np.linspace(min_mm, max_mm, num))
-
-
-def per_joint_pck_curves(
-    errors_mm: Tensor, thresholds_mm: Tensor | Sequence[float], mask: Tensor | None = None
-) -> Tensor:
-    """Share of visible samples with error ``<= threshold``, per joint: ``(N, T)``; NaN rows for unseen joints.
-
-    ``errors_mm`` is ``(B, N)`` over the whole dataset. Sorting each joint's errors once and counting with
-    ``searchsorted`` keeps memory at ``O(B N)`` for any number of thresholds.
-    """
-    errors = errors_mm.detach().to(torch.float64)
-    if mask is not None:
-        errors = torch.where(mask, errors, torch.inf)  # never counted as correct
-        count = mask.sum(dim=0).to(torch.float64)
-    else:
-        count = torch.full((errors.shape[1],), float(errors.shape[0]), dtype=torch.float64, device=errors.device)
-    thr = torch.as_tensor(thresholds_mm, dtype=torch.float64, device=errors.device).reshape(1, -1)
-    ordered = errors.T.contiguous().sort(dim=1).values  # (N, B)
-    correct = torch.searchsorted(ordered, thr.expand(ordered.shape[0], -1).contiguous(), right=True)
-    return correct.to(torch.float64) / count.unsqueeze(1)  # 0 / 0 = NaN for joints never visible
-
-
-def pck(errors_mm: Tensor, threshold_mm: float, mask: Tensor | None = None) -> float:
-    """Percentage of correct keypoints in [0, 1]: per-joint share within ``threshold_mm``, mean over joints."""
-    return float(per_joint_pck_curves(errors_mm, [threshold_mm], mask).nanmean())
-
-
-def pck_curve(errors_mm: Tensor, thresholds_mm: Tensor | Sequence[float], mask: Tensor | None = None) -> Tensor:
-    """FreiHAND PCK curve ``(T,)``: the per-joint curves averaged over joints seen at least once."""
-    return per_joint_pck_curves(errors_mm, thresholds_mm, mask).nanmean(dim=0)
-
-
-def pck_auc(
-    errors_mm: Tensor, mask: Tensor | None = None, *, min_mm: float = 0.0, max_mm: float = 50.0, num: int = 100
-) -> float:
-    """Normalised area under the PCK curve on ``np.linspace(min_mm, max_mm, num)`` (FreiHAND/HO3D).
-
-    Per joint: trapezoid area over the thresholds divided by that of a constant 1 curve; then the mean
-    over joints seen at least once. Perfect predictions give exactly 1.0; errors above ``max_mm`` give 0.
-    """
-    thr = auc_thresholds(min_mm, max_mm, num).to(errors_mm.device)
-    curves = per_joint_pck_curves(errors_mm, thr, mask)
-    area = torch.trapezoid(curves, thr, dim=1) / torch.trapezoid(torch.ones_like(thr), thr)
-    return float(area.nanmean())
 
 
 # -- F-score between point sets ---------------------------------------------------------------------

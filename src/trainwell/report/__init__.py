@@ -2,7 +2,7 @@
 
 The page is ``RUN_DIR/report.html``; its PNG figures sit beside it in ``report_files/`` and are referenced
 by relative paths, so the folder can be copied or zipped as a whole. It reads only the run's files (see
-:func:`trainwell.engine.doctor.diagnose_run`), so it works on finished and running runs alike.
+:func:`trainwell.doctor.offline.diagnose_run`), so it works on finished and running runs alike.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+from trainwell.config.loader import config_to_dict
+from trainwell.doctor.checks import Thresholds
 from trainwell.doctor.findings import Finding
+from trainwell.doctor.offline import RunDiagnosis, diagnose_run
 from trainwell.engine.best import parse_metric_expression
-from trainwell.engine.diagnostics import (
-    Thresholds,
-)
-from trainwell.engine.doctor import RunDiagnosis, diagnose_run
 
 __all__ = ["write_report"]
 
@@ -47,8 +46,8 @@ def _finding_html(finding: Finding) -> str:
 
 
 def _page(diagnosis: RunDiagnosis, figures: list[tuple[str, str]]) -> str:
-    name = (diagnosis.config.get("run") or {}).get("name", diagnosis.run_dir.name)
-    task = (diagnosis.config.get("task") or {}).get("class_path", "?")
+    name = diagnosis.config.run.name
+    task = diagnosis.config.task.class_path
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -72,7 +71,7 @@ def _page(diagnosis: RunDiagnosis, figures: list[tuple[str, str]]) -> str:
             f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
-    config = json.dumps(diagnosis.config, indent=2, default=str)
+    config = json.dumps(config_to_dict(diagnosis.config), indent=2, default=str)
     parts += [f"<h2>Configuration</h2><pre>{html.escape(config)}</pre>", "</body></html>"]
     return "\n".join(parts) + "\n"
 
@@ -89,19 +88,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     path = Path(out) if out is not None else diagnosis.run_dir / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     files = path.parent / FILES_DIR
-    eval_cfg = diagnosis.config.get("eval") or {}
-    best = None
-    if eval_cfg.get("best_metric"):
-        try:
-            best = parse_metric_expression(str(eval_cfg["best_metric"]))
-        except ValueError:
-            best = None
+    eval_cfg = diagnosis.config.eval
+    best = parse_metric_expression(eval_cfg.best_metric) if eval_cfg.best_metric else None
     figures = plot_all(
         diagnosis.records,
         files,
         clip=diagnosis.context.clip_grad_norm,
         best=best,
-        best_mode=str(eval_cfg.get("best_mode", "min")),
+        best_mode=eval_cfg.best_mode,
         update_ratio_high=Thresholds().update_ratio_high,
     )
     relative = [(caption, f"{FILES_DIR}/{p.name}") for caption, p in figures]

@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only: no display, no GUI toolkit
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from trainwell.engine.diagnostics import loss_components, split_records, val_metrics
+from trainwell.doctor.checks import loss_components, split_records, val_metrics
 
 Record = Mapping[str, Any]
 MAX_METRIC_PANELS = 9

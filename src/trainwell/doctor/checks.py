@@ -1,15 +1,9 @@
-"""The training doctor's checks: pure functions from what a run already records to :class:`Finding` s.
+"""The doctor's history checks: pure functions from what a run already records to :class:`Finding` s.
 
-Three kinds of input, none of which costs the training loop a host sync of its own:
-
-* **the metrics history** — the ``metrics.jsonl`` records (``kind`` ``"train"`` at logging steps,
-  ``"val"`` after evaluations). :func:`check_history` runs every history check; the live doctor
-  (:mod:`trainwell.engine.doctor`) calls it at logging steps and ``trainwell doctor RUN_DIR`` calls it
-  on the file, so both see the same findings;
-* **the first training batches** — :func:`batch_tensor_stats` / :func:`check_batch_values`;
-* **the model's mode flags** — :func:`check_train_mode` (host-side attributes, free).
-
-Every threshold is a field of :class:`Thresholds`, documented there and in ``docs/doctor.md``.
+Their input is the metrics history — the ``metrics.jsonl`` records (``kind`` ``"train"`` at logging steps,
+``"val"`` after evaluations). :func:`check_history` runs every check; the live doctor (:mod:`trainwell.doctor.live`)
+calls it at logging steps and ``trainwell doctor RUN_DIR`` (:mod:`trainwell.doctor.offline`) on the file, so both
+see the same findings. Every threshold is a field of :class:`Thresholds`, documented there and in ``docs/doctor.md``.
 """
 
 from __future__ import annotations
@@ -17,14 +11,23 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from trainwell.doctor.findings import Finding
+
+if TYPE_CHECKING:
+    from trainwell.config.schema import ExperimentConfig
+
+LOSS_PREFIX = "loss/"
+"""Loss components are logged as ``loss/<name>`` (the total as ``loss``): :func:`loss_key` / :func:`loss_components`
+are the one place that spells it, for the log, the doctor and the plots."""
+
+
+def loss_key(name: str) -> str:
+    """The record key of loss component ``name``."""
+    return LOSS_PREFIX + name
 
 
 @dataclass(frozen=True)
@@ -90,24 +93,23 @@ class RunContext:
     world_size: int = 1
 
     @classmethod
-    def from_config_dict(cls, cfg: Mapping[str, Any], **extra: Any) -> RunContext:
-        """Build from a resolved config (``config.yaml`` as a dict); ``extra`` overrides fields."""
-        train, optim = cfg.get("train", {}) or {}, cfg.get("optim", {}) or {}
-        data, schedule = cfg.get("data", {}) or {}, cfg.get("schedule", {}) or {}
-        values: dict[str, Any] = {
-            "total_steps": train.get("max_steps"),
-            "log_every": int(train.get("log_every", 50)),
-            "warmup_steps": int(schedule.get("warmup_steps", 0)),
-            "clip_grad_norm": train.get("clip_grad_norm"),
-            "optimizer": str(optim.get("name", "adamw")),
-            "lr": optim.get("lr"),
-            "num_workers": int(data.get("num_workers", 0)),
-            "pin_memory": bool(data.get("pin_memory", True)),
-            "device": str(train.get("device", "cpu")),
-            "amp": str(train.get("amp", "off")),
-        }
-        values.update({k: v for k, v in extra.items() if v is not None})
-        return cls(**values)
+    def from_config(
+        cls, cfg: ExperimentConfig, *, total_steps: int, log_every: int, device: str, world_size: int
+    ) -> RunContext:
+        """Build from the typed config and what the loop resolved (step counts, device, processes)."""
+        return cls(
+            total_steps=total_steps,
+            log_every=log_every,
+            warmup_steps=cfg.schedule.warmup_steps,
+            clip_grad_norm=cfg.train.clip_grad_norm,
+            optimizer=cfg.optim.name,
+            lr=cfg.optim.lr,
+            num_workers=cfg.data.num_workers,
+            pin_memory=cfg.data.pin_memory,
+            device=device,
+            amp=cfg.train.amp,
+            world_size=world_size,
+        )
 
 
 # -- the metrics history ---------------------------------------------------------------------------
@@ -124,7 +126,8 @@ def split_records(records: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[st
 
 def loss_components(record: Mapping[str, Any]) -> dict[str, float]:
     """``{name: value}`` of the ``loss/<name>`` entries of a train record."""
-    return {key[5:]: float(value) for key, value in record.items() if key.startswith("loss/") and _finite(value)}
+    n = len(LOSS_PREFIX)
+    return {key[n:]: float(value) for key, value in record.items() if key.startswith(LOSS_PREFIX) and _finite(value)}
 
 
 def val_metrics(record: Mapping[str, Any]) -> dict[str, float]:
@@ -453,139 +456,3 @@ def summarize_history(records: Sequence[Mapping[str, Any]], ctx: RunContext) -> 
         last = ", ".join(f"{k} {v:.4g}" for k, v in list(val_metrics(val[-1]).items())[:4])
         lines.append(f"{len(val)} evaluations; last: {last}")
     return lines
-
-
-# -- the first batches ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TensorStats:
-    """Summary of one tensor of a batch."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    min: float
-    max: float
-    mean: float
-    std: float
-    num_nan: int
-    num_inf: int
-
-
-def iter_tensors(batch: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """``(dotted name, tensor)`` for every tensor in a nested dict / list / tuple batch."""
-    if isinstance(batch, torch.Tensor):
-        yield prefix or "batch", batch
-    elif isinstance(batch, Mapping):
-        for key, value in batch.items():
-            yield from iter_tensors(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(batch, list | tuple):
-        for i, value in enumerate(batch):
-            yield from iter_tensors(value, f"{prefix}[{i}]" if prefix else f"[{i}]")
-
-
-@torch.no_grad()
-def batch_tensor_stats(batch: Any) -> list[TensorStats]:
-    """Shape, dtype, range, mean/std and NaN/Inf counts of every tensor (one host read per batch)."""
-    named = [(n, t) for n, t in iter_tensors(batch) if t.numel() > 0]
-    if not named:
-        return []
-    rows = []
-    for _, t in named:
-        x = t.detach().double()
-        finite = torch.isfinite(x)
-        clean = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
-        count = finite.sum().clamp_min(1)
-        mean = clean.sum() / count
-        std = torch.sqrt(((clean - mean) * finite).square().sum() / count)
-        big = torch.tensor(math.inf, dtype=x.dtype, device=x.device)
-        rows.append(
-            torch.stack(
-                [
-                    torch.where(finite, x, big).min(),
-                    torch.where(finite, x, -big).max(),
-                    mean,
-                    std,
-                    torch.isnan(x).sum().double(),
-                    torch.isinf(x).sum().double(),
-                ]
-            ).cpu()
-        )
-    values = torch.stack(rows).tolist()  # host read: first batches only
-    return [
-        TensorStats(n, tuple(t.shape), str(t.dtype).replace("torch.", ""), v[0], v[1], v[2], v[3], int(v[4]), int(v[5]))
-        for (n, t), v in zip(named, values, strict=True)
-    ]
-
-
-def format_batch_report(stats: Sequence[Sequence[TensorStats]]) -> list[str]:
-    """A table of the first batches: one row per tensor (ranges over all batches, shape of the first)."""
-    if not stats or not stats[0]:
-        return []
-    rows: dict[str, list[TensorStats]] = {}
-    for batch in stats:
-        for s in batch:
-            rows.setdefault(s.name, []).append(s)
-    width = max(len("tensor"), *(len(name) for name in rows))
-    lines = [
-        f"First-batch data report ({len(stats)} batch{'es' if len(stats) > 1 else ''}):",
-        f"  {'tensor':<{width}}  {'shape':<16} {'dtype':<8} {'min':>10} {'max':>10} {'mean':>10} {'std':>10} nan/inf",
-    ]
-    for name, items in rows.items():
-        lo, hi = min(s.min for s in items), max(s.max for s in items)
-        mean, std = statistics.fmean(s.mean for s in items), statistics.fmean(s.std for s in items)
-        bad = sum(s.num_nan for s in items), sum(s.num_inf for s in items)
-        shape = "×".join(str(d) for d in items[0].shape) or "scalar"
-        lines.append(
-            f"  {name:<{width}}  {shape:<16} {items[0].dtype:<8} {lo:>10.4g} {hi:>10.4g} {mean:>10.4g} "
-            f"{std:>10.4g} {bad[0]}/{bad[1]}"
-        )
-    return lines
-
-
-def check_batch_values(stats: Sequence[TensorStats], batch_index: int) -> list[Finding]:
-    """``data.nonfinite``: NaN or Inf inside a training batch."""
-    bad = [s for s in stats if s.num_nan or s.num_inf]
-    if not bad:
-        return []
-    shown = "; ".join(f"'{s.name}' {s.shape}: {s.num_nan} NaN, {s.num_inf} Inf" for s in bad)
-    return [
-        Finding(
-            "data.nonfinite",
-            "error",
-            "Training batches contain NaN or Inf values",
-            f"batch {batch_index + 1} of epoch 1: {shown}",
-            "Find the samples (dataset __getitem__ with the indices of this batch) and fix the source: missing "
-            "annotations stored as NaN, divisions by a zero scale or depth, log of 0. Mask missing values explicitly.",
-            None,
-        )
-    ]
-
-
-# -- the model ----------------------------------------------------------------------------------------
-MODE_SENSITIVE: tuple[type[nn.Module], ...] = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
-"""Modules that compute differently in train and eval mode."""
-
-
-def check_train_mode(model: nn.Module, step: int) -> Finding | None:
-    """``model.eval_mode``: Dropout / BatchNorm modules (or the model) in eval mode during training."""
-    sensitive = [(name, m) for name, m in model.named_modules() if isinstance(m, MODE_SENSITIVE)]
-    frozen = [(name, m) for name, m in sensitive if not m.training]
-    if model.training and not frozen:
-        return None
-    examples = ", ".join(f"'{name or type(model).__name__}' ({type(m).__name__})" for name, m in frozen[:3])
-    whole = not model.training
-    evidence = f"at step {step}, between training steps: model.training={model.training}"
-    if sensitive:
-        evidence += f"; {len(frozen)} of {len(sensitive)} Dropout/BatchNorm modules in eval mode"
-        evidence += f" (e.g. {examples})" if examples else ""
-    return Finding(
-        "model.eval_mode",
-        "error" if whole else "warning",
-        "The model is in eval mode during training" if whole else "Some Dropout/BatchNorm modules are in eval mode",
-        evidence,
-        "Dropout is off and BatchNorm uses (and stops updating) its running statistics in eval mode. Find the "
-        "`.eval()` call outside evaluation — often in compute_losses, a helper that runs the model for a "
-        "metric, or a callback — and restore `.train()` after it, or run that code under torch.no_grad() "
-        "without switching modes. Frozen BatchNorm on purpose? Add 'model.eval_mode' to diagnostics.ignore.",
-        step,
-    )

@@ -11,14 +11,18 @@ appears once; TensorBoard hides those steps the same way (``purge_step``).
 from __future__ import annotations
 
 import json
-import os
 import platform
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from trainwell.engine import distributed as D
+from trainwell.engine.checkpoint.files import CheckpointError, atomic_write_text
+from trainwell.engine.checkpoint.manager import CheckpointManager
 
 #: Config sections whose changes do not matter for continuing a run.
 _IGNORED_CONFIG_KEYS = ("run.", "train.progress_bar", "train.device", "data.num_workers", "data.pin_memory")
@@ -105,7 +109,33 @@ def trim_metrics_log(path: Path, step: int) -> int:
         else:
             kept.append(line)
     if dropped:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
     return dropped
+
+
+def find_resumable(
+    manager: CheckpointManager | None, env: D.DistEnv, warn: Callable[[str], None]
+) -> tuple[str | None, dict[str, Any] | None]:
+    """``--resume auto``: rank 0 scans the checkpoint directory; every process learns the chosen path (rank 0
+    also gets its verified payload; the others load the file themselves).
+
+    Raises:
+        CheckpointError: no run directory, or checkpoints exist but none is valid (on every process).
+    """
+    if manager is None:
+        raise CheckpointError("--resume auto needs a run directory to look in (run.dir=DIR).")
+    found, payload, error = None, None, None
+    if env.is_main:
+        for stale in manager.remove_stale_temp_files():
+            warn(f"Removed '{stale}', left by a process killed while saving.")
+        try:
+            hit = manager.find_resumable()
+        except CheckpointError as err:
+            error = str(err)
+        else:
+            if hit is not None:
+                found, payload = str(hit[0]), hit[1]
+    found, error = D.broadcast_object((found, error), env)
+    if error is not None:
+        raise CheckpointError(error)
+    return found, payload

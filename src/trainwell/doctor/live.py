@@ -1,0 +1,265 @@
+"""The live doctor: the object the loop calls at a few named places. It observes; it never decides what the loop does.
+
+Rank 0 reports; every finding is logged once and appended to ``findings.jsonl``.
+
+* ``maybe_inspect_batch`` — the first batches of a fresh run: a tensor report and ``Task.check_batch``;
+* ``maybe_debug_losses`` — ``Task.debug_losses`` for the first batches under ``diagnostics.debug_loss``;
+* ``watch_update`` — on logging steps only, the size of the optimizer's update ‖Δw‖/‖w‖;
+* ``on_train_log`` / ``on_validation`` — the history checks of :mod:`trainwell.doctor.checks` on values the loop
+  has already read, and the model-mode check;
+* ``finish`` — the end-of-run "Diagnosis" section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainwell.config.schema import DiagnosticsConfig
+from trainwell.doctor.batch import (
+    TensorStats,
+    batch_tensor_stats,
+    check_batch_values,
+    check_train_mode,
+    format_batch_report,
+)
+from trainwell.doctor.checks import RunContext, Thresholds, check_history, summarize_history
+from trainwell.doctor.findings import FINDINGS_FILE, Finding, FindingSet, format_diagnosis, format_finding, read_jsonl
+from trainwell.engine.distributed import DistEnv
+
+DEBUG_LOSS_ENV = "TRAINWELL_DEBUG_LOSS"
+"""``TRAINWELL_DEBUG_LOSS=1`` turns ``diagnostics.debug_loss`` on; the CLI records it in ``config.yaml``."""
+UPDATE_PROBE_MAX_ELEMENTS = 1 << 24
+"""The update-size probe copies at most this many parameter elements (the first tensors, in order)."""
+
+
+class TrainingDoctor:
+    """Always-on checks during training; see the module docstring for where the loop calls it.
+
+    Args:
+        cfg: the ``diagnostics:`` section.
+        context: what the history checks need to know about the run.
+        env: this process's place in the job (rank 0 reports).
+        run_dir: where ``findings.jsonl`` and ``nonfinite_batch.pt`` go (``None``: nowhere).
+        log: the run's logger.
+        task: the task (``check_batch`` / ``debug_losses``).
+    """
+
+    def __init__(
+        self,
+        cfg: DiagnosticsConfig,
+        *,
+        context: RunContext,
+        env: DistEnv,
+        run_dir: Path | None,
+        log: logging.Logger,
+        task: Any,
+        thresholds: Thresholds | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.enabled = cfg.enabled
+        self.context = context
+        self.env = env
+        self.reports = cfg.enabled and env.is_main
+        self.run_dir = run_dir
+        self.log = log
+        self.task = task
+        self.th = thresholds or Thresholds()
+        self.findings = FindingSet(ignore=tuple(cfg.ignore))
+        self.records: list[dict[str, Any]] = []
+        self.debug_loss = cfg.debug_loss
+        self._batch_stats: list[list[TensorStats]] = []
+        self._inspecting = True
+        self._debugged = 0
+        self._probe: list[nn.Parameter] | None = None
+        self._update_ratio: torch.Tensor | None = None
+        self._finished = False
+        self._written: dict[str, Finding] = {}  # the version of each finding last written to findings.jsonl
+
+    def on_fit_start(self, *, resumed: bool) -> None:
+        """Before the first step: record the run context; a resumed run picks up its history and findings."""
+        self._inspecting = not resumed  # "the first batches" are those of a fresh run
+        if not self.reports or self.run_dir is None:
+            return
+        if resumed:
+            self.records = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("kind") in ("train", "val")]
+            for data in read_jsonl(self.run_dir / FINDINGS_FILE):
+                if data.get("kind") == "finding":
+                    self.findings.add(Finding.from_dict(data))
+                    self._written[data["id"]] = Finding.from_dict(data)
+        self._append({"kind": "context", **self.context.__dict__})
+
+    # -- the first batches ------------------------------------------------------------------------
+    def maybe_inspect_batch(self, batch: Any, epoch: int, micro: int) -> None:
+        """The first ``Thresholds.first_batches`` batches of a fresh run: tensor report and task checks."""
+        if not (self.reports and self._inspecting):
+            return
+        if epoch > 0 or micro >= self.th.first_batches:
+            self._flush_batch_report()
+            return
+        stats = batch_tensor_stats(batch)  # host read: these few batches only
+        self._batch_stats.append(stats)
+        found = check_batch_values(stats, micro)
+        try:
+            found += list(self.task.check_batch(batch))
+        except Exception as err:  # a broken check must not end the run; say so instead
+            self.log.warning(f"doctor: {type(self.task).__name__}.check_batch failed on batch {micro + 1}: {err!r}")
+        for finding in found:
+            if not isinstance(finding, Finding):
+                self.log.warning(f"doctor: check_batch returned {finding!r}, not a Finding; ignored")
+                continue
+            self._raise(finding)
+        if len(self._batch_stats) >= self.th.first_batches:
+            self._flush_batch_report()
+
+    def _flush_batch_report(self) -> None:
+        if self._inspecting and self._batch_stats:
+            for line in format_batch_report(self._batch_stats):
+                self.log.info(line)
+        self._inspecting = False
+
+    def maybe_debug_losses(self, model: nn.Module, batch: Any) -> None:
+        """Under ``diagnostics.debug_loss`` (or TRAINWELL_DEBUG_LOSS=1): loss internals of the first batches.
+
+        The model runs once more on the batch; the RNG streams and the module buffers (BatchNorm running
+        statistics) are restored afterwards, so the run trains exactly as it would without the switch.
+        """
+        if not (self.debug_loss and self.env.is_main and self._debugged < self.th.first_batches):
+            return
+        self._debugged += 1
+        buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                stats = self.task.debug_losses(model, batch)
+        finally:
+            with torch.no_grad():
+                for name, b in model.named_buffers():
+                    b.copy_(buffers[name])
+        if not stats:
+            if self._debugged == 1:
+                name = type(self.task).__name__
+                self.log.info(f"debug_loss: {name} does not implement debug_losses(); nothing to show")
+            return
+        width = max(len(k) for k in stats)
+        self.log.info(f"debug_loss: batch {self._debugged} ({len(stats)} values)")
+        for name, value in stats.items():
+            self.log.info(f"  {name:<{width}}  {value:.6g}")
+
+    @contextlib.contextmanager
+    def watch_update(self, model: nn.Module, *, step: int, log_step: bool) -> Iterator[None]:
+        """Around an optimizer step: measure ‖Δw‖/‖w‖ on the device, read at the next log line.
+
+        Measured on logging steps and on the step where warmup ends (the peak learning rate, where a
+        too-high rate shows most); the log line reports the largest value since the previous one. Costs a
+        copy of (at most :data:`UPDATE_PROBE_MAX_ELEMENTS` of) the parameters on those steps only.
+        """
+        if not (self.reports and (log_step or step == max(1, self.context.warmup_steps))):
+            yield
+            return
+        if self._probe is None:
+            self._probe, total = [], 0
+            for p in model.parameters():
+                if p.requires_grad and (total == 0 or total + p.numel() <= UPDATE_PROBE_MAX_ELEMENTS):
+                    self._probe.append(p)
+                    total += p.numel()
+        with torch.no_grad():
+            before = [p.detach().clone() for p in self._probe]
+        yield
+        with torch.no_grad():
+            delta = torch._foreach_sub([p.detach() for p in self._probe], before)
+            moved = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(delta)))
+            size = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before)))
+            ratio = moved.float() / size.float().clamp_min(1e-12)
+            self._update_ratio = ratio if self._update_ratio is None else torch.maximum(self._update_ratio, ratio)
+
+    def interval_values(self) -> dict[str, float]:
+        """Extra values for the log record: ``update_ratio`` (one host read, on a logging step)."""
+        if self._update_ratio is None:
+            return {}
+        value, self._update_ratio = float(self._update_ratio), None
+        return {"update_ratio": value}
+
+    # -- logging steps, epoch ends, evaluations ----------------------------------------------------
+    def on_train_log(self, values: Mapping[str, Any], model: nn.Module, *, epoch: int, step: int) -> None:
+        """A log line with ``values`` (those of its ``metrics.jsonl`` record) was written (rank 0 looks)."""
+        if not self.reports:
+            return
+        self.records.append({"kind": "train", "epoch": epoch + 1, "step": step, **values})
+        for finding in check_history(self.records, self.context, self.th, cores=os.cpu_count()):
+            self._raise(finding, update=True)
+        mode = check_train_mode(model, step)
+        if mode is not None:
+            self._raise(mode)
+
+    def on_epoch_end(self) -> None:
+        """End of a training epoch: an epoch shorter than the inspected batches still gets its report."""
+        if self.reports:
+            self._flush_batch_report()
+
+    def on_validation(self, record: Mapping[str, Any]) -> None:
+        """An evaluation's metrics were logged."""
+        if not self.reports:
+            return
+        self.records.append(dict(record))
+        for finding in check_history(self.records, self.context, self.th, cores=os.cpu_count()):
+            self._raise(finding, update=True)
+
+    def finish(self, recorded: Sequence[Finding] = ()) -> list[Finding]:
+        """End of the run (also after an error): final history checks and the "Diagnosis" section.
+
+        ``recorded``: what other components found (the non-finite policy's stop), reported here like the rest.
+        """
+        if not self.reports or self._finished:
+            return []
+        self._finished = True
+        for finding in recorded:
+            self._raise(finding, announce=False)
+        self._flush_batch_report()
+        for finding in check_history(self.records, self.context, self.th, final=True, cores=os.cpu_count()):
+            self._raise(finding, update=True, announce=False)
+        findings = self.findings.all()
+        for finding in findings:  # refined versions: the reader keeps the last line of each id
+            if self._written.get(finding.id) != finding:
+                self._append({"kind": "finding", **finding.to_dict()})
+        lines = format_diagnosis(findings, summarize_history(self.records, self.context))
+        emit = self.log.warning if any(f.is_severe for f in findings) else self.log.info
+        self.log.info("=" * 80)
+        for line in lines:
+            emit(line)
+        if self.run_dir is not None:
+            emit(f"(trainwell doctor {self.run_dir} prints this again; trainwell report {self.run_dir} draws the run)")
+        return findings
+
+    # -- findings -------------------------------------------------------------------------------------
+    def _raise(self, finding: Finding, *, update: bool = False, announce: bool = True) -> None:
+        """Report a finding once (log + ``findings.jsonl``). ``update``: a history check may refine its
+        evidence later (counts, windows); the refined version replaces it in memory and is written by
+        :meth:`finish`."""
+        if self.findings.is_ignored(finding.id):
+            return
+        if finding.id in self.findings.items:
+            if update:
+                self.findings.add(finding)
+            return
+        self.findings.add(finding)
+        self._written[finding.id] = finding
+        self._append({"kind": "finding", **finding.to_dict()})
+        if announce:
+            emit = self.log.warning if finding.severity != "info" else self.log.info
+            for line in format_finding(finding, indent="    "):
+                emit(f"doctor: {line}")
+
+    def _append(self, data: Mapping[str, Any]) -> None:
+        if self.run_dir is None:
+            return
+        with open(self.run_dir / FINDINGS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(data) + "\n")

@@ -1,0 +1,77 @@
+"""``trainwell doctor RUN_DIR``: the findings of a finished or running run, from its files alone.
+
+It reads ``config.yaml`` back through the typed schema, ``status.json`` (how the run ended, written by the loop),
+``findings.jsonl`` (the live doctor's findings and the run context) and ``metrics.jsonl``; nothing parses
+``train.log``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainwell.config.loader import read_run_config
+from trainwell.config.schema import ExperimentConfig
+from trainwell.doctor.checks import RunContext, check_history, summarize_history
+from trainwell.doctor.findings import FINDINGS_FILE, Finding, FindingSet, format_diagnosis, read_jsonl
+from trainwell.engine.rundir import describe_status, read_status
+
+
+@dataclass
+class RunDiagnosis:
+    """What ``trainwell doctor`` and ``trainwell report`` know about a run directory."""
+
+    run_dir: Path
+    status: str
+    config: ExperimentConfig
+    context: RunContext
+    records: list[dict[str, Any]]
+    findings: list[Finding] = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)
+
+    @property
+    def has_severe(self) -> bool:
+        return any(f.is_severe for f in self.findings)
+
+    def lines(self) -> list[str]:
+        return [f"Run {self.run_dir} ({self.status})", *format_diagnosis(self.findings, self.summary)]
+
+
+def diagnose_run(run_dir: str | Path) -> RunDiagnosis:
+    """Findings for a finished or running run from its files (metrics.jsonl, findings.jsonl, config.yaml, status.json).
+
+    Raises:
+        FileNotFoundError: ``run_dir`` holds neither ``metrics.jsonl`` nor ``config.yaml``.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").is_file() and not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(
+            f"'{run_dir}' is not a trainwell run directory (no metrics.jsonl or config.yaml in it); pass the "
+            "directory a run printed as 'run directory: ...'."
+        )
+    config = read_run_config(run_dir / "config.yaml")
+    saved = read_jsonl(run_dir / FINDINGS_FILE)
+    contexts = [r for r in saved if r.get("kind") == "context"]
+    fields_known = RunContext.__dataclass_fields__
+    context = RunContext(**{k: v for k, v in contexts[-1].items() if k in fields_known}) if contexts else RunContext()
+    run_status = read_status(run_dir)
+    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") in ("train", "val")]
+    status = describe_status(run_status)
+    findings = FindingSet(ignore=tuple(config.diagnostics.ignore))
+    for data in saved:
+        if data.get("kind") == "finding":
+            findings.add(Finding.from_dict(data))
+    ended = run_status.get("state") not in (None, "running")
+    for finding in check_history(records, context, final=ended, cores=os.cpu_count()):
+        findings.add(finding)
+    return RunDiagnosis(
+        run_dir=run_dir,
+        status=status,
+        config=config,
+        context=context,
+        records=records,
+        findings=findings.all(),
+        summary=summarize_history(records, context),
+    )

@@ -1,0 +1,151 @@
+"""The files of one run's ``checkpoints/`` directory: names, periodic rotation, best, last, finding one to resume.
+
+``<run>/checkpoints`` holds:
+
+* ``last.pt`` — the newest state: written at every epoch end, every ``checkpoint.latest_every`` inside an epoch,
+  at the end of a ``train.max_steps`` budget, and when a signal stops the run;
+* ``epoch_NNNN.pt`` (epoch intervals) or ``step_NNNNNNNN.pt`` (step intervals) — every ``checkpoint.every``;
+  the newest ``checkpoint.keep`` are kept (``all``: every one);
+* ``best.pt`` — the best ``eval.best_metric`` so far; never rotated away.
+
+Files written at the same moment are hard links to one file where the filesystem allows it: one
+serialization, and no file is ever modified in place, so a link never sees a later write.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainwell.config.schema import CheckpointConfig
+from trainwell.engine.checkpoint.files import (
+    CheckpointError,
+    _remove_quietly,
+    atomic_save,
+    fsync_directory,
+    link_or_copy,
+    load_checkpoint,
+)
+
+LAST = "last.pt"
+BEST = "best.pt"
+_PERIODIC = re.compile(r"^(epoch|step)_(\d+)\.pt$")
+_TEMP = re.compile(r"^\..+\.tmp-\d+$")
+
+
+def periodic_name(epoch: int | None = None, step: int | None = None) -> str:
+    """File name of a periodic checkpoint: ``epoch_NNNN.pt`` after ``epoch`` epochs, else ``step_NNNNNNNN.pt``."""
+    return f"epoch_{epoch:04d}.pt" if epoch is not None else f"step_{step:08d}.pt"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A checkpoint that could not be used, and why."""
+
+    path: Path
+    reason: str
+
+
+class CheckpointManager:
+    """Names, writes, rotates and finds the files of one run's ``checkpoints/`` directory (rank 0 only).
+
+    Every write goes through :func:`atomic_save`; old periodic files are deleted only after the new one
+    is durable. *When* to write is the loop's decision (``Trainer._maybe_checkpoint``); this class only writes.
+    """
+
+    def __init__(self, directory: Path, cfg: CheckpointConfig, log: Callable[[str], None] | None = None) -> None:
+        self.directory = directory
+        self.cfg = cfg
+        self.log = log or (lambda message: None)
+
+    def save(self, payload: Mapping[str, Any], *, periodic: str | None = None, best: bool = False) -> list[Path]:
+        """``last.pt``, then (as links to it) the periodic file ``periodic`` (rotated) and ``best.pt``."""
+        last = self.directory / LAST
+        atomic_save(payload, last)
+        written = [last]
+        if periodic is not None and self.cfg.keep_count != 0:
+            link_or_copy(last, self.directory / periodic)
+            written.append(self.directory / periodic)
+            self.rotate()
+        if best:
+            link_or_copy(last, self.directory / BEST)
+            written.append(self.directory / BEST)
+        return written
+
+    def periodic_files(self) -> list[tuple[int, Path]]:
+        """``(write time, path)`` of the periodic checkpoints present, oldest first."""
+        found = []
+        for path in self.directory.glob("*_*.pt"):
+            if _PERIODIC.match(path.name):
+                found.append((path.stat().st_mtime_ns, path))
+        return sorted(found)
+
+    def rotate(self) -> list[Path]:
+        """Delete all but the newest ``checkpoint.keep`` periodic checkpoints; returns the deleted files."""
+        keep = self.cfg.keep_count
+        if keep is None:  # checkpoint.keep: all
+            return []
+        files = self.periodic_files()
+        doomed = [path for _, path in files[: max(0, len(files) - keep)]]
+        for path in doomed:
+            path.unlink(missing_ok=True)
+        if doomed:
+            fsync_directory(self.directory)
+        return doomed
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete temp files left by a process killed during a save (they were never renamed into place)."""
+        stale = [p for p in self.directory.glob(".*.tmp-*") if _TEMP.match(p.name)] if self.directory.is_dir() else []
+        for path in stale:
+            _remove_quietly(path)
+        return stale
+
+    def candidates(self) -> list[Path]:
+        """Checkpoints to resume from, newest first (by write time; ``last.pt`` first among equals)."""
+        if not self.directory.is_dir():
+            return []
+        paths = [self.directory / LAST, *(p for _, p in self.periodic_files()), self.directory / BEST]
+        present = [p for p in paths if p.is_file()]
+
+        def newest_first(path: Path) -> tuple[int, int, int]:
+            match = _PERIODIC.match(path.name)
+            rank = 2 if path.name == LAST else 1 if match else 0
+            return (-path.stat().st_mtime_ns, -rank, -(int(match.group(2)) if match else 0))
+
+        return sorted(present, key=newest_first)
+
+    def find_resumable(
+        self, map_location: str | torch.device = "cpu"
+    ) -> tuple[Path, dict[str, Any], list[Rejected]] | None:
+        """The newest checkpoint that loads and verifies, with the ones skipped on the way (and why).
+
+        Returns ``None`` when the directory holds no checkpoint at all.
+
+        Raises:
+            CheckpointError: there are checkpoints but none is valid (listing each and why); starting
+                afresh would overwrite them, so a person should look first.
+        """
+        rejected: list[Rejected] = []
+        for path in self.candidates():
+            try:
+                payload = load_checkpoint(path, map_location=map_location)
+            except CheckpointError as err:
+                rejected.append(Rejected(path, str(err)))
+                self.log(f"Skipping checkpoint '{path}': {err}")
+                continue
+            if "train_state" not in payload:
+                rejected.append(Rejected(path, "it holds no training state"))
+                continue
+            return path, payload, rejected
+        if rejected:
+            listing = "; ".join(f"{r.path.name}: {r.reason}" for r in rejected)
+            raise CheckpointError(
+                f"No usable checkpoint in '{self.directory}' ({listing}). Move these files away to start afresh, "
+                f"or pass --resume PATH to a good copy."
+            )
+        return None

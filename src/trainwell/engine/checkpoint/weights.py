@@ -1,0 +1,143 @@
+"""Model weights alone: ``--init-from`` (fine-tuning), ``trainwell eval``/``predict``, and ``trainwell export``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainwell.engine.checkpoint.files import CheckpointError, atomic_write, atomic_write_text, load_checkpoint
+
+
+@dataclass
+class WeightsReport:
+    """How a checkpoint's model tensors matched a model."""
+
+    path: Path
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    """In the model, not in the checkpoint (kept as initialised)."""
+    unexpected: list[str] = field(default_factory=list)
+    """In the checkpoint, not in the model (ignored)."""
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    """``(name, checkpoint shape, model shape)`` (kept as initialised)."""
+
+    @property
+    def is_exact(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def describe(self, limit: int = 10) -> str:
+        def names(items: list[str]) -> str:
+            more = f" … and {len(items) - limit} more" if len(items) > limit else ""
+            return ", ".join(items[:limit]) + more
+
+        total = len(self.loaded) + len(self.missing) + len(self.mismatched)
+        parts = [f"{len(self.loaded)} of {total} model tensors loaded from '{self.path}'"]
+        if self.missing:
+            parts.append(f"missing in the checkpoint: {names(self.missing)}")
+        if self.unexpected:
+            parts.append(f"unexpected (not in the model): {names(self.unexpected)}")
+        if self.mismatched:
+            shapes = [f"{n} (checkpoint {tuple(a)} vs model {tuple(b)})" for n, a, b in self.mismatched]
+            parts.append(f"shape mismatch: {names(shapes)}")
+        return "; ".join(parts)
+
+
+def model_state_of(payload: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
+    """The model state dict in a trainwell checkpoint (``payload["model"]``) or a plain state dict."""
+    state = payload.get("model") if isinstance(payload.get("model"), dict) else payload
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(
+            f"'{path}' holds neither a trainwell checkpoint nor a model state dict (a dict of tensors)."
+        )
+    keys = list(state)
+    if all(k.startswith("module.") for k in keys):  # saved from a DistributedDataParallel wrapper
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
+def load_model_weights(
+    model: nn.Module, path: str | Path, *, strict: bool = True, map_location: str | torch.device = "cpu"
+) -> WeightsReport:
+    """Copy the matching tensors of a checkpoint (or a plain state dict) into ``model``.
+
+    Raises:
+        CheckpointError: with ``strict``, if any key is missing, unexpected or has another shape
+            (nothing is loaded then); also every error of :func:`load_checkpoint`.
+    """
+    path = Path(path)
+    payload = load_checkpoint(path, map_location=map_location, require_checksum=False)
+    state = model_state_of(payload, path)
+    own = model.state_dict()
+    report = WeightsReport(path=path)
+    matched: dict[str, torch.Tensor] = {}
+    for name, tensor in own.items():
+        if name not in state:
+            report.missing.append(name)
+        elif tuple(state[name].shape) != tuple(tensor.shape):
+            report.mismatched.append((name, tuple(state[name].shape), tuple(tensor.shape)))
+        else:
+            matched[name] = state[name]
+            report.loaded.append(name)
+    report.unexpected = [name for name in state if name not in own]
+    if strict and not report.is_exact:
+        raise CheckpointError(
+            f"The weights in '{path}' do not match the model: {report.describe()}. Fix the model config, or "
+            f"load only the matching tensors (trainwell train … --init-from-non-strict)."
+        )
+    model.load_state_dict(matched, strict=False)
+    return report
+
+
+def export_weights(checkpoint: str | Path, out: str | Path) -> list[Path]:
+    """Write a checkpoint's model weights as a plain state dict, plus a sidecar ``<out>.json``.
+
+    ``.safetensors`` (the ``safetensors`` format: no pickle at all) or ``.pt`` (``torch.save`` of a dict of
+    tensors: ``torch.load(f, weights_only=True)`` → ``model.load_state_dict``). The sidecar holds the run's
+    config, last metrics and library versions, so the file is usable without trainwell.
+
+    Raises:
+        CheckpointError: unreadable checkpoint, or an output name that is neither ``.pt`` nor ``.safetensors``.
+    """
+    source, target = Path(checkpoint), Path(out)
+    payload = load_checkpoint(source)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model_state_of(payload, source).items()}
+    if target.suffix == ".safetensors":
+        from safetensors.torch import save as safetensors_bytes
+
+        # Tied weights (one storage under two names) must be separate tensors in safetensors.
+        unique = {name: tensor.clone() for name, tensor in state.items()}
+        blob = safetensors_bytes(unique, metadata={"format": "pt", "exported_from": str(source)})
+        atomic_write(target, lambda handle: handle.write(blob))
+    elif target.suffix == ".pt":
+        atomic_write(target, lambda handle: torch.save(state, handle))
+    else:
+        raise CheckpointError(f"--out '{target}': use a .safetensors or .pt file name.")
+    sidecar = target.with_name(target.name + ".json")
+    meta: dict[str, Any] = {
+        "exported_from": str(source),
+        "format": target.suffix.lstrip("."),
+        "num_tensors": len(state),
+        "num_parameters": int(sum(t.numel() for t in state.values())),
+        "train_state": _plain(payload.get("train_state", {})),
+        "metrics": _plain(payload.get("metrics", payload.get("train_state", {}).get("last_metrics", {}))),
+        "config": _plain(payload.get("config", {})),
+        "versions": _plain(payload.get("versions", {})),
+    }
+    atomic_write_text(sidecar, json.dumps(meta, indent=2, default=str) + "\n")
+    return [target, sidecar]
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-friendly copy (tensors become lists)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return obj

@@ -1,0 +1,114 @@
+"""The training batches of each process: shuffled fixed-size batches or the task's own, sharded exactly.
+
+Every epoch's batches are a pure function of ``(train.seed, epoch)`` (and, for a task's batch sampler, of
+what it computes from them), so a resumed run rebuilds the epoch and skips the batches already done, and a
+non-finite batch can be re-read by index.
+
+* Default: one global permutation of the dataset, padded by wrapping to a multiple of the world size, dealt
+  ``rank::world_size`` (so W processes with batch B/W see the samples one process with batch B would), then
+  cut into per-process batches of ``train.batch_size``; ``data.drop_last`` drops each process's last,
+  incomplete batch.
+* ``Task.build_batch_sampler``: the list of all micro-batches of the epoch; batch ``i`` goes to process
+  ``i % world_size``, and a tail that would leave some process without a batch is dropped (every process must
+  take the same number of steps, or DDP hangs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+from trainwell.engine.distributed import DistEnv
+
+BatchPlan = Callable[[int], Sequence[list[int]]]
+"""``epoch → all micro-batches of the epoch (every process's)``: a task's batch sampler."""
+
+
+class TrainBatches(Sampler[list[int]]):
+    """This process's training batches of the current epoch, from ``start`` on (a DataLoader batch sampler)."""
+
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        batch_size: int,
+        seed: int,
+        env: DistEnv,
+        drop_last: bool = False,
+        plan: BatchPlan | None = None,
+    ) -> None:
+        if num_samples <= 0:
+            raise ValueError(f"The training set is empty (len {num_samples}); nothing to train on.")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.env = env
+        self.drop_last = drop_last
+        self.plan = plan
+        self.epoch = 0
+        self.start = 0
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch; begin ``start`` batches into it (a resumed epoch)."""
+        self.epoch = epoch
+        self.start = start
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        """All of this process's batches of ``epoch`` (cached for the current epoch)."""
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1]
+        mine = self._planned(epoch) if self.plan is not None else self._default(epoch)
+        self._cache = (epoch, mine)
+        return mine
+
+    def _default(self, epoch: int) -> list[list[int]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.num_samples, generator=generator)
+        world = self.env.world_size
+        per_process = -(-self.num_samples // world)
+        if per_process * world > self.num_samples:
+            # Wrap around (several times when the set is smaller than the number of processes).
+            order = order.repeat(-(-per_process * world // self.num_samples))[: per_process * world]
+        shard = order[self.env.rank :: world].tolist()
+        batches = [shard[i : i + self.batch_size] for i in range(0, len(shard), self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return batches
+
+    def _planned(self, epoch: int) -> list[list[int]]:
+        assert self.plan is not None
+        everyone = [list(map(int, batch)) for batch in self.plan(epoch)]
+        usable = len(everyone) - len(everyone) % self.env.world_size
+        for i, batch in enumerate(everyone):
+            bad = [j for j in batch if not 0 <= j < self.num_samples]
+            if bad or not batch:
+                what = f"indices {bad[:5]} outside 0…{self.num_samples - 1}" if bad else "no index"
+                raise ValueError(f"Task.build_batch_sampler: batch {i} of epoch {epoch} has {what}.")
+        return everyone[self.env.rank : usable : self.env.world_size]
+
+    def dropped_tail(self, epoch: int) -> int:
+        """How many planned batches of ``epoch`` no process takes (task batch samplers only)."""
+        return 0 if self.plan is None else len(self.plan(epoch)) % self.env.world_size
+
+    def batch_indices(self, epoch: int, batch: int) -> list[int]:
+        """Dataset indices of this process's batch ``batch`` of ``epoch`` (to re-read a bad batch)."""
+        return list(self.batches(epoch)[batch])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches(self.epoch)[self.start :])
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches(self.epoch)) - self.start)
+
+
+def require_equal_lengths(per_rank: Sequence[int]) -> None:
+    """Every process must take the same number of batches per epoch (else the DDP all-reduce hangs)."""
+    if len(set(per_rank)) > 1:
+        raise ValueError(
+            f"The processes would take different numbers of batches this epoch ({list(per_rank)}): "
+            "Task.build_batch_sampler must return the same batches on every process (a pure function of its "
+            "arguments)."
+        )

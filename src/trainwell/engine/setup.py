@@ -1,0 +1,348 @@
+"""The components of a run, built once in a fixed order, and their bookkeeping (banners, resume checks).
+
+The order matters: process group and threads → run directory and logs → datasets → model (DDP, compile) →
+optimizer → batches and loader → plan (steps, intervals) → schedule → checkpoint parts → policy and doctor.
+:class:`~trainwell.engine.loop.Trainer` is the loop over these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from trainwell.config.schema import ExperimentConfig, config_to_dict, config_to_yaml
+from trainwell.doctor.checks import RunContext
+from trainwell.doctor.live import TrainingDoctor
+from trainwell.engine import distributed as D
+from trainwell.engine.amp import amp_dtype
+from trainwell.engine.banner import end_lines, start_lines
+from trainwell.engine.best import BestTracker
+from trainwell.engine.checkpoint import CheckpointError, CheckpointManager, RunState, TrainState, load_checkpoint
+from trainwell.engine.checkpoint.files import to_plain
+from trainwell.engine.checkpoint.resume import (
+    config_changes,
+    find_resumable,
+    library_versions,
+    position_mismatch,
+    trim_metrics_log,
+)
+from trainwell.engine.checkpoint.state import RngPart, ScalerPart, upgrade_payload
+from trainwell.engine.checkpoint.weights import WeightsReport, load_model_weights
+from trainwell.engine.data import TrainBatches
+from trainwell.engine.logging import MetricsWriter, setup_console_logging, train_line
+from trainwell.engine.meters import DeviceMeter, StepStats
+from trainwell.engine.nonfinite import NonFinitePolicy
+from trainwell.engine.optim import build_optimizer, group_names
+from trainwell.engine.plan import RunPlan
+from trainwell.engine.rundir import make_run_dir, write_status
+from trainwell.engine.runtime import configure_threads, cpu_bf16_warning, seed_everything
+from trainwell.engine.schedule import build_scheduler
+from trainwell.engine.signals import StopRequest
+from trainwell.engine.task import Task
+
+
+class Callback(Protocol):
+    """Called by the loop after every optimizer step (a seam for tools and tests; it must not change state)."""
+
+    def on_step_end(self, trainer: Any) -> None: ...
+
+
+@dataclass
+class RunOutputs:
+    """Where a run writes: its directory (``None`` when it writes nothing) and ``metrics.jsonl`` / TensorBoard."""
+
+    run_dir: Path | None
+    is_writer: bool
+    """Rank 0 of a run with a directory."""
+    metrics: MetricsWriter
+
+
+class RunComponents:
+    """Builds and holds every component of one run (see the module docstring for the order)."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        task: Task,
+        *,
+        env: D.DistEnv | None = None,
+        write_outputs: bool = True,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.cfg, self.task, self.callbacks = cfg, task, list(callbacks)
+        self.task_name = type(task).__name__
+        self.env = env or D.env_from_torchrun()
+        self.device = D.select_device(cfg.train.device, self.env)
+        self.num_threads = configure_threads(cfg.train.num_threads)  # before the first op
+        D.init_process_group(self.env, self.device, cfg.distributed.backend, cfg.distributed.timeout_s)
+        # The same seed on every process while the datasets and the model are built (a dataset that draws from
+        # the global RNG must be the same everywhere, or evaluation shards would not tile it); per rank after.
+        seed_everything(cfg.train.seed)
+        self._open_outputs(write_outputs)
+        task.run_dir = self.out.run_dir
+        self.train_set, self.val_set = task.build_datasets()
+        self._build_model()
+        # Per-rank seed: dropout masks and worker augmentations differ across ranks; the data order does not.
+        seed_everything(cfg.train.seed + self.env.rank)
+        self.optimizer = task.build_optimizer(self.model, cfg.optim) or build_optimizer(self.model, cfg.optim)
+        self.group_names = group_names(self.optimizer)
+        self._build_data()
+        self.plan = RunPlan.resolve(cfg, len(self.batches.batches(0)))
+        task.num_epochs = self.plan.epochs
+        self.scheduler = task.build_scheduler(self.optimizer, self.plan.total_steps, cfg.schedule) or build_scheduler(
+            self.optimizer, cfg.schedule, self.plan.total_steps, self.plan.milestones
+        )
+        self.amp_dtype = amp_dtype(cfg.train.amp)
+        # GradScaler only for fp16: bf16 has fp32's exponent range and needs no loss scaling.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.amp == "fp16")
+        self._build_state()
+        self.stop_request = StopRequest(self.env)
+        self.nonfinite = NonFinitePolicy(
+            cfg.diagnostics.nonfinite,
+            amp=cfg.train.amp,
+            enabled=cfg.diagnostics.enabled,
+            run_dir=self.out.run_dir if self.out.is_writer else None,
+            warn=lambda message: self.log.warning(f"trainwell: {message}"),
+            dataset=self.train_set,
+            batches=self.batches,
+            collate_fn=task.collate_fn(),
+        )
+        context = RunContext.from_config(
+            cfg,
+            total_steps=self.plan.total_steps,
+            log_every=max(1, self.plan.log_every.steps),
+            device=self.device.type,
+            world_size=self.env.world_size,
+        )
+        run_dir = self.out.run_dir if self.out.is_writer else None
+        self.doctor = TrainingDoctor(
+            cfg.diagnostics, context=context, env=self.env, run_dir=run_dir, log=self.log, task=task
+        )
+        warning = cpu_bf16_warning(self.device, cfg.train.amp)
+        if warning and self.env.is_main:
+            self.log.warning(f"trainwell: {warning}")
+
+    def _open_outputs(self, write_outputs: bool) -> None:
+        run_dir = None
+        if write_outputs:
+            made = make_run_dir(self.cfg.run.name, self.cfg.run.dir) if self.env.is_main else None
+            run_dir = D.broadcast_object(made, self.env)
+        is_writer = self.env.is_main and run_dir is not None
+        self.log = setup_console_logging(run_dir if is_writer else None, self.env.is_main)
+        if is_writer:
+            (run_dir / "config.yaml").write_text(config_to_yaml(self.cfg), encoding="utf-8")
+        self.out = RunOutputs(run_dir, is_writer, MetricsWriter(run_dir, enabled=is_writer))
+
+    def _build_model(self) -> None:
+        model = self.task.build_model().to(self.device)
+        # ddp_model runs training forwards; the bare model is optimised, saved and evaluated.
+        self.model, self.ddp_model = D.wrap_model(model, self.device, self.env, self.cfg.distributed)
+        if self.cfg.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # torch.compile wraps the training forward only: checkpoints keep the bare module's parameter names.
+        compile_ = self.cfg.train.compile
+        backend = compile_ if isinstance(compile_, str) else "inductor"
+        self.train_model: nn.Module = torch.compile(self.ddp_model, backend=backend) if compile_ else self.ddp_model
+
+    def _build_data(self) -> None:
+        cfg, task = self.cfg, self.task
+        # Different lengths would give the processes different step counts: a hang, not an error.
+        D.require_same_on_all_ranks(len(self.train_set), "len(train dataset)", self.env)  # type: ignore[arg-type]
+        custom = type(task).build_batch_sampler is not Task.build_batch_sampler
+        plan = (
+            (lambda epoch: task.build_batch_sampler(self.train_set, cfg.train.batch_size, epoch, cfg.train.seed))
+            if custom
+            else None
+        )
+        self.batches = TrainBatches(
+            len(self.train_set),  # type: ignore[arg-type]
+            batch_size=cfg.train.batch_size,
+            seed=cfg.train.seed,
+            env=self.env,
+            drop_last=cfg.data.drop_last,
+            plan=plan,  # type: ignore[arg-type]
+        )
+        # Workers hold copies of the dataset: with on_epoch_start the task changes it each epoch, so fresh workers.
+        epoch_hook = type(task).on_epoch_start is not Task.on_epoch_start
+        self.loader_generator = torch.Generator()  # re-seeded every epoch (rng.loader_seed)
+        self.loader = DataLoader(
+            self.train_set,
+            batch_sampler=self.batches,
+            num_workers=cfg.data.num_workers,
+            collate_fn=task.collate_fn(),
+            pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
+            persistent_workers=cfg.data.persistent_workers and cfg.data.num_workers > 0 and not epoch_hook,
+            generator=self.loader_generator,
+        )
+
+    def _build_state(self) -> None:
+        self.state = TrainState(data_layout=self._data_layout())
+        self.meter = DeviceMeter(self.device)
+        self.stats = StepStats(device=self.device)
+        self.host_sums: dict[str, float] = {}
+        self._host_sums_logged: dict[str, float] = {}
+        self._checked_key: tuple[Any, ...] | None = None
+        self.progress_names: tuple[str, ...] = ()
+        self.best = BestTracker(self.cfg.eval.best_metric, self.cfg.eval.best_mode, self.state)
+        self.checkpoint_dir = self.out.run_dir / "checkpoints" if self.out.run_dir is not None else Path("checkpoints")
+        self.checkpoints = (
+            CheckpointManager(self.checkpoint_dir, self.cfg.checkpoint, log=self.log.warning)
+            if self.out.run_dir
+            else None
+        )
+        self.rng_part = RngPart(self.env, self.device)
+        self.run_state = RunState()
+        parts = self.run_state.parts
+        parts["model"] = self.model  # the bare module: no DDP "module." prefix
+        parts["optimizer"] = self.optimizer
+        parts["scheduler"] = self.scheduler
+        parts["scaler"] = ScalerPart(self.scaler)
+        parts["train_state"] = self.state
+        parts["meters"] = self.meter
+        if callable(getattr(self.task, "state_dict", None)) and callable(getattr(self.task, "load_state_dict", None)):
+            parts["task"] = self.task  # type: ignore[assignment]
+        parts["rng"] = self.rng_part  # last: nothing may draw random numbers after it loads
+
+    def _data_layout(self) -> dict[str, int]:
+        """What ``batch_in_epoch`` counts in: continuing mid-epoch needs all of it unchanged."""
+        return {
+            "batch_size": self.cfg.train.batch_size,
+            "grad_accum_steps": self.cfg.train.grad_accum_steps,
+            "world_size": self.env.world_size,
+            "train_size": len(self.train_set),  # type: ignore[arg-type]
+            "seed": self.cfg.train.seed,
+        }
+
+    # -- resuming and initialising ----------------------------------------------------------------
+    def resume(self, source: str | Path) -> Path | None:
+        """Continue from a checkpoint; returns the file used, or ``None`` when there was none.
+
+        ``"auto"``: the newest valid checkpoint of this run directory; damaged ones are skipped and named.
+        A path: that file, which must be valid.
+        """
+        path, payload = (
+            (str(source), None) if source != "auto" else find_resumable(self.checkpoints, self.env, self.log.warning)
+        )
+        if path is None:
+            self.log.info(f"--resume auto: no checkpoint in {self.out.run_dir}; starting afresh")
+            return None
+        payload = upgrade_checked(path, payload if payload is not None else load_checkpoint(path))
+        current_layout = dict(self.state.data_layout)
+        self.run_state.load_state_dict(payload)  # every part, the RNG streams last
+        self.after_resume(payload, current_layout)
+        self.log.info(f"Resumed from '{path}' at {self.position()}, step {self.state.global_step}")
+        return Path(path)
+
+    def init_from(self, path: str | Path, *, strict: bool = True) -> WeightsReport:
+        """Load model weights only (to fine-tune), reporting missing / unexpected / shape-mismatched keys.
+
+        Raises:
+            CheckpointError: with ``strict``, on any mismatch (nothing is loaded then).
+        """
+        report = load_model_weights(self.model, path, strict=strict, map_location=self.device)
+        (self.log.info if report.is_exact else self.log.warning)(f"Initialised the model: {report.describe()}")
+        return report
+
+    def _status(self, state: str, **details: Any) -> None:
+        if self.out.is_writer:
+            write_status(self.out.run_dir, state, step=self.state.global_step, **details)
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def payload_extras(self) -> dict[str, Any]:
+        """What a checkpoint carries besides the parts: the config (for ``export`` and resume checks), versions."""
+        return {
+            "config": to_plain(config_to_dict(self.cfg)),
+            "versions": library_versions(),
+            "metrics": dict(self.state.last_metrics),
+        }
+
+    def after_resume(self, payload: dict[str, Any], current_layout: dict[str, int]) -> None:
+        """Checks after the parts loaded: the best rule, the position in the epoch, the RNG streams, the logs."""
+        changed = self.best.rule_changed()
+        if changed:
+            self.log.warning(changed)
+        mismatch = position_mismatch(self.state.data_layout, current_layout) if self.state.mid_epoch else None
+        if mismatch:
+            self.log.warning(f"{mismatch} since the checkpoint: epoch {self.state.epoch + 1} restarts from its start.")
+            self.state.batch_in_epoch = 0
+            self.meter.reset()
+        self.state.data_layout = current_layout
+        if not self.rng_part.restored:
+            self.log.warning(
+                f"The checkpoint holds the random streams of {len(payload['rng'])} process(es), this run has "
+                f"{self.env.world_size}: they restart from train.seed + rank + step (not bitwise reproducible)."
+            )
+            seed_everything(self.cfg.train.seed + self.env.rank + self.state.global_step)
+        changes = config_changes(payload.get("config", {}), to_plain(config_to_dict(self.cfg)))
+        if changes:
+            self.log.warning("Resuming with a config that differs from the checkpoint's: " + "; ".join(changes))
+        if self.out.is_writer and self.out.run_dir is not None:
+            # A killed run logged steps after this checkpoint; the resumed run logs them again, once.
+            self.out.metrics.close()
+            dropped = trim_metrics_log(self.out.run_dir / "metrics.jsonl", self.state.global_step)
+            self.out.metrics = MetricsWriter(self.out.run_dir, enabled=True, purge_step=self.state.global_step + 1)
+            self.out.metrics.write(
+                "resume", self.state.epoch + 1, self.state.global_step, {"dropped_records": dropped}, ""
+            )
+
+    def position(self) -> str:
+        if self.state.mid_epoch:
+            return f"epoch {self.state.epoch + 1}, batch {self.state.batch_in_epoch}/{self.plan.batches_per_epoch}"
+        return f"the end of epoch {self.state.epoch}" if self.state.epoch else "the start"
+
+    def start_banner(self) -> list[str]:
+        lines = start_lines(
+            self.cfg,
+            self.plan,
+            run_dir=self.out.run_dir,
+            device=str(self.device),
+            world_size=self.env.world_size,
+            num_params=sum(p.numel() for p in self.model.parameters()),
+            num_threads=self.num_threads,
+            num_train=len(self.train_set),  # type: ignore[arg-type]
+            num_val=len(self.val_set),  # type: ignore[arg-type]
+        )
+        dropped = self.batches.dropped_tail(0)
+        if dropped:
+            lines.insert(
+                -1, f"data: the task's batch sampler gives {dropped} batch(es) per epoch that no process takes"
+            )
+        return lines
+
+    def end_banner(self, seconds: float) -> list[str]:
+        best_path = self.checkpoint_dir / "best.pt" if self.checkpoints is not None else None
+        return end_lines(self.cfg, self.state, seconds=seconds, best_path=best_path, best_text=self.best.rule)
+
+    def format_train_line(
+        self,
+        epoch: int,
+        record: dict[str, Any],
+        components: dict[str, float],
+        logged: dict[str, float],
+        lrs: dict[str, float],
+    ) -> str:
+        return train_line(
+            epoch=epoch,
+            step=self.state.global_step,
+            batch=self.state.batch_in_epoch,
+            batches=self.plan.batches_per_epoch,
+            record=record,
+            components=components,
+            logged=logged,
+            lrs=lrs,
+            clipping=self.cfg.train.clip_grad_norm is not None,
+        )
+
+
+def upgrade_checked(path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload in the current format, or a :class:`CheckpointError` saying which version wrote it."""
+    try:
+        return upgrade_payload(payload)
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"Cannot resume from '{path}': {err}.") from None
