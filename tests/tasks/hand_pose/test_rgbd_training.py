@@ -26,4 +26,17 @@ def test_tiny_rgbd_config_trains_and_the_loss_falls(tmp_path: Path) -> None:
     assert last < 0.95 * first, f"loss went from {first:.1f} to {last:.1f}"
     assert all({"mpjpe", "pa_mpjpe", "mpvpe", "pa_mpvpe"} <= set(r) for r in val)
     assert 0 < val[-1]["pa_mpjpe"] < val[-1]["mpjpe"] < 1000
-    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    best = run_dir / "checkpoints" / "best.pt"
+    assert best.is_file()
+
+    # `trainwell eval --export` on best.pt reproduces the best validation and writes both benchmark files.
+    export = tmp_path / "export"
+    command = [sys.executable, "-m", "trainwell", "eval", "configs/hand_pose/rgbd_tiny.yaml", "--checkpoint", str(best)]
+    done = subprocess.run([*command, "--export", str(export)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = {line.split(":")[0]: line.split(":")[1].split()[0] for line in done.stdout.splitlines() if ": " in line}
+    best_val = min(val, key=lambda r: (r["mpjpe"] + r["pa_mpjpe"]) / 2)
+    assert float(printed["mpjpe"]) == pytest.approx(best_val["mpjpe"], rel=1e-4)
+    for name in ("freihand", "ho3d"):
+        pred = json.loads((export / name / "pred.json").read_text())
+        assert len(pred) == 2 and len(pred[0]) == 64 and len(pred[0][0]) == 21
