@@ -13,7 +13,6 @@ Validation set: rendered once at construction, without augmentation.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,7 +22,6 @@ from trainwell.tasks.hand_pose.augment import AugmentConfig, augment_batch, augm
 from trainwell.tasks.hand_pose.render import RenderConfig, render_rgbd
 from trainwell.tasks.hand_pose.synthetic import Split, SyntheticHandsConfig
 
-IMAGE_KEYS = ("rgb", "depth_mm")
 RGBD_SAMPLE_KEYS: tuple[str, ...] = (
     "rgb",
     "depth_mm",
@@ -37,22 +35,6 @@ RGBD_SAMPLE_KEYS: tuple[str, ...] = (
     "hand_scale",
 )
 """Fields of an RGB-D sample (shapes and units: :func:`~trainwell.tasks.hand_pose.render.render_rgbd`)."""
-
-
-@dataclass
-class RGBDDataOptions:
-    """Sizes of the rendered datasets (part of the RGB-D task's ``data:`` section)."""
-
-    num_unique: int = 4096
-    """Distinct rendered training hands."""
-    repeats: int = 8
-    """Augmented showings of each training hand (the training set has ``num_unique × repeats`` indices)."""
-    val_size: int = 512
-    """Rendered validation hands (a disjoint stream, no augmentation)."""
-    seed: int = 0
-    """Data seed: with the split and the index it determines every sample."""
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    """Training augmentation (rotation, scale, crop jitter, colour)."""
 
 
 def _pack(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
