@@ -79,3 +79,9 @@ def test_importing_metrics_loads_no_engine() -> None:
     code = "import sys, trainwell.metrics; print(sorted(m for m in sys.modules if m.startswith('trainwell')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "trainwell.engine" not in loaded and "trainwell.config" not in loaded and "trainwell.metrics" in loaded
+
+
+def test_test_module_basenames_are_unique() -> None:
+    """pytest imports test modules by basename (no packages): two test_model.py files break collection."""
+    names = [p.name for p in (SRC.parents[1] / "tests").rglob("*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
