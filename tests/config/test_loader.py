@@ -85,3 +85,25 @@ def test_cli_config_errors_exit_nonzero(argv: list[str], expected: str, capsys: 
     err = capsys.readouterr().err
     assert expected.lower() in err.lower()
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "checkpoint.keep=-1",
+            "Config key 'checkpoint.keep' in command-line override 'checkpoint.keep=-1' must be ≥ 0",
+        ),
+        ("train.log_every=0.2epochs", "'train.log_every' in command-line override 'train.log_every=0.2epochs'"),
+        ("schedule.decay=step", "schedule.step_milestones"),
+    ],
+)
+def test_range_errors_name_the_override_that_set_the_value(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIG, [override])
+    assert expected in str(err.value)
+
+
+def test_keep_all_and_epoch_intervals_are_accepted() -> None:
+    cfg = load_config(CONFIG, ["checkpoint.keep=all", "train.log_every=0.2ep", "eval.every=500"])
+    assert cfg.checkpoint.keep_count is None and cfg.train.log_every == "0.2ep" and cfg.eval.every == 500
