@@ -15,6 +15,7 @@ from typing import Any
 from trainwell.config.loader import read_run_config
 from trainwell.config.schema import ExperimentConfig
 from trainwell.doctor.checks import RunContext, check_history, summarize_history
+from trainwell.doctor.divergence import consolidate
 from trainwell.doctor.findings import FINDINGS_FILE, Finding, FindingSet, format_diagnosis, read_jsonl
 from trainwell.engine.rundir import describe_status, read_status
 
@@ -64,6 +65,7 @@ def diagnose_run(run_dir: str | Path) -> RunDiagnosis:
         if data.get("kind") == "finding":
             findings.add(Finding.from_dict(data))
     ended = run_status.get("state") not in (None, "running")
+    # Recomputed history findings replace the saved ones (whose evidence may already hold folded symptoms).
     for finding in check_history(records, context, final=ended, cores=os.cpu_count()):
         findings.add(finding)
     return RunDiagnosis(
@@ -72,6 +74,6 @@ def diagnose_run(run_dir: str | Path) -> RunDiagnosis:
         config=config,
         context=context,
         records=records,
-        findings=findings.all(),
+        findings=consolidate(findings.all())[0],
         summary=summarize_history(records, context),
     )
