@@ -74,11 +74,9 @@ class Thresholds:
     it means the updates overshoot. Ten, not two, because Adam's first steps and warmup transients can lift a loss
     by a small factor, and because the first log line averages the early steps."""
     diverged_noise: float = 10.0
-    """… and by at least this many standard deviations of the loss over the first batches (a loss that is noisy
-    at initialisation — tiny batches, heavy-tailed targets — needs a larger rise before it counts)."""
-    init_loss_batches: int = 3
-    """Batches of a fresh run on which the doctor measures the loss of the untrained model (one extra forward
-    each, under no_grad; RNG, buffers and module modes restored)."""
+    """… and by at least this many standard deviations of the untrained model's loss (measured on the halves of
+    the first batch: a loss that is noisy at initialisation — tiny batches, heavy-tailed targets — needs a larger
+    rise before it counts)."""
     val_away_factor: float = 10.0
     """``val.diverged``: a metric's latest value an order of magnitude worse than its best (ratio for errors,
     inverse ratio for scores), and worse than at the first evaluation (training undid more than it gained)."""

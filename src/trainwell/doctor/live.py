@@ -92,6 +92,7 @@ class TrainingDoctor:
         self._init_losses: list[torch.Tensor] = []
         self._probe_loss_next = False
         self._resumed = False
+        self._stepped = False  # the first optimizer step has begun
         self._finished = False
         self._written: dict[str, Finding] = {}  # the version of each finding last written to findings.jsonl
 
@@ -114,9 +115,8 @@ class TrainingDoctor:
     # -- the first batches ------------------------------------------------------------------------
     def maybe_inspect_batch(self, batch: Any, epoch: int, micro: int) -> None:
         """The first ``Thresholds.first_batches`` batches of a fresh run: tensor report and task checks."""
-        self._probe_loss_next = (
-            self.reports and not self._resumed and epoch == 0 and len(self._init_losses) < self.th.init_loss_batches
-        )
+        # Only batches seen before the first optimizer step measure the *untrained* model.
+        self._probe_loss_next = self.reports and not self._resumed and not self._stepped and epoch == 0
         if not (self.reports and self._inspecting):
             return
         if epoch > 0 or micro >= self.th.first_batches:
@@ -190,11 +190,14 @@ class TrainingDoctor:
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad():
-                output = self.task.compute_losses(model, batch)
-                losses = getattr(output, "losses", output)
-                parts = [v.detach().double().sum() for v in losses.values() if isinstance(v, torch.Tensor)]
-                if parts:
-                    self._init_losses.append(torch.stack(parts).sum().cpu())  # host read: first batches only
+                # The whole batch, then its halves: their spread stands for the loss's noise at initialisation
+                # (an over-estimate for the logged interval means, so the divergence bound errs on the safe side).
+                for part in (batch, *_halves(batch)):
+                    output = self.task.compute_losses(model, part)
+                    losses = getattr(output, "losses", output)
+                    values = [v.detach().double().sum() for v in losses.values() if isinstance(v, torch.Tensor)]
+                    if values:
+                        self._init_losses.append(torch.stack(values).sum().cpu())  # host read: first batch only
         except Exception:  # the training step raises the real error, with its own message
             pass
         finally:
@@ -213,6 +216,7 @@ class TrainingDoctor:
         copy of (at most :data:`UPDATE_PROBE_MAX_ELEMENTS` of) the parameters on those steps only.
         """
         first = step == 1 and not self._resumed
+        self._stepped = True
         if not (self.reports and (log_step or first or step == max(1, self.context.warmup_steps))):
             yield
             return
@@ -236,10 +240,13 @@ class TrainingDoctor:
             moved = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(delta)))
             size = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before)))
             ratio = moved.float() / size.float().clamp_min(1e-12)
-            self._update_ratio = ratio if self._update_ratio is None else torch.maximum(self._update_ratio, ratio)
             self._weight_norm = size.float()
         if first:  # host read, once: the reference values of the divergence and decay checks
+            # Kept apart from the interval's `update_ratio`: step 1 (Adam's sign step, before warmup has ramped)
+            # is not what optim.large_updates judges.
             self._first_step.update(update_ratio_first=float(ratio), weight_norm_init=float(size))
+        if log_step or not first:
+            self._update_ratio = ratio if self._update_ratio is None else torch.maximum(self._update_ratio, ratio)
 
     def interval_values(self) -> dict[str, float]:
         """Extra values for the log record (one host read, on a logging step): ``update_ratio`` and ``weight_norm``
@@ -254,7 +261,7 @@ class TrainingDoctor:
             self._first_step["written"] = True
             values = [float(v) for v in self._init_losses]
             if values and all(math.isfinite(v) for v in values):
-                out["loss_init"] = statistics.fmean(values)
+                out["loss_init"] = values[0]  # the whole first batch
                 out["loss_init_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
             out.update({k: v for k, v in self._first_step.items() if k != "written"})
         return out
@@ -361,3 +368,16 @@ def _metric_specs(task: Any) -> dict[str, dict[str, Any]]:
             "plausible": [float(plausible[0]), float(plausible[1])] if plausible is not None else None,
         }
     return out
+
+
+def _halves(batch: Any) -> list[Any]:
+    """The two halves of a dict batch of tensors sharing a first dimension ≥ 2 (else none: not sliceable)."""
+    if not isinstance(batch, Mapping) or not batch:
+        return []
+    if not all(isinstance(v, torch.Tensor) and v.dim() > 0 for v in batch.values()):
+        return []
+    sizes = {v.shape[0] for v in batch.values()}
+    if len(sizes) != 1 or (size := sizes.pop()) < 2:
+        return []
+    half = size // 2
+    return [{k: v[:half] for k, v in batch.items()}, {k: v[half:] for k, v in batch.items()}]
