@@ -43,8 +43,12 @@ class Thresholds:
     """Validation metrics this close (relative) count as identical."""
     val_train_moved: float = 0.02
     """… flagged when the mean training loss moved by more than this (relative) between the evaluations."""
-    data_wait_share: float = 0.3
-    """``data.input_bound``: median share of wall time spent waiting for the next batch …"""
+    data_wait_share: float = 0.5
+    """``data.input_bound``: median share of wall time spent waiting for the next batch at or above this … Half,
+    because that is where the run is *bound* by its input: waiting as long as computing, so a faster pipeline at
+    least doubles the speed; below it, even infinitely fast loading gains less than 2×. (It was 0.3, which a
+    healthy in-memory dataset reached on a contended CPU, where indexing and collating a batch take as long as a
+    tiny model's step.)"""
     data_wait_min_s: float = 0.005
     """… and median seconds waited per step, both at least this (ignores microsecond toy steps)."""
     data_wait_min_records: int = 3

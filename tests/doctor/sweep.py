@@ -1,0 +1,115 @@
+"""The healthy sweep: runs with hyperparameters drawn at random from sane ranges, on which the doctor must stay
+silent (no error; at most one warning over the whole sweep).
+
+"Sane" means what a careful user would try around the tuned settings: the learning rate within ×3 of the tuned one
+(log-uniform), batch sizes, seeds, warmup lengths, decay schedules, weight decay, clipping, accumulation, logging
+intervals, model widths. Adding a pack: add a ``draw_<pack>`` function and its entry in :data:`DRAWS`.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fault_table import HAND_POSE, HAND_POSE_LR, REGRESSION, REGRESSION_LR, Outcome, run_training
+
+
+@dataclass(frozen=True)
+class HealthyRun:
+    """One drawn configuration."""
+
+    id: str
+    pack: str
+    args: tuple[str, ...]
+    processes: int = 1
+
+
+def _lr(rng: random.Random, tuned: float) -> float:
+    return float(f"{tuned * 3 ** rng.uniform(-1.0, 1.0):.3g}")  # log-uniform within ×3 of the tuned value
+
+
+def draw_regression(rng: random.Random) -> tuple[str, ...]:
+    """The regression example with every training hyperparameter drawn."""
+    return (
+        *REGRESSION,
+        f"optim.lr={_lr(rng, REGRESSION_LR)}",
+        f"optim.name={rng.choice(['adamw', 'adam'])}",
+        f"optim.weight_decay={rng.choice([0.0, 1e-4, 1e-2])}",
+        f"train.batch_size={rng.choice([16, 32, 64])}",
+        f"train.grad_accum_steps={rng.choice([1, 1, 2])}",
+        f"train.epochs={rng.choice([2, 3, 5])}",
+        f"train.seed={rng.randrange(1000)}",
+        f"train.log_every={rng.choice([1, 2, 5])}",
+        f"train.clip_grad_norm={rng.choice(['null', 1.0, 5.0])}",
+        f"schedule.warmup_steps={rng.choice([0, 5, 20])}",
+        f"schedule.decay={rng.choice(['linear', 'cosine', 'constant'])}",
+        f"task.hidden={rng.choice([32, 64, 128])}",
+        f"task.dropout={rng.choice([0.0, 0.1])}",
+        f"data.seed={rng.randrange(100)}",
+    )
+
+
+def draw_hand_pose(rng: random.Random) -> tuple[str, ...]:
+    """The small hand-pose run of the fault library with its training hyperparameters drawn."""
+    return (
+        *HAND_POSE,
+        f"optim.lr={_lr(rng, HAND_POSE_LR)}",
+        f"optim.weight_decay={rng.choice([1e-4, 1e-2])}",
+        f"train.batch_size={rng.choice([32, 64])}",
+        f"train.epochs={rng.choice([3, 4])}",
+        f"train.seed={rng.randrange(1000)}",
+        f"train.log_every={rng.choice([1, 2, 4])}",
+        f"schedule.warmup_steps={rng.choice([0, 5, 10])}",
+        f"schedule.decay={rng.choice(['linear', 'cosine', 'constant'])}",
+        f"task.model.hidden={rng.choice([64, 128])}",
+        f"data.seed={rng.randrange(100)}",
+    )
+
+
+DRAWS: dict[str, Callable[[random.Random], tuple[str, ...]]] = {
+    "regression": draw_regression,
+    "hand_pose": draw_hand_pose,
+}
+
+
+def healthy_runs(counts: dict[str, int], *, seed: int = 0, two_process: int = 0) -> list[HealthyRun]:
+    """``counts[pack]`` drawn runs per pack (reproducible from ``seed``), plus ``two_process`` regression runs on
+    2 gloo processes."""
+    rng = random.Random(seed)
+    runs = [HealthyRun(f"{pack}-{i:02d}", pack, DRAWS[pack](rng)) for pack, n in counts.items() for i in range(n)]
+    runs += [
+        HealthyRun(f"regression-2proc-{i}", "regression", (*draw_regression(rng), "train.device=cpu"), 2)
+        for i in range(two_process)
+    ]
+    return runs
+
+
+def _train_rank(rank: int, world_size: int, args: tuple[str, ...], run_dir: Path) -> None:
+    from trainwell.cli import main
+
+    status = main(["train", *args, f"run.dir={run_dir}", "train.progress_bar=off"])
+    if status != 0:
+        raise RuntimeError(f"rank {rank}: trainwell train exited {status}")
+
+
+def run_healthy(run: HealthyRun, run_dir: Path) -> Outcome:
+    """Train one drawn run (in this process, or on 2 spawned gloo processes) and read the doctor's findings."""
+    if run.processes == 1:
+        return run_training(run.args, run_dir)
+    import contextlib
+    import io
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "distributed"))
+    from distributed_helpers import spawn
+
+    from trainwell.cli import main
+    from trainwell.doctor.findings import FINDINGS_FILE, read_findings
+    from trainwell.doctor.offline import diagnose_run
+
+    spawn(_train_rank, run.processes, run.args, run_dir, init_group=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        doctor_exit = main(["doctor", str(run_dir)])
+    return Outcome(0, read_findings(run_dir / FINDINGS_FILE), diagnose_run(run_dir).findings, doctor_exit)
