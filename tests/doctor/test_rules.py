@@ -23,10 +23,13 @@ HAND = {"mpjpe": {"unit": "mm", "higher_is_better": False, "plausible": [0.0, 10
 PCK = {"pck": {"unit": "", "higher_is_better": True, "plausible": [0.0, 1.0]}}
 
 
-def train(losses: list[float], every: int = 8, **first: Any) -> list[dict[str, Any]]:
-    records = [{"kind": "train", "step": every * (i + 1), "loss": v} for i, v in enumerate(losses)]
-    records[0].update(first)
-    return records
+def train(losses: list[float], every: int = 8, **values: Any) -> list[dict[str, Any]]:
+    return [{"kind": "train", "step": every * (i + 1), "loss": v, **values} for i, v in enumerate(losses)]
+
+
+def ref(**reference: float) -> RunContext:
+    """A context with the reference values the live doctor measures (loss at initialisation, …)."""
+    return RunContext(reference=reference)
 
 
 def val(values: list[float], name: str = "mpjpe", every: int = 8) -> list[dict[str, Any]]:
@@ -36,28 +39,27 @@ def val(values: list[float], name: str = "mpjpe", every: int = 8) -> list[dict[s
 # -- loss.diverged ------------------------------------------------------------------------------------------
 def test_a_loss_far_above_the_untrained_models_is_divergence_even_on_three_log_lines() -> None:
     # The issue's case: the loss *falls* 94 % over the logged lines, but from 1 200× the untrained model's loss.
-    records = train([2.748e5, 8.59e4, 1.543e4], loss_init=227.5, loss_init_std=2.1, update_ratio_first=8.1)
-    finding = check_divergence(records, RunContext(lr=5.0, warmup_steps=8), TH)
+    records = train([2.748e5, 8.59e4, 1.543e4])
+    reference = {"loss_init": 227.5, "loss_init_std": 2.1, "update_ratio_first": 8.1}
+    finding = check_divergence(records, RunContext(lr=5.0, warmup_steps=8, reference=reference), TH)
     assert finding is not None and finding.severity == "error" and "learning rate" in finding.title
     assert "227.5" in finding.evidence and "2.748e+05" in finding.evidence and "3 of 3" in finding.evidence
     assert "optim.lr (now 5.0)" in finding.fix
 
 
 def test_a_loss_within_an_order_of_magnitude_or_within_its_noise_is_not_divergence() -> None:
-    assert check_divergence(train([50.0, 8.0], loss_init=6.0, loss_init_std=0.5), RunContext(), TH) is None
+    assert check_divergence(train([50.0, 8.0]), ref(loss_init=6.0, loss_init_std=0.5), TH) is None
     # A noisy loss at initialisation (std 10) needs a rise of 10 std: 70 is 11.7× the init but within 6.4 std.
-    assert check_divergence(train([70.0, 8.0], loss_init=6.0, loss_init_std=10.0), RunContext(), TH) is None
-    assert check_divergence(train([120.0], loss_init=6.0, loss_init_std=10.0), RunContext(), TH) is not None
+    assert check_divergence(train([70.0, 8.0]), ref(loss_init=6.0, loss_init_std=10.0), TH) is None
+    assert check_divergence(train([120.0]), ref(loss_init=6.0, loss_init_std=10.0), TH) is not None
     # Without the reference (an older run), or with a loss that can be negative: no judgement.
     assert check_divergence(train([1e9]), RunContext(), TH) is None
-    assert check_divergence(train([1e9], loss_init=-1.0), RunContext(), TH) is None
+    assert check_divergence(train([1e9]), ref(loss_init=-1.0), TH) is None
 
 
 # -- optim.lr_too_low ---------------------------------------------------------------------------------------
 def test_a_run_that_cannot_move_its_weights_blames_the_learning_rate() -> None:
-    records = train([227.1, 227.1, 227.1], grad_norm=251.0)
-    for r in records:
-        r["update_ratio"] = 4.7e-8
+    records = train([227.1, 227.1, 227.1], grad_norm=251.0, update_ratio=4.7e-8)
     finding = check_lr_too_low(records, RunContext(total_steps=24, lr=5e-9), TH)
     assert finding is not None and "learning rate is too low" in finding.title
     assert "24 planned steps" in finding.evidence and "1.1e-06" in finding.evidence  # 4.7e-8 × 24
@@ -65,13 +67,9 @@ def test_a_run_that_cannot_move_its_weights_blames_the_learning_rate() -> None:
 
 
 def test_healthy_update_sizes_and_zero_gradients() -> None:
-    healthy = train([6.0, 4.0, 2.0])
-    for r in healthy:
-        r["update_ratio"] = 5e-3
+    healthy = train([6.0, 4.0, 2.0], update_ratio=5e-3)
     assert check_lr_too_low(healthy, RunContext(total_steps=48), TH) is None  # can move 0.24 of ‖w‖
-    dead = train([6.0, 6.0])
-    for r in dead:
-        r.update(update_ratio=0.0, grad_norm=0.0)
+    dead = train([6.0, 6.0], update_ratio=0.0, grad_norm=0.0)
     finding = check_lr_too_low(dead, RunContext(total_steps=48), TH)
     assert finding is not None and "gradients are zero" in finding.title
 
@@ -85,8 +83,8 @@ def test_weight_decay_that_erases_the_weights_is_flagged_with_its_half_life() ->
 
 
 def test_a_mostly_frozen_model_is_flagged() -> None:
-    assert check_frozen(train([1.0], frozen_share=0.97), TH) is not None
-    assert check_frozen(train([1.0], frozen_share=0.2), TH) is None
+    assert check_frozen(ref(frozen_share=0.97), TH) is not None
+    assert check_frozen(ref(frozen_share=0.2), TH) is None
 
 
 # -- validation metrics ---------------------------------------------------------------------------------
@@ -129,12 +127,13 @@ def test_symptoms_are_folded_into_their_cause_with_their_numbers() -> None:
 def test_the_issue_case_gives_one_error_naming_the_learning_rate() -> None:
     """The numbers the issue reports for tiny.yaml at LR ×1000 (3 epochs), through every check."""
     records = [
-        *train([2.748e5, 8.589e4, 1.543e4], loss_init=227.5, loss_init_std=2.1),
+        *train([2.748e5, 8.589e4, 1.543e4]),
         *val([4.345e7, 2.146e6, 2.916e4]),
     ]
     for r, ratio in zip(records[:3], (0.195, 0.031, 0.0016), strict=True):
         r.update(update_ratio=ratio, grad_norm=1e4)
-    ctx = RunContext(total_steps=24, log_every=8, warmup_steps=8, lr=5.0, metric_specs=HAND)
+    reference = {"loss_init": 227.5, "loss_init_std": 2.1}
+    ctx = RunContext(total_steps=24, log_every=8, warmup_steps=8, lr=5.0, metric_specs=HAND, reference=reference)
     shown = diagnose(check_history(records, ctx, final=True))
     assert [(f.id, f.severity) for f in shown] == [("loss.diverged", "error")]
     assert "[val.implausible]" in shown[0].evidence

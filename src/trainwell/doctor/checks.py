@@ -347,7 +347,7 @@ def check_history(
         check_divergence(train, ctx, th),
         check_lr_too_low(train, ctx, th),
         check_weight_decay(train, ctx, th),
-        check_frozen(train, th),
+        check_frozen(ctx, th),
         check_plausible(val, ctx),
         check_val_diverged(val, ctx, th),
     ]

@@ -117,6 +117,11 @@ class RunContext:
     metric_specs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """``{metric: {"unit", "higher_is_better", "plausible": [lo, hi] | None}}`` from ``Task.metric_specs()``,
     recorded by the live doctor so that ``trainwell doctor RUN_DIR`` judges the metrics the same way."""
+    reference: dict[str, float] = field(default_factory=dict)
+    """The run's own reference values, measured by the live doctor and written to ``findings.jsonl``
+    (``kind: reference``): ``loss_init`` / ``loss_init_std`` (the untrained model's loss on the first batch and
+    the spread over its halves), ``update_ratio_first`` and ``weight_norm_init`` (step 1), ``frozen_share``,
+    ``weight_norm_last`` / ``weight_norm_step`` (‖w‖ at the latest logging step)."""
 
     @classmethod
     def from_config(

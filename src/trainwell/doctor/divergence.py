@@ -2,11 +2,9 @@
 the distance the planned run can move the weights (``optim.lr_too_low``), the decay it applies per step
 (``optim.weight_decay_strong``) and the share of the model that can learn (``model.frozen_parameters``).
 
-The reference values reach ``metrics.jsonl`` through the live doctor (:mod:`trainwell.doctor.live`): the first
-train record carries ``loss_init`` / ``loss_init_std`` (the untrained model's total loss on the first batches),
-``update_ratio_first`` (‖Δw‖/‖w‖ of step 1), ``weight_norm_init`` and ``frozen_share``; every record carries
-``weight_norm`` (‖w‖ of the probed parameters before the logged step). A run without them (an older run, the doctor
-off) simply does not get these findings.
+The reference values are measured by the live doctor (:mod:`trainwell.doctor.live`) and recorded in
+``findings.jsonl`` (:attr:`RunContext.reference`); a run without them (an older run, the doctor off) simply does not
+get the findings that need them.
 """
 
 from __future__ import annotations
@@ -19,22 +17,14 @@ from trainwell.doctor.context import RunContext, Thresholds, _finite
 from trainwell.doctor.findings import Finding
 
 
-def first_value(train: Sequence[Mapping[str, Any]], key: str) -> float | None:
-    """The first finite ``key`` of the train records (the doctor writes its reference values once)."""
-    return next((float(r[key]) for r in train if _finite(r.get(key))), None)
-
-
-def _weights_evidence(train: Sequence[Mapping[str, Any]]) -> str:
+def _weights_evidence(ctx: RunContext) -> str:
     """How the probed weights' norm moved, and the first step's update size (empty if not recorded)."""
-    parts = []
-    first = first_value(train, "update_ratio_first")
-    if first is not None:
-        parts.append(f"the first optimizer step changed the weights by {first:.2g} of their norm")
-    init = first_value(train, "weight_norm_init")
-    norms = [(int(r["step"]), float(r["weight_norm"])) for r in train if _finite(r.get("weight_norm"))]
-    if init and norms:
-        step, last = norms[-1]
-        parts.append(f"‖w‖ went {init:.3g} → {last:.3g} (×{last / init:.3g}) by step {step}")
+    ref, parts = ctx.reference, []
+    if ref.get("update_ratio_first") is not None:
+        parts.append(f"the first optimizer step changed the weights by {ref['update_ratio_first']:.2g} of their norm")
+    init, last = ref.get("weight_norm_init"), ref.get("weight_norm_last")
+    if init and last is not None:
+        parts.append(f"‖w‖ went {init:.3g} → {last:.3g} (×{last / init:.3g}) by step {int(ref['weight_norm_step'])}")
     return "; ".join(parts)
 
 
@@ -44,7 +34,7 @@ def check_divergence(train: Sequence[Mapping[str, Any]], ctx: RunContext, th: Th
     Judged from the first log line on, so a 3-line run is covered. Reason for the bound: see
     :attr:`Thresholds.diverged_factor`. A loss that can be ≤ 0 has no such scale and is not judged.
     """
-    init, spread = first_value(train, "loss_init"), first_value(train, "loss_init_std") or 0.0
+    init, spread = ctx.reference.get("loss_init"), ctx.reference.get("loss_init_std") or 0.0
     if init is None or init <= 0:
         return None
     bound = max(th.diverged_factor * init, init + th.diverged_noise * spread)
@@ -59,7 +49,7 @@ def check_divergence(train: Sequence[Mapping[str, Any]], ctx: RunContext, th: Th
         f"any update), the logged loss reached {worst:.4g} at step {step} ({worst / init:.3g}× it) on "
         f"{len(high)} of {len(train)} log line(s), and is {last:.4g} at step {last_step}"
     )
-    weights = _weights_evidence(train)
+    weights = _weights_evidence(ctx)
     if weights:
         evidence += f"; {weights}"
     return Finding(
@@ -132,7 +122,7 @@ def check_weight_decay(train: Sequence[Mapping[str, Any]], ctx: RunContext, th: 
         f"{ctx.weight_decay:g} = {per_step:.3g}: each step removes {per_step:.1%} of every weight, so the decay "
         f"alone halves the weights every {half_life:.0f} steps (usual settings: below 0.1 % per step)"
     )
-    weights = _weights_evidence(train)
+    weights = _weights_evidence(ctx)
     if weights:
         evidence += f"; {weights}"
     return Finding(
@@ -146,9 +136,9 @@ def check_weight_decay(train: Sequence[Mapping[str, Any]], ctx: RunContext, th: 
     )
 
 
-def check_frozen(train: Sequence[Mapping[str, Any]], th: Thresholds) -> Finding | None:
+def check_frozen(ctx: RunContext, th: Thresholds) -> Finding | None:
     """``model.frozen_parameters``: most of the model's parameters have requires_grad=False."""
-    share = first_value(train, "frozen_share")
+    share = ctx.reference.get("frozen_share")
     if share is None or share < th.frozen_share:
         return None
     return Finding(

@@ -4,7 +4,7 @@ Rank 0 reports; every finding is logged once and appended to ``findings.jsonl``.
 
 * ``maybe_inspect_batch`` — the first batches of a fresh run: a tensor report and ``Task.check_batch``;
 * ``maybe_debug_losses`` — the untrained model's loss on the first batches of a fresh run (the reference of
-  ``loss.diverged``; one extra forward each under no_grad), and ``Task.debug_losses`` under
+  ``loss.diverged``; three extra forwards on the first batch under no_grad), and ``Task.debug_losses`` under
   ``diagnostics.debug_loss``;
 * ``watch_update`` — on step 1 and logging steps only, the size of the optimizer's update ‖Δw‖/‖w‖ and ‖w‖;
 * ``on_train_log`` / ``on_validation`` — the history checks of :mod:`trainwell.doctor.checks` on values the loop
@@ -15,6 +15,7 @@ Rank 0 reports; every finding is logged once and appended to ``findings.jsonl``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -88,7 +89,7 @@ class TrainingDoctor:
         self._probe: list[nn.Parameter] | None = None
         self._update_ratio: torch.Tensor | None = None
         self._weight_norm: torch.Tensor | None = None
-        self._first_step: dict[str, Any] = {}  # step 1's update size, ‖w‖ and frozen share (host values)
+        self._first_step: dict[str, float] = {}  # step 1's update size and ‖w‖, the frozen share (host values)
         self._init_losses: list[torch.Tensor] = []
         self._probe_loss_next = False
         self._resumed = False
@@ -176,12 +177,14 @@ class TrainingDoctor:
             self.log.info(f"  {name:<{width}}  {value:.6g}")
 
     def _probe_initial_loss(self, model: nn.Module, batch: Any) -> None:
-        """The total loss of the model before its first update, on one of the first batches (no_grad).
+        """The total loss of the model before its first update on a batch (and its two halves), under no_grad.
 
         It is the reference of ``loss.diverged``: what predicting with the initial weights costs. RNG streams,
-        buffers (BatchNorm statistics) and every module's train/eval flag are restored, so the run trains as it
-        would without it. Skipped where it cannot run alone: SyncBatchNorm on several processes (it would wait
-        for the other processes' statistics). A task whose compute_losses fails is left to fail in the real step.
+        buffers (BatchNorm statistics) and every module's train/eval flag are restored, and the calls go to a
+        shallow copy of the task (a counter it keeps in an attribute — steps seen, an annealing schedule — does
+        not move), so the run trains as it would without it. Skipped where it cannot run alone: SyncBatchNorm on
+        several processes (it would wait for the other processes' statistics). A task whose compute_losses fails
+        is left to fail in the real step, with the engine's message.
         """
         if self.env.world_size > 1 and any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
             return
@@ -192,8 +195,9 @@ class TrainingDoctor:
             with torch.random.fork_rng(devices=devices), torch.no_grad():
                 # The whole batch, then its halves: their spread stands for the loss's noise at initialisation
                 # (an over-estimate for the logged interval means, so the divergence bound errs on the safe side).
+                task = copy.copy(self.task)
                 for part in (batch, *_halves(batch)):
-                    output = self.task.compute_losses(model, part)
+                    output = task.compute_losses(model, part)
                     losses = getattr(output, "losses", output)
                     values = [v.detach().double().sum() for v in losses.values() if isinstance(v, torch.Tensor)]
                     if values:
@@ -249,22 +253,27 @@ class TrainingDoctor:
             self._update_ratio = ratio if self._update_ratio is None else torch.maximum(self._update_ratio, ratio)
 
     def interval_values(self) -> dict[str, float]:
-        """Extra values for the log record (one host read, on a logging step): ``update_ratio`` and ``weight_norm``
-        of the interval, and once, on the first record, the run's reference values (``loss_init``,
-        ``loss_init_std``, ``update_ratio_first``, ``weight_norm_init``, ``frozen_share``)."""
-        out: dict[str, float] = {}
-        if self._update_ratio is not None:
-            out["update_ratio"], self._update_ratio = float(self._update_ratio), None
-        if self._weight_norm is not None:
-            out["weight_norm"], self._weight_norm = float(self._weight_norm), None
-        if self._first_step and not self._first_step.get("written"):
-            self._first_step["written"] = True
+        """Extra values for the log record: ``update_ratio`` (one host read, on a logging step)."""
+        if self._update_ratio is None:
+            return {}
+        value, self._update_ratio = float(self._update_ratio), None
+        return {"update_ratio": value}
+
+    def _update_reference(self, step: int) -> None:
+        """The run's reference values (:attr:`RunContext.reference`), read on the host at a logging step: the
+        untrained model's loss, step 1's update size and ‖w‖, the frozen share, and ‖w‖ at the latest log step."""
+        ref = dict(self.context.reference)
+        if self._init_losses and "loss_init" not in ref:
             values = [float(v) for v in self._init_losses]
-            if values and all(math.isfinite(v) for v in values):
-                out["loss_init"] = values[0]  # the whole first batch
-                out["loss_init_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
-            out.update({k: v for k, v in self._first_step.items() if k != "written"})
-        return out
+            if all(math.isfinite(v) for v in values):
+                ref["loss_init"] = values[0]  # the whole first batch; the halves give the spread
+                ref["loss_init_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+        ref.update(self._first_step)
+        if self._weight_norm is not None:
+            ref["weight_norm_last"], ref["weight_norm_step"] = float(self._weight_norm), step
+            self._weight_norm = None
+        if ref != self.context.reference:
+            self.context = dataclasses.replace(self.context, reference=ref)
 
     # -- logging steps, epoch ends, evaluations ----------------------------------------------------
     def on_train_log(self, values: Mapping[str, Any], model: nn.Module, *, epoch: int, step: int) -> None:
@@ -272,6 +281,7 @@ class TrainingDoctor:
         if not self.reports:
             return
         self.records.append({"kind": "train", "epoch": epoch + 1, "step": step, **values})
+        self._update_reference(step)
         self._raise_history(final=False)
         mode = check_train_mode(model, step)
         if mode is not None:
@@ -301,6 +311,8 @@ class TrainingDoctor:
             self._raise(finding, announce=False)
         self._flush_batch_report()
         self._raise_history(final=True)
+        if self.context.reference:  # what `trainwell doctor RUN_DIR` judges against (the last line wins)
+            self._append({"kind": "reference", **self.context.reference})
         findings, merged = consolidate(self.findings.all())
         for finding in findings:  # refined versions: the reader keeps the last line of each id
             if self._written.get(finding.id) != finding:

@@ -7,6 +7,7 @@ It reads ``config.yaml`` back through the typed schema, ``status.json`` (how the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,10 @@ def diagnose_run(run_dir: str | Path) -> RunDiagnosis:
     contexts = [r for r in saved if r.get("kind") == "context"]
     fields_known = RunContext.__dataclass_fields__
     context = RunContext(**{k: v for k, v in contexts[-1].items() if k in fields_known}) if contexts else RunContext()
+    references = [r for r in saved if r.get("kind") == "reference"]
+    if references:
+        reference = {k: float(v) for k, v in references[-1].items() if k != "kind" and isinstance(v, int | float)}
+        context = dataclasses.replace(context, reference=reference)
     run_status = read_status(run_dir)
     records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") in ("train", "val")]
     status = describe_status(run_status)
