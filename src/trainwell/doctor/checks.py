@@ -53,6 +53,16 @@ def _fit_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return 0.0 if den == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den
 
 
+def _slope_standard_error(xs: Sequence[float], ys: Sequence[float], slope: float) -> float:
+    """Standard error of the least-squares slope (0 with fewer than 3 points: no residual degrees of freedom)."""
+    if len(xs) < 3:
+        return 0.0
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    residual = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys, strict=True)) / (len(xs) - 2)
+    return 0.0 if den == 0 else (residual / den) ** 0.5
+
+
 def loss_window_end(ctx: RunContext, th: Thresholds) -> int | None:
     """Last step of the early window ``loss.not_decreasing`` judges (``None``: the planned length is unknown)."""
     if ctx.total_steps is None:
@@ -84,15 +94,20 @@ def check_loss_progress(
         return None  # a loss that can be negative has no relative scale
     steps = [float(r["step"]) for r in window]
     mean = statistics.fmean(losses)
-    drop = -_fit_slope(steps, losses) * (steps[-1] - steps[0]) / mean
-    if drop >= th.loss_min_decrease:
+    slope = _fit_slope(steps, losses)
+    drop = -slope * (steps[-1] - steps[0]) / mean
+    # The log lines are means over batches and carry their noise: the fitted drop has a standard error, and the
+    # loss counts as "not decreasing" only if even drop + 1 standard error stays below the bound. On the point
+    # estimate alone, a run whose true decrease sits near the bound would be flagged half the time.
+    spread = _slope_standard_error(steps, losses, slope) * (steps[-1] - steps[0]) / mean
+    if drop + spread >= th.loss_min_decrease:
         return None
     ratios = [float(r["update_ratio"]) for r in window if _finite(r.get("update_ratio"))]
     ratio = statistics.median(ratios) if ratios else None
     evidence = (
         f"over steps {int(steps[0])}–{int(steps[-1])} ({len(window)} log lines) the total loss went "
-        f"{losses[0]:.4g} → {losses[-1]:.4g}; a fitted line falls by {drop:.1%} of its mean "
-        f"(flagged below {th.loss_min_decrease:.0%})"
+        f"{losses[0]:.4g} → {losses[-1]:.4g}; a fitted line falls by {drop:.1%} ± {spread:.1%} (one standard "
+        f"error) of its mean (flagged when drop + 1 s.e. < {th.loss_min_decrease:.0%})"
     )
     if ratio is not None:
         evidence += f"; each optimizer step changed the weights by {ratio:.1e} of their norm (median)"

@@ -34,7 +34,8 @@ class Thresholds:
     loss_window_min_records: int = 6
     """… and at least this many log lines (the check waits for them)."""
     loss_min_decrease: float = 0.10
-    """Relative decrease of the total loss over that window (from a line fitted to it) below which it flags."""
+    """Relative decrease of the total loss over that window (from a line fitted to it) below which it flags — when
+    even the fitted decrease plus one standard error of the fit stays below it (the log lines carry batch noise)."""
     dominance_ratio: float = 100.0
     """``loss.component_dominates``: largest / second-largest component over the first log lines."""
     dominance_records: int = 3
