@@ -143,8 +143,9 @@ FAULTS: list[Fault] = [
           (*REGRESSION, _task("fault_tasks:StaleEvalRegressionTask")), "val.stuck"),
     Fault("hand-stale-eval", "hand_pose", "evaluation on a stale model copy",
           (*HAND_POSE, _task("doctor_faults:StaleEvalHandPoseTask")), "val.stuck"),
-    Fault("reg-slow-data", "regression", "150 ms per batch in the training process",
-          (*REGRESSION, _task("fault_tasks:SlowDataRegressionTask")), "data.input_bound"),
+    Fault("reg-slow-data", "regression", "300 ms per batch in the training process",
+          (*REGRESSION, "data.train_size=192", "train.log_every=1", _task("fault_tasks:SlowDataRegressionTask")),
+          "data.input_bound"),
 ]  # fmt: skip
 
 

@@ -114,12 +114,13 @@ class _SlowDataset(Dataset):
 
 
 class SlowDataRegressionTask(RegressionTask):
-    """The training set takes 150 ms to produce each batch in the training process (decoding images from a slow
-    disk): longer than the regression model's step on any CPU, so the run is input-bound by construction."""
+    """The training set takes 300 ms to produce each batch in the training process (decoding images from a slow
+    disk): several times the regression model's step even on a contended CPU, so the run is input-bound by
+    construction."""
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         train, val = super().build_datasets()
-        return _SlowDataset(train, 0.15), val
+        return _SlowDataset(train, 0.3), val
 
 
 class OneShardEvalRegressionTask(RegressionTask):

@@ -45,8 +45,8 @@ def check_divergence(train: Sequence[Mapping[str, Any]], ctx: RunContext, th: Th
     last_step, last = int(train[-1]["step"]), float(train[-1]["loss"])
     evidence = (
         f"rule: logged loss ≥ max({th.diverged_factor:g} × loss at initialisation, init + "
-        f"{th.diverged_noise:g} std); the untrained model's loss was {init:.4g} ± {spread:.2g} (first batches, before "
-        f"any update), the logged loss reached {worst:.4g} at step {step} ({worst / init:.3g}× it) on "
+        f"{th.diverged_noise:g} std); the untrained model's loss was {init:.4g} ± {spread:.2g} (first batch and its "
+        f"halves, before any update), the logged loss reached {worst:.4g} at step {step} ({worst / init:.3g}× it) on "
         f"{len(high)} of {len(train)} log line(s), and is {last:.4g} at step {last_step}"
     )
     weights = _weights_evidence(ctx)
