@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints-dev.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints-dev.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints-dev.txt -e '.[dev,captioning]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -33,6 +33,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints-dev.txt 'lightning>=2.4'  # the comparison only; never a dependency
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/pose_metrics.py
 	$(PY) benchmarks/checkpoint_save.py

@@ -4,8 +4,8 @@ For each size a real :class:`~trainwell.engine.loop.Trainer` (the regression tas
 AdamW step, so the checkpoint holds the model plus the optimizer's two moment buffers, as in a run. Then,
 alternating (A, B, A, B, …) and reporting medians:
 
-* ``torch.save``  — ``torch.save(trainer.state_dict(), path)``: no checksum, no fsync, no rename;
-* ``last.pt``     — ``trainer.checkpoints.save_latest(trainer.state_dict())``: sha256 of the content,
+* ``torch.save``  — ``torch.save(trainer.run_state.state_dict(), path)``: no checksum, no fsync, no rename;
+* ``last.pt``     — ``trainer.checkpoints.save(trainer.run_state.state_dict())``: sha256 of the content,
   temp file, flush + fsync, atomic rename, fsync of the directory (what the loop does);
 * ``load``        — ``load_checkpoint`` (weights-only load + checksum verification) against ``torch.load``.
 
@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from trainwell.config.loader import load_config
-from trainwell.engine.checkpoint import content_digest, load_checkpoint
-from trainwell.engine.loop import Trainer, build_task
+from trainwell.config.loader import build_task, load_config
+from trainwell.engine.checkpoint import load_checkpoint
+from trainwell.engine.checkpoint.files import content_digest
+from trainwell.engine.loop import Trainer
 
 CONFIG = "configs/examples/regression.yaml"
 SIZES = {
@@ -84,11 +85,11 @@ def main() -> None:
             params = sum(p.numel() for p in trainer.model.parameters())
 
             def save_plain(trainer: Trainer = trainer, plain: Path = plain) -> None:
-                torch.save(trainer.state_dict(), plain)
+                torch.save(trainer.run_state.state_dict(), plain)
 
             def save_last(trainer: Trainer = trainer) -> None:
                 assert trainer.checkpoints is not None
-                trainer.checkpoints.save_latest(trainer.state_dict())
+                trainer.checkpoints.save(trainer.run_state.state_dict())
 
             save_plain(), save_last()  # warm-up (page cache, allocator)
             plain_s, last_s = [], []
@@ -97,7 +98,9 @@ def main() -> None:
                 last_s.append(median_seconds(save_last, 1))
             last_path = trainer.checkpoints.directory / "last.pt"
             size_mb = last_path.stat().st_size / 1e6
-            digest_s = median_seconds(lambda trainer=trainer: content_digest(trainer.state_dict()), args.repeats)
+            digest_s = median_seconds(
+                lambda trainer=trainer: content_digest(trainer.run_state.state_dict()), args.repeats
+            )
             load_plain = median_seconds(lambda p=plain: torch.load(p, weights_only=True), args.repeats)
             load_verified = median_seconds(lambda p=last_path: load_checkpoint(p), args.repeats)
 

@@ -3,22 +3,23 @@
 import pytest
 import torch
 
-from trainwell.engine.distributed import DistEnv, TrainSampler, gather_rows, shard_range
+from trainwell.engine.data import TrainBatches
+from trainwell.engine.distributed import DistEnv, gather_rows, shard_range
 from trainwell.engine.evaluation import CoverageError, gather_results, verify_coverage
 
 
 def _shards(num_samples: int, world_size: int, epoch: int, seed: int = 7) -> list[list[int]]:
     shards = []
     for rank in range(world_size):
-        sampler = TrainSampler(num_samples, seed=seed, env=DistEnv(rank=rank, world_size=world_size))
-        sampler.set_epoch(epoch)
-        shards.append(list(sampler))
-        assert len(sampler) == len(shards[-1])
+        batches = TrainBatches(num_samples, batch_size=1, seed=seed, env=DistEnv(rank=rank, world_size=world_size))
+        batches.set_epoch(epoch)
+        shards.append([i for batch in batches for i in batch])
+        assert len(batches) == len(shards[-1])
     return shards
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
-def test_train_sampler_global_batches_match_one_process(world_size: int) -> None:
+def test_train_batches_global_batches_match_one_process(world_size: int) -> None:
     # W processes with per-process batch B/W take, at step k, exactly the samples of one process's batch k.
     per_process_batch, num_samples = 4, 120  # 120 = 10 global batches of 12, divisible by 1, 2, 3
     single = _shards(num_samples, 1, epoch=3)[0]
@@ -29,7 +30,7 @@ def test_train_sampler_global_batches_match_one_process(world_size: int) -> None
         assert union == sorted(single[k * global_batch : (k + 1) * global_batch])
 
 
-def test_train_sampler_is_a_function_of_seed_and_epoch() -> None:
+def test_train_batches_is_a_function_of_seed_and_epoch() -> None:
     first = _shards(50, 2, epoch=0)
     assert _shards(50, 2, epoch=0) == first  # a restarted job sees the same order
     assert _shards(50, 2, epoch=1) != first
@@ -38,18 +39,22 @@ def test_train_sampler_is_a_function_of_seed_and_epoch() -> None:
 
 
 @pytest.mark.parametrize(("num_samples", "world_size"), [(10, 3), (2, 5), (1, 4)])
-def test_train_sampler_pads_to_equal_shards(num_samples: int, world_size: int) -> None:
+def test_train_batches_pads_to_equal_shards(num_samples: int, world_size: int) -> None:
     shards = _shards(num_samples, world_size, epoch=0)
     assert len({len(s) for s in shards}) == 1  # DDP needs the same number of steps everywhere
     assert set().union(*map(set, shards)) == set(range(num_samples))
 
 
-def test_train_sampler_start_continues_mid_epoch() -> None:
-    sampler = TrainSampler(40, seed=1, env=DistEnv(rank=1, world_size=2))
-    sampler.set_epoch(2)
-    full = list(sampler)
-    sampler.set_epoch(2, start=6)
-    assert list(sampler) == full[6:] and len(sampler) == len(full) - 6
+def test_train_batches_start_continues_mid_epoch_and_drop_last_drops_only_the_tail() -> None:
+    batches = TrainBatches(40, batch_size=3, seed=1, env=DistEnv(rank=1, world_size=2))
+    batches.set_epoch(2)
+    full = list(batches)
+    assert [len(b) for b in full] == [3] * 6 + [2]  # 20 samples per process
+    batches.set_epoch(2, start=2)
+    assert list(batches) == full[2:] and len(batches) == len(full) - 2
+    dropping = TrainBatches(40, batch_size=3, seed=1, env=DistEnv(rank=1, world_size=2), drop_last=True)
+    dropping.set_epoch(2)
+    assert list(dropping) == full[:-1]
 
 
 @pytest.mark.parametrize(("num_samples", "world_size"), [(101, 1), (101, 2), (101, 3), (2, 3), (0, 2), (7, 7)])

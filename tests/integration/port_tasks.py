@@ -159,3 +159,44 @@ def write_plain_loader_script(path: Path) -> None:
         "x = torch.linspace(-1, 1, 16).reshape(2, 8)\n"
         "print(repr(model(x).detach().tolist()))\n"
     )
+
+
+class _WritingEvaluator:
+    """The regression evaluator plus prediction files (what COCO / KITTI / FreiHAND writers do)."""
+
+    def __init__(self) -> None:
+        from trainwell.tasks.regression import SquaredErrorEvaluator
+
+        self.inner = SquaredErrorEvaluator()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def compute(self) -> dict[str, float]:
+        from trainwell.doctor import Finding
+
+        metrics = self.inner.compute()
+        # What an evaluator may notice about its predictions; the engine hands it to the doctor.
+        self.findings = [
+            Finding("eval.example", "info", "An evaluator's own finding", f"mse {metrics['mse']:.3g}", "-")
+        ]
+        return metrics
+
+    def save_outputs(self, out_dir: Path) -> list[Path]:
+        indices, results = self.inner.local_results()
+        path = out_dir / "per_sample.json"
+        rows = [{"index": int(i), "sq": float(v)} for i, v in zip(indices, results["sq"], strict=True)]
+        path.write_text(__import__("json").dumps(rows))
+        return [path]
+
+
+class PredictingTask(RegressionTask):
+    """Writes per-sample predictions after evaluation and implements ``predict`` on a JSON list of inputs."""
+
+    def build_evaluator(self) -> Any:
+        return _WritingEvaluator()
+
+    def predict(self, model: nn.Module, input_path: Path, out_dir: Path | None) -> Any:
+        x = torch.tensor(__import__("json").loads(input_path.read_text()), dtype=torch.float32)
+        assert not model.training and not torch.is_grad_enabled()
+        return {"y": model(x).tolist()}

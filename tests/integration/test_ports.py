@@ -186,3 +186,30 @@ def test_export_loads_into_a_plain_model_with_identical_outputs(tmp_path: Path) 
             [sys.executable, str(script), str(out)], capture_output=True, text=True, check=True, cwd=ROOT
         )
         assert eval(printed.stdout) == expected
+
+
+def test_eval_export_and_predict_use_the_task_without_a_trainer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = ["task.class_path=port_tasks:PredictingTask", "train.epochs=1"]
+    assert train(tmp_path / "run", *extra) == 0
+    assert (tmp_path / "run" / "predictions" / "per_sample.json").is_file()  # written after the run's evaluation
+    findings = [json.loads(line) for line in (tmp_path / "run" / "findings.jsonl").read_text().splitlines()]
+    assert any(f.get("id") == "eval.example" for f in findings)  # the evaluator's finding reached the doctor
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    base = [CONFIG, *SMALL, *extra, f"--checkpoint={best}"]
+    assert main(["eval", *base, "--export", str(tmp_path / "export"), "--out", str(tmp_path / "eval.json")]) == 0
+    rows = json.loads((tmp_path / "export" / "per_sample.json").read_text())
+    assert [r["index"] for r in rows] == list(range(32))  # the whole validation set, in index order
+    summary = json.loads((tmp_path / "eval.json").read_text())
+    assert summary["outputs"] == [str(tmp_path / "export" / "per_sample.json")]
+    assert summary["metrics"]["mse"] == pytest.approx(sum(r["sq"] for r in rows) / 32)
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps([[0.1] * 8, [0.0] * 8]))
+    capsys.readouterr()
+    assert main(["predict", *base, "--input", str(inputs), "--out", str(tmp_path / "pred")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert len(printed["y"]) == 2 and len(printed["y"][0]) == 2
+    assert json.loads((tmp_path / "pred" / "predictions.json").read_text()) == printed
+    assert main(["predict", CONFIG, *SMALL, f"--checkpoint={best}", "--input", str(inputs)]) == 2  # no predict()
+    assert "does not implement predict()" in capsys.readouterr().err

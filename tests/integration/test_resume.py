@@ -183,3 +183,43 @@ def test_init_from_loads_model_weights_only_and_reports_mismatches(
     assert train(tmp_path / "lenient", *narrow, "--init-from", str(source), "--init-from-non-strict") == 0
     log = (tmp_path / "lenient" / "train.log").read_text()
     assert "Initialised the model: 1 of 6 model tensors loaded" in log and "shape mismatch: 0.weight" in log
+
+
+def _as_format_1(payload: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint as trainwell 0.1 wrote it before the engine redesign (no ``format``; state spread out)."""
+    state = dict(payload["train_state"])
+    rule = state.pop("best_rule")
+    old = {k: v for k, v in payload.items() if k not in ("format", "checksum")}
+    metric, mode = (rule.rsplit(" (", 1)[0], rule.rsplit(" (", 1)[1].rstrip(")")) if rule else (None, "min")
+    old["train_state"] = {
+        **{k: state[k] for k in ("epoch", "global_step", "batch_in_epoch", "best_value", "best_epoch")},
+        "best_metric": metric,
+        "best_mode": mode,
+    }
+    old["data"], old["metrics"] = state["data_layout"], state["last_metrics"]
+    old["meters"] = {"loss": payload["meters"]}
+    return old
+
+
+def test_a_checkpoint_of_the_previous_format_resumes_bitwise(tmp_path: Path, reference: dict[str, Path]) -> None:
+    run_dir = tmp_path / "run"
+    assert train(run_dir, callbacks=(SignalAtStep(9, signal.SIGTERM),)) == 143
+    last = run_dir / "checkpoints" / LAST
+    atomic_save(_as_format_1(load_checkpoint(last)), last)
+    assert "format" not in load_checkpoint(last)
+    assert train(run_dir, "--resume", "auto") == 0
+    assert_bitwise_equal(final_state(run_dir), final_state(reference["off"]))
+
+
+def test_a_checkpoint_of_a_newer_format_is_refused_with_the_version(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    assert train(run_dir, callbacks=(SignalAtStep(9, signal.SIGTERM),)) == 143
+    last = run_dir / "checkpoints" / LAST
+    payload = load_checkpoint(last)
+    payload["format"], payload["versions"]["trainwell"] = 7, "9.9.9"
+    atomic_save(payload, last)
+    assert train(run_dir, "--resume", str(last)) == 1
+    err = capsys.readouterr().err
+    assert "checkpoint format 7 is newer than this trainwell reads (2)" in err and "trainwell 9.9.9" in err

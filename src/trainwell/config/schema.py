@@ -96,8 +96,12 @@ class TrainConfig:
     num_threads: int | None = None
     """PyTorch intra-op threads of each process; null: the cores available divided by the processes on this
     machine (DataLoader workers always use 1). Too many threads on a busy machine make steps much slower."""
-    compile: bool = False
-    """``torch.compile`` the model for the training forward (checkpoints hold the plain module's weights)."""
+    compile: bool | str = False
+    """``torch.compile`` the model for the training forward: ``true`` (inductor) or a backend name (``eager``,
+    ``aot_eager``); checkpoints hold the plain module's weights, so resume and export are unchanged."""
+    channels_last: bool = False
+    """Image models on CUDA: the model and every 4-D floating input batch in ``channels_last`` memory format
+    (faster convolutions with AMP on tensor cores)."""
 
     def problems(self) -> Iterator[Problem]:
         if self.epochs < 1:
@@ -145,6 +149,9 @@ class OptimConfig:
     """SGD momentum."""
     eps: float = 1e-8
     """Adam/AdamW epsilon."""
+    fused: bool | None = None
+    """Fused Adam/AdamW kernels; null: on when every parameter is a CUDA floating tensor (with fp16 the GradScaler
+    then hands the overflow flag to the kernel instead of reading it on the host)."""
     param_groups: list[ParamGroupConfig] = field(default_factory=list)
     """Groups by parameter name; the first matching entry wins; the rest form the group ``default``."""
     no_decay_norm_bias: bool = False

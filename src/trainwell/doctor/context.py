@@ -85,6 +85,9 @@ class Thresholds:
     val_away_factor: float = 10.0
     """``val.diverged``: a metric's latest value an order of magnitude worse than its best (ratio for errors,
     inverse ratio for scores), and worse than at the first evaluation (training undid more than it gained)."""
+    val_away_span: float = 0.1
+    """… and by at least this fraction of the metric's declared plausible range (a best AP of 5 falling to 0.3 is
+    a 17× ratio but within an early detector's noise; 10 AP points is not)."""
     cumulative_update_min: float = 0.01
     """``optim.lr_too_low``: the planned steps × the median measured ‖Δw‖/‖w‖ — an upper estimate of how far the
     whole run can move the weights, relative to their norm — below this. Healthy runs move the weights by tens of

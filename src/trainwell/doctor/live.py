@@ -330,6 +330,14 @@ class TrainingDoctor:
         return findings
 
     # -- findings -------------------------------------------------------------------------------------
+    def report(self, findings: Sequence[Finding]) -> None:
+        """Findings another component made (an evaluator's checks of its predictions), reported like the doctor's."""
+        if not self.reports:
+            return
+        for finding in findings:
+            if isinstance(finding, Finding):
+                self._raise(finding, update=True)
+
     def _raise_history(self, *, final: bool) -> None:
         """Run the history checks; a symptom whose cause is already known is kept quietly (folded at the end)."""
         found = check_history(self.records, self.context, self.th, final=final, cores=os.cpu_count())

@@ -83,6 +83,11 @@ def check_val_diverged(val: Sequence[Mapping[str, Any]], ctx: RunContext, th: Th
             away = away or (now <= 0 < best and now < start)
         else:
             away = best > 0 and now / best >= th.val_away_factor and now > start
+        bounds = _spec_range(spec)
+        # A metric near zero (an AP or PCK early in training) moves by large *ratios* within its noise: the move
+        # must also cover a tenth of the metric's declared range to count (10 AP points, 100 mm of a hand's MPJPE).
+        if bounds is not None and abs(now - best) < th.val_away_span * (bounds[1] - bounds[0]):
+            continue
         if not away:
             continue
         unit = f" {spec.get('unit')}" if spec.get("unit") else ""

@@ -16,7 +16,6 @@ import datetime
 import gc
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Sampler
 
 from trainwell.config.schema import DistributedConfig
 
@@ -319,55 +317,7 @@ def _gather_packed(
     return out
 
 
-# -- samplers ---------------------------------------------------------------------------------------
-
-
-class TrainSampler(Sampler[int]):
-    """Shuffled training order, a pure function of ``(seed, epoch)``, sharded over processes.
-
-    Every process draws the same global permutation and takes every ``world_size``-th element, so
-    ``world_size`` processes with per-process batch B/W see exactly the samples one process with
-    batch B would (batch k of the job is ``order[k·B : (k+1)·B]`` either way). The permutation is padded
-    (by wrapping) to a multiple of ``world_size`` so that all processes run the same number of steps
-    (DDP requires it); only the last batch of an epoch can then differ from a one-process run. ``start``
-    skips the first samples of this process's shard — used to continue an interrupted epoch with exactly
-    the next batch. The order does not depend on anything but ``seed`` and ``epoch``, so a restarted job
-    sees the same order.
-    """
-
-    def __init__(self, num_samples: int, *, seed: int, env: DistEnv, shuffle: bool = True) -> None:
-        if num_samples <= 0:
-            raise ValueError(f"The training set is empty (len {num_samples}); nothing to train on.")
-        self.num_samples = num_samples
-        self.seed = seed
-        self.env = env
-        self.shuffle = shuffle
-        self.epoch = 0
-        self.start = 0
-        self.per_process = -(-num_samples // env.world_size)
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select the epoch's permutation; begin ``start`` samples into this process's shard."""
-        self.epoch = epoch
-        self.start = start
-
-    def _global_order(self) -> torch.Tensor:
-        if not self.shuffle:
-            return torch.arange(self.num_samples)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(self.num_samples, generator=generator)
-
-    def __iter__(self) -> Iterator[int]:
-        order = self._global_order()
-        padded_len = self.per_process * self.env.world_size
-        if padded_len > self.num_samples:
-            # Wrap around (several times when the set is smaller than the number of processes).
-            order = order.repeat(-(-padded_len // self.num_samples))[:padded_len]
-        shard = order[self.env.rank :: self.env.world_size]
-        return iter(shard[self.start :].tolist())
-
-    def __len__(self) -> int:
-        return max(0, self.per_process - self.start)
+# -- evaluation shards ------------------------------------------------------------------------------
 
 
 def shard_range(num_samples: int, env: DistEnv) -> range:

@@ -56,6 +56,9 @@ class EvalResult:
     world_size: int
     outputs: list[Path] = field(default_factory=list)
     """Prediction files the evaluator wrote (rank 0)."""
+    findings: list[Any] = field(default_factory=list)
+    """What the evaluator noticed about the predictions (its ``findings`` after ``compute``: empty or constant
+    captions, a head that predicts only background), for the doctor to report (rank 0)."""
 
 
 def verify_coverage(indices: torch.Tensor, num_samples: int) -> None:
@@ -212,6 +215,7 @@ def evaluate(
     gathered = gather_results(local_indices, local_results, env)
     metrics: dict[str, float] | None = None
     written: list[Path] = []
+    noticed: list[Any] = []
     failure: Exception | None = None
     if gathered is not None:  # rank 0
         all_indices, all_results = gathered
@@ -219,6 +223,7 @@ def evaluate(
             verify_coverage(all_indices, num_samples)
             evaluator.load_results(all_indices, all_results)
             metrics = evaluator.compute()
+            noticed = list(getattr(evaluator, "findings", None) or [])
             save_outputs = getattr(evaluator, "save_outputs", None)
             if outputs_dir is not None and callable(save_outputs):
                 outputs_dir.mkdir(parents=True, exist_ok=True)
@@ -238,4 +243,6 @@ def evaluate(
     assert metrics is not None
     if log is not None:
         log(f"Evaluated on {num_samples} samples from all {env.world_size} processes")
-    return EvalResult(metrics=metrics, num_samples=num_samples, world_size=env.world_size, outputs=written)
+    return EvalResult(
+        metrics=metrics, num_samples=num_samples, world_size=env.world_size, outputs=written, findings=noticed
+    )

@@ -171,7 +171,7 @@ class Trainer(RunComponents):
         for k, (micro, batch) in enumerate(group):
             self.doctor.maybe_inspect_batch(batch, epoch, micro)  # first batches only (their host reads are fine)
             if self.device.type != "cpu":
-                batch = move_to_device(batch, self.device)
+                batch = move_to_device(batch, self.device, channels_last=self.cfg.train.channels_last)
             self.doctor.maybe_debug_losses(self.model, batch)  # only under diagnostics.debug_loss
             # Skip DDP's gradient all-reduce on micro-batches that do not end the group.
             no_sync = self.ddp_model.no_sync() if self.env.is_distributed and k < size - 1 else _NO_OP  # type: ignore[operator]
@@ -218,7 +218,9 @@ class Trainer(RunComponents):
         for name, value in extras.items():
             if not isinstance(value, torch.Tensor):  # plain floats: summed on the host, free
                 self.host_sums[name] = self.host_sums.get(name, 0.0) + float(value)
-        stacked = torch.stack([v.detach().float().reshape(()) for v in (*values, *(extras[n] for n in tensor_logs))])
+        kept = [v.detach().float().reshape(1) for v in (*values, *(extras[n] for n in tensor_logs))]
+        # One fp32 component: a view, no kernel at all; several: one stack.
+        stacked = kept[0] if len(kept) == 1 else torch.cat(kept)
         return record_names(losses, tensor_logs), total, stacked
 
     def _fires(self, interval: Any, ahead: int = 0) -> bool:
@@ -301,6 +303,7 @@ class Trainer(RunComponents):
             record = {"num_samples": result.num_samples, **result.metrics}
             self.out.metrics.write("val", epoch + 1, self.state.global_step, record, "Val")
             self.doctor.on_validation({"kind": "val", "epoch": epoch + 1, "step": self.state.global_step, **record})
+            self.doctor.report(result.findings)  # the evaluator's own observations (empty captions, …)
         return result
 
     def _evaluate_and_save(self, epoch: int, *, evaluate: bool, periodic: str | None) -> dict[str, float] | None:

@@ -15,8 +15,11 @@ import torch
 class DeviceMeter:
     """Running sums of named scalars, kept on the device; read (one host sync) only when logging.
 
-    One ``add_`` per step. ``read_interval`` returns the sums since its previous call (a log line),
-    ``read_total`` the sums since ``reset`` (an epoch), both from the same cumulative tensor.
+    ``add`` only keeps a reference to the step's values (no kernel per step); the references are summed into the
+    cumulative tensor in one ``stack().sum()`` when the meter is read or saved (logging steps, checkpoints, epoch
+    ends — the same points in an uninterrupted and a resumed run, so their sums are bitwise equal).
+    ``read_interval`` returns the sums since its previous call (a log line), ``read_total`` the sums since
+    ``reset`` (an epoch), both from the same cumulative tensor.
     """
 
     def __init__(self, device: torch.device | None = None) -> None:
@@ -30,23 +33,32 @@ class DeviceMeter:
         self._flushed: dict[str, float] = {}  # sums of component sets that were replaced
         self._snapshot: dict[str, float] = {}
         self._snapshot_count = 0
+        self._pending: list[torch.Tensor] = []
 
     def add(self, names: tuple[str, ...], values: torch.Tensor) -> None:
-        """Add one step's values ``(K,)`` named by ``names`` (no host sync)."""
-        if names != self.names and self.total is not None:
-            # The set of components changed (an optional term switched on): keep what we had.
-            for name, value in zip(self.names, self.total.tolist(), strict=True):
-                self._flushed[name] = self._flushed.get(name, 0.0) + value
-            self.total = None
-        if self.total is None:
+        """Add one step's values ``(K,)`` named by ``names`` (no kernel, no host sync; never modified later)."""
+        if names != self.names:
+            self._fold()
+            if self.total is not None:
+                # The set of components changed (an optional term switched on): keep what we had.
+                for name, value in zip(self.names, self.total.tolist(), strict=True):
+                    self._flushed[name] = self._flushed.get(name, 0.0) + value
+                self.total = None
             self.names = names
-            self.total = values.detach().clone()
-        else:
-            self.total.add_(values.detach())
+        self._pending.append(values)
         self.count += 1
+
+    def _fold(self) -> None:
+        """Sum the pending steps into the cumulative tensor (one kernel or two, on read / save only)."""
+        if not self._pending:
+            return
+        step_sum = torch.stack(self._pending).sum(dim=0) if len(self._pending) > 1 else self._pending[0].clone()
+        self.total = step_sum if self.total is None else self.total + step_sum
+        self._pending = []
 
     def read_total(self) -> tuple[dict[str, float], int]:
         """``(sums, count)`` since ``reset`` (one host sync)."""
+        self._fold()
         sums = dict(self._flushed)
         if self.total is not None:
             for name, value in zip(self.names, self.total.tolist(), strict=True):
@@ -64,6 +76,7 @@ class DeviceMeter:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the meter holds (one host sync), so a resumed run logs what an uninterrupted one would."""
+        self._fold()
         return {
             "names": list(self.names),
             "total": None if self.total is None else self.total.detach().cpu(),
@@ -80,6 +93,7 @@ class DeviceMeter:
         self._flushed = dict(state["flushed"])
         self._snapshot = dict(state["snapshot"])
         self._snapshot_count = int(state["snapshot_count"])
+        self._pending = []
 
 
 class StepStats:
@@ -88,6 +102,8 @@ class StepStats:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.data_wait_s = 0.0
+        self.scale: float | None = None
+        """The fp16 GradScaler's scale after the last step (read once per step; see ``optimizer_step``)."""
         self.reset()
 
     def reset(self) -> None:

@@ -87,7 +87,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     groups = param_groups(model, cfg)
     if cfg.name in ("adamw", "adam"):
         cls = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-        return cls(groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps)
+        params = [p for g in groups for p in g["params"]]
+        fused = cfg.fused if cfg.fused is not None else all(p.is_cuda and p.is_floating_point() for p in params)
+        return cls(groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps, fused=fused or None)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 

@@ -94,6 +94,7 @@ class RunComponents:
         self.group_names = group_names(self.optimizer)
         self._build_data()
         self.plan = RunPlan.resolve(cfg, len(self.batches.batches(0)))
+        task.num_epochs = self.plan.epochs
         self.scheduler = task.build_scheduler(self.optimizer, self.plan.total_steps, cfg.schedule) or build_scheduler(
             self.optimizer, cfg.schedule, self.plan.total_steps, self.plan.milestones
         )
@@ -142,8 +143,12 @@ class RunComponents:
         model = self.task.build_model().to(self.device)
         # ddp_model runs training forwards; the bare model is optimised, saved and evaluated.
         self.model, self.ddp_model = D.wrap_model(model, self.device, self.env, self.cfg.distributed)
+        if self.cfg.train.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         # torch.compile wraps the training forward only: checkpoints keep the bare module's parameter names.
-        self.train_model: nn.Module = torch.compile(self.ddp_model) if self.cfg.train.compile else self.ddp_model
+        compile_ = self.cfg.train.compile
+        backend = compile_ if isinstance(compile_, str) else "inductor"
+        self.train_model: nn.Module = torch.compile(self.ddp_model, backend=backend) if compile_ else self.ddp_model
 
     def _build_data(self) -> None:
         cfg, task = self.cfg, self.task

@@ -57,12 +57,13 @@ def optimizer_step(
 
     applied = True
     if scaler.is_enabled():
-        # fp16 only: GradScaler.step already reads found_inf on the host to decide whether to step,
-        # so comparing the scale before and after update() adds no new device sync in practice.
-        scale_before = scaler.get_scale()
+        # fp16 only: a skipped step shows as a smaller scale after update(). The scale before is the one read
+        # after the previous step (it changes only in update()), so only one host read per step remains.
+        scale_before = stats.scale if stats.scale is not None else scaler.get_scale()
         scaler.step(optimizer)
         scaler.update()
-        applied = scaler.get_scale() >= scale_before
+        stats.scale = scaler.get_scale()  # host sync (fp16 only)
+        applied = stats.scale >= scale_before
     else:
         optimizer.step()
     # The schedule counts applied steps only: a skipped fp16 step must not advance the LR (and

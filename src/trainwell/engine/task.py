@@ -124,6 +124,8 @@ class Task:
         cfg: the typed ``task:`` section (an instance of ``Config``).
         data_cfg: the typed ``data:`` section (an instance of ``DataConfig``).
         run_dir: where the run writes (tokenizers, vocabularies a task saves beside its checkpoints), or ``None``.
+        num_epochs: the epochs the run will train (set once the plan is known, before the first ``on_epoch_start``;
+            with ``train.max_steps`` it follows from the budget), or ``None`` outside training.
     """
 
     Config: ClassVar[type[TaskConfig]] = TaskConfig
@@ -133,6 +135,7 @@ class Task:
         self.cfg = cfg
         self.data_cfg = data_cfg
         self.run_dir: Path | None = None
+        self.num_epochs: int | None = None
 
     # -- construction -------------------------------------------------------------------------
     def build_model(self) -> nn.Module:

@@ -1,0 +1,263 @@
+"""The captioning task: ViECap-style entity-aware prefix captioning on trainwell.
+
+Training (as ViECap's ``main.py``): the feature is L2-normalised, Gaussian noise of variance ``noise_variance``
+is added and the result normalised again (noise injection, so that text features stand in for image features);
+detected entities are dropped from the hard prompt with probability ``prob_of_random_mask``; the loss is the token
+cross-entropy over the caption (EOS included), computed in fp32 with prompts and padding ignored. The noise and
+the masks are drawn from torch's global RNG inside ``compute_losses``, whose state the engine checkpoints, so a
+resumed run draws the same ones. Evaluation decodes (greedy or beam) from the clean feature and every detected
+entity, and scores the whole validation set at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainwell.engine.amp import full_precision
+from trainwell.engine.task import DataConfig, MetricSpec, Task, TaskConfig
+from trainwell.tasks.captioning import readers
+from trainwell.tasks.captioning.checks import check_labels_shifted, check_padding_ignored
+from trainwell.tasks.captioning.corpus import CorpusConfig
+from trainwell.tasks.captioning.datasets import CaptionCollator, CaptionDataset, CaptionRecord, synthetic_records
+from trainwell.tasks.captioning.decode import beam_decode, greedy_decode
+from trainwell.tasks.captioning.evaluator import CaptionEvaluator
+from trainwell.tasks.captioning.model import CaptionModel, CaptionModelConfig
+from trainwell.tasks.captioning.prompts import (
+    PromptTemplate,
+    assemble_text,
+    full_attention_mask,
+    next_token_labels,
+)
+from trainwell.tasks.captioning.tokenizer import (
+    IGNORE_INDEX,
+    TOKENIZER_FILE,
+    CaptionTokenizer,
+    load_tokenizer,
+    train_tokenizer,
+)
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class CaptioningTaskConfig(TaskConfig):
+    """``task:`` section (ViECap's ``main.py`` option names where there is one)."""
+
+    class_path: str = "trainwell.tasks.captioning:CaptioningTask"
+    """Import path of the task class."""
+    model: CaptionModelConfig = field(default_factory=CaptionModelConfig)
+    """Mapping network and language model."""
+    using_hard_prompt: bool = True
+    """Build the entity-aware hard prompt from the detected entities (ViECap: ``--using_hard_prompt``)."""
+    prompt_template: str = "There are {entities} in image."
+    """The hard prompt; ``{entities}`` becomes ``"dog, bench"`` (``"something"`` when none is left)."""
+    max_num_of_entities: int = 10
+    """Detected entities kept per sample, in order, after removing duplicates."""
+    random_mask: bool = True
+    """Drop entities from the training hard prompt at random (ViECap: ``--random_mask``)."""
+    prob_of_random_mask: float = 0.4
+    """Chance that an entity is dropped."""
+    noise_variance: float = 0.016
+    """Variance of the Gaussian noise added to the normalised training features (0 = none)."""
+    normalize_prefix: bool = True
+    """L2-normalise the features before the mapping network."""
+    tokenizer_vocab_size: int = 1024
+    """Byte-level BPE size when the tokenizer is trained on the corpus (a small corpus saturates below this)."""
+    max_caption_tokens: int = 60
+    """Training captions are cut to this many tokens (then EOS)."""
+    decode: Literal["greedy", "beam"] = "greedy"
+    """Evaluation and ``predict`` decoding."""
+    beam_size: int = 5
+    """Beams of ``decode: beam``."""
+    max_new_tokens: int = 48
+    """Longest generated caption, in tokens."""
+
+
+@dataclass
+class CaptioningDataConfig(CorpusConfig, DataConfig):
+    """``data:`` section: the synthetic corpus (sizes, seed, generator), or ViECap/COCO files."""
+
+    train_size: int = 20_000
+    """Synthetic training records (one caption each)."""
+    val_size: int = 500
+    """Synthetic validation images."""
+    references_per_image: int = 5
+    """Synthetic reference captions per validation image (COCO has 5)."""
+    root: str | None = None
+    """Directory the file paths below are relative to; setting ``train_pickle`` switches from synthetic to files."""
+    train_pickle: str | None = None
+    """ViECap feature pickle ``[[entities, caption, clip_features], ...]`` to train on."""
+    val_pickle: str | None = None
+    """Validation pickle in the same format; with ``val_annotations``, the second field is the COCO image id."""
+    val_annotations: str | None = None
+    """COCO captions JSON (``{"images", "annotations": [{"image_id", "caption"}]}``): references of the val images."""
+
+
+class CaptioningTask(Task):
+    """Prefix captioning: CLIP-like feature + detected entities → caption, scored with BLEU/ROUGE-L/CIDEr-D."""
+
+    Config = CaptioningTaskConfig
+    DataConfig = CaptioningDataConfig
+    cfg: CaptioningTaskConfig
+    data_cfg: CaptioningDataConfig
+
+    def __init__(self, cfg: CaptioningTaskConfig, data_cfg: CaptioningDataConfig) -> None:
+        super().__init__(cfg, data_cfg)
+        self._records: dict[str, list[CaptionRecord]] = {}
+        self._tokenizer: CaptionTokenizer | None = None
+        self._template: PromptTemplate | None = None
+
+    # -- data and tokenizer ------------------------------------------------------------------------
+    def records(self, split: str) -> list[CaptionRecord]:
+        """The ``"train"`` or ``"val"`` records (synthetic, or read from the configured files), built once."""
+        if split not in self._records:
+            d = self.data_cfg
+            if d.train_pickle:
+                self._records[split] = readers.records_from_config(d, split)
+            elif split == "train":
+                self._records[split] = synthetic_records(d, "train", d.train_size, 1)
+            else:
+                self._records[split] = synthetic_records(d, "val", d.val_size, d.references_per_image)
+        return self._records[split]
+
+    @property
+    def tokenizer(self) -> CaptionTokenizer:
+        """The language model directory's tokenizer, the run directory's, or one trained on the train captions
+        (then saved to the run directory, which makes a checkpoint plus its run directory an inference bundle)."""
+        if self._tokenizer is None:
+            if self.cfg.model.language_model:
+                self._tokenizer = load_tokenizer(Path(self.cfg.model.language_model))
+            elif self.run_dir is not None and (self.run_dir / TOKENIZER_FILE).is_file():
+                self._tokenizer = load_tokenizer(self.run_dir)
+            else:
+                captions = [r.captions[0] for r in self.records("train") if r.captions]
+                self._tokenizer = train_tokenizer(captions, self.cfg.tokenizer_vocab_size)
+                if self.run_dir is not None:
+                    self._tokenizer.save(self.run_dir)
+        return self._tokenizer
+
+    @property
+    def template(self) -> PromptTemplate:
+        if self._template is None:
+            if self.cfg.using_hard_prompt:
+                self._template = PromptTemplate.build(self.tokenizer, self.cfg.prompt_template)
+            else:
+                self._template = PromptTemplate((), (), (), ())
+        return self._template
+
+    def _dataset(self, split: str) -> CaptionDataset:
+        return CaptionDataset(
+            self.records(split), self.tokenizer, self.cfg.max_num_of_entities, self.cfg.max_caption_tokens
+        )
+
+    def build_datasets(self) -> tuple[CaptionDataset, CaptionDataset]:
+        return self._dataset("train"), self._dataset("val")
+
+    def build_model(self) -> CaptionModel:
+        tok = self.tokenizer
+        return CaptionModel(self.cfg.model, tok.vocab_size, tok.eos_id)
+
+    def collate_fn(self) -> CaptionCollator:
+        return CaptionCollator(self.tokenizer.pad_id)
+
+    def build_evaluator(self) -> CaptionEvaluator:
+        return CaptionEvaluator(self.tokenizer, self.records("val"), width=self.cfg.max_new_tokens, ragged=True)
+
+    # -- sequences ---------------------------------------------------------------------------------
+    def _features(self, batch: Batch, *, noise: bool) -> torch.Tensor:
+        features = batch["features"].float()
+        if self.cfg.normalize_prefix:
+            features = F.normalize(features, dim=-1)
+        if noise and self.cfg.noise_variance > 0:
+            # ViECap's noise injection: normalise, add N(0, variance), normalise again (global RNG: resumable)
+            features = F.normalize(features, dim=-1)
+            features = F.normalize(features + torch.randn_like(features) * math.sqrt(self.cfg.noise_variance), dim=-1)
+        return features
+
+    def text(self, batch: Batch, keep: torch.Tensor, *, with_caption: bool = True) -> tuple[torch.Tensor, ...]:
+        """``(text_ids, text_mask, is_caption)`` of hard prompt (kept entities) + caption (see :mod:`.prompts`)."""
+        keep = keep if self.cfg.using_hard_prompt else torch.zeros_like(keep)
+        caption_lengths = batch["caption_lengths"] if with_caption else torch.zeros_like(batch["caption_lengths"])
+        return assemble_text(
+            self.template,
+            batch["entity_ids"],
+            batch["entity_lengths"],
+            keep,
+            batch["caption_ids"],
+            caption_lengths,
+            self.tokenizer.pad_id,
+        )
+
+    def compute_losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        features = self._features(batch, noise=True)
+        present = batch["entity_lengths"] > 0
+        # Drawn every step (even with random_mask off) so that the RNG streams do not depend on the option.
+        drop = torch.rand(present.shape, device=present.device) < self.cfg.prob_of_random_mask
+        keep = present & ~drop if self.cfg.random_mask else present
+        text_ids, text_mask, is_caption = self.text(batch, keep)
+        soft = self.cfg.model.continuous_prompt_length
+        labels = next_token_labels(text_ids, is_caption, soft)
+        logits = model(features, text_ids, full_attention_mask(text_mask, soft))
+        with full_precision():  # the cross-entropy in fp32 under bf16/fp16 autocast, as ViECap
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return {"token_ce": loss}
+
+    # -- evaluation and inference --------------------------------------------------------------------
+    def generate(self, model: nn.Module, batch: Batch) -> list[torch.Tensor]:
+        """Caption token ids (no prompt, no EOS) for every row of ``batch``, every detected entity in the prompt."""
+        inner: CaptionModel = getattr(model, "module", model)
+        prompt_ids, prompt_mask, _ = self.text(batch, batch["entity_lengths"] > 0, with_caption=False)
+        features = self._features(batch, noise=False)
+        eos, steps = self.tokenizer.eos_id, self.cfg.max_new_tokens
+        if self.cfg.decode == "beam":
+            return beam_decode(inner, features, prompt_ids, prompt_mask, eos, steps, beam_size=self.cfg.beam_size)
+        return greedy_decode(inner, features, prompt_ids, prompt_mask, eos, steps)
+
+    def eval_step(self, model: nn.Module, batch: Batch, indices: torch.Tensor, evaluator: CaptionEvaluator) -> None:  # type: ignore[override]
+        evaluator.update(indices, self.generate(model, batch))
+
+    def metric_specs(self) -> dict[str, MetricSpec]:
+        fraction = MetricSpec(higher_is_better=True, plausible=(0.0, 1.0))
+        specs = {f"bleu_{n}": fraction for n in range(1, 5)}
+        specs.update(
+            rouge_l=fraction, entity_recall=fraction, cider_d=MetricSpec(higher_is_better=True, plausible=(0.0, 10.0))
+        )
+        specs["caption_words"] = MetricSpec(unit="words", higher_is_better=True, plausible=(1.0, 100.0))
+        return specs
+
+    def check_batch(self, batch: Batch) -> list[Any]:
+        """Padding ignored by the loss and labels shifted, on the sequences this batch trains (:mod:`.checks`)."""
+        text_ids, text_mask, is_caption = self.text(batch, batch["entity_lengths"] > 0)
+        soft = self.cfg.model.continuous_prompt_length
+        labels = next_token_labels(text_ids, is_caption, soft)
+        mask = full_attention_mask(text_mask, soft)
+        inputs = torch.cat((torch.full_like(text_ids[:, :1], IGNORE_INDEX).expand(-1, soft), text_ids), dim=1)
+        found = [check_padding_ignored(labels, mask), check_labels_shifted(inputs, labels)]
+        return [f for f in found if f is not None]
+
+    def predict(self, model: nn.Module, input_path: Path, out_dir: Path | None) -> list[dict[str, Any]]:
+        """Caption the features (and detected entities) in ``input_path``: JSON ``{"features": [D floats],
+        "entities": [str]}`` or a list of them, or ``.npy`` of shape ``(D,)`` / ``(N, D)`` (no entities)."""
+        items = readers.read_prediction_inputs(input_path, self.cfg.model.clip_hidden_size)
+        records = [CaptionRecord(i, feats, tuple(ents), ()) for i, (feats, ents) in enumerate(items)]
+        dataset = CaptionDataset(records, self.tokenizer, self.cfg.max_num_of_entities, self.cfg.max_caption_tokens)
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in self.collate_fn()([dataset[i] for i in range(len(dataset))]).items()}
+        captions = [self.tokenizer.decode(ids.tolist()) for ids in self.generate(model, batch)]
+        results = [
+            {"image_id": i, "caption": text, "entities": list(ents)}
+            for i, (text, (_, ents)) in enumerate(zip(captions, items, strict=True))
+        ]
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            rows = [{"image_id": r["image_id"], "caption": r["caption"]} for r in results]
+            (out_dir / "captions.json").write_text(json.dumps(rows, indent=1) + "\n")
+        return results

@@ -1,0 +1,104 @@
+"""The caption tokenizer: a byte-level BPE (GPT-2's scheme) trained on the corpus with Hugging Face ``tokenizers``,
+or the own tokenizer of a local pretrained language-model directory.
+
+A trained tokenizer is saved as ``tokenizer.json`` in the run directory, so a checkpoint plus its run directory is a
+complete inference bundle; a run that finds one there (a resumed run, ``trainwell eval``/``predict``) loads it
+instead of training again. Special tokens: ``<|pad|>`` (id 0, only ever an input position that is masked out) and
+``<|endoftext|>`` (id 1), which is both BOS and EOS as in GPT-2. A pretrained GPT-2 directory has no pad token; its
+EOS is used as padding there (padding never reaches the loss: labels use :data:`IGNORE_INDEX`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+PAD = "<|pad|>"
+EOS = "<|endoftext|>"
+TOKENIZER_FILE = "tokenizer.json"
+IGNORE_INDEX = -100
+"""Label of positions that do not count in the loss (padding, prompts); ``F.cross_entropy``'s default."""
+
+
+class CaptionTokenizer:
+    """Byte-level BPE with a pad id and one BOS/EOS id; wraps a ``tokenizers.Tokenizer``."""
+
+    def __init__(self, tokenizer: Any, pad_token: str = PAD, eos_token: str = EOS) -> None:
+        self.backend = tokenizer
+        eos_id = tokenizer.token_to_id(eos_token)
+        if eos_id is None:
+            raise ValueError(f"The tokenizer has no {eos_token!r} token; byte-level GPT-2 tokenizers must have one.")
+        pad_id = tokenizer.token_to_id(pad_token)
+        self.eos_id: int = int(eos_id)
+        self.bos_id: int = int(eos_id)
+        self.pad_id: int = int(pad_id) if pad_id is not None else self.eos_id
+
+    @property
+    def vocab_size(self) -> int:
+        """Size of the vocabulary, special tokens included (the language model's embedding rows)."""
+        return int(self.backend.get_vocab_size(with_added_tokens=True))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens added)."""
+        return list(self.backend.encode(text, add_special_tokens=False).ids)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text (no special tokens added)."""
+        return [list(e.ids) for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids`` up to the first EOS, padding and special tokens skipped, surrounding spaces stripped."""
+        kept = []
+        for token in ids:
+            if int(token) == self.eos_id:
+                break
+            if int(token) != self.pad_id:
+                kept.append(int(token))
+        return self.backend.decode(kept, skip_special_tokens=True).strip()
+
+    def save(self, directory: Path) -> Path:
+        """Write ``directory/tokenizer.json`` atomically (processes that race write identical files)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / TOKENIZER_FILE
+        tmp = directory / f".{TOKENIZER_FILE}.{os.getpid()}.tmp"
+        self.backend.save(str(tmp))
+        os.replace(tmp, path)
+        return path
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> CaptionTokenizer:
+    """Train a byte-level BPE of at most ``vocab_size`` tokens on ``texts`` (deterministic for a given order)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # every byte encodable: no unknown token needed
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer)
+    return CaptionTokenizer(backend)
+
+
+def load_tokenizer(directory: Path) -> CaptionTokenizer:
+    """The tokenizer saved in ``directory``: ``tokenizer.json``, or GPT-2's ``vocab.json`` + ``merges.txt``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    path = directory / TOKENIZER_FILE
+    if path.is_file():
+        return CaptionTokenizer(Tokenizer.from_file(str(path)))
+    vocab, merges = directory / "vocab.json", directory / "merges.txt"
+    if vocab.is_file() and merges.is_file():
+        backend = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        return CaptionTokenizer(backend)
+    raise FileNotFoundError(
+        f"No tokenizer in {directory}: expected {TOKENIZER_FILE} (Hugging Face fast tokenizer) or vocab.json + "
+        "merges.txt (GPT-2). Save the language model's tokenizer there with tokenizer.save_pretrained(dir)."
+    )
