@@ -154,6 +154,14 @@ def check_frozen(ctx: RunContext, th: Thresholds) -> Finding | None:
     )
 
 
+DEGENERATE_OUTPUTS = (
+    "captioning.empty_generations",
+    "captioning.constant_generations",
+    "detection3d.head_only_background",
+)
+"""Evaluators' findings about degenerate predictions (empty or constant captions, a head that predicts only
+background): what any failed training produces, so a training cause explains them."""
+
 CAUSES: dict[str, tuple[str, ...]] = {
     "loss.diverged": (
         "val.implausible",
@@ -162,11 +170,20 @@ CAUSES: dict[str, tuple[str, ...]] = {
         "grad.norm_spikes",
         "loss.not_decreasing",
         "loss.component_dominates",
+        "optim.weight_decay_strong",
+        *DEGENERATE_OUTPUTS,
     ),
-    "optim.large_updates": ("val.implausible", "val.diverged", "grad.norm_spikes"),
-    "optim.lr_too_low": ("loss.not_decreasing",),
-    "optim.weight_decay_strong": ("loss.not_decreasing", "optim.lr_too_low"),
-    "model.frozen_parameters": ("loss.not_decreasing",),
+    # A learning rate far too high also makes lr × weight_decay large: the decay is then not the mistake.
+    "optim.large_updates": (
+        "val.implausible",
+        "val.diverged",
+        "grad.norm_spikes",
+        "optim.weight_decay_strong",
+        *DEGENERATE_OUTPUTS,
+    ),
+    "optim.lr_too_low": ("loss.not_decreasing", "val.implausible", *DEGENERATE_OUTPUTS),
+    "optim.weight_decay_strong": ("loss.not_decreasing", "optim.lr_too_low", "val.implausible", *DEGENERATE_OUTPUTS),
+    "model.frozen_parameters": ("loss.not_decreasing", *DEGENERATE_OUTPUTS),
     "val.stuck": ("val.diverged",),
 }
 """Root cause → the symptoms it explains. When both fire, the symptom's evidence is folded into the cause
