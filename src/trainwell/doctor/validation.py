@@ -28,6 +28,8 @@ def check_plausible(val: Sequence[Mapping[str, Any]], ctx: RunContext) -> Findin
     The range is the task's statement of what no working model can exceed (e.g. ``plausible=(0, 1000)`` mm for a
     hand's joint error: a prediction a metre off is not a hand), so one evaluation outside it is enough.
     """
+    if not val:
+        return None
     outside: list[tuple[str, int, float, tuple[float, float], str]] = []
     for record in val:
         metrics = val_metrics(record)
