@@ -94,6 +94,9 @@ def test_a_metric_outside_the_declared_range_is_an_error_with_the_numbers() -> N
     assert "4.3e+07 mm" in finding.evidence and "0–1000 mm" in finding.evidence and "3 of 3" in finding.evidence
     assert check_plausible(val([90.0, 40.0]), RunContext(metric_specs=HAND)) is None
     assert check_plausible(val([4.3e7]), RunContext()) is None  # no declaration, no judgement
+    assert check_plausible([], RunContext(metric_specs=HAND)) is None  # before the first evaluation
+    # An early evaluation outside the range that the run recovered from is not a finding (the latest decides).
+    assert check_plausible(val([2632.0, 81.0, 58.0]), RunContext(metric_specs=HAND)) is None
 
 
 @pytest.mark.parametrize(
