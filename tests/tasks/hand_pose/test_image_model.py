@@ -1,0 +1,55 @@
+"""The RGB-D network: shapes, soft-argmax and back-projection, SyncBatchNorm conversion."""
+
+import torch
+
+from trainwell.tasks.hand_pose.image_model import (
+    RGBDHandNet,
+    RGBDNetConfig,
+    back_project,
+    reference_depth_mm,
+    soft_argmax_2d,
+)
+from trainwell.tasks.hand_pose.surface import NUM_VERTICES
+
+K = torch.tensor([[[150.0, 0, 30.0], [0, 160.0, 34.0], [0, 0, 1]]]).expand(3, 3, 3)
+
+
+def test_output_shapes_and_root_relative() -> None:
+    net = RGBDHandNet(RGBDNetConfig(width=8, blocks=[1, 2, 1], head_width=16)).eval()
+    with torch.no_grad():
+        out = net(torch.rand(3, 3, 64, 64), 400 + 200 * torch.rand(3, 1, 64, 64), K)
+    assert out["joints_mm"].shape == (3, 21, 3) and out["aux_joints_mm"].shape == (3, 21, 3)
+    assert out["keypoints_2d_px"].shape == (3, 21, 2) and out["vertices_mm"].shape == (3, NUM_VERTICES, 3)
+    assert float(out["joints_mm"][:, 0].abs().max()) == 0.0
+    assert float(out["keypoints_2d_px"].min()) >= 0 and float(out["keypoints_2d_px"].max()) <= 64
+
+
+def test_soft_argmax_of_a_peaked_map_is_the_cell_centre() -> None:
+    logits = torch.full((1, 2, 16, 16), -1e4)
+    logits[0, 0, 3, 10] = 0.0  # row 3, column 10
+    logits[0, 1, 15, 0] = 0.0
+    uv, weights = soft_argmax_2d(logits, stride=4)
+    assert torch.allclose(uv[0], torch.tensor([[42.0, 14.0], [2.0, 62.0]]))
+    assert torch.allclose(weights.sum(dim=(2, 3)), torch.ones(1, 2))
+
+
+def test_back_projection_inverts_the_projection() -> None:
+    points = torch.tensor([[[10.0, -20.0, 400.0], [-35.0, 5.0, 520.0]]]).expand(3, 2, 3)
+    uvw = torch.einsum("bij,bnj->bni", K, points)
+    assert torch.allclose(back_project(uvw[..., :2] / uvw[..., 2:], points[..., 2], K), points, atol=1e-3)
+
+
+def test_reference_depth_ignores_missing_returns() -> None:
+    depth = torch.zeros(2, 1, 4, 4)
+    depth[0, 0, :2] = 600.0
+    assert reference_depth_mm(depth).tolist() == [600.0, 500.0]
+
+
+def test_sync_batchnorm_conversion_and_width() -> None:
+    small = RGBDHandNet(RGBDNetConfig(width=8, head_width=16))
+    large = RGBDHandNet(RGBDNetConfig(width=16, head_width=32))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(large) > count(small)
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(small)
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
+    assert not any(type(m) is torch.nn.BatchNorm2d for m in converted.modules())

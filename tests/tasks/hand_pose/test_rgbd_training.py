@@ -1,0 +1,42 @@
+"""End to end through the CLI: the tiny RGB-D config trains through the engine and its loss falls."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+PARTS = ("keypoint_2d", "joint_3d", "vertex", "shape_prior", "pose_prior", "aux", "heatmap")
+
+
+@pytest.mark.slow
+def test_tiny_rgbd_config_trains_and_the_loss_falls(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "trainwell", "train", "configs/hand_pose/rgbd_tiny.yaml", f"run.dir={run_dir}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["kind"] == "train"]
+    val = [r for r in records if r["kind"] == "val"]
+    for record in train:  # every UTNet part logged by name; their sum is the loss
+        assert record["loss"] == pytest.approx(sum(record[f"loss/{name}"] for name in PARTS), rel=1e-5)
+    first, last = train[0]["loss"], min(r["loss"] for r in train[-3:])
+    assert last < 0.95 * first, f"loss went from {first:.1f} to {last:.1f}"
+    assert all({"mpjpe", "pa_mpjpe", "mpvpe", "pa_mpvpe"} <= set(r) for r in val)
+    assert 0 < val[-1]["pa_mpjpe"] < val[-1]["mpjpe"] < 1000
+    best = run_dir / "checkpoints" / "best.pt"
+    assert best.is_file()
+
+    # `trainwell eval --export` on best.pt reproduces the best validation and writes both benchmark files.
+    export = tmp_path / "export"
+    command = [sys.executable, "-m", "trainwell", "eval", "configs/hand_pose/rgbd_tiny.yaml", "--checkpoint", str(best)]
+    done = subprocess.run([*command, "--export", str(export)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = {line.split(":")[0]: line.split(":")[1].split()[0] for line in done.stdout.splitlines() if ": " in line}
+    best_val = min(val, key=lambda r: (r["mpjpe"] + r["pa_mpjpe"]) / 2)
+    assert float(printed["mpjpe"]) == pytest.approx(best_val["mpjpe"], rel=1e-4)
+    for name in ("freihand", "ho3d"):
+        pred = json.loads((export / name / "pred.json").read_text())
+        assert len(pred) == 2 and len(pred[0]) == 64 and len(pred[0][0]) == 21
