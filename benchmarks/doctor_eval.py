@@ -58,7 +58,11 @@ def evaluate(quick: bool, root: Path) -> tuple[list[str], bool]:
 
 
 def sweep(quick: bool, root: Path) -> tuple[list[str], bool]:
-    counts = {"regression": 8, "hand_pose": 4} if quick else {"regression": 20, "hand_pose": 10, "detection3d": 3}
+    counts = (
+        {"regression": 8, "hand_pose": 4}
+        if quick
+        else {"regression": 20, "hand_pose": 10, "detection3d": 3, "hand_pose_rgbd": 3}
+    )
     runs = healthy_runs(counts, seed=2026, two_process=0 if quick else 2)
     errors: list[str] = []
     warnings: list[str] = []

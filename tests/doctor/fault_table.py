@@ -47,6 +47,7 @@ HAND_POSE = (
 HAND_POSE_LR = 3e-3
 HAND_POSE_SHORT = (*HAND_POSE, "train.epochs=3", "train.log_every=8")  # 24 steps, 3 log lines
 HAND_POSE_LONG = (*HAND_POSE, "train.epochs=8", "train.log_every=2")  # 64 steps, 32 log lines
+RGBD = ("configs/hand_pose/rgbd_tiny.yaml",)  # tuned: AdamW lr 3e-3, weight decay 1e-4
 CAPTIONING = ("configs/captioning/tiny.yaml",)  # tuned: AdamW lr 2e-3, no weight decay
 DETECTION = ("configs/detection3d/tiny.yaml",)  # tuned: AdamW lr 3e-3, weight decay 0.01, one-cycle
 TINY_HAND_POSE = ("configs/hand_pose/tiny.yaml", "train.epochs=3")  # the issue's headline case (slow: ~1 min)
@@ -148,7 +149,7 @@ FAULTS: list[Fault] = [
     Fault("reg-slow-data", "regression", "300 ms per batch in the training process",
           (*REGRESSION, "data.train_size=192", "train.log_every=1", _task("fault_tasks:SlowDataRegressionTask")),
           "data.input_bound"),
-    # -- the packs merged at the end (captioning, 3D detection): configuration faults; their data faults
+    # -- the packs merged at the end (RGB-D hand pose, captioning, 3D detection): configuration faults; their data faults
     # (padding in the loss, labels not shifted, heading convention, …) are the packs' own check_batch tests.
     Fault("cap-lr-x1000", "captioning", "LR ×1000", (*CAPTIONING, "optim.lr=2.0"), "loss.diverged",
           evidence=("learning rate",)),
@@ -156,6 +157,12 @@ FAULTS: list[Fault] = [
           evidence=("learning rate",)),
     Fault("cap-weight-decay-10", "captioning", "weight decay 10", (*CAPTIONING, "optim.weight_decay=10"),
           "optim.weight_decay_strong"),
+    Fault("rgbd-lr-x1000", "hand_pose_rgbd", "LR ×1000 (diverges, then overflows)",
+          (*RGBD, "optim.lr=3.0"), "loss.diverged", exit_status=1, evidence=("learning rate",)),
+    Fault("rgbd-lr-x1e-4", "hand_pose_rgbd", "LR ×1e-4", (*RGBD, "optim.lr=3e-7"), "optim.lr_too_low",
+          evidence=("learning rate",)),
+    Fault("rgbd-weight-decay-10", "hand_pose_rgbd", "weight decay 10 instead of 1e-4",
+          (*RGBD, "optim.weight_decay=10"), "optim.weight_decay_strong"),
     Fault("det-lr-x1000", "detection3d", "LR ×1000", (*DETECTION, "optim.lr=3.0"), "loss.diverged",
           evidence=("learning rate",)),
     Fault("det-lr-x1e-4", "detection3d", "LR ×1e-4", (*DETECTION, "optim.lr=3e-7"), "optim.lr_too_low",

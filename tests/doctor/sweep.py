@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fault_table import DETECTION, HAND_POSE, HAND_POSE_LR, REGRESSION, REGRESSION_LR, Outcome, run_training
+from fault_table import DETECTION, HAND_POSE, RGBD, HAND_POSE_LR, REGRESSION, REGRESSION_LR, Outcome, run_training
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,22 @@ def draw_detection3d(rng: random.Random) -> tuple[str, ...]:
     )
 
 
+def draw_hand_pose_rgbd(rng: random.Random) -> tuple[str, ...]:
+    """The tiny RGB-D hand-pose run with its LR, seeds and warmup drawn."""
+    return (
+        *RGBD,
+        f"optim.lr={_lr(rng, 3e-3)}",
+        f"train.seed={rng.randrange(1000)}",
+        f"schedule.warmup_steps={rng.choice([0, 2, 5])}",
+        f"data.seed={rng.randrange(100)}",
+    )
+
+
 DRAWS: dict[str, Callable[[random.Random], tuple[str, ...]]] = {
     "regression": draw_regression,
     "hand_pose": draw_hand_pose,
     "detection3d": draw_detection3d,
+    "hand_pose_rgbd": draw_hand_pose_rgbd,
 }
 """Captioning is not drawn: its tiny config is not silent even as tuned (its evaluator warns of empty and constant
 captions after 3 epochs), so it has no healthy baseline to perturb yet."""

@@ -171,6 +171,7 @@ CAUSES: dict[str, tuple[str, ...]] = {
         "loss.not_decreasing",
         "loss.component_dominates",
         "optim.weight_decay_strong",
+        "train.nonfinite",  # a loss that diverged first and overflowed later: the overflow is not the cause
         *DEGENERATE_OUTPUTS,
     ),
     # A learning rate far too high also makes lr × weight_decay large: the decay is then not the mistake.
