@@ -149,8 +149,8 @@ FAULTS: list[Fault] = [
     Fault("reg-slow-data", "regression", "300 ms per batch in the training process",
           (*REGRESSION, "data.train_size=192", "train.log_every=1", _task("fault_tasks:SlowDataRegressionTask")),
           "data.input_bound"),
-    # -- the packs merged at the end (RGB-D hand pose, captioning, 3D detection): configuration faults; their data faults
-    # (padding in the loss, labels not shifted, heading convention, …) are the packs' own check_batch tests.
+    # -- the packs merged at the end (RGB-D hand pose, captioning, 3D detection): configuration faults; their data
+    # faults (padding in the loss, labels not shifted, heading convention, …) are the packs' own check_batch tests.
     Fault("cap-lr-x1000", "captioning", "LR ×1000", (*CAPTIONING, "optim.lr=2.0"), "loss.diverged",
           evidence=("learning rate",)),
     Fault("cap-lr-x1e-4", "captioning", "LR ×1e-4", (*CAPTIONING, "optim.lr=2e-7"), "optim.lr_too_low",

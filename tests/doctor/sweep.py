@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fault_table import DETECTION, HAND_POSE, RGBD, HAND_POSE_LR, REGRESSION, REGRESSION_LR, Outcome, run_training
+from fault_table import DETECTION, HAND_POSE, HAND_POSE_LR, REGRESSION, REGRESSION_LR, RGBD, Outcome, run_training
 
 
 @dataclass(frozen=True)
@@ -105,10 +105,14 @@ def healthy_runs(counts: dict[str, int], *, seed: int = 0, two_process: int = 0)
     2 gloo processes."""
     rng = random.Random(seed)
     runs = [HealthyRun(f"{pack}-{i:02d}", pack, DRAWS[pack](rng)) for pack, n in counts.items() for i in range(n)]
-    runs += [
-        HealthyRun(f"regression-2proc-{i}", "regression", (*draw_regression(rng), "train.device=cpu"), 2)
-        for i in range(two_process)
-    ]
+    for i in range(two_process):
+        # train.batch_size is per process: halve the drawn one, so that the global batch (and with it the number
+        # of optimizer steps) is the one drawn from the sane range, as for a single process.
+        args = tuple(
+            f"train.batch_size={int(a.split('=')[1]) // 2}" if a.startswith("train.batch_size=") else a
+            for a in draw_regression(rng)
+        )
+        runs.append(HealthyRun(f"regression-2proc-{i}", "regression", (*args, "train.device=cpu"), 2))
     return runs
 
 
