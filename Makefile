@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format setup bench clean
+.PHONY: demo test lint format setup bench doctor-eval clean
 
 $(STAMP): pyproject.toml constraints-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/pose_metrics.py
 	$(PY) benchmarks/checkpoint_save.py
+
+# The doctor's fault library and a randomised healthy sweep; writes the tables into docs/doctor.md.
+doctor-eval: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/doctor_eval.py
 
 clean:
 	rm -rf $(VENV) runs

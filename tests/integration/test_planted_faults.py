@@ -1,8 +1,9 @@
 """Planted faults: small real runs, each with one mistake, must raise that mistake's finding and no other;
 healthy runs must raise nothing.
 
-Runs go in-process through ``trainwell.cli.main``; the faulty tasks live in ``fault_tasks.py`` beside this
-file. Every fault is the healthy config plus one change, so a finding that appears is caused by the fault.
+The faults are rows of the fault library (``tests/doctor/fault_table.py``); this suite runs one or two per rule at
+small sizes, ``make doctor-eval`` runs all of them (and a randomised healthy sweep). Runs go in-process through
+``trainwell.cli.main``. Every fault is a healthy config plus one change, so a finding that appears is caused by it.
 """
 
 import json
@@ -10,67 +11,30 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
-from trainwell.cli import main
-from trainwell.doctor.offline import diagnose_run
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))  # fault_tasks:* class paths
+sys.path.insert(0, str(HERE.parent / "doctor"))  # the fault library
 
-REGRESSION = ["configs/examples/regression.yaml"]
-REGRESSION_LR = float(yaml.safe_load(Path(REGRESSION[0]).read_text())["optim"]["lr"])  # "3e-3": a YAML 1.1 string
-REGRESSION_L1 = float(yaml.safe_load(Path(REGRESSION[0]).read_text())["task"]["loss_weights"]["l1"])
-# A few-second hand-pose run: every key the doctor's thresholds depend on is pinned here.
-HAND_POSE = [
-    "configs/hand_pose/tiny.yaml",
-    "data.train_size=512",
-    "data.val_size=128",
-    "task.model.hidden=64",
-    "train.batch_size=64",
-    "train.epochs=4",
-    "train.log_every=2",
-    "optim.lr=3e-3",
-    "schedule.warmup_steps=10",
-]
+from fault_table import FAULTS, HAND_POSE, REGRESSION, check_fault, run_training  # noqa: E402
 
-FAULTS = {
-    # name: (config + overrides, the one finding expected, exit status of `trainwell train`)
-    "targets in metres": (
-        [*HAND_POSE, "task.class_path=fault_tasks:MetresHandPoseTask"],
-        "hand_pose.units_not_mm",
-        0,
-    ),
-    "targets not root-centred": (
-        [*HAND_POSE, "task.class_path=fault_tasks:CentroidCentredHandPoseTask"],
-        "hand_pose.not_root_centred",
-        0,
-    ),
-    "learning rate 100x too high": ([*REGRESSION, f"optim.lr={REGRESSION_LR * 100}"], "optim.large_updates", 0),
-    "learning rate 1000x too low": ([*REGRESSION, f"optim.lr={REGRESSION_LR / 1000}"], "loss.not_decreasing", 0),
-    "evaluation returns constant metrics": (
-        [*REGRESSION, "task.class_path=fault_tasks:StaleEvalRegressionTask"],
-        "val.stuck",
-        0,
-    ),
-    "slow dataset": ([*REGRESSION, "task.class_path=fault_tasks:SlowDataRegressionTask"], "data.input_bound", 0),
-    "loss term weighted 1e4x": (
-        [*REGRESSION, f"task.loss_weights.l1={REGRESSION_L1 * 1e4}"],
-        "loss.component_dominates",
-        0,
-    ),
-    "NaN at step 7": ([*REGRESSION, "task.class_path=fault_tasks:NaNRegressionTask"], "train.nonfinite", 1),
-    "NaN at step 7, skipped": (
-        [*REGRESSION, "task.class_path=fault_tasks:NaNRegressionTask", "diagnostics.nonfinite=skip"],
-        "train.nonfinite_skipped",
-        0,
-    ),
-    "model switched to eval mode": (
-        [*REGRESSION, "task.class_path=fault_tasks:EvalModeRegressionTask"],
-        "model.eval_mode",
-        0,
-    ),
-}
+from trainwell.cli import main  # noqa: E402
+from trainwell.doctor.offline import diagnose_run  # noqa: E402
+
+# One fault per new rule (the older rules have unit tests in tests/engine, the hand-pose label checks in
+# tests/doctor/test_hand_pose_checks.py); `make doctor-eval` runs every row of the library.
+IN_SUITE = (
+    "reg-lr-x1000-short",
+    "reg-lr-x100-short",
+    "reg-lr-x1e-4-short",
+    "hand-lr-x1000-short",
+    "reg-shuffled-labels",
+    "reg-nan-sample",
+    "reg-frozen",
+    "reg-weight-decay-10",
+    "reg-stale-eval",
+)
+BY_ID = {fault.id: fault for fault in FAULTS}
 
 
 def train(args: list[str], run_dir: Path) -> int:
@@ -78,34 +42,40 @@ def train(args: list[str], run_dir: Path) -> int:
 
 
 def live_findings(run_dir: Path) -> dict[str, dict]:
-    """The last version of each finding the run itself wrote."""
+    """The last version of each finding the run itself wrote (minus symptoms folded into their cause)."""
     path = run_dir / "findings.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    return {r["id"]: r for r in records if r["kind"] == "finding"}
+    found = {}
+    for r in records:
+        if r["kind"] == "finding":
+            found[r["id"]] = r
+        elif r["kind"] == "merged":
+            found.pop(r["id"], None)
+    return found
 
 
-@pytest.mark.parametrize("fault", list(FAULTS))
-def test_each_fault_raises_its_own_finding_and_no_other(fault: str, tmp_path: Path, capsys) -> None:
-    args, expected, status = FAULTS[fault]
-    assert train(args, tmp_path) == status
-    found = live_findings(tmp_path)
-    assert set(found) == {expected}, {k: v["evidence"] for k, v in found.items()}
+@pytest.mark.parametrize("fault_id", IN_SUITE)
+def test_each_fault_raises_its_own_finding_and_no_other(fault_id: str, tmp_path: Path) -> None:
+    fault = BY_ID[fault_id]
+    outcome = run_training(fault.args, tmp_path)
+    assert check_fault(fault, outcome) == [], {k: v.evidence for k, v in outcome.live.items()}
     log = (tmp_path / "train.log").read_text()
-    assert "Diagnosis (training doctor)" in log and f"] {expected}" in log
-    # `trainwell doctor` finds the same from the files, and exits non-zero exactly for an error.
-    offline = diagnose_run(tmp_path)
-    assert [f.id for f in offline.findings] == [expected]
-    severe = found[expected]["severity"] == "error"
-    capsys.readouterr()
-    assert main(["doctor", str(tmp_path)]) == (1 if severe else 0)
-    assert expected in capsys.readouterr().out
+    assert "Diagnosis (training doctor)" in log and f"] {fault.expected}" in log
+
+
+def test_the_fault_library_covers_every_pack_on_main_and_is_documented() -> None:
+    assert len(FAULTS) >= 25 and len({f.id for f in FAULTS}) == len(FAULTS)
+    assert {f.pack for f in FAULTS} >= {"regression", "hand_pose"}
+    doc = (HERE.parents[1] / "docs" / "doctor.md").read_text()
+    missing = sorted({f.expected for f in FAULTS if f"`{f.expected}`" not in doc})
+    assert not missing, f"finding ids of the fault library not documented in docs/doctor.md: {missing}"
 
 
 @pytest.mark.parametrize(
     "args",
     [
-        pytest.param(REGRESSION, id="regression example"),
-        pytest.param(HAND_POSE, id="hand-pose base of the faults"),
+        pytest.param(list(REGRESSION), id="regression example"),
+        pytest.param(list(HAND_POSE), id="hand-pose base of the faults"),
         pytest.param(["configs/hand_pose/tiny.yaml"], id="hand-pose tiny config", marks=pytest.mark.slow),
     ],
 )
@@ -130,3 +100,13 @@ def test_ignored_findings_are_not_reported(tmp_path: Path) -> None:
     args = [*REGRESSION, "task.class_path=fault_tasks:EvalModeRegressionTask", "diagnostics.ignore=[model.eval_mode]"]
     assert train(args, tmp_path) == 0
     assert live_findings(tmp_path) == {} and diagnose_run(tmp_path).findings == []
+
+
+def test_a_loss_contract_mistake_is_one_message_in_the_log_and_in_trainwell_doctor(tmp_path: Path, capsys) -> None:
+    sys.path.insert(0, str(HERE))
+    assert train([*REGRESSION, "task.class_path=port_tasks:NoGradLossTask"], tmp_path) == 1
+    err = capsys.readouterr().err
+    assert "loss component 'mse' does not require grad" in err and "Traceback" not in err
+    assert main(["doctor", str(tmp_path)]) == 0  # no finding: the run never trained
+    out = capsys.readouterr().out
+    assert "loss component 'mse' does not require grad" in out, out

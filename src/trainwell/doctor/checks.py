@@ -9,131 +9,41 @@ see the same findings. Every threshold is a field of :class:`Thresholds`, docume
 from __future__ import annotations
 
 import itertools
-import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from trainwell.doctor.context import (
+    LOSS_PREFIX,
+    RunContext,
+    Thresholds,
+    _finite,
+    loss_components,
+    loss_key,
+    split_records,
+    val_metrics,
+)
+from trainwell.doctor.divergence import (
+    check_divergence,
+    check_frozen,
+    check_lr_too_low,
+    check_weight_decay,
+    consolidate,
+)
 from trainwell.doctor.findings import Finding
+from trainwell.doctor.validation import check_plausible, check_val_diverged
 
-if TYPE_CHECKING:
-    from trainwell.config.schema import ExperimentConfig
-
-LOSS_PREFIX = "loss/"
-"""Loss components are logged as ``loss/<name>`` (the total as ``loss``): :func:`loss_key` / :func:`loss_components`
-are the one place that spells it, for the log, the doctor and the plots."""
-
-
-def loss_key(name: str) -> str:
-    """The record key of loss component ``name``."""
-    return LOSS_PREFIX + name
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Where the doctor draws its lines (tuned so that healthy example runs raise nothing)."""
-
-    first_batches: int = 3
-    """Batches of the first epoch whose tensors are summarised and checked."""
-    loss_window_fraction: float = 0.3
-    """``loss.not_decreasing`` looks at the first this fraction of the planned steps (after warmup)."""
-    loss_window_min_records: int = 6
-    """… and at least this many log lines (the check waits for them)."""
-    loss_min_decrease: float = 0.10
-    """Relative decrease of the total loss over that window (from a line fitted to it) below which it flags."""
-    dominance_ratio: float = 100.0
-    """``loss.component_dominates``: largest / second-largest component over the first log lines."""
-    dominance_records: int = 3
-    """Log lines (from the first) whose median ratio is compared with ``dominance_ratio``."""
-    val_identical_rtol: float = 1e-7
-    """Validation metrics this close (relative) count as identical."""
-    val_train_moved: float = 0.02
-    """… flagged when the mean training loss moved by more than this (relative) between the evaluations."""
-    data_wait_share: float = 0.3
-    """``data.input_bound``: median share of wall time spent waiting for the next batch …"""
-    data_wait_min_s: float = 0.005
-    """… and median seconds waited per step, both at least this (ignores microsecond toy steps)."""
-    data_wait_min_records: int = 3
-    """Log lines needed (the first one, which includes start-up, is left out)."""
-    spike_factor: float = 10.0
-    """``grad.norm_spikes``: an interval's largest grad norm ≥ this × the median of the earlier intervals' norms."""
-    spike_min_history: int = 5
-    """Earlier log lines needed before spikes are counted."""
-    spike_min_count: int = 2
-    """Spikes needed to flag (one isolated spike is not a pattern)."""
-    update_ratio_high: float = 0.1
-    """``optim.large_updates``: ‖Δw‖ / ‖w‖ of one optimizer step (measured at logging steps) at or above this …"""
-    update_ratio_high_records: int = 2
-    """… on at least this many log lines, or once at ``update_ratio_extreme`` or above."""
-    update_ratio_extreme: float = 0.3
-    """One step moving the weights by this fraction of their norm is enough on its own."""
-    update_ratio_low: float = 1e-4
-    """Below this, ``loss.not_decreasing`` blames the learning rate."""
-    sgd_clip_rate: float = 0.9
-    """``grad.always_clipped`` (SGD only): share of steps clipped …"""
-    sgd_clip_factor: float = 10.0
-    """… with a median grad norm this many times the clip threshold."""
-
-
-@dataclass(frozen=True)
-class RunContext:
-    """What the history checks need to know about the run besides its records."""
-
-    total_steps: int | None = None
-    log_every: int = 50
-    warmup_steps: int = 0
-    clip_grad_norm: float | None = None
-    optimizer: str = "adamw"
-    lr: float | None = None
-    num_workers: int = 0
-    pin_memory: bool = True
-    device: str = "cpu"
-    amp: str = "off"
-    world_size: int = 1
-
-    @classmethod
-    def from_config(
-        cls, cfg: ExperimentConfig, *, total_steps: int, log_every: int, device: str, world_size: int
-    ) -> RunContext:
-        """Build from the typed config and what the loop resolved (step counts, device, processes)."""
-        return cls(
-            total_steps=total_steps,
-            log_every=log_every,
-            warmup_steps=cfg.schedule.warmup_steps,
-            clip_grad_norm=cfg.train.clip_grad_norm,
-            optimizer=cfg.optim.name,
-            lr=cfg.optim.lr,
-            num_workers=cfg.data.num_workers,
-            pin_memory=cfg.data.pin_memory,
-            device=device,
-            amp=cfg.train.amp,
-            world_size=world_size,
-        )
-
-
-# -- the metrics history ---------------------------------------------------------------------------
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def split_records(records: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-    """``(train, val)`` records, each sorted by step; a train record without a finite loss is left out."""
-    train = [r for r in records if r.get("kind") == "train" and _finite(r.get("loss"))]
-    val = [r for r in records if r.get("kind") == "val"]
-    return sorted(train, key=lambda r: r["step"]), sorted(val, key=lambda r: r["step"])
-
-
-def loss_components(record: Mapping[str, Any]) -> dict[str, float]:
-    """``{name: value}`` of the ``loss/<name>`` entries of a train record."""
-    n = len(LOSS_PREFIX)
-    return {key[n:]: float(value) for key, value in record.items() if key.startswith(LOSS_PREFIX) and _finite(value)}
-
-
-def val_metrics(record: Mapping[str, Any]) -> dict[str, float]:
-    """The numeric metrics of a val record (bookkeeping keys left out)."""
-    skip = {"kind", "epoch", "step", "num_samples"}
-    return {k: float(v) for k, v in record.items() if k not in skip and _finite(v)}
+__all__ = [
+    "LOSS_PREFIX",
+    "RunContext",
+    "Thresholds",
+    "check_history",
+    "loss_components",
+    "loss_key",
+    "split_records",
+    "summarize_history",
+    "val_metrics",
+]
 
 
 def _fit_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -141,6 +51,16 @@ def _fit_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     den = sum((x - mx) ** 2 for x in xs)
     return 0.0 if den == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den
+
+
+def _slope_standard_error(xs: Sequence[float], ys: Sequence[float], slope: float) -> float:
+    """Standard error of the least-squares slope (0 with fewer than 3 points: no residual degrees of freedom)."""
+    if len(xs) < 3:
+        return 0.0
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    residual = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys, strict=True)) / (len(xs) - 2)
+    return 0.0 if den == 0 else (residual / den) ** 0.5
 
 
 def loss_window_end(ctx: RunContext, th: Thresholds) -> int | None:
@@ -174,15 +94,20 @@ def check_loss_progress(
         return None  # a loss that can be negative has no relative scale
     steps = [float(r["step"]) for r in window]
     mean = statistics.fmean(losses)
-    drop = -_fit_slope(steps, losses) * (steps[-1] - steps[0]) / mean
-    if drop >= th.loss_min_decrease:
+    slope = _fit_slope(steps, losses)
+    drop = -slope * (steps[-1] - steps[0]) / mean
+    # The log lines are means over batches and carry their noise: the fitted drop has a standard error, and the
+    # loss counts as "not decreasing" only if even drop + 1 standard error stays below the bound. On the point
+    # estimate alone, a run whose true decrease sits near the bound would be flagged half the time.
+    spread = _slope_standard_error(steps, losses, slope) * (steps[-1] - steps[0]) / mean
+    if drop + spread >= th.loss_min_decrease:
         return None
     ratios = [float(r["update_ratio"]) for r in window if _finite(r.get("update_ratio"))]
     ratio = statistics.median(ratios) if ratios else None
     evidence = (
         f"over steps {int(steps[0])}–{int(steps[-1])} ({len(window)} log lines) the total loss went "
-        f"{losses[0]:.4g} → {losses[-1]:.4g}; a fitted line falls by {drop:.1%} of its mean "
-        f"(flagged below {th.loss_min_decrease:.0%})"
+        f"{losses[0]:.4g} → {losses[-1]:.4g}; a fitted line falls by {drop:.1%} ± {spread:.1%} (one standard "
+        f"error) of its mean (flagged when drop + 1 s.e. < {th.loss_min_decrease:.0%})"
     )
     if ratio is not None:
         evidence += f"; each optimizer step changed the weights by {ratio:.1e} of their norm (median)"
@@ -190,6 +115,16 @@ def check_loss_progress(
         fix = (
             f"The updates are tiny (‖Δw‖/‖w‖ {ratio:.1e}; healthy runs show about 1e-3–1e-2): the learning rate "
             f"(optim.lr={ctx.lr}) is probably far too low — try 10–1000× higher, and check schedule.warmup_steps."
+        )
+    elif ratio is not None:
+        # The optimizer moves the weights at a healthy rate and the loss still does not fall: the data, not the
+        # learning rate, is the suspect (targets that cannot be predicted from the inputs).
+        fix = (
+            f"The weights move normally (‖Δw‖/‖w‖ {ratio:.1e} per step), so the learning rate is not the cause: check "
+            "that the targets belong to the inputs (labels shuffled or misaligned against the inputs, an "
+            "augmentation applied to the input but not the label — the first-batch report above), that the loss "
+            "is not detached from the model's output, and the task's check_batch findings. If this run fine-tunes "
+            "an already converged model, this is expected: add 'loss.not_decreasing' to diagnostics.ignore."
         )
     else:
         fix = (
@@ -424,8 +359,19 @@ def check_history(
         check_update_size(train, ctx, th),
         check_clipping(train, ctx, th),
         check_skipped_steps(train),
+        check_divergence(train, ctx, th),
+        check_lr_too_low(train, ctx, th),
+        check_weight_decay(train, ctx, th),
+        check_frozen(ctx, th),
+        check_plausible(val, ctx),
+        check_val_diverged(val, ctx, th),
     ]
     return [f for f in found if f is not None]
+
+
+def diagnose(findings: Sequence[Finding]) -> list[Finding]:
+    """The findings to show: symptoms folded into the causes that explain them (:func:`.divergence.consolidate`)."""
+    return consolidate(findings)[0]
 
 
 def summarize_history(records: Sequence[Mapping[str, Any]], ctx: RunContext) -> list[str]:

@@ -114,3 +114,15 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         if isinstance(value, dict):
             out.append(value)
     return out
+
+
+def read_findings(path: Path) -> dict[str, Finding]:
+    """The findings a run wrote to ``findings.jsonl`` (the last line of each id), minus the symptoms the run later
+    folded into their cause (``{"kind": "merged", "id", "into"}``)."""
+    found: dict[str, Finding] = {}
+    for data in read_jsonl(path):
+        if data.get("kind") == "finding":
+            found[data["id"]] = Finding.from_dict(data)
+        elif data.get("kind") == "merged":
+            found.pop(str(data.get("id")), None)
+    return found

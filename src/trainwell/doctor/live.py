@@ -3,8 +3,10 @@
 Rank 0 reports; every finding is logged once and appended to ``findings.jsonl``.
 
 * ``maybe_inspect_batch`` — the first batches of a fresh run: a tensor report and ``Task.check_batch``;
-* ``maybe_debug_losses`` — ``Task.debug_losses`` for the first batches under ``diagnostics.debug_loss``;
-* ``watch_update`` — on logging steps only, the size of the optimizer's update ‖Δw‖/‖w‖;
+* ``maybe_debug_losses`` — the untrained model's loss on the first batches of a fresh run (the reference of
+  ``loss.diverged``; three extra forwards on the first batch under no_grad), and ``Task.debug_losses`` under
+  ``diagnostics.debug_loss``;
+* ``watch_update`` — on step 1 and logging steps only, the size of the optimizer's update ‖Δw‖/‖w‖ and ‖w‖;
 * ``on_train_log`` / ``on_validation`` — the history checks of :mod:`trainwell.doctor.checks` on values the loop
   has already read, and the model-mode check;
 * ``finish`` — the end-of-run "Diagnosis" section.
@@ -13,9 +15,13 @@ Rank 0 reports; every finding is logged once and appended to ``findings.jsonl``.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
 import logging
+import math
 import os
+import statistics
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,7 @@ from trainwell.doctor.batch import (
     format_batch_report,
 )
 from trainwell.doctor.checks import RunContext, Thresholds, check_history, summarize_history
+from trainwell.doctor.divergence import CAUSES, consolidate
 from trainwell.doctor.findings import FINDINGS_FILE, Finding, FindingSet, format_diagnosis, format_finding, read_jsonl
 from trainwell.engine.distributed import DistEnv
 
@@ -81,12 +88,21 @@ class TrainingDoctor:
         self._debugged = 0
         self._probe: list[nn.Parameter] | None = None
         self._update_ratio: torch.Tensor | None = None
+        self._weight_norm: torch.Tensor | None = None
+        self._first_step: dict[str, float] = {}  # step 1's update size and ‖w‖, the frozen share (host values)
+        self._init_losses: list[torch.Tensor] = []
+        self._probe_loss_next = False
+        self._resumed = False
+        self._stepped = False  # the first optimizer step has begun
         self._finished = False
         self._written: dict[str, Finding] = {}  # the version of each finding last written to findings.jsonl
 
     def on_fit_start(self, *, resumed: bool) -> None:
         """Before the first step: record the run context; a resumed run picks up its history and findings."""
         self._inspecting = not resumed  # "the first batches" are those of a fresh run
+        self._resumed = resumed
+        if self.reports:
+            self.context = dataclasses.replace(self.context, metric_specs=_metric_specs(self.task))
         if not self.reports or self.run_dir is None:
             return
         if resumed:
@@ -100,6 +116,8 @@ class TrainingDoctor:
     # -- the first batches ------------------------------------------------------------------------
     def maybe_inspect_batch(self, batch: Any, epoch: int, micro: int) -> None:
         """The first ``Thresholds.first_batches`` batches of a fresh run: tensor report and task checks."""
+        # Only batches seen before the first optimizer step measure the *untrained* model.
+        self._probe_loss_next = self.reports and not self._resumed and not self._stepped and epoch == 0
         if not (self.reports and self._inspecting):
             return
         if epoch > 0 or micro >= self.th.first_batches:
@@ -127,11 +145,15 @@ class TrainingDoctor:
         self._inspecting = False
 
     def maybe_debug_losses(self, model: nn.Module, batch: Any) -> None:
-        """Under ``diagnostics.debug_loss`` (or TRAINWELL_DEBUG_LOSS=1): loss internals of the first batches.
+        """The untrained model's loss on the first batches (:meth:`_probe_initial_loss`); then, under
+        ``diagnostics.debug_loss`` (or TRAINWELL_DEBUG_LOSS=1): loss internals of the first batches.
 
         The model runs once more on the batch; the RNG streams and the module buffers (BatchNorm running
         statistics) are restored afterwards, so the run trains exactly as it would without the switch.
         """
+        if self._probe_loss_next:
+            self._probe_loss_next = False
+            self._probe_initial_loss(model, batch)
         if not (self.debug_loss and self.env.is_main and self._debugged < self.th.first_batches):
             return
         self._debugged += 1
@@ -154,6 +176,41 @@ class TrainingDoctor:
         for name, value in stats.items():
             self.log.info(f"  {name:<{width}}  {value:.6g}")
 
+    def _probe_initial_loss(self, model: nn.Module, batch: Any) -> None:
+        """The total loss of the model before its first update on a batch (and its two halves), under no_grad.
+
+        It is the reference of ``loss.diverged``: what predicting with the initial weights costs. RNG streams,
+        buffers (BatchNorm statistics) and every module's train/eval flag are restored, and the calls go to a
+        shallow copy of the task (a counter it keeps in an attribute — steps seen, an annealing schedule — does
+        not move), so the run trains as it would without it. Skipped where it cannot run alone: SyncBatchNorm on
+        several processes (it would wait for the other processes' statistics). A task whose compute_losses fails
+        is left to fail in the real step, with the engine's message.
+        """
+        if self.env.world_size > 1 and any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
+            return
+        buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+        modes = {m: m.training for m in model.modules()}
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                # The whole batch, then its halves: their spread stands for the loss's noise at initialisation
+                # (an over-estimate for the logged interval means, so the divergence bound errs on the safe side).
+                task = copy.copy(self.task)
+                for part in (batch, *_halves(batch)):
+                    output = task.compute_losses(model, part)
+                    losses = getattr(output, "losses", output)
+                    values = [v.detach().double().sum() for v in losses.values() if isinstance(v, torch.Tensor)]
+                    if values:
+                        self._init_losses.append(torch.stack(values).sum().cpu())  # host read: first batch only
+        except Exception:  # the training step raises the real error, with its own message
+            pass
+        finally:
+            with torch.no_grad():
+                for name, b in model.named_buffers():
+                    b.copy_(buffers[name])
+            for module, training in modes.items():
+                module.training = training
+
     @contextlib.contextmanager
     def watch_update(self, model: nn.Module, *, step: int, log_step: bool) -> Iterator[None]:
         """Around an optimizer step: measure ‖Δw‖/‖w‖ on the device, read at the next log line.
@@ -162,15 +219,23 @@ class TrainingDoctor:
         too-high rate shows most); the log line reports the largest value since the previous one. Costs a
         copy of (at most :data:`UPDATE_PROBE_MAX_ELEMENTS` of) the parameters on those steps only.
         """
-        if not (self.reports and (log_step or step == max(1, self.context.warmup_steps))):
+        first = step == 1 and not self._resumed
+        self._stepped = True
+        if not (self.reports and (log_step or first or step == max(1, self.context.warmup_steps))):
             yield
             return
         if self._probe is None:
-            self._probe, total = [], 0
+            self._probe, total, frozen, everything = [], 0, 0, 0
             for p in model.parameters():
+                everything += p.numel()
+                frozen += 0 if p.requires_grad else p.numel()
                 if p.requires_grad and (total == 0 or total + p.numel() <= UPDATE_PROBE_MAX_ELEMENTS):
                     self._probe.append(p)
                     total += p.numel()
+            self._first_step["frozen_share"] = frozen / max(1, everything)
+        if not self._probe:
+            yield
+            return
         with torch.no_grad():
             before = [p.detach().clone() for p in self._probe]
         yield
@@ -179,6 +244,12 @@ class TrainingDoctor:
             moved = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(delta)))
             size = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(before)))
             ratio = moved.float() / size.float().clamp_min(1e-12)
+            self._weight_norm = size.float()
+        if first:  # host read, once: the reference values of the divergence and decay checks
+            # Kept apart from the interval's `update_ratio`: step 1 (Adam's sign step, before warmup has ramped)
+            # is not what optim.large_updates judges.
+            self._first_step.update(update_ratio_first=float(ratio), weight_norm_init=float(size))
+        if log_step or not first:
             self._update_ratio = ratio if self._update_ratio is None else torch.maximum(self._update_ratio, ratio)
 
     def interval_values(self) -> dict[str, float]:
@@ -188,14 +259,30 @@ class TrainingDoctor:
         value, self._update_ratio = float(self._update_ratio), None
         return {"update_ratio": value}
 
+    def _update_reference(self, step: int) -> None:
+        """The run's reference values (:attr:`RunContext.reference`), read on the host at a logging step: the
+        untrained model's loss, step 1's update size and ‖w‖, the frozen share, and ‖w‖ at the latest log step."""
+        ref = dict(self.context.reference)
+        if self._init_losses and "loss_init" not in ref:
+            values = [float(v) for v in self._init_losses]
+            if all(math.isfinite(v) for v in values):
+                ref["loss_init"] = values[0]  # the whole first batch; the halves give the spread
+                ref["loss_init_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+        ref.update(self._first_step)
+        if self._weight_norm is not None:
+            ref["weight_norm_last"], ref["weight_norm_step"] = float(self._weight_norm), step
+            self._weight_norm = None
+        if ref != self.context.reference:
+            self.context = dataclasses.replace(self.context, reference=ref)
+
     # -- logging steps, epoch ends, evaluations ----------------------------------------------------
     def on_train_log(self, values: Mapping[str, Any], model: nn.Module, *, epoch: int, step: int) -> None:
         """A log line with ``values`` (those of its ``metrics.jsonl`` record) was written (rank 0 looks)."""
         if not self.reports:
             return
         self.records.append({"kind": "train", "epoch": epoch + 1, "step": step, **values})
-        for finding in check_history(self.records, self.context, self.th, cores=os.cpu_count()):
-            self._raise(finding, update=True)
+        self._update_reference(step)
+        self._raise_history(final=False)
         mode = check_train_mode(model, step)
         if mode is not None:
             self._raise(mode)
@@ -210,8 +297,7 @@ class TrainingDoctor:
         if not self.reports:
             return
         self.records.append(dict(record))
-        for finding in check_history(self.records, self.context, self.th, cores=os.cpu_count()):
-            self._raise(finding, update=True)
+        self._raise_history(final=False)
 
     def finish(self, recorded: Sequence[Finding] = ()) -> list[Finding]:
         """End of the run (also after an error): final history checks and the "Diagnosis" section.
@@ -224,12 +310,16 @@ class TrainingDoctor:
         for finding in recorded:
             self._raise(finding, announce=False)
         self._flush_batch_report()
-        for finding in check_history(self.records, self.context, self.th, final=True, cores=os.cpu_count()):
-            self._raise(finding, update=True, announce=False)
-        findings = self.findings.all()
+        self._raise_history(final=True)
+        if self.context.reference:  # what `trainwell doctor RUN_DIR` judges against (the last line wins)
+            self._append({"kind": "reference", **self.context.reference})
+        findings, merged = consolidate(self.findings.all())
         for finding in findings:  # refined versions: the reader keeps the last line of each id
             if self._written.get(finding.id) != finding:
                 self._append({"kind": "finding", **finding.to_dict()})
+        for symptom, cause in merged.items():  # announced before its cause was known: now part of the cause
+            if symptom in self._written:
+                self._append({"kind": "merged", "id": symptom, "into": cause})
         lines = format_diagnosis(findings, summarize_history(self.records, self.context))
         emit = self.log.warning if any(f.is_severe for f in findings) else self.log.info
         self.log.info("=" * 80)
@@ -248,10 +338,18 @@ class TrainingDoctor:
             if isinstance(finding, Finding):
                 self._raise(finding, update=True)
 
-    def _raise(self, finding: Finding, *, update: bool = False, announce: bool = True) -> None:
+    def _raise_history(self, *, final: bool) -> None:
+        """Run the history checks; a symptom whose cause is already known is kept quietly (folded at the end)."""
+        found = check_history(self.records, self.context, self.th, final=final, cores=os.cpu_count())
+        present = {f.id for f in found} | set(self.findings.items)
+        for finding in found:
+            explained = any(finding.id in CAUSES.get(cause, ()) for cause in present if cause != finding.id)
+            self._raise(finding, update=True, announce=not explained and not final, quiet=explained)
+
+    def _raise(self, finding: Finding, *, update: bool = False, announce: bool = True, quiet: bool = False) -> None:
         """Report a finding once (log + ``findings.jsonl``). ``update``: a history check may refine its
         evidence later (counts, windows); the refined version replaces it in memory and is written by
-        :meth:`finish`."""
+        :meth:`finish`. ``quiet``: keep it in memory only (a symptom of a known cause)."""
         if self.findings.is_ignored(finding.id):
             return
         if finding.id in self.findings.items:
@@ -259,6 +357,8 @@ class TrainingDoctor:
                 self.findings.add(finding)
             return
         self.findings.add(finding)
+        if quiet:
+            return
         self._written[finding.id] = finding
         self._append({"kind": "finding", **finding.to_dict()})
         if announce:
@@ -271,3 +371,33 @@ class TrainingDoctor:
             return
         with open(self.run_dir / FINDINGS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(data) + "\n")
+
+
+def _metric_specs(task: Any) -> dict[str, dict[str, Any]]:
+    """``Task.metric_specs()`` as plain data for the run context (``{}`` if the task has none or it fails)."""
+    try:
+        specs = task.metric_specs() if hasattr(task, "metric_specs") else {}
+    except Exception:  # a broken declaration must not end the run; it only loses these checks
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in specs.items():
+        plausible = getattr(spec, "plausible", None)
+        out[str(name)] = {
+            "unit": str(getattr(spec, "unit", "") or ""),
+            "higher_is_better": bool(getattr(spec, "higher_is_better", False)),
+            "plausible": [float(plausible[0]), float(plausible[1])] if plausible is not None else None,
+        }
+    return out
+
+
+def _halves(batch: Any) -> list[Any]:
+    """The two halves of a dict batch of tensors sharing a first dimension ≥ 2 (else none: not sliceable)."""
+    if not isinstance(batch, Mapping) or not batch:
+        return []
+    if not all(isinstance(v, torch.Tensor) and v.dim() > 0 for v in batch.values()):
+        return []
+    sizes = {v.shape[0] for v in batch.values()}
+    if len(sizes) != 1 or (size := sizes.pop()) < 2:
+        return []
+    half = size // 2
+    return [{k: v[:half] for k, v in batch.items()}, {k: v[half:] for k, v in batch.items()}]

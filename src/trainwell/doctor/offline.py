@@ -7,6 +7,7 @@ It reads ``config.yaml`` back through the typed schema, ``status.json`` (how the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from trainwell.config.loader import read_run_config
 from trainwell.config.schema import ExperimentConfig
 from trainwell.doctor.checks import RunContext, check_history, summarize_history
+from trainwell.doctor.divergence import consolidate
 from trainwell.doctor.findings import FINDINGS_FILE, Finding, FindingSet, format_diagnosis, read_jsonl
 from trainwell.engine.rundir import describe_status, read_status
 
@@ -56,6 +58,10 @@ def diagnose_run(run_dir: str | Path) -> RunDiagnosis:
     contexts = [r for r in saved if r.get("kind") == "context"]
     fields_known = RunContext.__dataclass_fields__
     context = RunContext(**{k: v for k, v in contexts[-1].items() if k in fields_known}) if contexts else RunContext()
+    references = [r for r in saved if r.get("kind") == "reference"]
+    if references:
+        reference = {k: float(v) for k, v in references[-1].items() if k != "kind" and isinstance(v, int | float)}
+        context = dataclasses.replace(context, reference=reference)
     run_status = read_status(run_dir)
     records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") in ("train", "val")]
     status = describe_status(run_status)
@@ -64,6 +70,7 @@ def diagnose_run(run_dir: str | Path) -> RunDiagnosis:
         if data.get("kind") == "finding":
             findings.add(Finding.from_dict(data))
     ended = run_status.get("state") not in (None, "running")
+    # Recomputed history findings replace the saved ones (whose evidence may already hold folded symptoms).
     for finding in check_history(records, context, final=ended, cores=os.cpu_count()):
         findings.add(finding)
     return RunDiagnosis(
@@ -72,6 +79,6 @@ def diagnose_run(run_dir: str | Path) -> RunDiagnosis:
         config=config,
         context=context,
         records=records,
-        findings=findings.all(),
+        findings=consolidate(findings.all())[0],
         summary=summarize_history(records, context),
     )

@@ -7,6 +7,7 @@ benchmark run (so they do not depend on the hand-pose pack). Every sample is a p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from trainwell.engine.task import DataConfig, Task, TaskConfig
+from trainwell.engine.task import DataConfig, MetricSpec, Task, TaskConfig
 
 
 @dataclass
@@ -126,6 +127,20 @@ class RegressionTask(Task):
         if weights.get("l1", 0.0):
             losses["l1"] = weights["l1"] * nn.functional.l1_loss(pred, batch["y"])
         return losses
+
+    def metric_specs(self) -> dict[str, MetricSpec]:
+        """``mse`` / ``mae``, lower is better, plausible up to 10× what predicting the targets' mean scores.
+
+        Predicting the mean of ``y = W x + noise`` (x ~ N(0, I)) gives an MSE of Var(y) = mean ‖W_o‖² + noise²
+        and an MAE of √(2/π)·σ(y); a model ten times worse than that constant guess is not fitting this data.
+        """
+        d = self.data_cfg
+        w = torch.randn(d.out_features, d.in_features, generator=torch.Generator().manual_seed(d.seed))
+        var_y = float(w.pow(2).sum(dim=1).mean()) + d.noise**2
+        return {
+            "mse": MetricSpec(plausible=(0.0, 10.0 * var_y)),
+            "mae": MetricSpec(plausible=(0.0, 10.0 * (2.0 / math.pi) ** 0.5 * var_y**0.5)),
+        }
 
     def eval_step(
         self,

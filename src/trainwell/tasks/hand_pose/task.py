@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainwell.engine.task import DataConfig, Evaluator, Task, TaskConfig
+from trainwell.engine.task import DataConfig, Evaluator, MetricSpec, Task, TaskConfig
 from trainwell.metrics import PoseAccumulator
 from trainwell.tasks.hand_pose.datasets import SyntheticHandPoseDataset, collate_hand_batch
 from trainwell.tasks.hand_pose.losses import (
@@ -137,6 +137,18 @@ class HandPoseTask(Task):
     def metric_units(self) -> dict[str, str]:
         # PoseAccumulator's errors are in mm; its PCK / AUC values are fractions (no unit).
         return {name: "mm" for name in ("mpjpe", "pa_mpjpe", "mpjpe_sc_tr", "n_mpjpe")}
+
+    def metric_specs(self) -> dict[str, MetricSpec]:
+        """Errors in mm, lower is better, plausible below 1 m; PCK / AUC fractions in [0, 1], higher is better.
+
+        Why 1 000 mm: a hand is about 200 mm long, and predicting every joint at the wrist already scores an MPJPE
+        of ~100 mm; an error of a metre is ten times that trivial guess — no model predicting a hand gets there
+        unless its outputs have left the hand's scale (a diverged run, a unit slip).
+        """
+        specs = {name: MetricSpec(unit, plausible=(0.0, 1000.0)) for name, unit in self.metric_units().items()}
+        for name in ("pck@20mm", "auc_0_50mm", "pa_pck@20mm", "pa_auc_0_50mm"):
+            specs[name] = MetricSpec("", higher_is_better=True, plausible=(0.0, 1.0))
+        return specs
 
     def check_batch(self, batch: Batch) -> list[Any]:
         """Root-centred targets, millimetre units, keypoints inside the image (:mod:`.checks`)."""

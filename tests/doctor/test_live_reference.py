@@ -1,0 +1,51 @@
+"""The live doctor's reference values: measured on the untrained model, recorded for ``trainwell doctor``, and
+without any effect on the training itself."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainwell.cli import main
+from trainwell.doctor.offline import diagnose_run
+
+SMALL = [
+    "configs/examples/regression.yaml",
+    "data.train_size=128",
+    "data.val_size=32",
+    "train.batch_size=16",
+    "train.epochs=1",
+    "train.progress_bar=off",
+]
+
+
+def train(run_dir: Path, *extra: str) -> int:
+    return main(["train", *SMALL, f"run.dir={run_dir}", *extra])
+
+
+def test_loss_init_is_the_loss_of_the_first_step_and_trainwell_doctor_reads_it(tmp_path: Path) -> None:
+    # With log_every=1 the first log line is the loss of step 1, computed on the untrained model: the doctor's
+    # probe (same batch, before any update, dropout off) must find the same number.
+    assert train(tmp_path, "train.log_every=1", "task.dropout=0") == 0
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    first = next(r for r in lines if r["kind"] == "train")
+    reference = diagnose_run(tmp_path).context.reference
+    assert reference["loss_init"] == pytest.approx(first["loss"], rel=1e-5)
+    assert 0 < reference["loss_init_std"] < reference["loss_init"]  # the halves of one batch differ a little
+    assert reference["frozen_share"] == 0.0 and reference["weight_norm_init"] > 0
+    specs = diagnose_run(tmp_path).context.metric_specs
+    assert specs["mse"]["plausible"][1] > 0 and specs["mse"]["higher_is_better"] is False
+
+
+def test_the_doctor_changes_nothing_in_the_training(tmp_path: Path) -> None:
+    # Dropout draws from the RNG on every forward: the probe's extra forwards must not shift the stream.
+    on, off = tmp_path / "on", tmp_path / "off"
+    assert train(on, "task.dropout=0.2", "train.log_every=2") == 0
+    assert train(off, "task.dropout=0.2", "train.log_every=2", "diagnostics.enabled=false") == 0
+    a = torch.load(on / "checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(off / "checkpoints/last.pt", weights_only=True)["model"]
+    for name, weight in a.items():
+        assert torch.equal(weight, b[name]), name

@@ -1,0 +1,142 @@
+"""The doctor's reference-based rules on hand-built histories: each fires on the numbers it is about, says them, and
+stays silent on the healthy side of its bound."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trainwell.doctor.checks import RunContext, Thresholds, check_history, diagnose
+from trainwell.doctor.divergence import (
+    check_divergence,
+    check_frozen,
+    check_lr_too_low,
+    check_weight_decay,
+    consolidate,
+)
+from trainwell.doctor.findings import Finding
+from trainwell.doctor.validation import check_plausible, check_val_diverged
+
+TH = Thresholds()
+HAND = {"mpjpe": {"unit": "mm", "higher_is_better": False, "plausible": [0.0, 1000.0]}}
+PCK = {"pck": {"unit": "", "higher_is_better": True, "plausible": [0.0, 1.0]}}
+
+
+def train(losses: list[float], every: int = 8, **values: Any) -> list[dict[str, Any]]:
+    return [{"kind": "train", "step": every * (i + 1), "loss": v, **values} for i, v in enumerate(losses)]
+
+
+def ref(**reference: float) -> RunContext:
+    """A context with the reference values the live doctor measures (loss at initialisation, …)."""
+    return RunContext(reference=reference)
+
+
+def val(values: list[float], name: str = "mpjpe", every: int = 8) -> list[dict[str, Any]]:
+    return [{"kind": "val", "step": every * (i + 1), name: v} for i, v in enumerate(values)]
+
+
+# -- loss.diverged ------------------------------------------------------------------------------------------
+def test_a_loss_far_above_the_untrained_models_is_divergence_even_on_three_log_lines() -> None:
+    # The issue's case: the loss *falls* 94 % over the logged lines, but from 1 200× the untrained model's loss.
+    records = train([2.748e5, 8.59e4, 1.543e4])
+    reference = {"loss_init": 227.5, "loss_init_std": 2.1, "update_ratio_first": 8.1}
+    finding = check_divergence(records, RunContext(lr=5.0, warmup_steps=8, reference=reference), TH)
+    assert finding is not None and finding.severity == "error" and "learning rate" in finding.title
+    assert "227.5" in finding.evidence and "2.748e+05" in finding.evidence and "3 of 3" in finding.evidence
+    assert "optim.lr (now 5.0)" in finding.fix
+
+
+def test_a_loss_within_an_order_of_magnitude_or_within_its_noise_is_not_divergence() -> None:
+    assert check_divergence(train([50.0, 8.0]), ref(loss_init=6.0, loss_init_std=0.5), TH) is None
+    # A noisy loss at initialisation (std 10) needs a rise of 10 std: 70 is 11.7× the init but within 6.4 std.
+    assert check_divergence(train([70.0, 8.0]), ref(loss_init=6.0, loss_init_std=10.0), TH) is None
+    assert check_divergence(train([120.0]), ref(loss_init=6.0, loss_init_std=10.0), TH) is not None
+    # Without the reference (an older run), or with a loss that can be negative: no judgement.
+    assert check_divergence(train([1e9]), RunContext(), TH) is None
+    assert check_divergence(train([1e9]), ref(loss_init=-1.0), TH) is None
+
+
+# -- optim.lr_too_low ---------------------------------------------------------------------------------------
+def test_a_run_that_cannot_move_its_weights_blames_the_learning_rate() -> None:
+    records = train([227.1, 227.1, 227.1], grad_norm=251.0, update_ratio=4.7e-8)
+    finding = check_lr_too_low(records, RunContext(total_steps=24, lr=5e-9), TH)
+    assert finding is not None and "learning rate is too low" in finding.title
+    assert "24 planned steps" in finding.evidence and "1.1e-06" in finding.evidence  # 4.7e-8 × 24
+    assert "optim.lr (now 5e-09)" in finding.fix
+
+
+def test_healthy_update_sizes_and_zero_gradients() -> None:
+    healthy = train([6.0, 4.0, 2.0], update_ratio=5e-3)
+    assert check_lr_too_low(healthy, RunContext(total_steps=48), TH) is None  # can move 0.24 of ‖w‖
+    dead = train([6.0, 6.0], update_ratio=0.0, grad_norm=0.0)
+    finding = check_lr_too_low(dead, RunContext(total_steps=48), TH)
+    assert finding is not None and "gradients are zero" in finding.title
+
+
+# -- configuration rules --------------------------------------------------------------------------------
+def test_weight_decay_that_erases_the_weights_is_flagged_with_its_half_life() -> None:
+    finding = check_weight_decay(train([1.0]), RunContext(lr=3e-3, weight_decay=10.0), TH)
+    assert finding is not None and "3.0%" in finding.evidence and "every 23 steps" in finding.evidence
+    for wd in (1e-4, 0.05, 0.1):
+        assert check_weight_decay(train([1.0]), RunContext(lr=1e-2, weight_decay=wd), TH) is None
+
+
+def test_a_mostly_frozen_model_is_flagged() -> None:
+    assert check_frozen(ref(frozen_share=0.97), TH) is not None
+    assert check_frozen(ref(frozen_share=0.2), TH) is None
+
+
+# -- validation metrics ---------------------------------------------------------------------------------
+def test_a_metric_outside_the_declared_range_is_an_error_with_the_numbers() -> None:
+    finding = check_plausible(val([4.3e7, 2.1e6, 2.9e4]), RunContext(metric_specs=HAND))
+    assert finding is not None and finding.severity == "error" and "'mpjpe'" in finding.title
+    assert "4.3e+07 mm" in finding.evidence and "0–1000 mm" in finding.evidence and "3 of 3" in finding.evidence
+    assert check_plausible(val([90.0, 40.0]), RunContext(metric_specs=HAND)) is None
+    assert check_plausible(val([4.3e7]), RunContext()) is None  # no declaration, no judgement
+    assert check_plausible([], RunContext(metric_specs=HAND)) is None  # before the first evaluation
+    # An early evaluation outside the range that the run recovered from is not a finding (the latest decides).
+    assert check_plausible(val([2632.0, 81.0, 58.0]), RunContext(metric_specs=HAND)) is None
+
+
+@pytest.mark.parametrize(
+    ("values", "specs", "name", "flagged"),
+    [
+        ([100.0, 50.0, 600.0], HAND, "mpjpe", True),  # 12× the best and worse than the start
+        ([100.0, 5.0, 40.0], HAND, "mpjpe", False),  # 8× the best: not an order of magnitude
+        ([100.0, 5.0, 90.0], HAND, "mpjpe", False),  # 18× the best but still better than the first evaluation
+        ([0.3, 0.6, 0.02], PCK, "pck", True),  # a score fallen to 1/30 of its best, below where it started
+        ([0.3, 0.6, 0.1], PCK, "pck", False),
+    ],
+)
+def test_a_metric_moving_away_from_its_best(values: list[float], specs: dict, name: str, flagged: bool) -> None:
+    finding = check_val_diverged(val(values, name), RunContext(metric_specs=specs), TH)
+    assert (finding is not None) == flagged
+
+
+# -- one finding per cause ----------------------------------------------------------------------------------
+def test_symptoms_are_folded_into_their_cause_with_their_numbers() -> None:
+    cause = Finding("loss.diverged", "error", "diverged", "loss 1e5 vs 227", "lower lr", 8)
+    symptom = Finding("val.implausible", "error", "mpjpe implausible", "mpjpe 4.3e7 mm", "check", 8)
+    other = Finding("data.input_bound", "warning", "slow", "60% waiting", "workers", 8)
+    shown, merged = consolidate([cause, symptom, other])
+    assert [f.id for f in shown] == ["loss.diverged", "data.input_bound"] and merged == {
+        "val.implausible": "loss.diverged"
+    }
+    assert "mpjpe 4.3e7 mm" in shown[0].evidence and "[val.implausible]" in shown[0].evidence
+    assert [f.id for f in consolidate([symptom, other])[0]] == ["val.implausible", "data.input_bound"]
+
+
+def test_the_issue_case_gives_one_error_naming_the_learning_rate() -> None:
+    """The numbers the issue reports for tiny.yaml at LR ×1000 (3 epochs), through every check."""
+    records = [
+        *train([2.748e5, 8.589e4, 1.543e4]),
+        *val([4.345e7, 2.146e6, 2.916e4]),
+    ]
+    for r, ratio in zip(records[:3], (0.195, 0.031, 0.0016), strict=True):
+        r.update(update_ratio=ratio, grad_norm=1e4)
+    reference = {"loss_init": 227.5, "loss_init_std": 2.1}
+    ctx = RunContext(total_steps=24, log_every=8, warmup_steps=8, lr=5.0, metric_specs=HAND, reference=reference)
+    shown = diagnose(check_history(records, ctx, final=True))
+    assert [(f.id, f.severity) for f in shown] == [("loss.diverged", "error")]
+    assert "[val.implausible]" in shown[0].evidence
