@@ -217,7 +217,8 @@ def run_size(name: str, steps: int, repeats: int) -> None:
     print(f"  hand-written: {statistics.median(hand):8.1f} steps/s ({hand_step_us:.0f} µs/step)")
     print(f"  trainwell:    {statistics.median(engine):8.1f} steps/s  ratio {ratio:.3f} (whole runs, median of pairs)")
     print(
-        f"  trainwell per step, fixed run costs excluded: ratio {per_step:.3f} ≈ {hand_step_us * (1 / per_step - 1):.0f} µs/step"
+        f"  trainwell per step, fixed run costs excluded: ratio {per_step:.3f} "
+        f"≈ {hand_step_us * (1 / per_step - 1):.0f} µs/step"
     )
     if light:
         lratio = statistics.median(lt / h for lt, h in zip(light, hand, strict=True))
