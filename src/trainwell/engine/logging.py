@@ -83,9 +83,18 @@ class MetricsWriter:
         record = {"kind": kind, "epoch": epoch, "step": step, **values}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
-        for name, value in values.items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                self._tb.add_scalar(f"{tb_prefix}/{name}", value, step)
+        scalars = {
+            f"{tb_prefix}/{name}": float(value)
+            for name, value in values.items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        }
+        if scalars:
+            # One event holding every scalar of the record (not one event per scalar): the same tags and values in
+            # TensorBoard, at a tenth of the cost of a log line's add_scalar calls.
+            from tensorboard.compat.proto.summary_pb2 import Summary
+
+            summary = Summary(value=[Summary.Value(tag=tag, simple_value=v) for tag, v in scalars.items()])
+            self._tb._get_file_writer().add_summary(summary, step)
 
     def close(self) -> None:
         if self._jsonl is not None:
