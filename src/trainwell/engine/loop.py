@@ -213,15 +213,22 @@ class Trainer(RunComponents):
         total = values[0]
         for value in values[1:]:
             total = total + value
-        extras = {**logs, **progress}
-        tensor_logs = [n for n, v in extras.items() if isinstance(v, torch.Tensor)]
-        for name, value in extras.items():
-            if not isinstance(value, torch.Tensor):  # plain floats: summed on the host, free
-                self.host_sums[name] = self.host_sums.get(name, 0.0) + float(value)
-        kept = [v.detach().float().reshape(1) for v in (*values, *(extras[n] for n in tensor_logs))]
-        # One fp32 component: a view, no kernel at all; several: one stack.
+        tensor_logs: list[str] = []
+        kept = [v.detach().float().reshape(1) for v in values]
+        if logs or progress:
+            extras = {**logs, **progress}
+            for name, value in extras.items():
+                if isinstance(value, torch.Tensor):
+                    tensor_logs.append(name)
+                    kept.append(value.detach().float().reshape(1))
+                else:  # plain floats: summed on the host, free
+                    self.host_sums[name] = self.host_sums.get(name, 0.0) + float(value)
+        # One fp32 component: a view, no kernel at all; several: one cat.
         stacked = kept[0] if len(kept) == 1 else torch.cat(kept)
-        return record_names(losses, tensor_logs), total, stacked
+        names = self._record_names.get((key, *tensor_logs))
+        if names is None:  # built once per set of names
+            names = self._record_names[(key, *tensor_logs)] = record_names(losses, tensor_logs)
+        return names, total, stacked
 
     def _fires(self, interval: Any, ahead: int = 0) -> bool:
         """Whether ``interval`` fires after the step ``ahead`` steps from now (0: the step just taken)."""

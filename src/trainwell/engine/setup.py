@@ -188,6 +188,7 @@ class RunComponents:
         self.host_sums: dict[str, float] = {}
         self._host_sums_logged: dict[str, float] = {}
         self._checked_key: tuple[Any, ...] | None = None
+        self._record_names: dict[tuple[Any, ...], tuple[str, ...]] = {}
         self.progress_names: tuple[str, ...] = ()
         self.best = BestTracker(self.cfg.eval.best_metric, self.cfg.eval.best_mode, self.state)
         self.checkpoint_dir = self.out.run_dir / "checkpoints" if self.out.run_dir is not None else Path("checkpoints")
