@@ -140,3 +140,21 @@ def test_the_issue_case_gives_one_error_naming_the_learning_rate() -> None:
     shown = diagnose(check_history(records, ctx, final=True))
     assert [(f.id, f.severity) for f in shown] == [("loss.diverged", "error")]
     assert "[val.implausible]" in shown[0].evidence
+
+
+def test_history_checks_run_every_line_early_and_sparsely_on_long_runs() -> None:
+    from trainwell.doctor.live import TrainingDoctor
+
+    doctor = object.__new__(TrainingDoctor)  # only the record count matters here
+    doctor.records = []
+    due = []
+    for _ in range(2000):
+        doctor.records.append({})
+        due.append(doctor._history_due())
+    assert all(due[:64])  # a short run is checked at every log line
+    assert sum(due) < 64 + 64 * 6  # a long one a bounded number of times per doubling (~64 each)
+    gaps = [
+        j - i
+        for i, j in zip([k for k, d in enumerate(due) if d], [k for k, d in enumerate(due) if d][1:], strict=False)
+    ]
+    assert max(gaps) <= 2000 // 64 + 1  # never more than ~1.5 % of the run between two checks

@@ -282,10 +282,18 @@ class TrainingDoctor:
             return
         self.records.append({"kind": "train", "epoch": epoch + 1, "step": step, **values})
         self._update_reference(step)
-        self._raise_history(final=False)
+        if self._history_due():
+            self._raise_history(final=False)
         mode = check_train_mode(model, step)
         if mode is not None:
             self._raise(mode)
+
+    def _history_due(self) -> bool:
+        """Whether to run the history checks at this log line: every line for the first 64, then every
+        ``n // 64``-th, so that a long run pays a bounded cost per line (each pass reads the whole history, n records)
+        while a problem is still reported within ~1.5 % of the run; ``finish`` always runs them once more."""
+        n = len(self.records)
+        return n <= 64 or n % (n // 64) == 0
 
     def on_epoch_end(self) -> None:
         """End of a training epoch: an epoch shorter than the inspected batches still gets its report."""
