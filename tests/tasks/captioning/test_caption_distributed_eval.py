@@ -76,6 +76,9 @@ def _entry(rank: int, world_size: int, port: int, out_dir: Path) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=60))
     try:
         scenario(rank, world_size, out_dir)
+        # Nobody tears its gloo connections down while a peer still uses them (a peer's background thread would
+        # otherwise see the closed socket and abort the process: seen once as SIGABRT in CI).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
