@@ -55,6 +55,10 @@ def _entry(rank: int, world_size: int, port: int, fn: Callable[..., None], init_
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
     try:
         fn(rank, world_size, *args)
+        if init_group and dist.is_initialized():
+            # Nobody tears its gloo connections down while a peer still uses them (a peer's gloo thread could
+            # see the closed socket and abort its process).
+            dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
