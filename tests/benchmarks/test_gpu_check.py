@@ -72,20 +72,23 @@ def test_bad_options_are_refused_with_the_reason(
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where CUDA is missing")
-def test_cuda_without_a_cuda_build_points_to_the_header(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cuda_without_a_cuda_build_points_to_the_header(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # also on a machine that has CUDA
     with pytest.raises(SystemExit):
         gpu_check.parse_args(["--device", "cuda"])
     assert "sees no CUDA device" in capsys.readouterr().err
 
 
-def test_missing_pack_configs_are_skipped_with_a_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    missing = [p for p in gpu_check.PACKS if not (ROOT / p.config).is_file()]
-    if not missing:
-        pytest.skip("every pack's config exists in this checkout")
-    status = gpu_check.main(["--device", "cpu", "--packs", missing[0].name, "--work-dir", str(tmp_path)])
+def test_missing_pack_configs_are_skipped_with_a_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    absent = gpu_check.Pack("not_here", "configs/not_here/tiny.yaml")  # every real pack's config exists now
+    monkeypatch.setattr(gpu_check, "PACKS", (*gpu_check.PACKS, absent))
+    status = gpu_check.main(["--device", "cpu", "--packs", "not_here", "--work-dir", str(tmp_path)])
     out = capsys.readouterr().out
-    assert f"skipping {missing[0].name}: {missing[0].config} does not exist" in out
+    assert "skipping not_here: configs/not_here/tiny.yaml does not exist" in out
     assert status == 1  # nothing was checked: not a pass
 
 
