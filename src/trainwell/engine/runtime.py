@@ -29,7 +29,8 @@ def configure_threads(requested: int | None) -> int:
     machine (torchrun's ``LOCAL_WORLD_SIZE``). Returns the number set.
 
     Why: each process otherwise starts one thread per core, so N processes oversubscribe the cores N times, and a
-    busy neighbour makes every step wait for its slowest thread (measured ~10× slower on a shared 2-core machine).
+    busy neighbour makes every step wait for its slowest thread (benchmarks/threads.py on the 2-core development
+    machine: 2 threads 3.5× slower beside one busy process, 1 thread unaffected).
     DataLoader workers already run with one thread each (PyTorch sets it in every worker).
     """
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -50,7 +51,6 @@ def cpu_bf16_warning(device: torch.device, amp: str) -> str | None:
     if native:
         return None
     return (
-        "train.amp=bf16 on a CPU without native bf16 instructions (AVX512-BF16/AMX): autocast emulates it and steps "
-        "are typically several times slower than fp32 (measured 3.6× here). Use train.amp=off on this machine; keep "
-        "bf16 for GPUs."
+        "train.amp=bf16 on a CPU without native bf16 instructions (AVX512-BF16/AMX): autocast emulates it, and steps "
+        "can be several times slower than fp32. Use train.amp=off on this machine; keep bf16 for GPUs."
     )

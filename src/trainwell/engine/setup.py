@@ -260,7 +260,6 @@ class RunComponents:
         return {
             "config": to_plain(config_to_dict(self.cfg)),
             "versions": library_versions(),
-            "metrics": dict(self.state.last_metrics),
         }
 
     def after_resume(self, payload: dict[str, Any], current_layout: dict[str, int]) -> None:

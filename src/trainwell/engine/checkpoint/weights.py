@@ -124,7 +124,7 @@ def export_weights(checkpoint: str | Path, out: str | Path) -> list[Path]:
         "num_tensors": len(state),
         "num_parameters": int(sum(t.numel() for t in state.values())),
         "train_state": _plain(payload.get("train_state", {})),
-        "metrics": _plain(payload.get("metrics", payload.get("train_state", {}).get("last_metrics", {}))),
+        "metrics": _plain(payload.get("train_state", {}).get("last_metrics", payload.get("metrics", {}))),
         "config": _plain(payload.get("config", {})),
         "versions": _plain(payload.get("versions", {})),
     }
