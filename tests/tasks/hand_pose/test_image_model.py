@@ -1,5 +1,6 @@
 """The RGB-D network: shapes, soft-argmax and back-projection, SyncBatchNorm conversion."""
 
+import pytest
 import torch
 
 from trainwell.tasks.hand_pose.image_model import (
@@ -7,6 +8,7 @@ from trainwell.tasks.hand_pose.image_model import (
     RGBDNetConfig,
     back_project,
     reference_depth_mm,
+    skinned_vertices,
     soft_argmax_2d,
 )
 from trainwell.tasks.hand_pose.surface import NUM_VERTICES
@@ -53,3 +55,54 @@ def test_sync_batchnorm_conversion_and_width() -> None:
     converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(small)
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
     assert not any(type(m) is torch.nn.BatchNorm2d for m in converted.modules())
+
+
+def test_the_demo_options_keep_the_outputs_and_the_root_relative_contract() -> None:
+    cfg = RGBDNetConfig(
+        width=8,
+        blocks=[1, 1, 1, 1],
+        head_width=16,
+        global_context=True,
+        refine_width=32,
+        vertex_head="skinned",
+    )
+    net = RGBDHandNet(cfg).eval()
+    assert net.vertices is None  # the skinned mesh has no parameters
+    with torch.no_grad():
+        out = net(torch.rand(3, 3, 64, 64), 400 + 200 * torch.rand(3, 1, 64, 64), K)
+    assert out["joints_mm"].shape == (3, 21, 3) and out["vertices_mm"].shape == (3, NUM_VERTICES, 3)
+    assert float(out["joints_mm"][:, 0].abs().max()) == 0.0
+    assert torch.allclose(out["vertices_mm"], skinned_vertices(out["joints_mm"]))
+    fine = RGBDHandNet(RGBDNetConfig(width=8, head_width=16, heatmap_stride=2)).eval()
+    with torch.no_grad():
+        assert fine(torch.rand(1, 3, 64, 64), 500 + torch.rand(1, 1, 64, 64), K[:1])["heatmap_logits"].shape == (
+            1,
+            21,
+            32,
+            32,
+        )
+
+
+def test_a_skinned_mesh_on_the_true_joints_is_the_rendered_mesh() -> None:
+    import numpy as np
+
+    from trainwell.tasks.hand_pose.render import RenderConfig, render_rgbd
+    from trainwell.tasks.hand_pose.synthetic import SyntheticHandsConfig
+
+    sample = render_rgbd(SyntheticHandsConfig(), RenderConfig(crop_size_px=16), 0, "val", np.arange(16))
+    # the rendered mesh uses the hand's true scale; the skinned one estimates it from the bone lengths
+    error_mm = (skinned_vertices(sample["joints_rel_mm"]) - sample["vertices_rel_mm"]).norm(dim=-1)
+    assert float(error_mm.max()) < 0.5 and float(error_mm.mean()) < 0.1
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"blocks": [1, 1]}, "3 or 4 stages"),
+        ({"heatmap_stride": 8}, "heatmap_stride"),
+        ({"vertex_head": "mano"}, "vertex_head"),
+    ],
+)
+def test_a_bad_model_option_names_its_key(option: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RGBDHandNet(RGBDNetConfig(width=8, head_width=16, **option))

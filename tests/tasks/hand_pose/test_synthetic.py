@@ -159,3 +159,38 @@ def test_another_process_generates_the_same_samples(hands: dict[str, torch.Tenso
     for key, value in child.items():
         mine = hands[key][[12345, 3]].double()
         assert torch.equal(torch.tensor(value, dtype=torch.float64), mine), key
+
+
+def test_front_views_keep_the_palm_or_the_back_within_the_tilt_of_the_line_of_sight() -> None:
+    cfg = SyntheticHandsConfig(view_tilt_deg=40.0, back_view_prob=0.3)
+    joints = generate_hands(cfg, seed=0, split="train", indices=np.arange(4000))["joints_cam_mm"].double()
+    frame = S.palm_frame(joints)  # columns: distal, radial, dorsal
+    dorsal_z = frame[:, 2, 2]  # the back of the hand faces +z (away from the camera) when the palm is seen
+    tilt_deg = torch.rad2deg(torch.arccos(dorsal_z.abs().clamp(max=1.0)))
+    assert float(tilt_deg.max()) <= 40.0 + 1e-6
+    assert float(tilt_deg.max()) > 35.0  # the whole cap is used, not a corner of it
+    # cos(tilt) uniform on [cos 40°, 1]: a quarter of the samples lie beyond the tilt whose cosine is at 3/4 of it
+    beyond = float((torch.cos(torch.deg2rad(tilt_deg)) < 1 - 0.75 * (1 - np.cos(np.radians(40.0)))).double().mean())
+    assert abs(beyond - 0.25) < 0.03
+    assert abs(float((dorsal_z < 0).double().mean()) - 0.3) < 0.03  # back views
+    assert torch.allclose(torch.linalg.det(frame), torch.ones(()).double(), atol=1e-9)  # no mirrored hands
+    alone = generate_hands(cfg, seed=0, split="train", indices=np.array([3999, 7]))["joints_cam_mm"].double()
+    assert torch.equal(alone, joints[[3999, 7]])  # a sample does not depend on its batch
+
+
+def test_front_views_roll_the_fingers_within_the_configured_angle_of_upright() -> None:
+    cfg = SyntheticHandsConfig(view_tilt_deg=1e-4, view_roll_deg=20.0)
+    joints = generate_hands(cfg, seed=0, split="val", indices=np.arange(2000))["joints_cam_mm"].double()
+    distal = S.palm_frame(joints)[:, :, 0]  # wrist → middle MCP: "up" is the image's -y
+    roll_deg = torch.rad2deg(torch.atan2(distal[:, 0], -distal[:, 1]))
+    assert float(roll_deg.abs().max()) <= 20.0 + 1e-3 and float(roll_deg.abs().max()) > 19.0
+    assert float(distal[:, 2].abs().max()) < 1e-5  # no tilt: the palm plane is the image plane
+
+
+def test_roll_and_back_views_apply_only_to_front_views_and_the_default_is_uniform() -> None:
+    # view_* keys left at their defaults must not change a single hand (the lifting demo's figures depend on it).
+    default = generate_hands(CFG, seed=3, split="val", indices=np.arange(64))
+    explicit = generate_hands(SyntheticHandsConfig(view_roll_deg=10.0, back_view_prob=0.9), 3, "val", np.arange(64))
+    assert torch.equal(default["joints_cam_mm"], explicit["joints_cam_mm"])
+    directions = S.palm_frame(generate_hands(CFG, 0, "train", np.arange(20_000))["joints_cam_mm"].double())[:, :, 2]
+    assert float(directions.mean(dim=0).abs().max()) < 0.03  # uniform over the sphere: no preferred side

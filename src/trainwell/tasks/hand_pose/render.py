@@ -20,9 +20,9 @@ plane (wall or table) and, with probability ``occluder_prob``, a sphere held nea
 rendered too. A joint is **visible** when the noise-free surface at its pixel is the hand, no more than
 :func:`surface_tolerance_mm` in front of the joint (not hidden by another finger or the object).
 
-RGB: a skin tone (light … dark), Lambertian shading under a random light, a textured and cluttered background
-(gratings and rectangles in random colours), pixel noise, and colour jitter (brightness, contrast, per-channel
-gain); floats in ``[0, 1]``.
+RGB: a skin tone (light … dark; the palm side lighter with ``palm_tone``), Lambertian shading under a random
+light, a textured and cluttered background (gratings and rectangles in random colours), pixel noise, and colour
+jitter (brightness, contrast, per-channel gain); floats in ``[0, 1]``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ _RENDER_SALT = np.uint64(0x5EED_0F_DE97)
 """Mixed into the sample key so the rendering's stream differs from the hand generator's."""
 SKIN_TONES = ((0.96, 0.80, 0.69), (0.55, 0.36, 0.24))
 """RGB of the lightest and darkest skin tone; a hand's tone is a random mix of the two."""
+PALM_TONE = (0.93, 0.72, 0.66)
+"""The pinkish tone the palm side blends towards (palms and finger pads carry little melanin)."""
 
 
 @dataclass
@@ -76,6 +78,11 @@ class RenderConfig:
     """Brightness / contrast / per-channel gain jitter, as a fraction (0 = none)."""
     rgb_noise: float = 0.02
     """Standard deviation of the per-pixel RGB noise (image in [0, 1])."""
+    palm_tone: float = 0.0
+    """How far the palm side's colour blends from the hand's skin tone towards :data:`PALM_TONE` (0 = one tone
+    for the whole hand; per hand, uniform in ``[½, 1] ×`` this). Real palms are lighter than the back of the
+    hand; without that cue an open hand seen from the palm and from the back differ only in shape, and the
+    thumb's side (hence every finger's name) is a guess."""
 
     def __post_init__(self) -> None:
         if self.crop_size_px < 8:
@@ -323,7 +330,12 @@ def render_rgbd(
     ambient = 0.25 + 0.25 * u[:, 3]
     lambert = ambient[:, None] + (1 - ambient[:, None]) * _dot(normal, light[:, None]).clamp_min(0.0)
     object_colour = u[:, 13:16]
-    albedo = torch.where((capsule < num_hand)[..., None], skin[:, None], object_colour[:, None])  # (B, P, 3)
+    skin_px = skin[:, None].expand(-1, rays.shape[1], -1)  # (B, P, 3)
+    if cfg.palm_tone:
+        palmar = -_dot(normal, S.palm_frame(joints)[..., 2][:, None])  # > 0 on the palm side of the hand
+        blend = (cfg.palm_tone * (0.5 + 0.5 * u[:, 21]))[:, None] * (0.5 + 2.0 * palmar).clamp(0.0, 1.0)
+        skin_px = skin_px + blend[..., None] * (torch.tensor(PALM_TONE) - skin_px)
+    albedo = torch.where((capsule < num_hand)[..., None], skin_px, object_colour[:, None])  # (B, P, 3)
     body_rgb = (albedo * lambert[..., None]).transpose(1, 2).reshape(n, 3, size, size)
     background = _texture(rnd["texture"], size) * (0.6 + 0.4 * plane_cos.view(n, 1, size, size))
     rgb = torch.where(on_body.view(n, 1, size, size), body_rgb, background)

@@ -45,7 +45,7 @@ class RGBDLossWeights:
     """Joint angles beyond the anatomical limits, radians."""
     aux: float = 0.2
     """``joint_3d`` of the auxiliary head, mm."""
-    heatmap: float = 10.0
+    heatmap: float = 30.0
     """KL divergence (nats) of the heatmaps from Gaussians at the labelled keypoints."""
 
 

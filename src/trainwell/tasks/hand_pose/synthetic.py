@@ -14,8 +14,10 @@ One hand:
 2. **Pose.** A hand-level "closure" in [0, 1] (open … fist) and per-finger deviations from it set the
    flexion of each joint inside its anatomical range (:data:`skeleton.FLEXION_LIMITS_DEG`); abduction
    is uniform in its range and shrinks as the finger closes; DIP flexion is 2/3 of PIP flexion ± 5°.
-3. **Placement.** A uniformly random rotation; the centroid of the 21 joints at a depth uniform in
-   ``depth_range_mm`` and projecting inside the central ``centroid_region`` of the image.
+3. **Placement.** A uniformly random rotation (or, with ``view_tilt_deg < 180``, a hand seen from the front:
+   palm or back towards the camera within a tilt, rolled in the image plane); the centroid of the 21
+   joints at a depth uniform in ``depth_range_mm`` and projecting inside the central ``centroid_region``
+   of the image.
 4. **Camera.** Focal length uniform in ``focal_px_range`` (``fy`` within ``±aspect_jitter`` of
    ``fx``), principal point within ``±principal_point_jitter_px`` of the image centre; no skew.
 5. **Observation.** Pixel projection; a joint is visible if it lands inside the image and is not
@@ -69,6 +71,16 @@ class SyntheticHandsConfig:
     """Probability that a joint is hidden (independently per joint), on top of leaving the image."""
     noise_px: float = 1.0
     """Standard deviation of the Gaussian noise on visible 2D keypoints, pixels per coordinate."""
+    view_tilt_deg: float = 180.0
+    """How far the hand turns away from facing the camera: the palm's normal (or the back's, see
+    ``back_view_prob``) lies within this angle of the line of sight, uniformly over that spherical cap.
+    180 (the default) = a uniformly random 3D orientation. Datasets filmed from the front (FreiHAND, HO3D) are
+    closer to 60–90."""
+    view_roll_deg: float = 180.0
+    """In-plane turn of the hand about the line of sight, uniform in ``±view_roll_deg`` from fingers-up (only
+    used when ``view_tilt_deg < 180``)."""
+    back_view_prob: float = 0.5
+    """Probability that the camera sees the back of the hand rather than the palm (when ``view_tilt_deg < 180``)."""
 
 
 # -- counter-based random numbers ----------------------------------------------------------------
@@ -120,6 +132,7 @@ _LAYOUT: dict[str, int] = {
     "placement": 3,
     "occlusion": 21,
     "noise": 42,
+    "view_back": 1,
 }
 _OFFSETS: dict[str, int] = {}
 _offset = 0
@@ -206,6 +219,36 @@ def _rotation_matrices(u: np.ndarray) -> torch.Tensor:
     return _to_torch(np.stack([np.stack(row, axis=-1) for row in rows], axis=-2))
 
 
+def _view_rotations(u: np.ndarray, back: np.ndarray, cfg: SyntheticHandsConfig) -> torch.Tensor:
+    """``(N, 3, 3)`` palm-frame → camera rotations of hands seen from the front (``view_tilt_deg < 180``).
+
+    Fingers-up with the palm towards the camera is the palm frame's x axis (fingers) on the image's -y, its z
+    axis (the palm faces -z) on the camera's +z; then, with ``back_view_prob``, a half turn about the image's
+    vertical shows the back; a tilt by ``θ`` (``cos θ`` uniform in ``[cos view_tilt_deg, 1]``) about a random axis
+    in the image plane; a roll uniform in ``±view_roll_deg`` about the line of sight.
+    """
+    n = u.shape[0]
+    front = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # columns: images of x, y, z
+    flip = np.where((back < cfg.back_view_prob)[:, None, None], np.diag([-1.0, 1.0, -1.0]), np.eye(3))
+    cos_t = 1.0 - u[:, 0] * (1.0 - math.cos(math.radians(cfg.view_tilt_deg)))
+    sin_t = np.sqrt(np.clip(1.0 - cos_t * cos_t, 0.0, 1.0))
+    phi = 2.0 * math.pi * u[:, 1]
+    ax, ay = np.cos(phi), np.sin(phi)  # the tilt axis, in the image plane
+    tilt = np.empty((n, 3, 3))  # Rodrigues' formula for an axis (ax, ay, 0)
+    tilt[:, 0] = np.stack((cos_t + ax * ax * (1 - cos_t), ax * ay * (1 - cos_t), ay * sin_t), -1)
+    tilt[:, 1] = np.stack((ax * ay * (1 - cos_t), cos_t + ay * ay * (1 - cos_t), -ax * sin_t), -1)
+    tilt[:, 2] = np.stack((-ay * sin_t, ax * sin_t, cos_t), -1)
+    roll = np.deg2rad(_symmetric(u[:, 2], cfg.view_roll_deg))
+    cr, sr, zero, one = np.cos(roll), np.sin(roll), np.zeros(n), np.ones(n)
+    roll_m = np.stack((np.stack((cr, -sr, zero), -1), np.stack((sr, cr, zero), -1), np.stack((zero, zero, one), -1)), 1)
+    return _to_torch(_matmul3(roll_m, _matmul3(tilt, _matmul3(flip, np.broadcast_to(front, (n, 3, 3))))))
+
+
+def _matmul3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for stacks of 3×3 matrices, element-wise (its rounding cannot depend on the batch)."""
+    return a[:, :, 0:1] * b[:, 0:1, :] + a[:, :, 1:2] * b[:, 1:2, :] + a[:, :, 2:3] * b[:, 2:3, :]
+
+
 def _hand_local_mm(u: np.ndarray, cfg: SyntheticHandsConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Joints ``(N, 21, 3)`` in the palm frame (wrist at the origin), float64 mm, and the pose drawn."""
     n = u.shape[0]
@@ -281,7 +324,10 @@ def generate_hands(cfg: SyntheticHandsConfig, seed: int, split: Split, indices: 
     for joint in range(1, S.NUM_JOINTS):  # a written-out sum: its rounding cannot depend on the batch
         centroid_local = centroid_local + local[:, joint]
     centroid_local = centroid_local / S.NUM_JOINTS
-    rotation = _rotation_matrices(_draw(u, "rotation"))[:, None]  # (N, 1, 3, 3)
+    if cfg.view_tilt_deg >= 180.0:
+        rotation = _rotation_matrices(_draw(u, "rotation"))[:, None]  # (N, 1, 3, 3)
+    else:
+        rotation = _view_rotations(_draw(u, "rotation"), _draw(u, "view_back")[:, 0], cfg)[:, None]
     joints_cam = S.frame_apply(rotation, local - centroid_local[:, None]) + centroid_cam[:, None]
 
     # float32 outputs; joints_cam is rebuilt from root + relative so the two agree exactly in float32.
