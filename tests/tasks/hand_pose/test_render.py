@@ -81,3 +81,21 @@ def test_capsules_scale_with_the_hand() -> None:
     _, _, r1 = hand_capsules(joints, torch.tensor([1.0, 1.0]))
     _, _, r2 = hand_capsules(joints, torch.tensor([1.0, 1.2]))
     assert torch.allclose(r2[1], 1.2 * r1[1]) and torch.equal(r2[0], r1[0])
+
+
+@pytest.mark.parametrize("back_view_prob", [0.0, 1.0])
+def test_palm_tone_lightens_the_palm_side_only(back_view_prob: float) -> None:
+    # Hands held flat towards the camera: with back_view_prob 0 the camera sees palms, with 1 the backs.
+    hands = SyntheticHandsConfig(view_tilt_deg=10.0, back_view_prob=back_view_prob)
+    plain = render_rgbd(hands, RenderConfig(crop_size_px=32, color_jitter=0.0, rgb_noise=0.0), 0, "val", np.arange(8))
+    toned = render_rgbd(
+        hands, RenderConfig(crop_size_px=32, color_jitter=0.0, rgb_noise=0.0, palm_tone=1.0), 0, "val", np.arange(8)
+    )
+    assert torch.equal(plain["depth_mm"], toned["depth_mm"])  # a colour, not a shape
+    changed = (toned["rgb"] - plain["rgb"]).abs().amax(dim=1) > 0.02  # (B, H, W)
+    hand_px = plain["depth_mm"][:, 0] > 0  # a superset of the hand (also the background plane), for a ratio
+    share = float(changed.sum()) / float(hand_px.sum())
+    if back_view_prob == 0.0:
+        assert share > 0.2  # palms fill a good part of each crop (measured: 0.31)
+    else:
+        assert share < 0.03  # from behind, at most the rims of the fingers show any palm (measured: 0.0015)
