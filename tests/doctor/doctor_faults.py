@@ -16,7 +16,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from trainwell.tasks.hand_pose import HandPoseTask
+from trainwell.tasks.captioning import CaptioningTask
+from trainwell.tasks.captioning.tokenizer import IGNORE_INDEX
+from trainwell.tasks.detection3d import Detection3DTask
+from trainwell.tasks.hand_pose import HandPoseTask, RGBDHandPoseTask
 from trainwell.tasks.regression import RegressionTask
 
 NAN_SAMPLE_INDEX = 300
@@ -162,3 +165,79 @@ class EvalModeHandPoseTask(HandPoseTask):
     def compute_losses(self, model: nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         model.eval()
         return super().compute_losses(model, batch)
+
+
+# -- captioning ----------------------------------------------------------------------------------------
+class PaddingInLossCaptioningTask(CaptioningTask):
+    """Labels are the next input token everywhere, padding included (``labels = input_ids[:, 1:]`` with no
+    ignore index for the pad positions)."""
+
+    def labels(self, text_ids: torch.Tensor, text_mask: torch.Tensor, is_caption: torch.Tensor) -> torch.Tensor:
+        right = super().labels(text_ids, text_mask, is_caption)
+        soft = self.cfg.model.continuous_prompt_length
+        following = torch.cat((text_ids[:, 1:], text_ids[:, -1:]), dim=1)  # pad follows pad
+        padded = torch.cat((torch.zeros_like(text_mask[:, :soft]), text_mask), dim=1) == 0
+        return torch.where(padded, torch.cat((right[:, :soft], following), dim=1), right)
+
+
+class UnshiftedLabelsCaptioningTask(CaptioningTask):
+    """The label of position t is the input token at t (the port forgot the one-token shift)."""
+
+    def labels(self, text_ids: torch.Tensor, text_mask: torch.Tensor, is_caption: torch.Tensor) -> torch.Tensor:
+        soft = self.cfg.model.continuous_prompt_length
+        ignore = torch.full_like(text_ids[:, :1], IGNORE_INDEX).expand(-1, soft)
+        return torch.cat((ignore, torch.where(is_caption, text_ids, IGNORE_INDEX)), dim=1)
+
+
+# -- 3D detection --------------------------------------------------------------------------------------
+class _TurnedHeadings(Dataset):
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        frame = dict(self.inner[index])
+        boxes = frame["gt_boxes"].clone()
+        boxes[:, 6] = boxes[:, 6] + math.pi / 2  # KITTI's camera rotation_y taken for the LiDAR heading
+        frame["gt_boxes"] = boxes
+        return frame
+
+
+class CameraHeadingDetectionTask(Detection3DTask):
+    """The training labels' headings are 90° off: a reader that kept the camera frame's rotation convention."""
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        train, val = super().build_datasets()  # self.train_set stays the inner set (augmentation epochs)
+        return _TurnedHeadings(train), val
+
+
+# -- RGB-D hand pose -----------------------------------------------------------------------------------
+class _ScaledImages(Dataset):
+    def __init__(self, inner: Any, key: str, factor: float) -> None:
+        self.inner, self.key, self.factor = inner, key, factor
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        batch = self.inner.__getitems__(indices)
+        batch[self.key] = batch[self.key] * self.factor
+        return batch
+
+
+class DepthInMetresRGBDTask(RGBDHandPoseTask):
+    """Depth maps reach the model in metres (a reader that divided HO3D's decoded depth by 1000 once too often)."""
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        train, val = super().build_datasets()
+        return _ScaledImages(train, "depth_mm", 1e-3), _ScaledImages(val, "depth_mm", 1e-3)
+
+
+class RGB255RGBDTask(RGBDHandPoseTask):
+    """RGB reaches the model in 0…255 (an image decoded to uint8 values and never divided by 255)."""
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        train, val = super().build_datasets()
+        return _ScaledImages(train, "rgb", 255.0), _ScaledImages(val, "rgb", 255.0)

@@ -149,8 +149,19 @@ FAULTS: list[Fault] = [
     Fault("reg-slow-data", "regression", "300 ms per batch in the training process",
           (*REGRESSION, "data.train_size=192", "train.log_every=1", _task("fault_tasks:SlowDataRegressionTask")),
           "data.input_bound"),
-    # -- the packs merged at the end (RGB-D hand pose, captioning, 3D detection): configuration faults; their data
-    # faults (padding in the loss, labels not shifted, heading convention, …) are the packs' own check_batch tests.
+    # -- the packs (RGB-D hand pose, captioning, 3D detection): configuration faults, and data faults written the way
+    # a port gets them wrong (the packs' check_batch rules; the symptoms they cause fold into them).
+    Fault("cap-padding-in-loss", "captioning", "padding labelled with the pad id, not the ignore index",
+          (*CAPTIONING, _task("doctor_faults:PaddingInLossCaptioningTask")), "captioning.padding_in_loss",
+          evidence=("padded positions",)),
+    Fault("cap-labels-not-shifted", "captioning", "labels not shifted one token against the inputs",
+          (*CAPTIONING, _task("doctor_faults:UnshiftedLabelsCaptioningTask")), "captioning.labels_not_shifted"),
+    Fault("det-camera-heading", "detection3d", "training headings 90° off (camera rotation_y kept)",
+          (*DETECTION, _task("doctor_faults:CameraHeadingDetectionTask")), "detection3d.heading_convention"),
+    Fault("rgbd-depth-metres", "hand_pose_rgbd", "depth maps in metres",
+          (*RGBD, _task("doctor_faults:DepthInMetresRGBDTask")), "hand_pose.depth_not_mm"),
+    Fault("rgbd-rgb-255", "hand_pose_rgbd", "RGB in 0…255, not [0, 1]",
+          (*RGBD, _task("doctor_faults:RGB255RGBDTask")), "hand_pose.rgb_range"),
     Fault("cap-lr-x1000", "captioning", "LR ×1000", (*CAPTIONING, "optim.lr=2.0"), "loss.diverged",
           evidence=("learning rate",)),
     Fault("cap-lr-x1e-4", "captioning", "LR ×1e-4", (*CAPTIONING, "optim.lr=2e-7"), "optim.lr_too_low",

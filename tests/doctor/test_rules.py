@@ -127,6 +127,19 @@ def test_symptoms_are_folded_into_their_cause_with_their_numbers() -> None:
     assert [f.id for f in consolidate([symptom, other])[0]] == ["val.implausible", "data.input_bound"]
 
 
+def test_a_task_input_error_explains_a_run_that_cannot_learn() -> None:
+    cause = Finding("captioning.labels_not_shifted", "error", "not shifted", "97% copy their input", "shift", 0)
+    stuck = Finding("val.stuck", "warning", "stuck", "cider_d 0.0 for 3 evaluations", "check", 40)
+    worse = Finding("val.diverged", "warning", "diverged", "cider_d away from its best", "check", 40)
+    flat = Finding("loss.not_decreasing", "warning", "flat", "loss 2.1 → 2.1", "check", 40)
+    shown, merged = consolidate([cause, stuck, worse, flat])
+    assert [f.id for f in shown] == ["captioning.labels_not_shifted"]
+    assert merged == dict.fromkeys(("val.stuck", "val.diverged", "loss.not_decreasing"), cause.id)
+    assert "cider_d 0.0 for 3 evaluations" in shown[0].evidence and "loss 2.1 → 2.1" in shown[0].evidence
+    # without the input error each symptom stands for itself (val.stuck still takes val.diverged in)
+    assert [f.id for f in consolidate([stuck, worse, flat])[0]] == ["val.stuck", "loss.not_decreasing"]
+
+
 def test_the_issue_case_gives_one_error_naming_the_learning_rate() -> None:
     """The numbers the issue reports for tiny.yaml at LR ×1000 (3 epochs), through every check."""
     records = [

@@ -162,7 +162,19 @@ DEGENERATE_OUTPUTS = (
 """Evaluators' findings about degenerate predictions (empty or constant captions, a head that predicts only
 background): what any failed training produces, so a training cause explains them."""
 
+INPUT_ERRORS = (
+    "captioning.padding_in_loss",
+    "captioning.labels_not_shifted",
+    "hand_pose.depth_not_mm",
+    "hand_pose.rgb_range",
+)
+"""Tasks' first-batch errors about what the model is fed or taught (padding counted in the loss, labels not
+shifted, depth in metres, RGB in 0…255): a run trained on such batches cannot learn, so they explain the
+training's symptoms below."""
+TRAINING_SYMPTOMS = ("loss.not_decreasing", "val.stuck", "val.implausible", "val.diverged", *DEGENERATE_OUTPUTS)
+
 CAUSES: dict[str, tuple[str, ...]] = {
+    **{error: TRAINING_SYMPTOMS for error in INPUT_ERRORS},  # first: val.stuck is itself a cause below
     "loss.diverged": (
         "val.implausible",
         "val.diverged",

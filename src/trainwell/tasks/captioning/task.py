@@ -196,6 +196,11 @@ class CaptioningTask(Task):
             self.tokenizer.pad_id,
         )
 
+    def labels(self, text_ids: torch.Tensor, text_mask: torch.Tensor, is_caption: torch.Tensor) -> torch.Tensor:
+        """The token labels the loss trains on, ``(B, soft + M)`` (the one place both the loss and the doctor's
+        padding and shift checks read them): the next caption token, ``IGNORE_INDEX`` elsewhere."""
+        return next_token_labels(text_ids, is_caption, self.cfg.model.continuous_prompt_length)
+
     def compute_losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         features = self._features(batch, noise=True)
         present = batch["entity_lengths"] > 0
@@ -204,7 +209,7 @@ class CaptioningTask(Task):
         keep = present & ~drop if self.cfg.random_mask else present
         text_ids, text_mask, is_caption = self.text(batch, keep)
         soft = self.cfg.model.continuous_prompt_length
-        labels = next_token_labels(text_ids, is_caption, soft)
+        labels = self.labels(text_ids, text_mask, is_caption)
         logits = model(features, text_ids, full_attention_mask(text_mask, soft))
         with full_precision():  # the cross-entropy in fp32 under bf16/fp16 autocast, as ViECap
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
@@ -237,7 +242,7 @@ class CaptioningTask(Task):
         """Padding ignored by the loss and labels shifted, on the sequences this batch trains (:mod:`.checks`)."""
         text_ids, text_mask, is_caption = self.text(batch, batch["entity_lengths"] > 0)
         soft = self.cfg.model.continuous_prompt_length
-        labels = next_token_labels(text_ids, is_caption, soft)
+        labels = self.labels(text_ids, text_mask, is_caption)
         mask = full_attention_mask(text_mask, soft)
         inputs = torch.cat((torch.full_like(text_ids[:, :1], IGNORE_INDEX).expand(-1, soft), text_ids), dim=1)
         found = [check_padding_ignored(labels, mask), check_labels_shifted(inputs, labels)]
