@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from trainwell.tasks.hand_pose.image_model import RGBDHandNet, RGBDNetConfig
@@ -108,3 +109,23 @@ def test_predict_on_an_image_with_sidecar_and_depth(tmp_path: Path) -> None:
     with torch.no_grad():
         result = predict_file(net, tmp_path / "frame.png", None, crop_size_px=32)
     assert np.array(result["joints_cam_mm"]).shape == (1, 21, 3)
+
+
+def test_a_diverged_models_predictions_are_written_but_foreign_arrays_in_the_wrong_frame_refused(
+    tmp_path: Path,
+) -> None:
+    behind = np.zeros((2, 21, 3))
+    behind[..., 2] = -400.0  # every joint behind the camera
+    with pytest.raises(ValueError, match="converted twice"):
+        write_ho3d_pred(tmp_path / "refused.json", behind, np.zeros((2, 5, 3)))
+    batch = render_rgbd(SyntheticHandsConfig(), RenderConfig(crop_size_px=16), 0, "val", np.arange(2))
+    outputs = {  # the true hands, but a diverged root-depth head that puts them behind the camera
+        "joints_mm": batch["joints_rel_mm"],
+        "vertices_mm": batch["vertices_rel_mm"],
+        "keypoints_2d_px": batch["keypoints_2d_px"],
+        "root_depth_mm": torch.full((2,), -400.0),
+    }
+    evaluator = RGBDHandEvaluator()
+    evaluator.update_with_outputs(outputs, batch, torch.tensor([0, 1]))
+    paths = evaluator.save_outputs(tmp_path / "eval")  # an evaluation during training must not stop the run
+    assert [p.parent.name for p in paths] == ["freihand", "ho3d"] and all(p.is_file() for p in paths)

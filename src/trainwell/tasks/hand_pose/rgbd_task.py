@@ -92,7 +92,7 @@ class RGBDHandEvaluator(HandPoseEvaluator):
         joints, verts = results["joints_cam_mm"].numpy(), results["vertices_cam_mm"].numpy()
         return [
             write_freihand_pred(Path(out_dir) / "freihand" / "pred.json", joints, verts),
-            write_ho3d_pred(Path(out_dir) / "ho3d" / "pred.json", joints, verts),
+            write_ho3d_pred(Path(out_dir) / "ho3d" / "pred.json", joints, verts, check_frame=False),
         ]
 
 

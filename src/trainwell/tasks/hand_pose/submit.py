@@ -36,11 +36,18 @@ def write_freihand_pred(path: Path, joints_cam_mm: np.ndarray, vertices_cam_mm: 
     return path
 
 
-def write_ho3d_pred(path: Path, joints_cam_mm: np.ndarray, vertices_cam_mm: np.ndarray) -> Path:
-    """Write HO3D's ``pred.json``: joints in HO3D order, both in the OpenGL frame, metres."""
+def write_ho3d_pred(
+    path: Path, joints_cam_mm: np.ndarray, vertices_cam_mm: np.ndarray, *, check_frame: bool = True
+) -> Path:
+    """Write HO3D's ``pred.json``: joints in HO3D order, both in the OpenGL frame, metres.
+
+    ``check_frame`` refuses joints that all lie behind the camera, the sign of arrays already in HO3D's frame
+    (converted twice). A model's own predictions are in the camera frame by construction: an evaluator passes
+    ``False``, so that a diverged model's file is written (wrong, as its metrics say) rather than the run stopped.
+    """
     joints = pack_joints_to_ho3d_m(joints_cam_mm)
     verts = np.asarray(vertices_cam_mm, dtype=np.float64) * np.array([1.0, -1.0, -1.0]) / 1000.0
-    if joints.size and np.all(joints[..., 2] > 0):
+    if check_frame and joints.size and np.all(joints[..., 2] > 0):
         raise ValueError("HO3D predictions must lie at negative z (OpenGL frame): were the joints converted twice?")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([joints.tolist(), verts.tolist()]))
@@ -114,7 +121,7 @@ def predict_file(model: nn.Module, input_path: Path, out_dir: Path | None, *, cr
     if out_dir is not None:
         joints, verts = absolute["joints_cam_mm"].numpy(), absolute["vertices_cam_mm"].numpy()
         write_freihand_pred(Path(out_dir) / "freihand" / "pred.json", joints, verts)
-        write_ho3d_pred(Path(out_dir) / "ho3d" / "pred.json", joints, verts)
+        write_ho3d_pred(Path(out_dir) / "ho3d" / "pred.json", joints, verts, check_frame=False)
     return {
         "joints_cam_mm": absolute["joints_cam_mm"].tolist(),
         "joints_rel_mm": outputs["joints_mm"].tolist(),
