@@ -241,12 +241,11 @@ def _view_rotations(u: np.ndarray, back: np.ndarray, cfg: SyntheticHandsConfig) 
     roll = np.deg2rad(_symmetric(u[:, 2], cfg.view_roll_deg))
     cr, sr, zero, one = np.cos(roll), np.sin(roll), np.zeros(n), np.ones(n)
     roll_m = np.stack((np.stack((cr, -sr, zero), -1), np.stack((sr, cr, zero), -1), np.stack((zero, zero, one), -1)), 1)
-    return _to_torch(_matmul3(roll_m, _matmul3(tilt, _matmul3(flip, np.broadcast_to(front, (n, 3, 3))))))
-
-
-def _matmul3(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` for stacks of 3×3 matrices, element-wise (its rounding cannot depend on the batch)."""
-    return a[:, :, 0:1] * b[:, 0:1, :] + a[:, :, 1:2] * b[:, 1:2, :] + a[:, :, 2:3] * b[:, 2:3, :]
+    rotation = _to_torch(np.broadcast_to(front, (n, 3, 3)))
+    for factor in (flip, tilt, roll_m):  # factor @ rotation, column by column (element-wise: batch-independent)
+        f = _to_torch(factor)
+        rotation = torch.stack([S.frame_apply(f, rotation[..., k]) for k in range(3)], dim=-1)
+    return rotation
 
 
 def _hand_local_mm(u: np.ndarray, cfg: SyntheticHandsConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
