@@ -79,6 +79,29 @@ def spawn(fn: Callable[..., None], world_size: int, *args: Any, init_group: bool
     )
 
 
+def evaluate_as_rank(task: Any, model: Any, dataset: Any, rank: int, world_size: int, outputs_dir: Path) -> Any:
+    """``engine.evaluation.evaluate`` on CPU as process ``rank`` of ``world_size`` (batches of 2, no autocast);
+    rank 0 writes the task's output files under ``outputs_dir``. Returns the ``EvalResult``."""
+    import contextlib
+
+    import torch
+
+    from trainwell.engine.distributed import DistEnv
+    from trainwell.engine.evaluation import evaluate
+
+    return evaluate(
+        task=task,
+        model=model,
+        dataset=dataset,
+        evaluator=task.build_evaluator(),
+        batch_size=2,
+        device=torch.device("cpu"),
+        env=DistEnv(rank=rank, world_size=world_size, local_rank=rank),
+        autocast=contextlib.nullcontext,
+        outputs_dir=outputs_dir if rank == 0 else None,
+    )
+
+
 def torchrun_command(nproc: int, *trainwell_args: str) -> list[str]:
     """``torchrun --nproc_per_node=N -m trainwell ARGS`` with a private rendezvous port."""
     return [

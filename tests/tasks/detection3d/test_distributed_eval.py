@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -11,10 +10,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "distributed"))
-from distributed_helpers import spawn
+from distributed_helpers import evaluate_as_rank, spawn
 
-from trainwell.engine.distributed import DistEnv
-from trainwell.engine.evaluation import evaluate
 from trainwell.tasks.detection3d.scenes import SceneConfig
 from trainwell.tasks.detection3d.task import Detection3DDataConfig, Detection3DTask, Detection3DTaskConfig
 
@@ -27,17 +24,7 @@ def _score(rank: int, world_size: int, out_dir: Path) -> None:
     model = task.build_model()
     torch.nn.init.constant_(model.conv_cls.bias, 0.0)  # untrained but detecting: scores near 0.5 everywhere
     outputs = out_dir / f"w{world_size}"
-    result = evaluate(
-        task=task,
-        model=model,
-        dataset=val,
-        evaluator=task.build_evaluator(),
-        batch_size=2,
-        device=torch.device("cpu"),
-        env=DistEnv(rank=rank, world_size=world_size, local_rank=rank),
-        autocast=contextlib.nullcontext,
-        outputs_dir=outputs if rank == 0 else None,
-    )
+    result = evaluate_as_rank(task, model, val, rank, world_size, outputs)
     (out_dir / f"w{world_size}_r{rank}.json").write_text(json.dumps(result.metrics))
 
 

@@ -7,7 +7,6 @@ rounding rather than bitwise; a sample lost, doubled or put in the wrong place w
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -17,10 +16,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "distributed"))
-from distributed_helpers import spawn
+from distributed_helpers import evaluate_as_rank, spawn
 
-from trainwell.engine.distributed import DistEnv
-from trainwell.engine.evaluation import evaluate
 from trainwell.tasks.hand_pose.image_model import RGBDNetConfig
 from trainwell.tasks.hand_pose.rgbd_task import RGBDDataConfig, RGBDHandPoseTask, RGBDTaskConfig
 
@@ -34,17 +31,7 @@ def _score(rank: int, world_size: int, out_dir: Path) -> None:
     val = task.build_val_dataset()
     torch.manual_seed(0)
     outputs = out_dir / f"w{world_size}"
-    result = evaluate(
-        task=task,
-        model=task.build_model(),
-        dataset=val,
-        evaluator=task.build_evaluator(),
-        batch_size=2,
-        device=torch.device("cpu"),
-        env=DistEnv(rank=rank, world_size=world_size, local_rank=rank),
-        autocast=contextlib.nullcontext,
-        outputs_dir=outputs if rank == 0 else None,
-    )
+    result = evaluate_as_rank(task, task.build_model(), val, rank, world_size, outputs)
     (out_dir / f"w{world_size}_r{rank}.json").write_text(json.dumps(result.metrics))
 
 
