@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainwell.tasks.detection3d.ap import FrameDetections, FrameLabels, kitti_eval, recall_at_iou
+from trainwell.tasks.detection3d.ap import FrameDetections, FrameLabels, box_height_px, recall_at_iou
 from trainwell.tasks.detection3d.boxes import iou_3d, iou_bev
+from trainwell.tasks.detection3d.table import kitti_eval
 
 CAR = [1.6, 3.9, 1.5]  # dx (length), dy (width), dz (height), metres
 
@@ -15,12 +16,19 @@ def _car(x: float, y: float, heading: float = 0.0) -> list[float]:
     return [x, y, -1.0, CAR[1], CAR[0], CAR[2], heading]
 
 
+def _bbox(height_px: np.ndarray, left_px: np.ndarray | None = None) -> np.ndarray:
+    """2D boxes of the given heights, 50 px wide, side by side (far apart: their 2D IoUs are zero)."""
+    left = np.arange(len(height_px)) * 60.0 if left_px is None else left_px
+    return np.stack([left, np.full(len(height_px), 100.0), left + 50.0, 100.0 + np.asarray(height_px)], 1)
+
+
 def _labels(boxes: list[list[float]], names: list[str] | None = None, height_px: float = 60.0) -> FrameLabels:
     n = len(boxes)
     return FrameLabels(
         names=names or ["Car"] * n,
         boxes=np.array(boxes, dtype=np.float64).reshape(-1, 7),
-        height_px=np.full(n, height_px),
+        bbox=_bbox(np.full(n, height_px)),
+        alpha=np.zeros(n),
         truncation=np.zeros(n),
         occlusion=np.zeros(n, dtype=int),
     )
@@ -32,7 +40,8 @@ def _dets(boxes: list[list[float]], scores: list[float], names: list[str] | None
         names=names or ["Car"] * n,
         boxes=np.array(boxes, dtype=np.float64).reshape(-1, 7),
         scores=np.array(scores, dtype=np.float64),
-        height_px=np.full(n, 60.0),
+        bbox=_bbox(np.full(n, 60.0)),
+        alpha=np.zeros(n),
     )
 
 
@@ -95,7 +104,7 @@ def _ref_flags(gt: FrameLabels, det: FrameDetections, cls: str, diff: int) -> tu
             valid = 0
         else:
             valid = -1
-        hard = gt.occlusion[i] > max_occ or gt.truncation[i] > max_trunc or gt.height_px[i] <= min_h
+        hard = gt.occlusion[i] > max_occ or gt.truncation[i] > max_trunc or box_height_px(gt.bbox)[i] <= min_h
         if valid == 1 and not hard:
             gflags.append(0)
             num_valid += 1
@@ -105,7 +114,7 @@ def _ref_flags(gt: FrameLabels, det: FrameDetections, cls: str, diff: int) -> tu
             gflags.append(-1)
     dflags = []
     for j, name in enumerate(det.names):
-        dflags.append(1 if det.height_px[j] < min_h else (0 if name == cls else -1))
+        dflags.append(1 if box_height_px(det.bbox)[j] < min_h else (0 if name == cls else -1))
     return gflags, dflags, num_valid
 
 
@@ -190,7 +199,8 @@ def test_matches_a_plain_reimplementation_on_random_scenes() -> None:
         gt = FrameLabels(
             names=names,
             boxes=np.array(boxes).reshape(-1, 7),
-            height_px=rng.uniform(15, 90, n),
+            bbox=_bbox(rng.uniform(15, 90, n)),
+            alpha=np.zeros(n),
             truncation=rng.choice([0.0, 0.1, 0.2, 0.4, 0.6], n),
             occlusion=rng.integers(0, 4, n),
         )
@@ -211,7 +221,8 @@ def test_matches_a_plain_reimplementation_on_random_scenes() -> None:
                 names=dnames,
                 boxes=np.array(dboxes).reshape(-1, 7),
                 scores=rng.uniform(0, 1, m),
-                height_px=rng.uniform(15, 90, m),
+                bbox=_bbox(rng.uniform(15, 90, m)),
+                alpha=np.zeros(m),
             )
         )
     ap = kitti_eval(labels, dets)

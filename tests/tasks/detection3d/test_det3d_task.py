@@ -11,7 +11,7 @@ import torch
 
 from trainwell.tasks.detection3d import kitti
 from trainwell.tasks.detection3d.datasets import collate_frames
-from trainwell.tasks.detection3d.scenes import SceneConfig
+from trainwell.tasks.detection3d.scenes import CLASS_NAMES, SceneConfig
 from trainwell.tasks.detection3d.task import Detection3DDataConfig, Detection3DTask, Detection3DTaskConfig
 
 TINY = Path(__file__).parents[3] / "configs" / "detection3d" / "tiny.yaml"
@@ -24,15 +24,27 @@ def _task(val_size: int = 6) -> Detection3DTask:
     return task
 
 
-def _perfect(task: Detection3DTask, index: int) -> dict[str, torch.Tensor]:
-    sample = task.val_set[index]
-    keep = sample["gt_labels"] > 0
+def _perfect(task: Detection3DTask, index: int, in_range_only: bool = False) -> dict[str, torch.Tensor]:
+    """Every label of a learned class detected exactly (or only those the cropped sample keeps)."""
+    frame = task.val_set.raw(index) if not in_range_only else task.val_set[index]
+    names = list(frame["gt_names"])
+    keep = np.array([n in CLASS_NAMES for n in names], dtype=bool)
     n = int(keep.sum())
     return {
-        "boxes": sample["gt_boxes"][keep],
+        "boxes": torch.as_tensor(np.asarray(frame["gt_boxes"], dtype=np.float32)[keep]),
         "scores": torch.linspace(0.9, 0.5, n),
-        "labels": sample["gt_labels"][keep],
+        "labels": torch.tensor([CLASS_NAMES.index(c) + 1 for c, k in zip(names, keep, strict=True) if k]),
     }
+
+
+def _counted_cars(frames: list[dict]) -> int:
+    """Cars KITTI's moderate difficulty counts (2D height > 25 px, occlusion <= 1, truncation <= 0.3)."""
+    n = 0
+    for s in frames:
+        car = np.array([name == "Car" for name in s["gt_names"]], dtype=bool)
+        moderate = (np.asarray(s["height_px"]) > 25) & (np.asarray(s["occlusion"]) <= 1)
+        n += int((car & moderate & (np.asarray(s["truncation"]) <= 0.3)).sum())
+    return n
 
 
 def test_evaluator_scores_ragged_detections_by_index(tmp_path: Path) -> None:
@@ -52,16 +64,13 @@ def test_evaluator_scores_ragged_detections_by_index(tmp_path: Path) -> None:
     assert metrics["recall_3d_70"] == pytest.approx(1.0)
     # KITTI's thresholds advance one recall position (1/40) per true positive, so with n ≤ 40 counted cars and no
     # false positives, AP_R40 is exactly (n - 1) / 40 (position 0 is not summed).
-    n = 0
-    for i in range(6):
-        s = task.val_set[i]
-        car = np.array([name == "Car" for name in s["gt_names"]], dtype=bool)
-        moderate = (s["height_px"].numpy() > 25) & (s["occlusion"].numpy() <= 1) & (s["truncation"].numpy() <= 0.3)
-        n += int((car & moderate).sum())
+    n = _counted_cars([task.val_set.raw(i) for i in range(6)])
     assert 2 <= n <= 40
     assert metrics["Car_bev_moderate_R40_50"] == pytest.approx((n - 1) / 40 * 100)
     assert metrics["Car_3d_moderate_R40_70"] == pytest.approx((n - 1) / 40 * 100)
+    assert metrics["Car_3d/moderate_R40"] == metrics["Car_3d_moderate_R40_70"]  # OpenPCDet's name
     assert set(metrics) >= set(task.metric_specs())
+    assert "Car AP_R40@0.70, 0.70, 0.70:" in ev.result_text
     # Without detections, nothing is found.
     empty = task.build_evaluator()
     empty.add(
@@ -72,9 +81,10 @@ def test_evaluator_scores_ragged_detections_by_index(tmp_path: Path) -> None:
         ],
     )
     assert empty.compute()["Car_bev_moderate_R40_50"] == 0.0
-    # KITTI result files: one per frame, boxes back in the LiDAR frame to the printed precision.
+    # KITTI result files: one per frame, boxes back in the LiDAR frame to the printed precision, and the table.
     paths = ev.save_outputs(tmp_path)
-    assert sorted(p.name for p in paths) == [f"{i:06d}.txt" for i in range(6)]
+    assert sorted(p.name for p in paths) == [f"{i:06d}.txt" for i in range(6)] + ["result.txt"]
+    assert (tmp_path / "result.txt").read_text() == ev.result_text
     objs = kitti.read_label(tmp_path / "final_result" / "data" / "000001.txt")
     want = _perfect(task, 1)
     assert len(objs) == len(want["boxes"]) and all(o.score is not None for o in objs)
@@ -87,6 +97,28 @@ def test_evaluator_scores_ragged_detections_by_index(tmp_path: Path) -> None:
     np.testing.assert_allclose(back[:, :6], want["boxes"][:, :6].numpy(), atol=2e-4)
     heading_err = np.angle(np.exp(1j * (back[:, 6] - want["boxes"][:, 6].numpy())))
     assert np.abs(heading_err).max() < 2e-4
+    np.testing.assert_array_equal([o.score for o in objs], want["scores"].numpy())  # scores written exactly
+
+
+def test_labels_out_of_range_are_misses_unless_the_option_says_otherwise() -> None:
+    task = _task()
+    # Detections of exactly the labels inside the point range: the frames also hold cars beyond x = 40 m.
+    dets = [_perfect(task, i, in_range_only=True) for i in range(6)]
+    total = sum(sum(n in CLASS_NAMES for n in task.val_set.raw(i)["gt_names"]) for i in range(6))
+    seen = sum(len(d["boxes"]) for d in dets)
+    assert seen < total
+    full = task.build_evaluator()
+    full.add(torch.arange(6), dets)
+    assert full.compute()["recall_3d_70"] == pytest.approx(seen / total)  # the unseen ones are misses
+    assert "eval_gt_in_range_only" not in full.result_text
+    old = Detection3DTask(Detection3DTaskConfig(eval_gt_in_range_only=True), task.data_cfg)
+    old.val_set = task.val_set
+    cropped = old.build_evaluator()
+    cropped.add(torch.arange(6), dets)
+    metrics = cropped.compute()
+    assert metrics["recall_3d_70"] == pytest.approx(1.0)
+    assert metrics["kitti/eval_gt_in_range_only"] == 1.0
+    assert cropped.result_text.startswith("NOTE task.eval_gt_in_range_only=true")
 
 
 def test_predict_writes_kitti_text_and_returns_json(tmp_path: Path) -> None:

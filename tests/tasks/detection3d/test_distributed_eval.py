@@ -38,7 +38,7 @@ def test_metrics_and_result_files_do_not_depend_on_the_number_of_processes(tmp_p
     for world_size in (2, 3):
         for rank in range(world_size):
             assert json.loads((tmp_path / f"w{world_size}_r{rank}.json").read_text()) == reference
-    files = {w: sorted((tmp_path / f"w{w}").rglob("*.txt")) for w in (1, 2, 3)}
-    assert len(files[1]) == 7
+    files = {w: sorted((tmp_path / f"w{w}").rglob("*.txt")) for w in (1, 2, 3)}  # 7 frames and result.txt
+    assert len(files[1]) == 8
     for w in (2, 3):
         assert [p.read_text() for p in files[w]] == [p.read_text() for p in files[1]]

@@ -1,19 +1,22 @@
-"""KITTI average precision with 40 recall positions (AP_R40) in BEV and 3D, and OpenPCDet's recall at IoU.
+"""KITTI's matching and average precision, as OpenPCDet's ``kitti_object_eval_python`` (``eval.py``) computes them.
 
-The rules follow KITTI's object devkit as OpenPCDet's ``kitti_object_eval_python`` implements them:
+The rules of KITTI's object devkit, quirks included (``clean_data`` and ``compute_statistics_jit``):
 
 * **Difficulty** (Easy / Moderate / Hard): a ground truth counts when its 2D box is taller than 40 / 25 / 25 px
   (strictly), its occlusion level is at most 0 / 1 / 2 and its truncation at most 0.15 / 0.3 / 0.5. A ground truth
   of the evaluated class that fails these is *ignored* (not a miss; a detection on it is not a false positive).
 * **Neighbouring classes**: a ``Van`` is ignored when evaluating ``Car``, a ``Person_sitting`` when evaluating
-  ``Pedestrian``. Other classes play no part. ``DontCare`` regions only matter for KITTI's 2D image metric,
-  which is not computed here (BEV and 3D, as in KITTI and OpenPCDet, do not consult them).
-* **Detections** of the evaluated class whose projected 2D box is shorter than the difficulty's minimum height are
-  ignored (they neither count as true nor false positives).
-* **Matching** per frame, ground truths in order: the still unassigned detection with the largest IoU above the
-  class threshold (strictly greater) wins, preferring detections that are not ignored. Score thresholds are taken
-  from the true positives' scores at 41 evenly spaced recall positions; precision is made monotone and
-  AP_R40 is the mean of the precision at recalls 1/40 … 40/40, in percent.
+  ``Pedestrian``. Other classes play no part.
+* **Detections** whose 2D box is shorter than the difficulty's minimum height are *ignored detections* — of any
+  class, as the devkit tests the height before the class: they take part in matching (a ground truth they match
+  is neither found nor missed) but are never true or false positives.
+* **DontCare** regions (2D metric only, as OpenPCDet's code): an unmatched detection whose 2D box lies more than the
+  class's 2D threshold inside a ``DontCare`` box (intersection over the detection's area) is not a false positive.
+* **Matching** per frame, ground truths in order. First pass (no score threshold): the highest-scoring unassigned
+  detection above the IoU threshold (strictly greater). Second pass, per score threshold: the counted detection
+  with the largest IoU (first on ties), else the first ignored one. Score thresholds are the true positives' scores
+  at 41 recall positions; precision (and the orientation similarity) is made monotone; AP_R40 is the mean over
+  recalls 1/40 … 40/40 and AP_R11 over positions 0, 4, …, 40 (recall 0, 0.1, …, 1), in percent.
 
 The per-threshold passes are vectorised over (thresholds × frames × detections) with NumPy; only the loop over
 ground-truth slots (the greedy order KITTI defines) stays in Python.
@@ -21,53 +24,64 @@ ground-truth slots (the greedy order KITTI defines) stays in Python.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from trainwell.tasks.detection3d.boxes import iou_3d, iou_bev
+from trainwell.tasks.detection3d.boxes import iou_3d
 
 CLASSES = ("Car", "Pedestrian", "Cyclist")
 DIFFICULTIES = ("easy", "moderate", "hard")
 MIN_HEIGHT_PX = (40.0, 25.0, 25.0)
 MAX_OCCLUSION = (0, 1, 2)
 MAX_TRUNCATION = (0.15, 0.3, 0.5)
-MIN_OVERLAP = {"Car": (0.7, 0.5), "Pedestrian": (0.5, 0.25), "Cyclist": (0.5, 0.25)}
-"""KITTI's IoU thresholds per class: (strict, loose), the same for BEV and 3D."""
 NEIGHBOUR = {"Car": "Van", "Pedestrian": "Person_sitting"}
+DONT_CARE = "DontCare"
+"""Compared case-sensitively, as the devkit does."""
 NUM_SAMPLE_PTS = 41
 RECALL_IOUS = (0.3, 0.5, 0.7)
 
 
 @dataclass
 class FrameLabels:
-    """Ground truth of one frame (LiDAR frame boxes).
+    """Ground truth of one frame.
 
     Attributes:
         names: ``G`` class names (``Car``, ``Van``, ``DontCare`` …).
-        boxes: ``(G, 7)`` boxes (x, y, z, dx, dy, dz, heading), metres / radians.
-        height_px: ``(G,)`` height of the 2D image box in pixels.
+        boxes: ``(G, 7)`` boxes (x, y, z, dx, dy, dz, heading), metres / radians, in the frame the evaluation compares
+            in (the rectified camera frame on LiDAR axes, :func:`kitti.rect_boxes`; the LiDAR frame of the
+            synthetic scenes is the same).
+        bbox: ``(G, 4)`` 2D image box (left, top, right, bottom), pixels.
+        alpha: ``(G,)`` observation angle, radians.
         truncation: ``(G,)`` in [0, 1].
         occlusion: ``(G,)`` KITTI occlusion level 0 (visible) … 3 (unknown).
     """
 
     names: Sequence[str]
     boxes: np.ndarray
-    height_px: np.ndarray
+    bbox: np.ndarray
+    alpha: np.ndarray
     truncation: np.ndarray
     occlusion: np.ndarray
 
 
 @dataclass
 class FrameDetections:
-    """Detections of one frame: ``names`` (D,), ``boxes`` (D, 7), ``scores`` (D,), ``height_px`` (D,) 2D heights."""
+    """Detections of one frame: ``names`` (D,), ``boxes`` (D, 7) (same frame as the labels'), ``scores`` (D,),
+    ``bbox`` (D, 4) 2D boxes in pixels, ``alpha`` (D,) observation angles."""
 
     names: Sequence[str]
     boxes: np.ndarray
     scores: np.ndarray
-    height_px: np.ndarray
+    bbox: np.ndarray
+    alpha: np.ndarray
+
+
+def box_height_px(bbox: np.ndarray) -> np.ndarray:
+    """Height of ``(N, 4)`` 2D boxes (the devkit takes the absolute value for detections)."""
+    return np.abs(np.asarray(bbox, dtype=np.float64).reshape(-1, 4)[:, 3] - np.asarray(bbox).reshape(-1, 4)[:, 1])
 
 
 def ignore_flags(
@@ -75,7 +89,8 @@ def ignore_flags(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """KITTI's ``clean_data``: ``(gt_flags (G,), det_flags (D,), num_valid_gt)``.
 
-    Flags: 0 = counts, 1 = ignored (neither a miss nor a false positive), -1 = another class (takes no part).
+    Flags: 0 = counts, 1 = ignored (takes part in matching, neither a miss nor a true/false positive), -1 = takes no
+    part.
     """
     names = [n.lower() for n in gt.names]
     same = np.array([n == cls.lower() for n in names], dtype=bool)
@@ -83,42 +98,84 @@ def ignore_flags(
     too_hard = (
         (np.asarray(gt.occlusion) > MAX_OCCLUSION[difficulty])
         | (np.asarray(gt.truncation) > MAX_TRUNCATION[difficulty])
-        | (np.asarray(gt.height_px) <= MIN_HEIGHT_PX[difficulty])
+        | (box_height_px(gt.bbox) <= MIN_HEIGHT_PX[difficulty])
     )
     gt_flags = np.full(len(names), -1, dtype=np.int8)
     gt_flags[neighbour | (same & too_hard)] = 1
     gt_flags[same & ~too_hard] = 0
     det_same = np.array([n.lower() == cls.lower() for n in det.names], dtype=bool)
     det_flags = np.where(det_same, 0, -1).astype(np.int8)
-    det_flags[np.asarray(det.height_px) < MIN_HEIGHT_PX[difficulty]] = 1  # before the class test, as KITTI
+    det_flags[box_height_px(det.bbox) < MIN_HEIGHT_PX[difficulty]] = 1  # any class: the devkit tests height first
     return gt_flags, det_flags, int((gt_flags == 0).sum())
+
+
+def image_overlaps(boxes: np.ndarray, query: np.ndarray, over_first_area: bool = False) -> np.ndarray:
+    """2D overlap ``(N, K)`` of ``(N, 4)`` and ``(K, 4)`` boxes: IoU, or with ``over_first_area`` the intersection
+    over the first box's area (the devkit's ``image_box_overlap`` criterion -1 and 0; no +1 pixel)."""
+    a, b = np.asarray(boxes, np.float64).reshape(-1, 1, 4), np.asarray(query, np.float64).reshape(1, -1, 4)
+    iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+    ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+    inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a if over_first_area else area_a + area_b - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(inter > 0, inter / union, 0.0)
 
 
 @dataclass
 class _Padded:
-    """One class and difficulty, all frames padded: overlaps (F, Dm, Gm), flags and scores; -1 flags pad."""
+    """One class and difficulty, all frames padded: overlaps (F, Dm, Gm), flags, scores, alphas; -1 flags pad.
+
+    ``in_dont_care`` (F, Dm): the detection lies in a DontCare region above the 2D threshold (2D metric only).
+    """
 
     overlaps: np.ndarray
     gt_flags: np.ndarray
     det_flags: np.ndarray
     scores: np.ndarray
+    gt_alpha: np.ndarray
+    det_alpha: np.ndarray
+    in_dont_care: np.ndarray
     num_valid_gt: int
 
 
-def _pad(per_frame: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], num_valid_gt: int) -> _Padded:
-    frames = len(per_frame)
-    max_d = max([len(s) for _, _, _, s in per_frame] + [1])
-    max_g = max([len(g) for _, g, _, _ in per_frame] + [1])
-    overlaps = np.zeros((frames, max_d, max_g))
-    gt_flags = np.full((frames, max_g), -1, dtype=np.int8)
-    det_flags = np.full((frames, max_d), -1, dtype=np.int8)
-    scores = np.full((frames, max_d), -np.inf)
-    for f, (ov, gf, df, sc) in enumerate(per_frame):
-        overlaps[f, : ov.shape[0], : ov.shape[1]] = ov
-        gt_flags[f, : len(gf)] = gf
-        det_flags[f, : len(df)] = df
-        scores[f, : len(sc)] = sc
-    return _Padded(overlaps, gt_flags, det_flags, scores, num_valid_gt)
+@dataclass
+class FramePart:
+    """One frame's share of a class / difficulty: the overlaps (D, G) of the taking-part detections and labels, their
+    flags, the detections' scores and alphas, the labels' alphas and the detections' DontCare hits."""
+
+    overlaps: np.ndarray
+    gt_flags: np.ndarray
+    det_flags: np.ndarray
+    scores: np.ndarray
+    gt_alpha: np.ndarray
+    det_alpha: np.ndarray
+    in_dont_care: np.ndarray
+
+
+def pad_frames(parts: list[FramePart], num_valid_gt: int) -> _Padded:
+    """Stack frames of different sizes into padded arrays (padding: flag -1, score -inf)."""
+    frames = len(parts)
+    max_d = max([len(p.scores) for p in parts] + [1])
+    max_g = max([len(p.gt_flags) for p in parts] + [1])
+    out = _Padded(
+        np.zeros((frames, max_d, max_g)),
+        np.full((frames, max_g), -1, dtype=np.int8),
+        np.full((frames, max_d), -1, dtype=np.int8),
+        np.full((frames, max_d), -np.inf),
+        np.zeros((frames, max_g)),
+        np.zeros((frames, max_d)),
+        np.zeros((frames, max_d), dtype=bool),
+        num_valid_gt,
+    )
+    for f, p in enumerate(parts):
+        d, g = len(p.scores), len(p.gt_flags)
+        out.overlaps[f, :d, :g] = p.overlaps.reshape(d, g)
+        out.gt_flags[f, :g], out.gt_alpha[f, :g] = p.gt_flags, p.gt_alpha
+        out.det_flags[f, :d], out.scores[f, :d], out.det_alpha[f, :d] = p.det_flags, p.scores, p.det_alpha
+        out.in_dont_care[f, :d] = p.in_dont_care
+    return out
 
 
 def _tp_scores(p: _Padded, min_overlap: float) -> np.ndarray:
@@ -153,8 +210,11 @@ def score_thresholds(tp_scores: np.ndarray, num_gt: int, num_sample_pts: int = N
     return np.array(thresholds)
 
 
-def _counts(p: _Padded, min_overlap: float, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Second pass, every threshold at once: ``(tp, fp, fn)`` each ``(T,)`` summed over frames."""
+def _counts(p: _Padded, min_overlap: float, thresholds: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Second pass, every threshold at once: ``(tp, fp, fn, similarity)`` each ``(T,)`` summed over frames.
+
+    ``similarity`` sums ``(1 + cos(Δalpha)) / 2`` over the true positives (KITTI's orientation score).
+    """
     num_t = len(thresholds)
     shape = (num_t, *p.det_flags.shape)
     t_idx, f_idx = np.meshgrid(np.arange(num_t), np.arange(p.det_flags.shape[0]), indexing="ij")
@@ -162,6 +222,7 @@ def _counts(p: _Padded, min_overlap: float, thresholds: np.ndarray) -> tuple[np.
     assigned = np.zeros(shape, dtype=bool)
     tp = np.zeros(num_t, dtype=np.int64)
     fn = np.zeros(num_t, dtype=np.int64)
+    similarity = np.zeros(num_t)
     for g in range(p.gt_flags.shape[1]):
         gflag = p.gt_flags[None, :, g]  # (1, F)
         over = p.overlaps[None, :, :, g]  # (1, F, D)
@@ -174,83 +235,39 @@ def _counts(p: _Padded, min_overlap: float, thresholds: np.ndarray) -> tuple[np.
         found = cand.any(-1)
         best = np.where(has_valid, best_valid, best_ignored)
         fn += (~found & (gflag == 0)).sum(-1)
-        tp += (found & has_valid & (gflag == 0)).sum(-1)
+        is_tp = found & has_valid & (gflag == 0)
+        tp += is_tp.sum(-1)
+        delta = p.gt_alpha[None, :, g] - p.det_alpha[f_idx, best]  # (T, F)
+        similarity += np.where(is_tp, (1.0 + np.cos(delta)) / 2.0, 0.0).sum(-1)
         assigned[t_idx[found], f_idx[found], best[found]] = True
-    fp = (active & ~assigned & (p.det_flags[None] == 0)).sum((1, 2))
-    return tp, fp, fn
+    unmatched = active & ~assigned & (p.det_flags[None] == 0)
+    fp = (unmatched & ~p.in_dont_care[None]).sum((1, 2))  # DontCare regions absorb unmatched detections
+    return tp, fp, fn, similarity
 
 
-def average_precision_r40(p: _Padded, min_overlap: float) -> float:
-    """AP_R40 (percent) of one class / difficulty / IoU threshold; 0 when no ground truth counts."""
+def precision_curves(p: _Padded, min_overlap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Monotone precision and orientation-similarity curves ``(41,)`` each (zeros past the last threshold)."""
+    precision, orientation = np.zeros(NUM_SAMPLE_PTS), np.zeros(NUM_SAMPLE_PTS)
     if p.num_valid_gt == 0:
-        return 0.0
+        return precision, orientation
     thresholds = score_thresholds(_tp_scores(p, min_overlap), p.num_valid_gt)
     if len(thresholds) == 0:
-        return 0.0
-    tp, fp, _ = _counts(p, min_overlap, thresholds)
-    precision = np.zeros(NUM_SAMPLE_PTS)
+        return precision, orientation
+    tp, fp, _, similarity = _counts(p, min_overlap, thresholds)
     precision[: len(thresholds)] = tp / np.maximum(tp + fp, 1)
-    precision = np.maximum.accumulate(precision[::-1])[::-1]  # precision[i] = max(precision[i:])
-    return float(precision[1:].sum() / (NUM_SAMPLE_PTS - 1) * 100.0)
+    orientation[: len(thresholds)] = similarity / np.maximum(tp + fp, 1)
+    # curve[i] = max(curve[i:])
+    return np.maximum.accumulate(precision[::-1])[::-1], np.maximum.accumulate(orientation[::-1])[::-1]
 
 
-def _overlaps(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    return iou_bev if kind == "bev" else iou_3d
+def ap_r40(curve: np.ndarray) -> float:
+    """Mean of a monotone curve at recalls 1/40 … 40/40, in percent (the devkit's ``get_mAP_R40``)."""
+    return float(curve[1:].sum() / (NUM_SAMPLE_PTS - 1) * 100.0)
 
 
-def kitti_eval(
-    labels: Sequence[FrameLabels], detections: Sequence[FrameDetections], classes: Sequence[str] = CLASSES
-) -> dict[str, float]:
-    """AP_R40 (percent) per class, difficulty, BEV/3D and KITTI IoU threshold, plus class means.
-
-    Keys: ``kitti/<Class>_<bev|3d>_<difficulty>_R40_<iou×100>`` (e.g. ``kitti/Car_bev_easy_R40_50``; grouped
-    under ``kitti/`` so that log lines leave them out), the headline values again without the prefix (moderate:
-    ``Car_bev_moderate_R40_50``, ``<Class>_3d_moderate_R40_<strict>``), and ``mAP_<bev|3d>_moderate_R40`` (the
-    mean over classes at each class's strict threshold).
-    """
-    if len(labels) != len(detections):
-        raise ValueError(f"kitti_eval: {len(labels)} frames of labels but {len(detections)} of detections.")
-    out: dict[str, float] = {}
-    for kind in ("bev", "3d"):
-        iou_fn = _overlaps(kind)
-        for cls in classes:
-            keep = [
-                (
-                    np.array([n.lower() in (cls.lower(), NEIGHBOUR.get(cls, "").lower()) for n in gt.names], bool),
-                    np.array([n.lower() == cls.lower() for n in det.names], bool),
-                )
-                for gt, det in zip(labels, detections, strict=True)
-            ]
-            # Only this class's detections and this class's (or neighbour's) labels can take part: drop the rest
-            # before computing IoUs (their flags would be -1).
-            ious = [
-                iou_fn(torch.as_tensor(det.boxes[kd]).reshape(-1, 7), torch.as_tensor(gt.boxes[kg]).reshape(-1, 7))
-                .cpu()
-                .numpy()
-                for gt, det, (kg, kd) in zip(labels, detections, keep, strict=True)
-            ]
-            for d, difficulty in enumerate(DIFFICULTIES):
-                per_frame = []
-                num_valid = 0
-                for gt, det, (kg, kd), ov in zip(labels, detections, keep, ious, strict=True):
-                    gflags, dflags, valid = ignore_flags(gt, det, cls, d)
-                    num_valid += valid
-                    per_frame.append((ov, gflags[kg], dflags[kd], np.asarray(det.scores)[kd]))
-                padded = _pad(per_frame, num_valid)
-                for iou in MIN_OVERLAP[cls]:
-                    out[f"kitti/{cls}_{kind}_{difficulty}_R40_{round(iou * 100)}"] = average_precision_r40(padded, iou)
-        strict = [out[f"kitti/{c}_{kind}_moderate_R40_{round(MIN_OVERLAP[c][0] * 100)}"] for c in classes]
-        out[f"mAP_{kind}_moderate_R40"] = float(np.mean(strict)) if strict else 0.0
-    for name in headline_metrics(classes):
-        out[name] = out[f"kitti/{name}"]
-    return out
-
-
-def headline_metrics(classes: Sequence[str] = CLASSES) -> list[str]:
-    """The AP names logged without the ``kitti/`` prefix: every class at its strict 3D threshold (moderate), and
-    Car in BEV at 0.5 (the demo's target)."""
-    names = [f"{c}_3d_moderate_R40_{round(MIN_OVERLAP[c][0] * 100)}" for c in classes]
-    return (["Car_bev_moderate_R40_50"] if "Car" in classes else []) + names
+def ap_r11(curve: np.ndarray) -> float:
+    """Mean of a monotone curve at positions 0, 4, …, 40 (recall 0, 0.1, …, 1), in percent (``get_mAP``)."""
+    return float(curve[0::4].sum() / 11 * 100.0)
 
 
 def recall_at_iou(

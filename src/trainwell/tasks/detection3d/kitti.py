@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainwell.tasks.detection3d.ap import FrameDetections, FrameLabels
 from trainwell.tasks.detection3d.boxes import corners_3d, limit_period, points_in_boxes
 from trainwell.tasks.detection3d.scenes import CX_PX, CY_PX, FOCAL_PX
 
@@ -125,12 +126,13 @@ def read_label(path: Path) -> list[KittiObject]:
 
 def format_object(obj: KittiObject, decimals: int = 4) -> str:
     """One KITTI line (score last when present): 4 decimals as OpenPCDet's ``test.py`` writes results, 2 as KITTI's
-    own ``label_2`` files."""
+    own ``label_2`` files. The score is written exactly (shortest round-trip repr): rounded scores tie, ties reorder
+    detections, and re-scoring the file would then give another AP."""
     occ = f"{obj.occluded:d}" if obj.occluded >= 0 else "-1"
     trunc = f"{obj.truncated:.2f}" if obj.truncated >= 0 else "-1"
     nums = [obj.alpha, *obj.bbox, *obj.dimensions_hwl, *obj.location, obj.rotation_y]
     text = f"{obj.type} {trunc} {occ} " + " ".join(f"{v:.{decimals}f}" for v in nums)
-    return text + (f" {obj.score:.{decimals}f}" if obj.score is not None else "")
+    return text + (f" {float(obj.score)!r}" if obj.score is not None else "")
 
 
 def write_label(path: Path, objects: list[KittiObject], decimals: int = 4) -> None:
@@ -173,11 +175,28 @@ def image_boxes(boxes: np.ndarray, calib: Calib, image_size_px: tuple[int, int] 
     return out
 
 
+RECT_AXES = Calib(np.eye(3, 4), np.eye(3), np.array([[0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0]], dtype=np.float64))
+"""Rectified camera coordinates put on LiDAR axes (x forward, y left, z up) without any other transform."""
+
+
+def rect_boxes(location: np.ndarray, dims_hwl: np.ndarray, rotation_y: np.ndarray) -> np.ndarray:
+    """KITTI camera boxes as ``(N, 7)`` boxes of the rectified camera frame on LiDAR axes: the frame the devkit
+    compares boxes in (BEV on the camera's x-z plane, height along its y), so IoUs equal the devkit's exactly."""
+    return camera_to_lidar_boxes(location, dims_hwl, rotation_y, RECT_AXES)
+
+
+def observation_alpha(boxes: np.ndarray, rotation_y: np.ndarray) -> np.ndarray:
+    """KITTI's ``alpha`` of LiDAR boxes: ``rotation_y`` minus the viewing angle (OpenPCDet's
+    ``-arctan2(-y, x) + rotation_y``)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 7)
+    return -np.arctan2(-boxes[:, 1], boxes[:, 0]) + np.asarray(rotation_y, dtype=np.float64).reshape(-1)
+
+
 def result_objects(boxes: np.ndarray, scores: np.ndarray, names: list[str], calib: Calib) -> list[KittiObject]:
     """Detections as KITTI result lines: truncation/occlusion -1, alpha from the viewing angle, score last."""
     location, dims, ry = lidar_to_camera_boxes(boxes, calib)
     bbox = image_boxes(boxes, calib)
-    alpha = -np.arctan2(-np.asarray(boxes)[:, 1], np.asarray(boxes)[:, 0]) + ry if len(boxes) else ry
+    alpha = observation_alpha(boxes, ry)
     return [
         KittiObject(
             names[i],
@@ -218,11 +237,56 @@ def load_kitti_frame(root: Path, frame_id: str, min_points: int = 5, fov_only: b
         "gt_names": [o.type for o in objects],
         "num_points": num_points,
         "height_px": np.array([o.bbox[3] - o.bbox[1] for o in objects], dtype=np.float32),
+        # What the evaluation compares, exactly as the label file has it (not through the float32 LiDAR boxes).
+        "rect_boxes": _label_rect_boxes(objects),
+        "bbox": np.array([o.bbox for o in objects], dtype=np.float64).reshape(-1, 4),
+        "alpha": np.array([o.alpha for o in objects], dtype=np.float64),
         "truncation": np.array([o.truncated for o in objects], dtype=np.float32),
         "occlusion": np.array([o.occluded for o in objects], dtype=np.int64),
         "ignored": num_points < min_points,
         "calib": calib,
     }
+
+
+def _label_rect_boxes(objects: list[KittiObject]) -> np.ndarray:
+    return rect_boxes(
+        np.array([o.location for o in objects]).reshape(-1, 3),
+        np.array([o.dimensions_hwl for o in objects]).reshape(-1, 3),
+        np.array([o.rotation_y for o in objects]),
+    )
+
+
+def frame_labels(frame: dict[str, Any], calib: Calib, keep: np.ndarray | None = None) -> FrameLabels:
+    """A frame's ground truth as the evaluation sees it: every label (``keep``: a subset), with its 2D box and
+    alpha. KITTI frames carry their label file's values; synthetic frames get them through ``calib``."""
+    boxes = np.asarray(frame["gt_boxes"], dtype=np.float64).reshape(-1, 7)
+    keep = np.ones(len(boxes), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    if "rect_boxes" in frame:
+        rect, bbox, alpha = frame["rect_boxes"], frame["bbox"], frame["alpha"]
+    else:
+        location, dims, ry = lidar_to_camera_boxes(boxes, calib)
+        rect, bbox, alpha = rect_boxes(location, dims, ry), image_boxes(boxes, calib), observation_alpha(boxes, ry)
+    return FrameLabels(
+        [n for n, k in zip(frame["gt_names"], keep, strict=True) if k],
+        np.asarray(rect, dtype=np.float64).reshape(-1, 7)[keep],
+        np.asarray(bbox, dtype=np.float64).reshape(-1, 4)[keep],
+        np.asarray(alpha, dtype=np.float64)[keep],
+        np.asarray(frame["truncation"], dtype=np.float64)[keep],
+        np.asarray(frame["occlusion"], dtype=np.int64)[keep],
+    )
+
+
+def frame_detections(objects: list[KittiObject]) -> FrameDetections:
+    """Result lines (with scores) as the evaluation sees them: camera boxes, 2D boxes and alphas as written."""
+    if any(o.score is None for o in objects):
+        raise ValueError("frame_detections: a result line has no score (16th column).")
+    return FrameDetections(
+        [o.type for o in objects],
+        _label_rect_boxes(objects),
+        np.array([o.score for o in objects], dtype=np.float64),
+        np.array([o.bbox for o in objects], dtype=np.float64).reshape(-1, 4),
+        np.array([o.alpha for o in objects], dtype=np.float64),
+    )
 
 
 def read_image_set(root: Path, split: str) -> list[str]:

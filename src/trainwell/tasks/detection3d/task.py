@@ -19,21 +19,19 @@ from torch.utils.data import Dataset
 from trainwell.doctor import Finding
 from trainwell.engine.task import DataConfig, LossOutput, MetricSpec, Task, TaskConfig
 from trainwell.tasks.detection3d import kitti
-from trainwell.tasks.detection3d.ap import (
-    CLASSES,
-    DIFFICULTIES,
-    MIN_OVERLAP,
-    FrameDetections,
-    FrameLabels,
-    headline_metrics,
-    kitti_eval,
-    recall_at_iou,
-)
+from trainwell.tasks.detection3d.ap import CLASSES, recall_at_iou
 from trainwell.tasks.detection3d.augment import AugmentConfig
 from trainwell.tasks.detection3d.checks import check_detection_batch, check_head_not_background
-from trainwell.tasks.detection3d.datasets import FrameDataset, collate_frames, frame_to_sample, synthetic_dataset
+from trainwell.tasks.detection3d.datasets import (
+    FrameDataset,
+    collate_frames,
+    frame_to_sample,
+    in_range,
+    synthetic_dataset,
+)
 from trainwell.tasks.detection3d.model import PillarsConfig, PointPillars
 from trainwell.tasks.detection3d.scenes import CLASS_NAMES, SceneConfig
+from trainwell.tasks.detection3d.table import kitti_eval, metric_names, result_string
 
 
 @dataclass
@@ -43,6 +41,10 @@ class Detection3DTaskConfig(TaskConfig):
     class_path: str = "trainwell.tasks.detection3d:Detection3DTask"
     model: PillarsConfig = field(default_factory=PillarsConfig)
     """The detector (OpenPCDet's ``MODEL`` section: range, pillars, backbone, anchors, losses, post-processing)."""
+    eval_gt_in_range_only: bool = False
+    """Score only the labels whose centre lies in ``model.point_range_m`` (trainwell's old behaviour, optimistic).
+    Off (the default): every label of the frame is scored, as KITTI's devkit and OpenPCDet do; an object the
+    detector cannot see is a miss. When on, the evaluation output says so."""
 
 
 @dataclass
@@ -87,12 +89,28 @@ class KittiDataset(FrameDataset):
         super().__init__(load, len(self.ids), point_range_m, augment=augment, seed=cfg.seed, cache=False)
 
 
-class Detection3DEvaluator:
-    """Ragged per-frame detections keyed by dataset index; KITTI AP_R40 and recall computed once (rank 0)."""
+IN_RANGE_NOTE = (
+    "NOTE task.eval_gt_in_range_only=true: labels outside model.point_range_m are left out of the KITTI "
+    "evaluation; these APs are higher than KITTI's devkit would report."
+)
 
-    def __init__(self, dataset: FrameDataset, class_names: tuple[str, ...] = CLASS_NAMES) -> None:
+
+class Detection3DEvaluator:
+    """Ragged per-frame detections keyed by dataset index; the KITTI table and recall computed once (rank 0).
+
+    Args:
+        dataset: the validation frames (their raw, uncropped labels are the ground truth).
+        class_names: the detector's classes (label ``k`` is ``class_names[k - 1]``).
+        gt_in_range_only: score only labels inside the dataset's point range (``task.eval_gt_in_range_only``).
+    """
+
+    def __init__(
+        self, dataset: FrameDataset, class_names: tuple[str, ...] = CLASS_NAMES, gt_in_range_only: bool = False
+    ) -> None:
         self.dataset = dataset
         self.class_names = class_names
+        self.gt_in_range_only = gt_in_range_only
+        self.result_text = ""
         self.reset()
 
     def reset(self) -> None:
@@ -123,49 +141,52 @@ class Detection3DEvaluator:
     def _calib(self, index: int) -> kitti.Calib:
         return self.dataset.raw(index).get("calib") or kitti.synthetic_calib()
 
+    def _objects(self, k: int) -> list[kitti.KittiObject]:
+        """The ``k``-th held frame's detections as KITTI result lines (full precision; the files round them)."""
+        names = [self.class_names[c - 1] for c in self.labels[k].tolist()]
+        boxes = self.boxes[k].double().numpy().reshape(-1, 7)
+        return kitti.result_objects(boxes, self.scores[k].double().numpy(), names, self._calib(self.indices[k]))
+
+    def ground_truth(self, index: int) -> kitti.FrameLabels:
+        """Frame ``index``'s labels as scored: all of them, or those in the point range with the option on."""
+        frame = self.dataset.raw(index)
+        keep = None
+        if self.gt_in_range_only:
+            rng = self.dataset.point_range_m
+            boxes = np.asarray(frame["gt_boxes"], dtype=np.float64).reshape(-1, 7)
+            keep = in_range(boxes[:, :3], [rng[0], rng[1], -np.inf, rng[3], rng[4], np.inf])
+        return kitti.frame_labels(frame, self._calib(index), keep)
+
     def compute(self) -> dict[str, float]:
         if not self.indices:
             raise RuntimeError("Detection3DEvaluator.compute: no detections were added (was eval_step called?).")
-        labels, dets = [], []
-        for i, boxes, scores, cls in zip(self.indices, self.boxes, self.scores, self.labels, strict=True):
-            gt = frame_to_sample(self.dataset.raw(i), self.dataset.point_range_m)
-            labels.append(
-                FrameLabels(
-                    gt["gt_names"],
-                    gt["gt_boxes"].double().numpy(),
-                    gt["height_px"].numpy(),
-                    gt["truncation"].numpy(),
-                    gt["occlusion"].numpy(),
-                )
-            )
-            box_np = boxes.double().numpy().reshape(-1, 7)
-            image = kitti.image_boxes(box_np, self._calib(i))
-            dets.append(
-                FrameDetections(
-                    [self.class_names[c - 1] for c in cls.tolist()],
-                    box_np,
-                    scores.double().numpy(),
-                    image[:, 3] - image[:, 1],
-                )
-            )
-        metrics = kitti_eval(labels, dets, classes=[c for c in CLASSES if c in self.class_names])
-        # Recall over every labelled box of the learned classes in range, sparse ones included (as OpenPCDet counts).
+        labels = [self.ground_truth(i) for i in self.indices]
+        dets = [kitti.frame_detections(self._objects(k)) for k in range(len(self.indices))]
+        classes = [c for c in CLASSES if c in self.class_names]
+        metrics = kitti_eval(labels, dets, classes=classes)
+        self.result_text = (IN_RANGE_NOTE + "\n" if self.gt_in_range_only else "") + result_string(metrics, classes)
+        print(self.result_text, end="", flush=True)  # OpenPCDet logs the same table after each evaluation
+        if self.gt_in_range_only:
+            metrics["kitti/eval_gt_in_range_only"] = 1.0
+        # Recall over every labelled box of the learned classes (as OpenPCDet counts), in the evaluation's frame.
         gts = [lab.boxes[[n in self.class_names for n in lab.names]] for lab in labels]
         metrics.update(recall_at_iou(gts, [d.boxes for d in dets]))
         return metrics
 
     def save_outputs(self, out_dir: Path) -> list[Path]:
-        """KITTI result files ``out_dir/final_result/data/<frame>.txt`` (with scores), as OpenPCDet's test.py."""
+        """KITTI result files ``out_dir/final_result/data/<frame>.txt`` (with scores), as OpenPCDet's test.py, and
+        the printed table as ``out_dir/result.txt``."""
         data_dir = Path(out_dir) / "final_result" / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
         ids = getattr(self.dataset, "ids", None)
         paths = []
-        for i, boxes, scores, cls in zip(self.indices, self.boxes, self.scores, self.labels, strict=True):
-            names = [self.class_names[c - 1] for c in cls.tolist()]
-            objects = kitti.result_objects(boxes.double().numpy(), scores.numpy(), names, self._calib(i))
+        for k, i in enumerate(self.indices):
             path = data_dir / f"{ids[i] if ids else frame_id(i)}.txt"
-            kitti.write_label(path, objects)
+            kitti.write_label(path, self._objects(k))
             paths.append(path)
+        if self.result_text:
+            (Path(out_dir) / "result.txt").write_text(self.result_text, encoding="utf-8")
+            paths.append(Path(out_dir) / "result.txt")
         return paths
 
 
@@ -214,21 +235,14 @@ class Detection3DTask(Task):
     def build_evaluator(self) -> Detection3DEvaluator:
         if self.val_set is None:
             raise RuntimeError("build_evaluator() before build_datasets().")
-        return Detection3DEvaluator(self.val_set)
+        return Detection3DEvaluator(self.val_set, gt_in_range_only=self.cfg.eval_gt_in_range_only)
 
     def eval_step(self, model: nn.Module, batch: dict[str, Any], indices: torch.Tensor, evaluator: Any) -> None:
         evaluator.add(indices, model(batch))
 
     def metric_specs(self) -> dict[str, MetricSpec]:
         ap = MetricSpec(unit="", higher_is_better=True, plausible=(0.0, 100.0))
-        names = [
-            f"kitti/{c}_{k}_{d}_R40_{round(t * 100)}"
-            for c in CLASSES
-            for k in ("bev", "3d")
-            for d in DIFFICULTIES
-            for t in MIN_OVERLAP[c]
-        ]
-        specs = {n: ap for n in [*names, *headline_metrics(), "mAP_bev_moderate_R40", "mAP_3d_moderate_R40"]}
+        specs = {n: ap for n in metric_names()}
         specs.update({f"recall_3d_{t}": MetricSpec(higher_is_better=True, plausible=(0.0, 1.0)) for t in (30, 50, 70)})
         return specs
 
