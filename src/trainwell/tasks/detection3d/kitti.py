@@ -276,6 +276,18 @@ def frame_labels(frame: dict[str, Any], calib: Calib, keep: np.ndarray | None = 
     )
 
 
+def labels_from_objects(objects: list[KittiObject]) -> FrameLabels:
+    """A ``label_2`` file's objects as the evaluation sees them (every line, DontCare included)."""
+    return FrameLabels(
+        [o.type for o in objects],
+        _label_rect_boxes(objects),
+        np.array([o.bbox for o in objects], dtype=np.float64).reshape(-1, 4),
+        np.array([o.alpha for o in objects], dtype=np.float64),
+        np.array([o.truncated for o in objects], dtype=np.float64),
+        np.array([o.occluded for o in objects], dtype=np.int64),
+    )
+
+
 def frame_detections(objects: list[KittiObject]) -> FrameDetections:
     """Result lines (with scores) as the evaluation sees them: camera boxes, 2D boxes and alphas as written."""
     if any(o.score is None for o in objects):
