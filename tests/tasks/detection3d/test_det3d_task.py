@@ -12,6 +12,7 @@ import torch
 from trainwell.tasks.detection3d import kitti
 from trainwell.tasks.detection3d.datasets import collate_frames
 from trainwell.tasks.detection3d.scenes import CLASS_NAMES, SceneConfig
+from trainwell.tasks.detection3d.table import kitti_eval
 from trainwell.tasks.detection3d.task import Detection3DDataConfig, Detection3DTask, Detection3DTaskConfig
 
 TINY = Path(__file__).parents[3] / "configs" / "detection3d" / "tiny.yaml"
@@ -171,3 +172,43 @@ def test_tiny_config_trains_through_the_engine(tmp_path: Path) -> None:
     assert train_losses[-1] < train_losses[0]
     assert "Car_bev_moderate_R40_50" in result.metrics
     assert (tmp_path / "checkpoints").is_dir()
+
+
+def _noisy(task: Detection3DTask, index: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """Jittered copies of most labels plus false positives; float32 scores crowded into 0.5 … 0.5004, where 4-decimal
+    rounding would tie them."""
+    frame = task.val_set.raw(index)
+    boxes = np.asarray(frame["gt_boxes"], dtype=np.float64)
+    labels = np.array([CLASS_NAMES.index(n) + 1 if n in CLASS_NAMES else 0 for n in frame["gt_names"]])
+    keep = (labels > 0) & (rng.random(len(labels)) < 0.8)
+    found = boxes[keep] + rng.normal(0, [0.3, 0.3, 0.1, 0.2, 0.1, 0.1, 0.1], (int(keep.sum()), 7))
+    fps = np.concatenate(
+        [rng.uniform([5, -15, -1.5], [35, 15, -0.5], (4, 3)), np.tile([3.9, 1.6, 1.5, 0.0], (4, 1))], 1
+    )
+    all_boxes = np.concatenate([found, fps])
+    return {
+        "boxes": torch.as_tensor(all_boxes, dtype=torch.float32),
+        "scores": torch.as_tensor(0.5 + rng.uniform(0, 4e-4, len(all_boxes)), dtype=torch.float32),
+        "labels": torch.as_tensor(np.concatenate([labels[keep], rng.integers(1, 4, 4)]), dtype=torch.int64),
+    }
+
+
+def test_exported_result_files_score_the_same_as_the_run(tmp_path: Path) -> None:
+    task = _task(val_size=12)
+    rng = np.random.default_rng(5)
+    ev = task.build_evaluator()
+    ev.add(torch.arange(12), [_noisy(task, i, rng) for i in range(12)])
+    in_run = ev.compute()
+    ev.save_outputs(tmp_path)
+    labels = [ev.ground_truth(i) for i in range(12)]
+    read = [kitti.read_label(tmp_path / "final_result" / "data" / f"{i:06d}.txt") for i in range(12)]
+    again = kitti_eval(labels, [kitti.frame_detections(objs) for objs in read])
+    names = [k for k in again if k.startswith("kitti/")]
+    assert max(abs(again[k] - in_run[k]) for k in names) <= 0.01
+    assert max(in_run[k] for k in names) > 10  # a table with substance
+    # Scores rounded to 4 decimals (as OpenPCDet writes them) tie and reorder: the same check would fail.
+    for objs in read:
+        for o in objs:
+            o.score = round(float(o.score), 4)
+    rounded = kitti_eval(labels, [kitti.frame_detections(objs) for objs in read])
+    assert max(abs(rounded[k] - in_run[k]) for k in names) > 0.01
