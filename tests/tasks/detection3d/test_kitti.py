@@ -145,3 +145,33 @@ def test_a_kitti_directory_trains_the_same_model(tmp_path: Path) -> None:
     total = sum(out.losses.values())
     assert torch.isfinite(total.detach()) and float(total.detach()) > 0
     total.backward()
+
+
+def test_a_kitti_frame_is_scored_against_its_whole_label_file(tmp_path: Path) -> None:
+    from trainwell.tasks.detection3d.task import Detection3DDataConfig, Detection3DTask, Detection3DTaskConfig
+
+    pts = np.random.default_rng(0).normal(size=(100, 4)).astype(np.float32)
+    _write_frame(tmp_path, "000000", pts, LABEL)
+    (tmp_path / "ImageSets").mkdir()
+    for split in ("train", "val"):
+        (tmp_path / "ImageSets" / f"{split}.txt").write_text("000000\n")
+    # A point range that holds none of the labelled objects: they are still scored (as the devkit does).
+    task = Detection3DTask(Detection3DTaskConfig(), Detection3DDataConfig(root=str(tmp_path)))
+    task.cfg.model.point_range_m = [0.0, -5.0, -3.0, 5.0, 5.0, 1.0]
+    task.build_datasets()
+    gt = task.build_evaluator().ground_truth(0)
+    objects = kitti.read_label(tmp_path / "training" / "label_2" / "000000.txt")
+    assert list(gt.names) == ["Car", "Pedestrian", "Cyclist", "DontCare"]
+    np.testing.assert_array_equal(gt.bbox, [o.bbox for o in objects])  # the label file's 2D boxes and alphas
+    np.testing.assert_array_equal(gt.alpha, [o.alpha for o in objects])
+    np.testing.assert_array_equal(gt.occlusion, [0, 1, 2, -1])
+    # Boxes are compared in the rectified camera frame: a detection given in the LiDAR frame lands on its label there.
+    raw = task.val_set.raw(0)
+    det = kitti.frame_detections(
+        kitti.result_objects(raw["gt_boxes"][:3].astype(np.float64), np.ones(3), raw["gt_names"][:3], raw["calib"])
+    )
+    np.testing.assert_allclose(det.boxes, gt.boxes[:3], atol=1e-4)
+    with_option = Detection3DTask(Detection3DTaskConfig(eval_gt_in_range_only=True), task.data_cfg)
+    with_option.cfg.model.point_range_m = task.cfg.model.point_range_m
+    with_option.build_datasets()
+    assert len(with_option.build_evaluator().ground_truth(0).names) == 0
