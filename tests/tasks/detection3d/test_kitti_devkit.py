@@ -437,3 +437,26 @@ def test_the_table_matches_the_devkit_re_expressed_on_random_scenes() -> None:
     # The DontCare and short-detection rules do change some numbers here (the comparison is not vacuous).
     no_dc = [([o for o in g if o.type != "DontCare"], d) for g, d in frames]
     assert any(abs(_reference(no_dc)[k] - ref[k]) > 1e-6 for k in ref if "_bbox_" in k)
+
+
+def test_the_table_prints_as_openpcdet_prints_it() -> None:
+    from trainwell.tasks.detection3d.table import result_string
+
+    cars = [_obj("Car", i) for i in range(N)]
+    text = result_string(_eval(cars, [_obj("Car", i, _score(i)) for i in range(40)]), classes=("Car",))
+    # Half the cars found: AP_R11 6/11 = 54.5455, AP_R40 50 at every difficulty, in both IoU sets.
+    r11, r40 = "54.5455, 54.5455, 54.5455", "50.0000, 50.0000, 50.0000"
+    block = [
+        "Car AP@{}:",
+        f"bbox AP:{r11}",
+        f"bev  AP:{r11}",
+        f"3d   AP:{r11}",
+        "aos  AP:54.55, 54.55, 54.55",
+        "Car AP_R40@{}:",
+        f"bbox AP:{r40}",
+        f"bev  AP:{r40}",
+        f"3d   AP:{r40}",
+        "aos  AP:50.00, 50.00, 50.00",
+    ]
+    want = [line.format(s) for s in ("0.70, 0.70, 0.70", "0.70, 0.50, 0.50") for line in block]
+    assert text.splitlines() == want

@@ -80,8 +80,9 @@ class FrameDetections:
 
 
 def box_height_px(bbox: np.ndarray) -> np.ndarray:
-    """Height of ``(N, 4)`` 2D boxes (the devkit takes the absolute value for detections)."""
-    return np.abs(np.asarray(bbox, dtype=np.float64).reshape(-1, 4)[:, 3] - np.asarray(bbox).reshape(-1, 4)[:, 1])
+    """Absolute height of ``(N, 4)`` 2D boxes (as the devkit measures detections)."""
+    boxes = np.asarray(bbox, dtype=np.float64).reshape(-1, 4)
+    return np.abs(boxes[:, 3] - boxes[:, 1])
 
 
 def ignore_flags(
@@ -93,12 +94,13 @@ def ignore_flags(
     part.
     """
     names = [n.lower() for n in gt.names]
+    gt_bbox = np.asarray(gt.bbox, dtype=np.float64).reshape(-1, 4)
     same = np.array([n == cls.lower() for n in names], dtype=bool)
     neighbour = np.array([n == NEIGHBOUR.get(cls, "").lower() for n in names], dtype=bool)
     too_hard = (
         (np.asarray(gt.occlusion) > MAX_OCCLUSION[difficulty])
         | (np.asarray(gt.truncation) > MAX_TRUNCATION[difficulty])
-        | (box_height_px(gt.bbox) <= MIN_HEIGHT_PX[difficulty])
+        | (gt_bbox[:, 3] - gt_bbox[:, 1] <= MIN_HEIGHT_PX[difficulty])  # signed for labels, as the devkit
     )
     gt_flags = np.full(len(names), -1, dtype=np.int8)
     gt_flags[neighbour | (same & too_hard)] = 1
