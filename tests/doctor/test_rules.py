@@ -74,6 +74,16 @@ def test_healthy_update_sizes_and_zero_gradients() -> None:
     assert finding is not None and "gradients are zero" in finding.title
 
 
+def test_the_updates_of_a_warmup_from_zero_are_not_judged() -> None:
+    # Step 1 of a warmup from zero moves nothing on purpose (the ViECap schedule): no finding until after the warmup,
+    # and the same tiny updates after the warmup are flagged.
+    warming = [{"kind": "train", "step": 1, "loss": 6.0, "update_ratio": 0.0}]
+    warming += train([5.9, 5.8], every=40, update_ratio=2e-7)
+    assert check_lr_too_low(warming, RunContext(total_steps=1000, warmup_steps=100), TH) is None
+    after = [*warming, *train([5.8, 5.8], every=200, update_ratio=2e-7)]
+    assert check_lr_too_low(after, RunContext(total_steps=1000, warmup_steps=100), TH) is not None
+
+
 # -- configuration rules --------------------------------------------------------------------------------
 def test_weight_decay_that_erases_the_weights_is_flagged_with_its_half_life() -> None:
     finding = check_weight_decay(train([1.0]), RunContext(lr=3e-3, weight_decay=10.0), TH)

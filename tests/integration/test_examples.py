@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_doctor_quiet import assert_doctor_quiet
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,6 +42,7 @@ def test_viecap_style_example(tmp_path: Path) -> None:
     assert [r["step"] for r in train][:3] == [3, 6, 9]  # ⅕ epoch of 16 steps = every 3 steps in the epoch
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert {"epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt", "epoch_0004.pt", "last.pt", "best.pt"} == set(names)
+    assert_doctor_quiet(tmp_path)
 
 
 @pytest.mark.slow
@@ -53,3 +55,4 @@ def test_openpcdet_style_example(tmp_path: Path) -> None:
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["best.pt", "epoch_0002.pt", "epoch_0003.pt", "last.pt"]  # max_ckpt_save_num = 2
     assert train[-1]["lr"] < train[0]["lr"] or train[0]["lr"] < 3e-3  # OneCycle: starts low, ends low
+    assert_doctor_quiet(tmp_path)

@@ -109,6 +109,7 @@ class RunContext:
     total_steps: int | None = None
     log_every: int = 50
     warmup_steps: int = 0
+    """Steps over which the learning rate rises: ``schedule.warmup_steps``, or OneCycle's ``pct_start`` share."""
     clip_grad_norm: float | None = None
     optimizer: str = "adamw"
     lr: float | None = None
@@ -135,7 +136,7 @@ class RunContext:
         return cls(
             total_steps=total_steps,
             log_every=log_every,
-            warmup_steps=cfg.schedule.warmup_steps,
+            warmup_steps=_rising_lr_steps(cfg, total_steps),
             clip_grad_norm=cfg.train.clip_grad_norm,
             optimizer=cfg.optim.name,
             lr=cfg.optim.lr,
@@ -146,6 +147,14 @@ class RunContext:
             world_size=world_size,
             weight_decay=cfg.optim.weight_decay,
         )
+
+
+def _rising_lr_steps(cfg: ExperimentConfig, total_steps: int) -> int:
+    """The steps over which the learning rate still rises: the warmup, or OneCycle's first ``pct_start`` of the run
+    (its own warmup, from ``lr / div_factor``). The early-training checks judge the run after these."""
+    if cfg.schedule.decay == "onecycle":
+        return max(cfg.schedule.warmup_steps, int(cfg.schedule.pct_start * total_steps))
+    return cfg.schedule.warmup_steps
 
 
 # -- the metrics history ---------------------------------------------------------------------------

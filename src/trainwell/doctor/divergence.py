@@ -71,7 +71,9 @@ def check_lr_too_low(train: Sequence[Mapping[str, Any]], ctx: RunContext, th: Th
     ``update_ratio`` is the largest ‖Δw‖/‖w‖ of an interval (an upper estimate of its steps); its median × the
     planned optimizer steps bounds the run's total relative movement. Reason: :attr:`Thresholds.cumulative_update_min`.
     """
-    ratios = [float(r["update_ratio"]) for r in train if _finite(r.get("update_ratio"))]
+    # Judged on the steps after the warmup: a warmup from zero makes the first updates tiny on purpose.
+    after = [r for r in train if int(r["step"]) > ctx.warmup_steps]
+    ratios = [float(r["update_ratio"]) for r in after if _finite(r.get("update_ratio"))]
     if not ratios:
         return None
     steps = ctx.total_steps or int(train[-1]["step"])

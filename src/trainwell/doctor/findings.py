@@ -116,13 +116,15 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def read_findings(path: Path) -> dict[str, Finding]:
-    """The findings a run wrote to ``findings.jsonl`` (the last line of each id), minus the symptoms the run later
-    folded into their cause (``{"kind": "merged", "id", "into"}``)."""
+def read_findings(path: Path, *, keep_merged: bool = False) -> dict[str, Finding]:
+    """The findings a run wrote to ``findings.jsonl`` (the last line of each id), minus those that later resolved
+    (``{"kind": "resolved", "id", "step", "why"}``: the condition no longer held) and, unless ``keep_merged``, the
+    symptoms the run folded into their cause (``{"kind": "merged", "id", "into"}``)."""
     found: dict[str, Finding] = {}
     for data in read_jsonl(path):
-        if data.get("kind") == "finding":
+        kind = data.get("kind")
+        if kind == "finding":
             found[data["id"]] = Finding.from_dict(data)
-        elif data.get("kind") == "merged":
+        elif kind == "resolved" or (kind == "merged" and not keep_merged):
             found.pop(str(data.get("id")), None)
     return found

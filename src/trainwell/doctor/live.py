@@ -39,7 +39,15 @@ from trainwell.doctor.batch import (
 )
 from trainwell.doctor.checks import RunContext, Thresholds, check_history, summarize_history
 from trainwell.doctor.divergence import CAUSES, consolidate
-from trainwell.doctor.findings import FINDINGS_FILE, Finding, FindingSet, format_diagnosis, format_finding, read_jsonl
+from trainwell.doctor.findings import (
+    FINDINGS_FILE,
+    Finding,
+    FindingSet,
+    format_diagnosis,
+    format_finding,
+    read_findings,
+    read_jsonl,
+)
 from trainwell.engine.distributed import DistEnv
 
 DEBUG_LOSS_ENV = "TRAINWELL_DEBUG_LOSS"
@@ -96,6 +104,10 @@ class TrainingDoctor:
         self._stepped = False  # the first optimizer step has begun
         self._finished = False
         self._written: dict[str, Finding] = {}  # the version of each finding last written to findings.jsonl
+        # Which check raised an id: a finding whose condition no longer holds is resolved, not reported at the end
+        # (an early evaluation of a barely trained model may sit outside a plausible range, then recover).
+        self._history_ids: set[str] = set()
+        self._evaluation_ids: set[str] = set()
 
     def on_fit_start(self, *, resumed: bool) -> None:
         """Before the first step: record the run context; a resumed run picks up its history and findings."""
@@ -107,10 +119,9 @@ class TrainingDoctor:
             return
         if resumed:
             self.records = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("kind") in ("train", "val")]
-            for data in read_jsonl(self.run_dir / FINDINGS_FILE):
-                if data.get("kind") == "finding":
-                    self.findings.add(Finding.from_dict(data))
-                    self._written[data["id"]] = Finding.from_dict(data)
+            for finding in read_findings(self.run_dir / FINDINGS_FILE, keep_merged=True).values():
+                self.findings.add(finding)
+                self._written[finding.id] = finding
         self._append({"kind": "context", **self.context.__dict__})
 
     # -- the first batches ------------------------------------------------------------------------
@@ -342,17 +353,46 @@ class TrainingDoctor:
         """Findings another component made (an evaluator's checks of its predictions), reported like the doctor's."""
         if not self.reports:
             return
-        for finding in findings:
-            if isinstance(finding, Finding):
-                self._raise(finding, update=True)
+        step = self.records[-1].get("step") if self.records else None
+        current = [
+            f if f.step is not None else dataclasses.replace(f, step=step) for f in findings if isinstance(f, Finding)
+        ]
+        for finding in current:
+            self._raise(finding, update=True)
+        # Called once per evaluation with everything the evaluator noticed: what it no longer notices has resolved.
+        now = {f.id for f in current}
+        for finding_id in sorted(self._evaluation_ids - now):
+            self._resolve(finding_id, "the latest evaluation no longer shows it")
+        self._evaluation_ids = now
 
     def _raise_history(self, *, final: bool) -> None:
-        """Run the history checks; a symptom whose cause is already known is kept quietly (folded at the end)."""
+        """Run the history checks; a symptom whose cause is already known is kept quietly (folded at the end).
+
+        A history finding whose check no longer fires is resolved: ``val.*`` ones at once (they judge the latest
+        evaluation), the others when the run ends (the final pass judges the whole history).
+        """
         found = check_history(self.records, self.context, self.th, final=final, cores=os.cpu_count())
         present = {f.id for f in found} | set(self.findings.items)
         for finding in found:
             explained = any(finding.id in CAUSES.get(cause, ()) for cause in present if cause != finding.id)
             self._raise(finding, update=True, announce=not explained and not final, quiet=explained)
+        now = {f.id for f in found}
+        gone = {i for i in self._history_ids - now if final or i.startswith("val.")}
+        for finding_id in sorted(gone):
+            why = "the whole run's history no longer shows it" if final else "the latest evaluation no longer shows it"
+            self._resolve(finding_id, why)
+        self._history_ids = (self._history_ids - gone) | {i for i in now if i in self.findings.items}
+
+    def _resolve(self, finding_id: str, why: str) -> None:
+        """A finding reported earlier whose condition no longer holds: dropped from the diagnosis, and said so."""
+        finding = self.findings.items.pop(finding_id, None)
+        self._history_ids.discard(finding_id)
+        if finding is None:
+            return
+        step = self.records[-1].get("step") if self.records else None
+        if self._written.pop(finding_id, None) is not None:
+            self._append({"kind": "resolved", "id": finding_id, "step": step, "why": why})
+            self.log.info(f"doctor: resolved: {finding_id} (step {finding.step}) — {why} (step {step})")
 
     def _raise(self, finding: Finding, *, update: bool = False, announce: bool = True, quiet: bool = False) -> None:
         """Report a finding once (log + ``findings.jsonl``). ``update``: a history check may refine its

@@ -17,7 +17,7 @@ from trainwell.config.loader import read_run_config
 from trainwell.config.schema import ExperimentConfig
 from trainwell.doctor.checks import RunContext, check_history, summarize_history
 from trainwell.doctor.divergence import consolidate
-from trainwell.doctor.findings import FINDINGS_FILE, Finding, FindingSet, format_diagnosis, read_jsonl
+from trainwell.doctor.findings import FINDINGS_FILE, Finding, FindingSet, format_diagnosis, read_findings, read_jsonl
 from trainwell.engine.rundir import describe_status, read_status
 
 
@@ -66,9 +66,8 @@ def diagnose_run(run_dir: str | Path) -> RunDiagnosis:
     records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") in ("train", "val")]
     status = describe_status(run_status)
     findings = FindingSet(ignore=tuple(config.diagnostics.ignore))
-    for data in saved:
-        if data.get("kind") == "finding":
-            findings.add(Finding.from_dict(data))
+    for finding in read_findings(run_dir / FINDINGS_FILE, keep_merged=True).values():
+        findings.add(finding)
     ended = run_status.get("state") not in (None, "running")
     # Recomputed history findings replace the saved ones (whose evidence may already hold folded symptoms).
     for finding in check_history(records, context, final=ended, cores=os.cpu_count()):
