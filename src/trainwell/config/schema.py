@@ -15,6 +15,7 @@ loader length and world size and printed in the start banner); ``0`` switches on
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -180,6 +181,15 @@ class ScheduleConfig:
     warmup_starts_at_zero: bool = False
     """The first update uses LR 0 and update k uses k/warmup_steps, as ``transformers``'
     ``get_linear_schedule_with_warmup`` (step for step); default: update k uses (k+1)/warmup_steps."""
+    warmup_start_lr: float | None = None
+    """The warmup rises from this learning rate (for a group at ``optim.lr``; groups with an ``lr_mult`` start at
+    the same fraction of their peak) instead of 0. OpenPCDet's ``LR_WARMUP`` / ``WARMUP_EPOCH`` (its
+    ``CosineWarmupLR``): ``warmup: cosine``, ``warmup_starts_at_zero: true``, ``warmup_start_lr: LR / DIV_FACTOR``,
+    ``warmup_steps: "<WARMUP_EPOCH>ep"`` resolved to steps by you (WARMUP_EPOCH × iterations per epoch)."""
+    step_on_skipped: bool = False
+    """Advance the schedule on an fp16 step that GradScaler skipped (inf/NaN gradients). Default ``false``: the LR
+    follows the *applied* updates, so a run with many skipped steps does not end its schedule early. ViECap and
+    OpenPCDet call ``scheduler.step()`` unconditionally: ``true`` reproduces them step for step."""
     decay: Literal["linear", "cosine", "constant", "step", "onecycle"] = "cosine"
     """Shape after warmup: down to ``min_lr_ratio × optim.lr`` at the last step (``linear``, ``cosine``),
     ``constant``, ``step`` (× ``step_factor`` at each of ``step_milestones``, floored at ``min_lr_ratio``) or
@@ -201,6 +211,10 @@ class ScheduleConfig:
     def problems(self) -> Iterator[Problem]:
         if self.warmup_steps < 0:
             yield "schedule.warmup_steps", "must be ≥ 0"
+        if self.warmup_start_lr is not None and not (
+            self.warmup_start_lr >= 0.0 and math.isfinite(self.warmup_start_lr)
+        ):
+            yield "schedule.warmup_start_lr", "must be a finite learning rate ≥ 0"
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             yield "schedule.min_lr_ratio", "must be in [0, 1]"
         if not 0.0 < self.pct_start < 1.0:

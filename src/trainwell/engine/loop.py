@@ -27,6 +27,7 @@ from trainwell.engine.evaluation import EvalResult, evaluate
 from trainwell.engine.logging import ProgressBar, epoch_line
 from trainwell.engine.losses import check_losses, record_names, split_output
 from trainwell.engine.nonfinite import NonFiniteLossError
+from trainwell.engine.optim import group_hyperparameters
 from trainwell.engine.setup import RunComponents
 from trainwell.engine.signals import TrainingInterrupted
 from trainwell.engine.step import optimizer_step
@@ -184,6 +185,8 @@ class Trainer(RunComponents):
                 self.meter.add(names, stacked)
             self.state.batch_in_epoch = micro + 1
         should_log = self._fires(self.plan.log_every, ahead=1)
+        if should_log:  # the LR (and β1/momentum) this update uses; the scheduler moves them on after it
+            self._used_hyper = group_hyperparameters(self.optimizer, self.group_names)
         # ‖Δw‖/‖w‖ on logging steps (and at the peak LR): a parameter copy, no sync
         with self.doctor.watch_update(self.model, step=self.state.global_step + 1, log_step=should_log):
             optimizer_step(
@@ -195,6 +198,7 @@ class Trainer(RunComponents):
                 stats=self.stats,
                 measure_norm=should_log,
                 skip_nonfinite=self.nonfinite.skips,
+                step_on_skipped=self.cfg.schedule.step_on_skipped,
             )
         self.state.global_step += 1
 
@@ -272,10 +276,13 @@ class Trainer(RunComponents):
         values = dict(zip(names, D.all_reduce_mean(means, self.env).tolist(), strict=True))
         components = {n[5:]: v for n, v in values.items() if n.startswith("loss/")}
         logged = {n: v for n, v in values.items() if not n.startswith("loss/")}
-        lrs = dict(zip(self.group_names, self.scheduler.get_last_lr(), strict=True))
+        used = self._used_hyper or group_hyperparameters(self.optimizer, self.group_names)
+        lrs = used.lrs
         record: dict[str, Any] = {"loss": sum(components.values()), **values, "lr": next(iter(lrs.values()))}
         if len(lrs) > 1:
             record.update({f"lr/{name}": lr for name, lr in lrs.items()})
+        if self.scheduler_moves_momentum:  # OneCycle's β1 / momentum, as this update used it
+            record.update(used.momentum_record())
         record.update(self.stats.read_and_reset(self.cfg.train.clip_grad_norm))
         record.update(self.doctor.interval_values())  # update_ratio
         bar.set_values({"loss": record["loss"], **{n: logged[n] for n in self.progress_names if n in logged}})

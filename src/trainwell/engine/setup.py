@@ -38,7 +38,7 @@ from trainwell.engine.data import TrainBatches
 from trainwell.engine.logging import MetricsWriter, setup_console_logging, train_line
 from trainwell.engine.meters import DeviceMeter, StepStats
 from trainwell.engine.nonfinite import NonFinitePolicy
-from trainwell.engine.optim import build_optimizer, group_names
+from trainwell.engine.optim import GroupHyperparameters, build_optimizer, group_names
 from trainwell.engine.plan import RunPlan
 from trainwell.engine.rundir import make_run_dir, write_status
 from trainwell.engine.runtime import configure_threads, cpu_bf16_warning, seed_everything
@@ -96,7 +96,7 @@ class RunComponents:
         self.plan = RunPlan.resolve(cfg, len(self.batches.batches(0)))
         task.num_epochs = self.plan.epochs
         self.scheduler = task.build_scheduler(self.optimizer, self.plan.total_steps, cfg.schedule) or build_scheduler(
-            self.optimizer, cfg.schedule, self.plan.total_steps, self.plan.milestones
+            self.optimizer, cfg.schedule, self.plan.total_steps, self.plan.milestones, peak_lr=cfg.optim.lr
         )
         self.amp_dtype = amp_dtype(cfg.train.amp)
         # GradScaler only for fp16: bf16 has fp32's exponent range and needs no loss scaling.
@@ -187,6 +187,9 @@ class RunComponents:
         self.stats = StepStats(device=self.device)
         self.host_sums: dict[str, float] = {}
         self._host_sums_logged: dict[str, float] = {}
+        self._used_hyper: GroupHyperparameters | None = None  # the LR / β1 of the update a log line reports
+        curve = getattr(self.scheduler, "curve", None)
+        self.scheduler_moves_momentum = curve is not None and curve.momentum(0) is not None
         self._checked_key: tuple[Any, ...] | None = None
         self._record_names: dict[tuple[Any, ...], tuple[str, ...]] = {}
         self.progress_names: tuple[str, ...] = ()
