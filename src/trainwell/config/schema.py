@@ -46,10 +46,16 @@ class DataConfig:
     """Keep workers alive between epochs (only when num_workers > 0; off when the task has on_epoch_start)."""
     drop_last: bool = False
     """Drop each epoch's last, incomplete training batch (per process)."""
+    disable_augmentation_last_epochs: int = 0
+    """Train the last N epochs without augmentation (OpenPCDet's ``DATA_AUGMENTOR.DISABLE_AUG...``
+    ``NUM_LAST_EPOCHS``): the engine calls ``Task.set_augmentation`` before every epoch, logs the switch, and a
+    resumed run is in the same state (it depends on the epoch only). 0 = never."""
 
     def problems(self) -> Iterator[Problem]:
         if self.num_workers < 0:
             yield "data.num_workers", "must be ≥ 0"
+        if self.disable_augmentation_last_epochs < 0:
+            yield "data.disable_augmentation_last_epochs", "must be ≥ 0"
 
 
 def _interval_problem(key: str, value: int | str | None) -> Iterator[Problem]:
@@ -275,6 +281,10 @@ class CheckpointConfig:
     """Also write ``last.pt`` every this many optimizer steps inside an epoch; 0 = only at epoch end."""
     latest_every: int | str | None = None
     """``last.pt`` every N steps or ``"0.2ep"`` (ViECap's latest.pt every ⅕ epoch); replaces latest_every_steps."""
+    every_minutes: float | None = None
+    """Also write ``last.pt`` when this many minutes of wall-clock time have passed since the run's last checkpoint
+    (OpenPCDet's ``--ckpt_save_time_interval`` in seconds / 60). Checked at logging steps, where the processes
+    already synchronise, so a save can come up to ``train.log_every`` steps after the time is up. null = off."""
 
     @property
     def keep_count(self) -> int | None:
@@ -290,6 +300,9 @@ class CheckpointConfig:
             yield "checkpoint.latest_every_steps", "must be ≥ 0"
         yield from _interval_problem("checkpoint.every", self.every)
         yield from _interval_problem("checkpoint.latest_every", self.latest_every)
+        minutes = self.every_minutes
+        if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
+            yield "checkpoint.every_minutes", "must be a positive number of minutes (or null)"
 
 
 @dataclass

@@ -94,6 +94,7 @@ class Trainer(RunComponents):
     def _run_epoch(self, epoch: int) -> None:
         """One epoch: train, then (at its end) evaluate, checkpoint and summarise."""
         epoch_started = time.perf_counter()
+        self._maybe_switch_augmentation(epoch)
         self.task.on_epoch_start(epoch)
         train_loss = self.train_epoch(epoch)
         self.nonfinite.check([train_loss], None, self.state.global_step, describe=self.env.is_main)
@@ -119,6 +120,21 @@ class Trainer(RunComponents):
         self.log.info(f"{line} | {time.perf_counter() - epoch_started:.1f} s")
         if not last and self.stop_request.should_stop(global_step=self.state.global_step, sync=True):
             self._stop_on_signal(save=False)  # last.pt was just written
+
+    def _maybe_switch_augmentation(self, epoch: int) -> None:
+        """``data.disable_augmentation_last_epochs``: augmentation off from epoch ``epochs - N`` on (a function of the
+        epoch alone, so a resumed run is in the same state); the switch is logged once."""
+        last = self.cfg.data.disable_augmentation_last_epochs
+        if last <= 0:
+            return
+        enabled = epoch < self.plan.epochs - last
+        self.task.set_augmentation(enabled)
+        if not enabled and self._augmentation_logged is not False:
+            self.log.info(
+                f"Augmentation off from epoch {epoch + 1} of {self.plan.epochs} "
+                f"(data.disable_augmentation_last_epochs={last})"
+            )
+        self._augmentation_logged = enabled
 
     def train_epoch(self, epoch: int) -> float:
         """Train on this process's batches of ``epoch`` (from where a resumed run stopped); the epoch's mean loss."""
@@ -253,12 +269,21 @@ class Trainer(RunComponents):
                 self._evaluate_and_save(
                     epoch, evaluate=evaluate_now, periodic=f"step_{self.state.global_step:08d}.pt" if periodic else None
                 )
-            elif self._fires(self.plan.latest):
+            elif self._fires(self.plan.latest) or (logged and self._checkpoint_time_due()):
                 self._save()
         for callback in self.callbacks:
             callback.on_step_end(self)
         # Processes agree on a signal only on logging steps (they sync there anyway).
         return self.budget_spent() or self.stop_request.should_stop(global_step=self.state.global_step, sync=logged)
+
+    def _checkpoint_time_due(self) -> bool:
+        """``checkpoint.every_minutes`` has passed since the last checkpoint (rank 0's clock decides for all)."""
+        minutes = self.cfg.checkpoint.every_minutes
+        if minutes is None:
+            return False
+        due = time.monotonic() - self._last_save_time >= 60.0 * minutes
+        # Every process must save together (the RNG states are gathered): one small broadcast, on logging steps only.
+        return bool(D.broadcast_object(due, self.env))
 
     def budget_spent(self) -> bool:
         """Whether the plan's optimizer steps are all taken (``train.max_steps`` can end an epoch early)."""
@@ -336,6 +361,7 @@ class Trainer(RunComponents):
         if self.checkpoints is None:
             return None
         payload = {**self.run_state.state_dict(), **self.payload_extras()}
+        self._last_save_time = time.monotonic()
         if not self.out.is_writer:
             return None
         self.checkpoints.save(payload, periodic=periodic, best=best)

@@ -7,6 +7,7 @@ optimizer → batches and loader → plan (steps, intervals) → schedule → ch
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ from trainwell.engine.rundir import make_run_dir, write_status
 from trainwell.engine.runtime import configure_threads, cpu_bf16_warning, seed_everything
 from trainwell.engine.schedule import build_scheduler
 from trainwell.engine.signals import StopRequest
-from trainwell.engine.task import Task
+from trainwell.engine.task import Task, require_capability
 
 
 class Callback(Protocol):
@@ -169,7 +170,10 @@ class RunComponents:
             plan=plan,  # type: ignore[arg-type]
         )
         # Workers hold copies of the dataset: with on_epoch_start the task changes it each epoch, so fresh workers.
-        epoch_hook = type(task).on_epoch_start is not Task.on_epoch_start
+        switches_augmentation = cfg.data.disable_augmentation_last_epochs > 0
+        if switches_augmentation:
+            require_capability(task, "set_augmentation", "data.disable_augmentation_last_epochs")
+        epoch_hook = type(task).on_epoch_start is not Task.on_epoch_start or switches_augmentation
         self.loader_generator = torch.Generator()  # re-seeded every epoch (rng.loader_seed)
         self.loader = DataLoader(
             self.train_set,
@@ -188,6 +192,8 @@ class RunComponents:
         self.host_sums: dict[str, float] = {}
         self._host_sums_logged: dict[str, float] = {}
         self._used_hyper: GroupHyperparameters | None = None  # the LR / β1 of the update a log line reports
+        self._augmentation_logged: bool | None = None  # the last state set by disable_augmentation_last_epochs
+        self._last_save_time = time.monotonic()  # checkpoint.every_minutes counts from here
         curve = getattr(self.scheduler, "curve", None)
         self.scheduler_moves_momentum = curve is not None and curve.momentum(0) is not None
         self._checked_key: tuple[Any, ...] | None = None
