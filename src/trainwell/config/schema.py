@@ -76,6 +76,32 @@ def _interval_problem(key: str, value: int | str | None) -> Iterator[Problem]:
 
 
 @dataclass
+class ProfileConfig:
+    """``train.profile:`` — record ``torch.profiler`` for a few optimizer steps (null or absent: off).
+
+    The first ``wait`` steps of this process are skipped, ``warmup`` more are profiled and thrown away (the first
+    steps of a profile carry its own start-up cost), then ``active`` steps are recorded into ``<run>/profile/``: a
+    TensorBoard trace (``*.pt.trace.json``, the profiler plugin's format) and ``trace.json`` for chrome://tracing or
+    Perfetto; the top operators by self time are printed in the log.
+    """
+
+    wait: int = 5
+    """Steps skipped before profiling starts."""
+    warmup: int = 2
+    """Steps profiled but not recorded."""
+    active: int = 5
+    """Steps recorded."""
+
+    def problems(self) -> Iterator[Problem]:
+        if self.wait < 0:
+            yield "train.profile.wait", "must be ≥ 0"
+        if self.warmup < 0:
+            yield "train.profile.warmup", "must be ≥ 0"
+        if self.active < 1:
+            yield "train.profile.active", "must be at least 1"
+
+
+@dataclass
 class TrainConfig:
     """``train:`` — the optimisation loop."""
 
@@ -109,6 +135,8 @@ class TrainConfig:
     channels_last: bool = False
     """Image models on CUDA: the model and every 4-D floating input batch in ``channels_last`` memory format
     (faster convolutions with AMP on tensor cores)."""
+    profile: ProfileConfig | None = None
+    """``{wait, warmup, active}``: profile those optimizer steps with ``torch.profiler`` (see ProfileConfig)."""
 
     def problems(self) -> Iterator[Problem]:
         if self.epochs < 1:
@@ -126,6 +154,8 @@ class TrainConfig:
         yield from _interval_problem("train.log_every", self.log_every)
         if self.log_every in (0, "0ep"):
             yield "train.log_every", "must be > 0 (log lines are where the doctor looks)"
+        if self.profile is not None:
+            yield from self.profile.problems()
 
 
 @dataclass

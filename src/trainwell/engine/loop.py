@@ -28,6 +28,7 @@ from trainwell.engine.logging import ProgressBar, epoch_line
 from trainwell.engine.losses import check_losses, record_names, split_output
 from trainwell.engine.nonfinite import NonFiniteLossError
 from trainwell.engine.optim import group_hyperparameters
+from trainwell.engine.profiling import StepProfiler
 from trainwell.engine.setup import RunComponents
 from trainwell.engine.signals import TrainingInterrupted
 from trainwell.engine.step import optimizer_step
@@ -68,6 +69,8 @@ class Trainer(RunComponents):
         self.stop_request.install()
         self.doctor.on_fit_start(resumed=self.state.global_step > 0 or self.state.mid_epoch)
         self._status("running")
+        profile = self.cfg.train.profile if self.env.is_main else None  # rank 0 profiles
+        self.profiler = StepProfiler(profile, self.out.run_dir, self.device, self.log)
         try:
             for epoch in range(self.state.epoch, self.plan.epochs):
                 if self.budget_spent():
@@ -83,6 +86,7 @@ class Trainer(RunComponents):
             self._status("crashed", error=f"{type(err).__name__}: {err}")
             raise
         finally:
+            self.profiler.finish()
             self.stop_request.uninstall()
             self.out.metrics.close()
             self.doctor.finish([self.nonfinite.finding] if self.nonfinite.finding else [])
@@ -258,6 +262,7 @@ class Trainer(RunComponents):
 
     def _after_step(self, epoch: int, bar: ProgressBar) -> bool:
         """Logging, mid-epoch evaluation and checkpoints, callbacks, signals; ``True`` ends the epoch now."""
+        self.profiler.step()
         logged = self._fires(self.plan.log_every)
         if logged:
             self._log_train(epoch, bar)
