@@ -22,7 +22,7 @@ from trainwell.engine.losses import LossContractError
 from trainwell.engine.nonfinite import NonFiniteLossError
 from trainwell.engine.optim import OptimConfigError
 from trainwell.engine.signals import EXIT_SIGNAL_BASE, TrainingInterrupted
-from trainwell.engine.task import Task
+from trainwell.engine.task import Task, TaskCapabilityError
 
 EXIT_CONFIG_ERROR = 2
 """Exit status for a bad config file, override or argument (nothing was built)."""
@@ -78,8 +78,27 @@ def _parser() -> argparse.ArgumentParser:
         help="evaluate a checkpoint on the validation set (every sample exactly once)",
         description="Evaluate a checkpoint's model on the validation set of an experiment.",
     )
-    ev.add_argument("config", help="experiment YAML file the checkpoint was trained with")
-    ev.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. runs/.../checkpoints/best.pt)")
+    ev.add_argument(
+        "config",
+        nargs="?",
+        help="experiment YAML file the checkpoint was trained with (with --all-checkpoints: "
+        "the run's config.yaml by default)",
+    )
+    ev.add_argument("--checkpoint", help="checkpoint file (e.g. runs/.../checkpoints/best.pt)")
+    ev.add_argument(
+        "--all-checkpoints",
+        metavar="RUN_DIR",
+        help="evaluate every periodic checkpoint of RUN_DIR once, in step order (OpenPCDet's --eval_all); records "
+        "in RUN_DIR/eval_all/ (metrics.jsonl, TensorBoard Val/<metric> at each checkpoint's step); already "
+        "evaluated checkpoints are skipped",
+    )
+    ev.add_argument(
+        "--watch",
+        action="store_true",
+        help="with --all-checkpoints: keep waiting for new checkpoints while the run trains; stop once its "
+        "status.json says it ended",
+    )
+    ev.add_argument("--poll-seconds", type=float, default=30.0, help="with --watch: seconds between scans")
     ev.add_argument("--out", help="write {num_samples, world_size, metrics, checkpoint} as JSON to this file")
     ev.add_argument(
         "--export",
@@ -170,6 +189,16 @@ def _require_file(path: str, flag: str) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from trainwell.engine.standalone import evaluate_checkpoint
 
+    if args.config is not None and "=" in args.config and not Path(args.config).exists():
+        args.overrides, args.config = [args.config, *args.overrides], None  # `eval --all-checkpoints RUN k=v`
+    if (args.checkpoint is None) == (args.all_checkpoints is None):
+        raise ConfigError("trainwell eval needs exactly one of --checkpoint FILE or --all-checkpoints RUN_DIR.")
+    if args.all_checkpoints is not None:
+        return _eval_all(args)
+    if args.watch:
+        raise ConfigError("--watch goes with --all-checkpoints RUN_DIR.")
+    if args.config is None:
+        raise ConfigError("trainwell eval CONFIG --checkpoint FILE: name the experiment YAML the checkpoint came from.")
     cfg, task = _load(args)
     _require_file(args.checkpoint, "--checkpoint")
     export = Path(args.export) if args.export else None
@@ -189,6 +218,30 @@ def _eval(args: argparse.Namespace) -> int:
                 "outputs": [str(p) for p in result.outputs],
             }
             Path(args.out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def _eval_all(args: argparse.Namespace) -> int:
+    from trainwell.engine.standalone import evaluate_run_checkpoints
+
+    run_dir = Path(args.all_checkpoints)
+    if not (run_dir / "checkpoints").is_dir():
+        raise ConfigError(
+            f"--all-checkpoints '{run_dir}' is not a trainwell run directory (no checkpoints/ in it); pass the "
+            "directory a run printed as 'run directory: ...'."
+        )
+    if args.config is None:
+        args.config = str(run_dir / "config.yaml")
+        _require_file(args.config, "the run's config")
+    if args.poll_seconds <= 0:
+        raise ConfigError(f"--poll-seconds must be > 0 (got {args.poll_seconds}).")
+    cfg, task = _load(args)
+    done, env = evaluate_run_checkpoints(cfg, task, run_dir, watch=args.watch, poll_seconds=args.poll_seconds)
+    if env.is_main:
+        print(f"evaluated {len(done)} checkpoint(s) of {run_dir}; records in {run_dir / 'eval_all'}")
+        if args.out:
+            rows = [{"checkpoint": d.checkpoint, "epoch": d.epoch, "step": d.step, "metrics": d.metrics} for d in done]
+            Path(args.out).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
@@ -271,7 +324,14 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
     except ConfigError as err:
         print(f"trainwell: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    except (CheckpointError, CoverageError, NonFiniteLossError, LossContractError, OptimConfigError) as err:
+    except (
+        CheckpointError,
+        CoverageError,
+        NonFiniteLossError,
+        LossContractError,
+        OptimConfigError,
+        TaskCapabilityError,
+    ) as err:
         print(f"trainwell: error: {err}", file=sys.stderr)
         return EXIT_RUN_ERROR
     except TrainingInterrupted as err:  # the loop has logged where it stopped and how to continue

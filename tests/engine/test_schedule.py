@@ -134,3 +134,34 @@ def test_scheduler_applies_curve_to_every_param_group_and_resumes_from_its_step(
     opt2.load_state_dict(opt.state_dict())
     factor = reference(4, 2, 6, "linear", 0.0)
     assert [g["lr"] for g in opt2.param_groups] == pytest.approx([0.5 * factor, 0.05 * factor])
+
+
+def test_warmup_from_a_start_lr_is_openpcdets_cosine_warmup() -> None:
+    # OpenPCDet's CosineWarmupLR, re-expressed: update t (0-based) of a T-step warmup uses
+    # eta_min + (base - eta_min) * (1 - cos(pi * t / T)) / 2, with eta_min = LR / DIV_FACTOR.
+
+    base, div, warm = 3e-3, 10.0, 8
+    cfg = ScheduleConfig(
+        warmup_steps=warm, warmup="cosine", warmup_starts_at_zero=True, warmup_start_lr=base / div, decay="constant"
+    )
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=base)
+    sched = build_scheduler(opt, cfg, 40, peak_lr=base)
+    eta = base / div
+    for t in range(12):
+        expected = eta + (base - eta) * (1 - math.cos(math.pi * t / warm)) / 2 if t < warm else base
+        assert opt.param_groups[0]["lr"] == pytest.approx(expected, rel=1e-12), t
+        opt.step()
+        sched.step()
+
+
+def test_linear_warmup_from_a_start_lr() -> None:
+    # Hand-computed: from 1e-3 to 1e-2 over 4 updates, update k (1-based) at start + (peak - start) * k / 4.
+    cfg = ScheduleConfig(warmup_steps=4, warmup_start_lr=1e-3, decay="constant")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=1e-2)
+    sched = build_scheduler(opt, cfg, 10, peak_lr=1e-2)
+    seen = []
+    for _ in range(6):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([3.25e-3, 5.5e-3, 7.75e-3, 1e-2, 1e-2, 1e-2], rel=1e-12)

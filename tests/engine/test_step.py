@@ -93,3 +93,28 @@ def test_gradient_accumulation_equals_one_larger_batch() -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     moved = _final_weights(["train.batch_size=8", "train.grad_accum_steps=1", *common])
     assert not all(torch.allclose(a, b) for a, b in zip(moved, single, strict=True))  # the test can fail
+
+
+def test_step_on_skipped_advances_the_schedule_as_viecap_and_openpcdet_do() -> None:
+    # schedule.step_on_skipped: the skipped step still moves the LR on (their scheduler.step() is unconditional),
+    # the weights stay, and PyTorch's "wrong order" warning is not raised for it.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(model(torch.randn(16, 4)).pow(2).mean()).backward()
+    next(model.parameters()).grad[0, 0] = float("inf")
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    sched = build_scheduler(opt, ScheduleConfig(warmup_steps=5, decay="cosine"), 20)
+    assert abs(opt.param_groups[0]["lr"] - 0.1 * 1 / 5) < 1e-15  # update 1 of a 5-step linear warmup
+    stats = StepStats(torch.device("cpu"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        applied = optimizer_step(
+            model=model, optimizer=opt, scheduler=sched, scaler=scaler, clip_grad_norm=1.0, stats=stats,
+            measure_norm=True, step_on_skipped=True,
+        )  # fmt: skip
+    assert not applied and stats.num_skipped == 1
+    assert sched.last_epoch == 1 and abs(opt.param_groups[0]["lr"] - 0.1 * 2 / 5) < 1e-15
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert not [w for w in caught if "lr_scheduler" in str(w.message)], [str(w.message) for w in caught]

@@ -15,6 +15,7 @@ loader length and world size and printed in the start banner); ``0`` switches on
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -45,10 +46,16 @@ class DataConfig:
     """Keep workers alive between epochs (only when num_workers > 0; off when the task has on_epoch_start)."""
     drop_last: bool = False
     """Drop each epoch's last, incomplete training batch (per process)."""
+    disable_augmentation_last_epochs: int = 0
+    """Train the last N epochs without augmentation (OpenPCDet's ``DATA_AUGMENTOR.DISABLE_AUG...``
+    ``NUM_LAST_EPOCHS``): the engine calls ``Task.set_augmentation`` before every epoch, logs the switch, and a
+    resumed run is in the same state (it depends on the epoch only). 0 = never."""
 
     def problems(self) -> Iterator[Problem]:
         if self.num_workers < 0:
             yield "data.num_workers", "must be ≥ 0"
+        if self.disable_augmentation_last_epochs < 0:
+            yield "data.disable_augmentation_last_epochs", "must be ≥ 0"
 
 
 def _interval_problem(key: str, value: int | str | None) -> Iterator[Problem]:
@@ -66,6 +73,32 @@ def _interval_problem(key: str, value: int | str | None) -> Iterator[Problem]:
         ok = False
     if not ok:
         yield key, f"must be a number of steps (500) or of epochs ('1ep', '0.2ep'), not {value!r}"
+
+
+@dataclass
+class ProfileConfig:
+    """``train.profile:`` — record ``torch.profiler`` for a few optimizer steps (null or absent: off).
+
+    The first ``wait`` steps of this process are skipped, ``warmup`` more are profiled and thrown away (the first
+    steps of a profile carry its own start-up cost), then ``active`` steps are recorded into ``<run>/profile/``: a
+    TensorBoard trace (``*.pt.trace.json``, the profiler plugin's format) and ``trace.json`` for chrome://tracing or
+    Perfetto; the top operators by self time are printed in the log.
+    """
+
+    wait: int = 5
+    """Steps skipped before profiling starts."""
+    warmup: int = 2
+    """Steps profiled but not recorded."""
+    active: int = 5
+    """Steps recorded."""
+
+    def problems(self) -> Iterator[Problem]:
+        if self.wait < 0:
+            yield "train.profile.wait", "must be ≥ 0"
+        if self.warmup < 0:
+            yield "train.profile.warmup", "must be ≥ 0"
+        if self.active < 1:
+            yield "train.profile.active", "must be at least 1"
 
 
 @dataclass
@@ -102,6 +135,8 @@ class TrainConfig:
     channels_last: bool = False
     """Image models on CUDA: the model and every 4-D floating input batch in ``channels_last`` memory format
     (faster convolutions with AMP on tensor cores)."""
+    profile: ProfileConfig | None = None
+    """``{wait, warmup, active}``: profile those optimizer steps with ``torch.profiler`` (see ProfileConfig)."""
 
     def problems(self) -> Iterator[Problem]:
         if self.epochs < 1:
@@ -119,6 +154,8 @@ class TrainConfig:
         yield from _interval_problem("train.log_every", self.log_every)
         if self.log_every in (0, "0ep"):
             yield "train.log_every", "must be > 0 (log lines are where the doctor looks)"
+        if self.profile is not None:
+            yield from self.profile.problems()
 
 
 @dataclass
@@ -180,6 +217,15 @@ class ScheduleConfig:
     warmup_starts_at_zero: bool = False
     """The first update uses LR 0 and update k uses k/warmup_steps, as ``transformers``'
     ``get_linear_schedule_with_warmup`` (step for step); default: update k uses (k+1)/warmup_steps."""
+    warmup_start_lr: float | None = None
+    """The warmup rises from this learning rate (for a group at ``optim.lr``; groups with an ``lr_mult`` start at
+    the same fraction of their peak) instead of 0. OpenPCDet's ``LR_WARMUP`` / ``WARMUP_EPOCH`` (its
+    ``CosineWarmupLR``): ``warmup: cosine``, ``warmup_starts_at_zero: true``, ``warmup_start_lr: LR / DIV_FACTOR``,
+    ``warmup_steps: "<WARMUP_EPOCH>ep"`` resolved to steps by you (WARMUP_EPOCH × iterations per epoch)."""
+    step_on_skipped: bool = False
+    """Advance the schedule on an fp16 step that GradScaler skipped (inf/NaN gradients). Default ``false``: the LR
+    follows the *applied* updates, so a run with many skipped steps does not end its schedule early. ViECap and
+    OpenPCDet call ``scheduler.step()`` unconditionally: ``true`` reproduces them step for step."""
     decay: Literal["linear", "cosine", "constant", "step", "onecycle"] = "cosine"
     """Shape after warmup: down to ``min_lr_ratio × optim.lr`` at the last step (``linear``, ``cosine``),
     ``constant``, ``step`` (× ``step_factor`` at each of ``step_milestones``, floored at ``min_lr_ratio``) or
@@ -201,6 +247,10 @@ class ScheduleConfig:
     def problems(self) -> Iterator[Problem]:
         if self.warmup_steps < 0:
             yield "schedule.warmup_steps", "must be ≥ 0"
+        if self.warmup_start_lr is not None and not (
+            self.warmup_start_lr >= 0.0 and math.isfinite(self.warmup_start_lr)
+        ):
+            yield "schedule.warmup_start_lr", "must be a finite learning rate ≥ 0"
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             yield "schedule.min_lr_ratio", "must be in [0, 1]"
         if not 0.0 < self.pct_start < 1.0:
@@ -261,6 +311,10 @@ class CheckpointConfig:
     """Also write ``last.pt`` every this many optimizer steps inside an epoch; 0 = only at epoch end."""
     latest_every: int | str | None = None
     """``last.pt`` every N steps or ``"0.2ep"`` (ViECap's latest.pt every ⅕ epoch); replaces latest_every_steps."""
+    every_minutes: float | None = None
+    """Also write ``last.pt`` when this many minutes of wall-clock time have passed since the run's last checkpoint
+    (OpenPCDet's ``--ckpt_save_time_interval`` in seconds / 60). Checked at logging steps, where the processes
+    already synchronise, so a save can come up to ``train.log_every`` steps after the time is up. null = off."""
 
     @property
     def keep_count(self) -> int | None:
@@ -276,6 +330,9 @@ class CheckpointConfig:
             yield "checkpoint.latest_every_steps", "must be ≥ 0"
         yield from _interval_problem("checkpoint.every", self.every)
         yield from _interval_problem("checkpoint.latest_every", self.latest_every)
+        minutes = self.every_minutes
+        if minutes is not None and not (minutes > 0 and math.isfinite(minutes)):
+            yield "checkpoint.every_minutes", "must be a positive number of minutes (or null)"
 
 
 @dataclass

@@ -27,6 +27,8 @@ from trainwell.engine.evaluation import EvalResult, evaluate
 from trainwell.engine.logging import ProgressBar, epoch_line
 from trainwell.engine.losses import check_losses, record_names, split_output
 from trainwell.engine.nonfinite import NonFiniteLossError
+from trainwell.engine.optim import group_hyperparameters
+from trainwell.engine.profiling import StepProfiler
 from trainwell.engine.setup import RunComponents
 from trainwell.engine.signals import TrainingInterrupted
 from trainwell.engine.step import optimizer_step
@@ -67,6 +69,8 @@ class Trainer(RunComponents):
         self.stop_request.install()
         self.doctor.on_fit_start(resumed=self.state.global_step > 0 or self.state.mid_epoch)
         self._status("running")
+        profile = self.cfg.train.profile if self.env.is_main else None  # rank 0 profiles
+        self.profiler = StepProfiler(profile, self.out.run_dir, self.device, self.log)
         try:
             for epoch in range(self.state.epoch, self.plan.epochs):
                 if self.budget_spent():
@@ -82,6 +86,7 @@ class Trainer(RunComponents):
             self._status("crashed", error=f"{type(err).__name__}: {err}")
             raise
         finally:
+            self.profiler.finish()
             self.stop_request.uninstall()
             self.out.metrics.close()
             self.doctor.finish([self.nonfinite.finding] if self.nonfinite.finding else [])
@@ -93,6 +98,7 @@ class Trainer(RunComponents):
     def _run_epoch(self, epoch: int) -> None:
         """One epoch: train, then (at its end) evaluate, checkpoint and summarise."""
         epoch_started = time.perf_counter()
+        self._maybe_switch_augmentation(epoch)
         self.task.on_epoch_start(epoch)
         train_loss = self.train_epoch(epoch)
         self.nonfinite.check([train_loss], None, self.state.global_step, describe=self.env.is_main)
@@ -118,6 +124,21 @@ class Trainer(RunComponents):
         self.log.info(f"{line} | {time.perf_counter() - epoch_started:.1f} s")
         if not last and self.stop_request.should_stop(global_step=self.state.global_step, sync=True):
             self._stop_on_signal(save=False)  # last.pt was just written
+
+    def _maybe_switch_augmentation(self, epoch: int) -> None:
+        """``data.disable_augmentation_last_epochs``: augmentation off from epoch ``epochs - N`` on (a function of the
+        epoch alone, so a resumed run is in the same state); the switch is logged once."""
+        last = self.cfg.data.disable_augmentation_last_epochs
+        if last <= 0:
+            return
+        enabled = epoch < self.plan.epochs - last
+        self.task.set_augmentation(enabled)
+        if not enabled and self._augmentation_logged is not False:
+            self.log.info(
+                f"Augmentation off from epoch {epoch + 1} of {self.plan.epochs} "
+                f"(data.disable_augmentation_last_epochs={last})"
+            )
+        self._augmentation_logged = enabled
 
     def train_epoch(self, epoch: int) -> float:
         """Train on this process's batches of ``epoch`` (from where a resumed run stopped); the epoch's mean loss."""
@@ -184,6 +205,8 @@ class Trainer(RunComponents):
                 self.meter.add(names, stacked)
             self.state.batch_in_epoch = micro + 1
         should_log = self._fires(self.plan.log_every, ahead=1)
+        if should_log:  # the LR (and β1/momentum) this update uses; the scheduler moves them on after it
+            self._used_hyper = group_hyperparameters(self.optimizer, self.group_names)
         # ‖Δw‖/‖w‖ on logging steps (and at the peak LR): a parameter copy, no sync
         with self.doctor.watch_update(self.model, step=self.state.global_step + 1, log_step=should_log):
             optimizer_step(
@@ -195,6 +218,7 @@ class Trainer(RunComponents):
                 stats=self.stats,
                 measure_norm=should_log,
                 skip_nonfinite=self.nonfinite.skips,
+                step_on_skipped=self.cfg.schedule.step_on_skipped,
             )
         self.state.global_step += 1
 
@@ -238,6 +262,7 @@ class Trainer(RunComponents):
 
     def _after_step(self, epoch: int, bar: ProgressBar) -> bool:
         """Logging, mid-epoch evaluation and checkpoints, callbacks, signals; ``True`` ends the epoch now."""
+        self.profiler.step()
         logged = self._fires(self.plan.log_every)
         if logged:
             self._log_train(epoch, bar)
@@ -249,12 +274,21 @@ class Trainer(RunComponents):
                 self._evaluate_and_save(
                     epoch, evaluate=evaluate_now, periodic=f"step_{self.state.global_step:08d}.pt" if periodic else None
                 )
-            elif self._fires(self.plan.latest):
+            elif self._fires(self.plan.latest) or (logged and self._checkpoint_time_due()):
                 self._save()
         for callback in self.callbacks:
             callback.on_step_end(self)
         # Processes agree on a signal only on logging steps (they sync there anyway).
         return self.budget_spent() or self.stop_request.should_stop(global_step=self.state.global_step, sync=logged)
+
+    def _checkpoint_time_due(self) -> bool:
+        """``checkpoint.every_minutes`` has passed since the last checkpoint (rank 0's clock decides for all)."""
+        minutes = self.cfg.checkpoint.every_minutes
+        if minutes is None:
+            return False
+        due = time.monotonic() - self._last_save_time >= 60.0 * minutes
+        # Every process must save together (the RNG states are gathered): one small broadcast, on logging steps only.
+        return bool(D.broadcast_object(due, self.env))
 
     def budget_spent(self) -> bool:
         """Whether the plan's optimizer steps are all taken (``train.max_steps`` can end an epoch early)."""
@@ -272,10 +306,13 @@ class Trainer(RunComponents):
         values = dict(zip(names, D.all_reduce_mean(means, self.env).tolist(), strict=True))
         components = {n[5:]: v for n, v in values.items() if n.startswith("loss/")}
         logged = {n: v for n, v in values.items() if not n.startswith("loss/")}
-        lrs = dict(zip(self.group_names, self.scheduler.get_last_lr(), strict=True))
+        used = self._used_hyper or group_hyperparameters(self.optimizer, self.group_names)
+        lrs = used.lrs
         record: dict[str, Any] = {"loss": sum(components.values()), **values, "lr": next(iter(lrs.values()))}
         if len(lrs) > 1:
             record.update({f"lr/{name}": lr for name, lr in lrs.items()})
+        if self.scheduler_moves_momentum:  # OneCycle's β1 / momentum, as this update used it
+            record.update(used.momentum_record())
         record.update(self.stats.read_and_reset(self.cfg.train.clip_grad_norm))
         record.update(self.doctor.interval_values())  # update_ratio
         bar.set_values({"loss": record["loss"], **{n: logged[n] for n in self.progress_names if n in logged}})
@@ -329,6 +366,7 @@ class Trainer(RunComponents):
         if self.checkpoints is None:
             return None
         payload = {**self.run_state.state_dict(), **self.payload_extras()}
+        self._last_save_time = time.monotonic()
         if not self.out.is_writer:
             return None
         self.checkpoints.save(payload, periodic=periodic, best=best)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -96,3 +97,34 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 def group_names(optimizer: torch.optim.Optimizer) -> list[str]:
     """A log name per param group (``name`` when the group has one, else ``group<i>``)."""
     return [str(g.get("name", f"group{i}")) for i, g in enumerate(optimizer.param_groups)]
+
+
+@dataclass(frozen=True)
+class GroupHyperparameters:
+    """Each param group's LR and β1 (Adam) or momentum (SGD) at one moment, keyed by group name (host floats)."""
+
+    lrs: dict[str, float]
+    momenta: dict[str, float]
+
+    def momentum_record(self) -> dict[str, float]:
+        """``{"momentum": first group's}`` plus ``momentum/<group>`` for each group when there are several."""
+        if not self.momenta:
+            return {}
+        record = {"momentum": next(iter(self.momenta.values()))}
+        if len(self.momenta) > 1:
+            record.update({f"momentum/{name}": value for name, value in self.momenta.items()})
+        return record
+
+
+def group_hyperparameters(optimizer: torch.optim.Optimizer, names: list[str]) -> GroupHyperparameters:
+    """The LR and β1/momentum every group holds now: read *before* ``optimizer.step()``, the values that update uses
+    (the scheduler steps after it and moves them on). Plain Python floats in the param groups: no device sync."""
+    lrs: dict[str, float] = {}
+    momenta: dict[str, float] = {}
+    for name, group in zip(names, optimizer.param_groups, strict=True):
+        lrs[name] = float(group["lr"])
+        if "betas" in group:
+            momenta[name] = float(group["betas"][0])
+        elif "momentum" in group:
+            momenta[name] = float(group["momentum"])
+    return GroupHyperparameters(lrs, momenta)

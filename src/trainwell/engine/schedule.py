@@ -1,7 +1,8 @@
 """Learning-rate (and momentum) schedules as pure functions of the optimizer step (nanoGPT style).
 
 Where does the learning rate change? :meth:`CurveScheduler.step`, called by ``engine.step.optimizer_step``
-after every *applied* optimizer step; the value is :func:`lr_factor` of the step count. ``step`` below always
+after every *applied* optimizer step (and every skipped one under ``schedule.step_on_skipped``); the value is
+:func:`lr_factor` of the step count. ``step`` below always
 counts completed optimizer steps, so ``lr_factor(0)`` is the factor of the first update.
 """
 
@@ -29,6 +30,8 @@ class Curve:
     total_steps: int
     milestones: tuple[int, ...] = ()
     """``step`` decay milestones in optimizer steps (resolved from epochs by the caller)."""
+    warmup_start: float = 0.0
+    """The warmup's first factor (``schedule.warmup_start_lr / optim.lr``; 0: from zero)."""
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of each group's peak LR for the update after ``step`` completed steps."""
@@ -39,7 +42,8 @@ class Curve:
         if step < warmup:
             done = step if cfg.warmup_starts_at_zero else step + 1
             pct = done / warmup
-            return pct if cfg.warmup == "linear" else _cos_anneal(0.0, 1.0, pct)
+            rise = pct if cfg.warmup == "linear" else _cos_anneal(0.0, 1.0, pct)
+            return self.warmup_start + (1.0 - self.warmup_start) * rise
         if cfg.decay == "constant":
             return 1.0
         if cfg.decay == "step":
@@ -93,7 +97,17 @@ class CurveScheduler(LRScheduler):
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, total_steps: int, milestones: tuple[int, ...] = ()
+    optimizer: torch.optim.Optimizer,
+    cfg: ScheduleConfig,
+    total_steps: int,
+    milestones: tuple[int, ...] = (),
+    *,
+    peak_lr: float | None = None,
 ) -> CurveScheduler:
-    """The ``schedule:`` curve over ``total_steps``; step it once per *applied* optimizer step."""
-    return CurveScheduler(optimizer, Curve(cfg, total_steps, milestones))
+    """The ``schedule:`` curve over ``total_steps``; step it once per applied optimizer step (and per skipped one
+    under ``schedule.step_on_skipped``). ``peak_lr`` (``optim.lr``) scales ``schedule.warmup_start_lr``."""
+    start = 0.0
+    if cfg.warmup_start_lr is not None:
+        peak = peak_lr if peak_lr is not None else float(optimizer.param_groups[0]["lr"])
+        start = cfg.warmup_start_lr / peak if peak > 0 else 0.0
+    return CurveScheduler(optimizer, Curve(cfg, total_steps, milestones, warmup_start=start))

@@ -7,6 +7,7 @@ optimizer → batches and loader → plan (steps, intervals) → schedule → ch
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,13 +39,13 @@ from trainwell.engine.data import TrainBatches
 from trainwell.engine.logging import MetricsWriter, setup_console_logging, train_line
 from trainwell.engine.meters import DeviceMeter, StepStats
 from trainwell.engine.nonfinite import NonFinitePolicy
-from trainwell.engine.optim import build_optimizer, group_names
+from trainwell.engine.optim import GroupHyperparameters, build_optimizer, group_names
 from trainwell.engine.plan import RunPlan
 from trainwell.engine.rundir import make_run_dir, write_status
 from trainwell.engine.runtime import configure_threads, cpu_bf16_warning, seed_everything
 from trainwell.engine.schedule import build_scheduler
 from trainwell.engine.signals import StopRequest
-from trainwell.engine.task import Task
+from trainwell.engine.task import Task, require_capability
 
 
 class Callback(Protocol):
@@ -96,7 +97,7 @@ class RunComponents:
         self.plan = RunPlan.resolve(cfg, len(self.batches.batches(0)))
         task.num_epochs = self.plan.epochs
         self.scheduler = task.build_scheduler(self.optimizer, self.plan.total_steps, cfg.schedule) or build_scheduler(
-            self.optimizer, cfg.schedule, self.plan.total_steps, self.plan.milestones
+            self.optimizer, cfg.schedule, self.plan.total_steps, self.plan.milestones, peak_lr=cfg.optim.lr
         )
         self.amp_dtype = amp_dtype(cfg.train.amp)
         # GradScaler only for fp16: bf16 has fp32's exponent range and needs no loss scaling.
@@ -169,7 +170,10 @@ class RunComponents:
             plan=plan,  # type: ignore[arg-type]
         )
         # Workers hold copies of the dataset: with on_epoch_start the task changes it each epoch, so fresh workers.
-        epoch_hook = type(task).on_epoch_start is not Task.on_epoch_start
+        switches_augmentation = cfg.data.disable_augmentation_last_epochs > 0
+        if switches_augmentation:
+            require_capability(task, "set_augmentation", "data.disable_augmentation_last_epochs")
+        epoch_hook = type(task).on_epoch_start is not Task.on_epoch_start or switches_augmentation
         self.loader_generator = torch.Generator()  # re-seeded every epoch (rng.loader_seed)
         self.loader = DataLoader(
             self.train_set,
@@ -187,6 +191,11 @@ class RunComponents:
         self.stats = StepStats(device=self.device)
         self.host_sums: dict[str, float] = {}
         self._host_sums_logged: dict[str, float] = {}
+        self._used_hyper: GroupHyperparameters | None = None  # the LR / β1 of the update a log line reports
+        self._augmentation_logged: bool | None = None  # the last state set by disable_augmentation_last_epochs
+        self._last_save_time = time.monotonic()  # checkpoint.every_minutes counts from here
+        curve = getattr(self.scheduler, "curve", None)
+        self.scheduler_moves_momentum = curve is not None and curve.momentum(0) is not None
         self._checked_key: tuple[Any, ...] | None = None
         self._record_names: dict[tuple[Any, ...], tuple[str, ...]] = {}
         self.progress_names: tuple[str, ...] = ()

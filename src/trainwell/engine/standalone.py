@@ -6,6 +6,8 @@ training loop uses (``engine.evaluation.evaluate``), so the numbers match the on
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from trainwell.engine import distributed as D
 from trainwell.engine.amp import amp_dtype, autocast
 from trainwell.engine.checkpoint.resume import run_dir_of_checkpoint
 from trainwell.engine.checkpoint.weights import load_model_weights
+from trainwell.engine.eval_all import Evaluated, evaluate_all
 from trainwell.engine.evaluation import EvalResult, evaluate
 from trainwell.engine.logging import setup_console_logging
 from trainwell.engine.runtime import configure_threads, seed_everything
@@ -33,34 +36,72 @@ def _model_from_checkpoint(
     return model.eval()
 
 
-def evaluate_checkpoint(
-    cfg: ExperimentConfig, task: Task, checkpoint: str | Path, *, outputs_dir: Path | None = None
-) -> tuple[EvalResult, D.DistEnv]:
-    """Score ``checkpoint`` on the validation set exactly once, on every process of the job (torchrun or not)."""
+@dataclass
+class _EvalSetup:
+    """What an evaluation without a Trainer needs, built once: process group, device, logger, val set."""
+
+    cfg: ExperimentConfig
+    task: Task
+    env: D.DistEnv
+    device: torch.device
+    log: logging.Logger
+    val_set: Any
+
+    def evaluate(self, model: nn.Module, outputs_dir: Path | None = None) -> EvalResult:
+        """The exactly-once evaluation of ``model`` (the path the training loop uses)."""
+        dtype = amp_dtype(self.cfg.train.amp)
+        return evaluate(
+            task=self.task,
+            model=model,
+            dataset=self.val_set,
+            evaluator=self.task.build_evaluator(),
+            batch_size=self.cfg.eval.batch_size,
+            device=self.device,
+            env=self.env,
+            autocast=lambda: autocast(self.device, dtype),
+            num_workers=self.cfg.data.num_workers,
+            log=self.log.info,
+            progress_mode=self.cfg.train.progress_bar,
+            outputs_dir=outputs_dir if self.env.is_main else None,
+        )
+
+
+def _setup(cfg: ExperimentConfig, task: Task, run_dir: Path | None) -> _EvalSetup:
     env = D.env_from_torchrun()
     device = D.select_device(cfg.train.device, env)
     configure_threads(cfg.train.num_threads)
     D.init_process_group(env, device, cfg.distributed.backend, cfg.distributed.timeout_s)
     log = setup_console_logging(None, env.is_main)
     seed_everything(cfg.train.seed)  # a dataset that draws from the global RNG must be the same everywhere
-    model = _model_from_checkpoint(cfg, task, checkpoint, device)
-    val_set = task.build_val_dataset()
-    dtype = amp_dtype(cfg.train.amp)
-    result = evaluate(
-        task=task,
+    task.run_dir = run_dir  # tokenizers and vocabularies saved beside the checkpoints
+    return _EvalSetup(cfg, task, env, device, log, task.build_val_dataset())
+
+
+def evaluate_checkpoint(
+    cfg: ExperimentConfig, task: Task, checkpoint: str | Path, *, outputs_dir: Path | None = None
+) -> tuple[EvalResult, D.DistEnv]:
+    """Score ``checkpoint`` on the validation set exactly once, on every process of the job (torchrun or not)."""
+    setup = _setup(cfg, task, run_dir_of_checkpoint(checkpoint))
+    model = _model_from_checkpoint(cfg, task, checkpoint, setup.device)
+    return setup.evaluate(model, outputs_dir), setup.env
+
+
+def evaluate_run_checkpoints(
+    cfg: ExperimentConfig, task: Task, run_dir: Path, *, watch: bool, poll_seconds: float
+) -> tuple[list[Evaluated], D.DistEnv]:
+    """``trainwell eval --all-checkpoints RUN_DIR``: see :mod:`trainwell.engine.eval_all`."""
+    setup = _setup(cfg, task, run_dir)
+    model = task.build_model().to(setup.device)
+    done = evaluate_all(
+        run_dir,
         model=model,
-        dataset=val_set,
-        evaluator=task.build_evaluator(),
-        batch_size=cfg.eval.batch_size,
-        device=device,
-        env=env,
-        autocast=lambda: autocast(device, dtype),
-        num_workers=cfg.data.num_workers,
-        log=log.info,
-        progress_mode=cfg.train.progress_bar,
-        outputs_dir=outputs_dir if env.is_main else None,
+        evaluate=setup.evaluate,
+        env=setup.env,
+        log=setup.log.info,
+        watch=watch,
+        poll_seconds=poll_seconds,
     )
-    return result, env
+    return done, setup.env
 
 
 def predict_file(

@@ -6,6 +6,9 @@ scheduler.step *only if the optimizer really stepped* → zero_grad(set_to_none=
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
@@ -31,13 +34,15 @@ def optimizer_step(
     stats: StepStats,
     measure_norm: bool,
     skip_nonfinite: bool = False,
+    step_on_skipped: bool = False,
 ) -> bool:
     """Apply one optimizer step; returns whether the parameters were updated.
 
     The grad norm is measured *before* clipping and after unscaling, so it is comparable across
     precisions. Without clipping it is measured only when ``measure_norm`` (logging steps), which
     keeps the norm's reduction kernels off ordinary steps. ``skip_nonfinite`` (diagnostics.nonfinite=skip)
-    measures the norm on every step and skips the update when it is not finite.
+    measures the norm on every step and skips the update when it is not finite. ``step_on_skipped``
+    (schedule.step_on_skipped) advances the schedule on a step GradScaler skipped, as ViECap and OpenPCDet do.
     """
     if scaler.is_enabled():
         scaler.unscale_(optimizer)  # clip and measure true gradients, not scaled ones
@@ -66,11 +71,16 @@ def optimizer_step(
         applied = stats.scale >= scale_before
     else:
         optimizer.step()
-    # The schedule counts applied steps only: a skipped fp16 step must not advance the LR (and
-    # stepping the scheduler without an optimizer step makes PyTorch warn about the order).
+    # By default the schedule counts applied steps only: a skipped fp16 step does not advance the LR.
     if applied:
         scheduler.step()
-    else:
+    elif step_on_skipped:
+        with warnings.catch_warnings():
+            # A skipped first step is a scheduler step before any optimizer.step(), on purpose: not PyTorch's
+            # "wrong order" mistake that its warning is about.
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+            scheduler.step()
+    if not applied:
         stats.num_skipped += 1
     optimizer.zero_grad(set_to_none=True)
     stats.num_steps += 1

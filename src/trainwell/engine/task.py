@@ -111,6 +111,19 @@ Batch = Any
 """Whatever the task's datasets collate to: usually a dict of tensors."""
 
 
+class TaskCapabilityError(ValueError):
+    """The config asks for something the task does not implement (the key and the missing method are named)."""
+
+
+def require_capability(task: Task, method: str, key: str) -> None:
+    """Raise :class:`TaskCapabilityError` unless ``task`` overrides ``Task.<method>``, which config ``key`` needs."""
+    if getattr(type(task), method) is getattr(Task, method):
+        raise TaskCapabilityError(
+            f"{key} needs the task to implement {method}(), and {type(task).__name__} does not: implement "
+            f"{type(task).__name__}.{method} (docs/porting.md) or remove {key} from the config."
+        )
+
+
 class Task:
     """Base class for tasks. Subclasses set ``Config``/``DataConfig`` and implement the methods.
 
@@ -216,6 +229,15 @@ class Task:
         """Called before every training epoch (0-based), also the one a resumed run continues (e.g. to switch
         augmentation off for the last epochs, as OpenPCDet's ``DisableAugmentationHook``). With ``data.num_workers``
         > 0 and persistent workers, change dataset state only through what ``__getitem__`` reads from the epoch."""
+
+    def set_augmentation(self, enabled: bool) -> None:
+        """Switch the training set's augmentation on or off. Called before :meth:`on_epoch_start` of every epoch when
+        ``data.disable_augmentation_last_epochs`` is set (OpenPCDet's ``NUM_LAST_EPOCHS``); a task that does not
+        override it cannot use that key (a config error at startup, not a silent no-op)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement set_augmentation(); "
+            "data.disable_augmentation_last_epochs needs it."
+        )
 
     def predict(self, model: nn.Module, input_path: Path, out_dir: Path | None) -> Any:
         """``trainwell predict``: run the model (in eval mode, under no_grad) on the inputs of one file and return

@@ -200,6 +200,7 @@ class Detection3DTask(Task):
         super().__init__(cfg, data_cfg)
         self.train_set: FrameDataset | None = None
         self.val_set: FrameDataset | None = None
+        self._augmentation_enabled = True  # the engine's data.disable_augmentation_last_epochs switch
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         d, rng = self.data_cfg, self.cfg.model.point_range_m
@@ -217,11 +218,18 @@ class Detection3DTask(Task):
     def collate_fn(self) -> Any:
         return collate_frames
 
+    def set_augmentation(self, enabled: bool) -> None:
+        """``data.disable_augmentation_last_epochs`` (OpenPCDet's ``NUM_LAST_EPOCHS``): the engine's switch, applied
+        by :meth:`on_epoch_start` together with ``augment.disable_from_epoch``."""
+        self._augmentation_enabled = enabled
+
     def on_epoch_start(self, epoch: int) -> None:
-        """Set the augmentation epoch; switch augmentation off from ``augment.disable_from_epoch`` on."""
+        """Set the augmentation epoch; switch augmentation off from ``augment.disable_from_epoch`` on (and where the
+        engine switched it off)."""
         if self.train_set is not None:
             stop = self.data_cfg.augment.disable_from_epoch
-            self.train_set.set_epoch(epoch, augment_on=stop is None or epoch < stop)
+            on = self._augmentation_enabled and (stop is None or epoch < stop)
+            self.train_set.set_epoch(epoch, augment_on=on)
 
     def compute_losses(self, model: nn.Module, batch: dict[str, Any]) -> LossOutput:
         loss, tb_dict, disp_dict = model(batch)
