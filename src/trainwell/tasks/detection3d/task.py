@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainwell.doctor import Finding
+from trainwell.engine.checkpoint.weights import ForeignWeights
 from trainwell.engine.task import DataConfig, LossOutput, MetricSpec, Task, TaskConfig
 from trainwell.tasks.detection3d import kitti
 from trainwell.tasks.detection3d.ap import (
@@ -33,6 +34,7 @@ from trainwell.tasks.detection3d.augment import AugmentConfig
 from trainwell.tasks.detection3d.checks import check_detection_batch, check_head_not_background
 from trainwell.tasks.detection3d.datasets import FrameDataset, collate_frames, frame_to_sample, synthetic_dataset
 from trainwell.tasks.detection3d.model import PillarsConfig, PointPillars
+from trainwell.tasks.detection3d.openpcdet_format import read_openpcdet
 from trainwell.tasks.detection3d.scenes import CLASS_NAMES, SceneConfig
 
 
@@ -192,6 +194,10 @@ class Detection3DTask(Task):
 
     def build_model(self) -> nn.Module:
         return PointPillars(self.cfg.model)
+
+    def foreign_weights(self, payload: dict[str, Any]) -> ForeignWeights | None:
+        """``--init-from`` OpenPCDet's ``checkpoint_epoch_N.pth`` (its ``model_state``; same key names)."""
+        return read_openpcdet(payload)
 
     def collate_fn(self) -> Any:
         return collate_frames
