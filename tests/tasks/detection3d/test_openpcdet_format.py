@@ -18,6 +18,7 @@ from torch import nn
 from trainwell.cli import main
 from trainwell.engine.checkpoint import load_checkpoint
 from trainwell.engine.checkpoint.weights import load_model_weights
+from trainwell.tasks.detection3d.anchors import AnchorClassConfig, AnchorConfig
 from trainwell.tasks.detection3d.datasets import collate_frames
 from trainwell.tasks.detection3d.model import PillarsConfig, PointPillars
 from trainwell.tasks.detection3d.openpcdet_format import read_openpcdet
@@ -357,3 +358,39 @@ def test_init_from_a_mismatched_openpcdet_model_names_the_container_and_keys(
     err = capsys.readouterr().err
     assert "an OpenPCDet checkpoint" in err and "version pcdet+0.6.0" in err
     assert "vfe.pfn_layers.0.linear.weight" in err and "Traceback" not in err
+
+
+def ref_anchors(
+    pc_range: list[float], grid_xy: tuple[int, int], classes: list[tuple[list[float], float]]
+) -> torch.Tensor:
+    """OpenPCDet's AnchorGenerator (align_center False), concatenated over classes as AnchorHeadSingle does."""
+    per_class = []
+    for size, bottom in classes:
+        nx, ny = grid_xy
+        xs = torch.arange(pc_range[0], pc_range[3] + 1e-5, step=(pc_range[3] - pc_range[0]) / (nx - 1))
+        ys = torch.arange(pc_range[1], pc_range[4] + 1e-5, step=(pc_range[4] - pc_range[1]) / (ny - 1))
+        x, y, z = torch.meshgrid([xs, ys, torch.tensor([bottom])], indexing="ij")
+        a = torch.stack((x, y, z), -1)[:, :, :, None, None, :].repeat(1, 1, 1, 1, 2, 1)  # one size, two rotations
+        dims = torch.tensor(size).view(1, 1, 1, 1, 1, 3).expand(*a.shape[:5], 3)
+        rot = torch.tensor([0.0, 1.57]).view(1, 1, 1, 1, 2, 1).expand(*a.shape[:5], 1)
+        a = torch.cat([a, dims, rot], -1).permute(2, 1, 0, 3, 4, 5).contiguous()  # (z, y, x, size, rot, 7)
+        a[..., 2] += a[..., 5] / 2
+        per_class.append(a)
+    return torch.cat(per_class, dim=-3).reshape(-1, 7)
+
+
+def test_anchors_with_align_center_false_are_openpcdets() -> None:
+    classes = [([3.9, 1.6, 1.56], -1.78), ([0.8, 0.6, 1.73], -0.6), ([1.76, 0.6, 1.73], -0.6)]
+    cfg = _tiny_cfg(
+        anchors=AnchorConfig(
+            classes=[
+                AnchorClassConfig(name, tuple(size), bottom)
+                for name, (size, bottom) in zip(("Car", "Pedestrian", "Cyclist"), classes, strict=True)
+            ],
+            rotations=(0.0, 1.57),
+            align_center=False,
+        )
+    )
+    model = PointPillars(cfg)
+    expected = ref_anchors(TINY_MODEL["range"], (model.nx, model.ny), classes)
+    torch.testing.assert_close(model.anchors, expected, atol=1e-5, rtol=0)
