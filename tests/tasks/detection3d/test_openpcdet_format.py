@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from trainwell.cli import main
+from trainwell.config.loader import build_task, load_config
 from trainwell.engine.checkpoint import load_checkpoint
 from trainwell.engine.checkpoint.weights import load_model_weights
 from trainwell.tasks.detection3d.anchors import AnchorClassConfig, AnchorConfig
@@ -394,3 +395,16 @@ def test_anchors_with_align_center_false_are_openpcdets() -> None:
     model = PointPillars(cfg)
     expected = ref_anchors(TINY_MODEL["range"], (model.nx, model.ny), classes)
     torch.testing.assert_close(model.anchors, expected, atol=1e-5, rtol=0)
+
+
+def test_the_example_kitti_config_builds_openpcdets_pointpillar() -> None:
+    cfg = load_config(ROOT / "examples" / "openpcdet_style" / "pointpillar_kitti.yaml")
+    model = build_task(cfg).build_model()
+    ref = RefPointPillar(KITTI_MODEL).state_dict()
+    assert {k: tuple(v.shape) for k, v in ref.items() if k != "global_step"} == {
+        k: tuple(v.shape) for k, v in model.state_dict().items()
+    }
+    classes = [([3.9, 1.6, 1.56], -1.78), ([0.8, 0.6, 1.73], -0.6), ([1.76, 0.6, 1.73], -0.6)]
+    head_grid = (model.nx // 2, model.ny // 2)  # feature_map_stride 2
+    torch.testing.assert_close(model.anchors, ref_anchors(KITTI_MODEL["range"], head_grid, classes), atol=1e-4, rtol=0)
+    assert cfg.optim.betas == [0.95, 0.99] and cfg.checkpoint.keep == 30
