@@ -60,6 +60,9 @@ class PillarsConfig:
     max_points_per_pillar: int | None = None
     """``MAX_POINTS_PER_VOXEL``: null = every point of a pillar, no padding (faster); a number = OpenPCDet's padded
     voxel tensor exactly (first N points, zero slots pooled too) — use 32 to run or fine-tune OpenPCDet weights."""
+    bn_momentum: float = 0.01
+    """Every BatchNorm's running-statistics momentum: OpenPCDet's 0.01 (its eps, 1e-3, is fixed). Runs of a few hundred
+    steps want 0.1, or their running statistics (what evaluation uses) are still far from the data's."""
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     cls_weight: float = 1.0
     loc_weight: float = 2.0
@@ -88,7 +91,8 @@ def grid_size(cfg: PillarsConfig) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
-# OpenPCDet's BatchNorm settings in every PointPillars layer (its checkpoints were trained with them).
+# OpenPCDet's BatchNorm settings in every PointPillars layer (its checkpoints were trained with them); the momentum
+# is then set from ``PillarsConfig.bn_momentum``.
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
 
@@ -177,8 +181,16 @@ class PointPillars(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.nx, self.ny = grid_size(cfg)
+        if cfg.max_points_per_pillar is not None and cfg.max_points_per_pillar < 1:
+            raise ValueError(
+                f"task.model.max_points_per_pillar must be at least 1 (OpenPCDet's KITTI configs use 32) or null "
+                f"(every point, no padding); got {cfg.max_points_per_pillar}."
+            )
         self.vfe = PillarVFE(cfg.pfn_channels)
         self.backbone_2d = BaseBEVBackbone(cfg)
+        for module in self.modules():  # the momentum is no tensor: checkpoints of either setting load alike
+            if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d):
+                module.momentum = cfg.bn_momentum
         self.head_stride = cfg.layer_strides[0]
         self.num_classes = len(cfg.anchors.classes)
         self.anchors_per_loc = self.num_classes * len(cfg.anchors.rotations)
