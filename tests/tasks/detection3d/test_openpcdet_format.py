@@ -277,6 +277,10 @@ def test_export_loads_strictly_into_the_reference_with_equal_outputs(trained_run
     ours = PointPillars(_tiny_cfg())
     ours.load_state_dict(payload["model"], strict=True)
     batch = _batch()
+    pts = batch["points"]
+    cells = (pts[:, 0] * 1e6 + ((pts[:, 2] + 16) // 0.5) * 1e3 + (pts[:, 1] // 0.5)).long()
+    counts = torch.unique(cells, return_counts=True)[1]
+    assert counts.max() > MAX_POINTS and counts.min() < MAX_POINTS  # both the cap and the zero slots are exercised
     for mode in ("eval", "train"):  # train: BatchNorm over the padded slots too
         ref.train(mode == "train")
         ours.train(mode == "train")

@@ -256,9 +256,10 @@ class PointPillars(nn.Module):
         first = torch.cumsum(count_all, 0) - count_all
         slot = torch.empty_like(inverse)
         slot[order] = torch.arange(inverse.numel(), device=inverse.device) - first[inverse[order]]
-        kept = slot < max_points
-        dense = points.new_zeros(num_pillars, max_points, 4)  # (x, y, z, intensity) per slot
-        dense[inverse[kept], slot[kept]] = points[kept, 1:5]
+        # Points past the cap all go to one extra slot that is dropped (no boolean mask: no host-device sync).
+        dense = points.new_zeros(num_pillars, max_points + 1, 4)  # (x, y, z, intensity) per slot
+        dense[inverse, slot.clamp(max=max_points)] = points[:, 1:5]
+        dense = dense[:, :max_points]
         count = count_all.clamp(max=max_points)
         mean = dense[:, :, :3].sum(1, keepdim=True) / count.to(dense.dtype).view(-1, 1, 1)
         cell_ix = ix.new_zeros(num_pillars).index_copy_(0, inverse, ix)  # every point of a pillar has its cell
