@@ -18,6 +18,7 @@ from torch import nn
 from trainwell.cli import main
 from trainwell.config.loader import build_task, load_config
 from trainwell.engine.checkpoint import load_checkpoint
+from trainwell.engine.checkpoint.files import atomic_save
 from trainwell.engine.checkpoint.weights import load_model_weights
 from trainwell.tasks.detection3d.anchors import AnchorClassConfig, AnchorConfig
 from trainwell.tasks.detection3d.datasets import collate_frames
@@ -412,3 +413,11 @@ def test_the_example_kitti_config_builds_openpcdets_pointpillar() -> None:
     head_grid = (model.nx // 2, model.ny // 2)  # feature_map_stride 2
     torch.testing.assert_close(model.anchors, ref_anchors(KITTI_MODEL["range"], head_grid, classes), atol=1e-4, rtol=0)
     assert cfg.optim.betas == [0.95, 0.99] and cfg.checkpoint.keep == 30
+
+
+def test_export_refuses_a_checkpoint_of_another_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = tmp_path / "last.pt"
+    atomic_save({"model": {"w": torch.zeros(2)}, "config": {"task": {"class_path": "my_task:Regression"}}}, ckpt)
+    out = tmp_path / "checkpoint_epoch_1.pth"
+    assert main(["export", str(ckpt), "--format", "openpcdet", "--out", str(out)]) != 0
+    assert "my_task:Regression" in capsys.readouterr().err and not out.exists()

@@ -124,12 +124,19 @@ def export_openpcdet(checkpoint: str | Path, out: str | Path) -> tuple[list[Path
     ``epoch`` is the number of finished epochs and ``it`` the number of optimizer steps, as OpenPCDet saves them.
 
     Raises:
-        CheckpointError: unreadable checkpoint, or an output name that is not ``.pth``/``.pt``.
+        CheckpointError: unreadable checkpoint, not one of the detection pack, or an output name that is not
+            ``.pth``/``.pt``.
     """
     source, target = Path(checkpoint), Path(out)
     if target.suffix not in (".pth", ".pt"):
         raise CheckpointError(f"--out '{target}': OpenPCDet's checkpoints are .pth files (checkpoint_epoch_N.pth).")
     payload = load_checkpoint(source)
+    task_path = str(payload.get("config", {}).get("task", {}).get("class_path", ""))
+    if not task_path.startswith("trainwell.tasks.detection3d"):
+        raise CheckpointError(
+            f"'{source}' is a checkpoint of task '{task_path or 'unknown'}'; --format openpcdet writes the detection "
+            f"pack's PointPillars (trainwell.tasks.detection3d). Use --format plain for other models."
+        )
     state = model_state_of(payload, source)
     train_state = payload.get("train_state", {})
     step = int(train_state.get("global_step", 0))
