@@ -128,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("checkpoint", help="a trainwell checkpoint")
     ex.add_argument("--out", required=True, help="output file: *.safetensors or *.pt")
+    ex.add_argument(
+        "--format",
+        choices=["plain", "openpcdet"],
+        default="plain",
+        help="plain: a state dict (default); openpcdet: OpenPCDet's checkpoint_epoch_N.pth container (detection3d)",
+    )
     ex.set_defaults(overrides=[])
 
     doctor = sub.add_parser(
@@ -275,7 +281,14 @@ def _export(args: argparse.Namespace) -> int:
     from trainwell.engine.checkpoint.weights import export_weights
 
     _require_file(args.checkpoint, "checkpoint")
-    for path in export_weights(args.checkpoint, args.out):
+    if args.format == "openpcdet":
+        from trainwell.tasks.detection3d.openpcdet_format import export_openpcdet
+
+        paths, note = export_openpcdet(args.checkpoint, args.out)
+        print(note)
+    else:
+        paths = export_weights(args.checkpoint, args.out)
+    for path in paths:
         print(f"wrote {path}")
     return 0
 

@@ -121,5 +121,5 @@ def test_head_only_background_is_reported() -> None:
     batch = _batch_with(_car_points(torch.tensor([5.0, 0, -0.9, 3.9, 1.6, 1.5, 0.0])), torch.zeros(0, 7))
     # A fresh head starts at probability 0.01 everywhere (focal-loss prior): below the 0.1 threshold.
     assert check_head_not_background(model, batch, 0.1).id == "detection3d.head_only_background"
-    torch.nn.init.constant_(model.conv_cls.bias, 3.0)
+    torch.nn.init.constant_(model.dense_head.conv_cls.bias, 3.0)
     assert check_head_not_background(model, batch, 0.1) is None

@@ -125,7 +125,8 @@ def test_labels_out_of_range_are_misses_unless_the_option_says_otherwise() -> No
 def test_predict_writes_kitti_text_and_returns_json(tmp_path: Path) -> None:
     task = _task(val_size=1)
     model = task.build_model().eval()
-    torch.nn.init.constant_(model.conv_cls.bias, 0.0)  # an untrained head that scores 0.5 everywhere: detections
+    head = model.dense_head
+    torch.nn.init.constant_(head.conv_cls.bias, 0.0)  # an untrained head that scores 0.5 everywhere: detections
     points = task.val_set.raw(0)["points"]
     bin_path = tmp_path / "velodyne" / "000042.bin"
     bin_path.parent.mkdir()

@@ -43,15 +43,23 @@ class AnchorConfig:
 
     classes: list[AnchorClassConfig] = field(default_factory=default_anchor_classes)
     rotations: tuple[float, ...] = (0.0, math.pi / 2)
+    align_center: bool = True
+    """True: anchors at the centres of the head's cells; False: OpenPCDet's default (``align_center: False``),
+    ``n`` anchors spread evenly from the range's lower edge to its upper edge (a step of ``range / (n - 1)``) — use
+    it to run OpenPCDet's weights, whose box residuals are relative to those anchors."""
 
 
 def make_anchors(cfg: AnchorConfig, point_range_m: list[float], grid_xy: tuple[int, int]) -> torch.Tensor:
     """Anchors ``(ny, nx, num_classes * num_rotations, 7)`` centred on the cells of a ``(nx, ny)`` BEV grid."""
     nx, ny = grid_xy
-    step_x = (point_range_m[3] - point_range_m[0]) / nx
-    step_y = (point_range_m[4] - point_range_m[1]) / ny
-    xs = point_range_m[0] + step_x * (torch.arange(nx, dtype=torch.float32) + 0.5)
-    ys = point_range_m[1] + step_y * (torch.arange(ny, dtype=torch.float32) + 0.5)
+    if cfg.align_center:
+        step_x = (point_range_m[3] - point_range_m[0]) / nx
+        step_y = (point_range_m[4] - point_range_m[1]) / ny
+        xs = point_range_m[0] + step_x * (torch.arange(nx, dtype=torch.float32) + 0.5)
+        ys = point_range_m[1] + step_y * (torch.arange(ny, dtype=torch.float32) + 0.5)
+    else:
+        xs = torch.linspace(point_range_m[0], point_range_m[3], nx, dtype=torch.float32)
+        ys = torch.linspace(point_range_m[1], point_range_m[4], ny, dtype=torch.float32)
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     per_loc = []
     for cls in cfg.classes:

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainwell.doctor import Finding
+from trainwell.engine.checkpoint.weights import ForeignWeights
 from trainwell.engine.task import DataConfig, LossOutput, MetricSpec, Task, TaskConfig
 from trainwell.tasks.detection3d import kitti
 from trainwell.tasks.detection3d.ap import CLASSES, recall_at_iou
@@ -30,6 +31,7 @@ from trainwell.tasks.detection3d.datasets import (
     synthetic_dataset,
 )
 from trainwell.tasks.detection3d.model import PillarsConfig, PointPillars
+from trainwell.tasks.detection3d.openpcdet_format import read_openpcdet
 from trainwell.tasks.detection3d.scenes import CLASS_NAMES, SceneConfig
 from trainwell.tasks.detection3d.table import kitti_eval, metric_names, result_string
 
@@ -214,6 +216,10 @@ class Detection3DTask(Task):
 
     def build_model(self) -> nn.Module:
         return PointPillars(self.cfg.model)
+
+    def foreign_weights(self, payload: dict[str, Any]) -> ForeignWeights | None:
+        """``--init-from`` OpenPCDet's ``checkpoint_epoch_N.pth`` (its ``model_state``; same key names)."""
+        return read_openpcdet(payload)
 
     def collate_fn(self) -> Any:
         return collate_frames
