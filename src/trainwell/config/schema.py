@@ -47,8 +47,8 @@ class DataConfig:
     drop_last: bool = False
     """Drop each epoch's last, incomplete training batch (per process)."""
     disable_augmentation_last_epochs: int = 0
-    """Train the last N epochs without augmentation (OpenPCDet's ``DATA_AUGMENTOR.DISABLE_AUG...``
-    ``NUM_LAST_EPOCHS``): the engine calls ``Task.set_augmentation`` before every epoch, logs the switch, and a
+    """Train the last N epochs without augmentation (OpenPCDet's ``HOOK.DisableAugmentationHook.NUM_LAST_EPOCHS``):
+    the engine calls ``Task.set_augmentation`` before every epoch, logs the switch, and a
     resumed run is in the same state (it depends on the epoch only). 0 = never."""
 
     def problems(self) -> Iterator[Problem]:
