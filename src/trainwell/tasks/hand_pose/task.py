@@ -53,6 +53,8 @@ class HandPoseDataConfig(SyntheticHandsConfig, DataConfig):
     """Training samples (indices 0 … train_size-1 of the train stream)."""
     val_size: int = 5_000
     """Validation samples (a disjoint stream)."""
+    test_size: int = 5_000
+    """Test samples (``trainwell test``; a third disjoint stream)."""
     seed: int = 0
     """Data seed: with the split and the index it determines every sample."""
 
@@ -108,6 +110,10 @@ class HandPoseTask(Task):
             SyntheticHandPoseDataset(d, d.seed, "train", d.train_size),
             SyntheticHandPoseDataset(d, d.seed, "val", d.val_size),
         )
+
+    def build_test_dataset(self) -> SyntheticHandPoseDataset:
+        d = self.data_cfg
+        return SyntheticHandPoseDataset(d, d.seed, "test", d.test_size)
 
     def build_evaluator(self) -> HandPoseEvaluator:
         return HandPoseEvaluator(root_index=ROOT, scale_bone=SCALE_BONE)
