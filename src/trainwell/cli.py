@@ -22,7 +22,7 @@ from trainwell.engine.losses import LossContractError
 from trainwell.engine.nonfinite import NonFiniteLossError
 from trainwell.engine.optim import OptimConfigError
 from trainwell.engine.signals import EXIT_SIGNAL_BASE, TrainingInterrupted
-from trainwell.engine.task import Task, TaskCapabilityError, require_capability
+from trainwell.engine.task import Task, TaskCapabilityError, TaskInputError, require_capability
 
 EXIT_CONFIG_ERROR = 2
 """Exit status for a bad config file, override or argument (nothing was built)."""
@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
         LossContractError,
         OptimConfigError,
         TaskCapabilityError,
+        TaskInputError,
     ) as err:
         print(f"trainwell: error: {err}", file=sys.stderr)
         return EXIT_RUN_ERROR

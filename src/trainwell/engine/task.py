@@ -111,6 +111,11 @@ Batch = Any
 """Whatever the task's datasets collate to: usually a dict of tensors."""
 
 
+class TaskInputError(ValueError):
+    """A file or record handed to a task is not what it reads (the message names the file, the record and the key):
+    a user's input mistake, reported without a traceback."""
+
+
 class TaskCapabilityError(ValueError):
     """The config asks for something the task does not implement (the key and the missing method are named)."""
 

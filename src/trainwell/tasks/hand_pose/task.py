@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -137,6 +138,16 @@ class HandPoseTask(Task):
         evaluator.update(pred, batch["joints_rel_mm"], indices)  # type: ignore[attr-defined]
 
     # -- optional -----------------------------------------------------------------------------
+    def predict(self, model: nn.Module, input_path: Path, out_dir: Path | None) -> list[dict[str, Any]]:
+        """Root-relative 3D joints (camera axes, mm) for each object of a JSON file (:mod:`.lifting_inputs`):
+        ``[{"joints_rel_mm": 21×3}, …]``. The lifting model sees no depth, so it predicts no absolute root."""
+        from trainwell.tasks.hand_pose.lifting_inputs import read_lifting_inputs
+
+        inputs = read_lifting_inputs(input_path)
+        device = next(model.parameters()).device
+        joints = self._predict(model, {k: v.to(device) for k, v in inputs.items()})["joints_mm"]
+        return [{"joints_rel_mm": j.tolist()} for j in joints.float().cpu()]
+
     def collate_fn(self) -> Callable[[Any], dict[str, Any]]:
         return collate_hand_batch
 
