@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from trainwell.config.loader import ConfigError, load_experiment
 from trainwell.config.schema import ExperimentConfig
@@ -22,7 +22,7 @@ from trainwell.engine.losses import LossContractError
 from trainwell.engine.nonfinite import NonFiniteLossError
 from trainwell.engine.optim import OptimConfigError
 from trainwell.engine.signals import EXIT_SIGNAL_BASE, TrainingInterrupted
-from trainwell.engine.task import Task, TaskCapabilityError
+from trainwell.engine.task import Task, TaskCapabilityError, TaskInputError, require_capability
 
 EXIT_CONFIG_ERROR = 2
 """Exit status for a bad config file, override or argument (nothing was built)."""
@@ -106,6 +106,19 @@ def _parser() -> argparse.ArgumentParser:
         help="write the evaluator's prediction files here (COCO captions.json, KITTI results, FreiHAND pred.json)",
     )
     ev.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+
+    te = sub.add_parser(
+        "test",
+        help="evaluate a checkpoint on the task's test split (every sample exactly once)",
+        description="Score a checkpoint's model on the test split the task defines (Task.build_test_dataset), "
+        "exactly once over all processes; prints the metrics as `eval` does. The test split is never used during "
+        "training.",
+    )
+    te.add_argument("config", help="experiment YAML file the checkpoint was trained with")
+    te.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. runs/.../checkpoints/best.pt)")
+    te.add_argument("--out", help="write {split, num_samples, world_size, metrics, checkpoint} as JSON here")
+    te.add_argument("--export", metavar="DIR", help="write the evaluator's prediction files here")
+    te.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
 
     pr = sub.add_parser(
         "predict",
@@ -193,8 +206,6 @@ def _require_file(path: str, flag: str) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from trainwell.engine.standalone import evaluate_checkpoint
-
     if args.config is not None and "=" in args.config and not Path(args.config).exists():
         args.overrides, args.config = [args.config, *args.overrides], None  # `eval --all-checkpoints RUN k=v`
     if (args.checkpoint is None) == (args.all_checkpoints is None):
@@ -205,10 +216,23 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError("--watch goes with --all-checkpoints RUN_DIR.")
     if args.config is None:
         raise ConfigError("trainwell eval CONFIG --checkpoint FILE: name the experiment YAML the checkpoint came from.")
+    return _score_checkpoint(args, "val")
+
+
+def _test(args: argparse.Namespace) -> int:
+    return _score_checkpoint(args, "test")
+
+
+def _score_checkpoint(args: argparse.Namespace, split: Literal["val", "test"]) -> int:
+    """``eval`` / ``test``: one checkpoint scored once on the validation or test split; metrics printed (and --out)."""
+    from trainwell.engine.standalone import evaluate_checkpoint
+
     cfg, task = _load(args)
     _require_file(args.checkpoint, "--checkpoint")
     export = Path(args.export) if args.export else None
-    result, env = evaluate_checkpoint(cfg, task, args.checkpoint, outputs_dir=export)
+    if split == "test":
+        require_capability(task, "build_test_dataset", "trainwell test")
+    result, env = evaluate_checkpoint(cfg, task, args.checkpoint, outputs_dir=export, split=split)
     units = {name: spec.unit for name, spec in task.metric_specs().items()}
     if env.is_main:
         for name, value in result.metrics.items():
@@ -217,6 +241,7 @@ def _eval(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
         if args.out:
             payload = {
+                "split": split,
                 "num_samples": result.num_samples,
                 "world_size": result.world_size,
                 "metrics": result.metrics,
@@ -329,7 +354,14 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
     if len(misplaced) != len(extra):
         parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in misplaced)}")
     args.overrides = [*args.overrides, *misplaced]
-    handlers = {"eval": _eval, "predict": _predict, "export": _export, "doctor": _doctor, "report": _report}
+    handlers = {
+        "eval": _eval,
+        "test": _test,
+        "predict": _predict,
+        "export": _export,
+        "doctor": _doctor,
+        "report": _report,
+    }
     try:
         if args.command == "train":
             return _train(args, callbacks)
@@ -344,6 +376,7 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
         LossContractError,
         OptimConfigError,
         TaskCapabilityError,
+        TaskInputError,
     ) as err:
         print(f"trainwell: error: {err}", file=sys.stderr)
         return EXIT_RUN_ERROR

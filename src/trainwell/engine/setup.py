@@ -128,6 +128,13 @@ class RunComponents:
         warning = cpu_bf16_warning(self.device, cfg.train.amp)
         if warning and self.env.is_main:
             self.log.warning(f"trainwell: {warning}")
+        if cfg.eval.best_metric is None and self.out.is_writer:
+            names = ", ".join(task.metric_specs()) or "the names your evaluator's compute() returns"
+            self.log.warning(
+                "trainwell: eval.best_metric is not set, so this run writes no best.pt (last.pt and the periodic "
+                f"checkpoints only): set eval.best_metric to one of {names} (or an expression of them) and "
+                "eval.best_mode to min or max."
+            )
 
     def _open_outputs(self, write_outputs: bool) -> None:
         run_dir = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -36,6 +36,9 @@ def _model_from_checkpoint(
     return model.eval()
 
 
+Split = Literal["val", "test"]
+
+
 @dataclass
 class _EvalSetup:
     """What an evaluation without a Trainer needs, built once: process group, device, logger, val set."""
@@ -45,16 +48,19 @@ class _EvalSetup:
     env: D.DistEnv
     device: torch.device
     log: logging.Logger
-    val_set: Any
+    dataset: Any
+    split: Split
 
     def evaluate(self, model: nn.Module, outputs_dir: Path | None = None) -> EvalResult:
         """The exactly-once evaluation of ``model`` (the path the training loop uses)."""
         dtype = amp_dtype(self.cfg.train.amp)
+        task = self.task
+        evaluator = task.build_evaluator() if self.split == "val" else task.build_test_evaluator(self.dataset)
         return evaluate(
             task=self.task,
             model=model,
-            dataset=self.val_set,
-            evaluator=self.task.build_evaluator(),
+            dataset=self.dataset,
+            evaluator=evaluator,
             batch_size=self.cfg.eval.batch_size,
             device=self.device,
             env=self.env,
@@ -66,7 +72,7 @@ class _EvalSetup:
         )
 
 
-def _setup(cfg: ExperimentConfig, task: Task, run_dir: Path | None) -> _EvalSetup:
+def _setup(cfg: ExperimentConfig, task: Task, run_dir: Path | None, split: Split = "val") -> _EvalSetup:
     env = D.env_from_torchrun()
     device = D.select_device(cfg.train.device, env)
     configure_threads(cfg.train.num_threads)
@@ -74,14 +80,20 @@ def _setup(cfg: ExperimentConfig, task: Task, run_dir: Path | None) -> _EvalSetu
     log = setup_console_logging(None, env.is_main)
     seed_everything(cfg.train.seed)  # a dataset that draws from the global RNG must be the same everywhere
     task.run_dir = run_dir  # tokenizers and vocabularies saved beside the checkpoints
-    return _EvalSetup(cfg, task, env, device, log, task.build_val_dataset())
+    dataset = task.build_val_dataset() if split == "val" else task.build_test_dataset()
+    return _EvalSetup(cfg, task, env, device, log, dataset, split)
 
 
 def evaluate_checkpoint(
-    cfg: ExperimentConfig, task: Task, checkpoint: str | Path, *, outputs_dir: Path | None = None
+    cfg: ExperimentConfig,
+    task: Task,
+    checkpoint: str | Path,
+    *,
+    outputs_dir: Path | None = None,
+    split: Split = "val",
 ) -> tuple[EvalResult, D.DistEnv]:
-    """Score ``checkpoint`` on the validation set exactly once, on every process of the job (torchrun or not)."""
-    setup = _setup(cfg, task, run_dir_of_checkpoint(checkpoint))
+    """Score ``checkpoint`` on the validation (or test) split exactly once, on every process of the job."""
+    setup = _setup(cfg, task, run_dir_of_checkpoint(checkpoint), split)
     model = _model_from_checkpoint(cfg, task, checkpoint, setup.device)
     return setup.evaluate(model, outputs_dir), setup.env
 

@@ -112,16 +112,23 @@ Batch = Any
 """Whatever the task's datasets collate to: usually a dict of tensors."""
 
 
+class TaskInputError(ValueError):
+    """A file or record handed to a task is not what it reads (the message names the file, the record and the key):
+    a user's input mistake, reported without a traceback."""
+
+
 class TaskCapabilityError(ValueError):
     """The config asks for something the task does not implement (the key and the missing method are named)."""
 
 
-def require_capability(task: Task, method: str, key: str) -> None:
-    """Raise :class:`TaskCapabilityError` unless ``task`` overrides ``Task.<method>``, which config ``key`` needs."""
+def require_capability(task: Task, method: str, needed_by: str) -> None:
+    """Raise :class:`TaskCapabilityError` unless ``task`` overrides ``Task.<method>``, which ``needed_by`` (a config
+    key or a command) needs: an optional hook is declared by overriding it, and checked before anything runs."""
     if getattr(type(task), method) is getattr(Task, method):
+        name = type(task).__name__
         raise TaskCapabilityError(
-            f"{key} needs the task to implement {method}(), and {type(task).__name__} does not: implement "
-            f"{type(task).__name__}.{method} (docs/porting.md) or remove {key} from the config."
+            f"{needed_by} needs {name}.{method}(), which {name} does not implement: add it (docs/porting.md, "
+            f"'Optional hooks') or do without {needed_by}."
         )
 
 
@@ -167,6 +174,19 @@ class Task:
     def build_evaluator(self) -> Evaluator:
         """Return a fresh evaluator (e.g. :class:`trainwell.metrics.PoseAccumulator`)."""
         raise NotImplementedError
+
+    def build_test_dataset(self) -> Dataset:
+        """The test split, scored only by ``trainwell test`` (never during training, never to choose ``best.pt``).
+        A task without one keeps this default: ``trainwell test`` then says so."""
+        raise NotImplementedError(
+            f"{type(self).__name__} defines no test split: implement {type(self).__name__}.build_test_dataset() "
+            "(docs/porting.md), or score a held-out set with `trainwell eval` by pointing the validation data at it."
+        )
+
+    def build_test_evaluator(self, dataset: Dataset) -> Evaluator:
+        """A fresh evaluator for the test split ``dataset``. Default: :meth:`build_evaluator`; override it when the
+        evaluator reads its references from the dataset it scores (detection labels, caption references)."""
+        return self.build_evaluator()
 
     # -- per batch ----------------------------------------------------------------------------
     def compute_losses(self, model: nn.Module, batch: Batch) -> Mapping[str, torch.Tensor] | LossOutput:

@@ -36,6 +36,8 @@ class RegressionDataConfig(DataConfig):
 
     train_size: int = 512
     val_size: int = 101
+    test_size: int = 101
+    """Samples of the test split (``trainwell test``; a stream of its own)."""
     in_features: int = 8
     out_features: int = 2
     noise: float = 0.01
@@ -46,10 +48,11 @@ class RegressionDataset(Dataset):
     """``{"x": (in,), "y": (out,)}`` with ``y = W x + noise``; W is shared, samples depend on the split."""
 
     def __init__(self, cfg: RegressionDataConfig, split: str) -> None:
-        size = cfg.train_size if split == "train" else cfg.val_size
+        size = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size}[split]
         weights = torch.Generator().manual_seed(cfg.seed)
         w = torch.randn(cfg.out_features, cfg.in_features, generator=weights)
-        samples = torch.Generator().manual_seed(cfg.seed * 2 + (1 if split == "train" else 2) + 1_000)
+        split_id = {"train": 1, "val": 2, "test": 3}[split]  # test: seed * 2 + 3 never equals another split's
+        samples = torch.Generator().manual_seed(cfg.seed * 2 + split_id + 1_000)
         self.x = torch.randn(size, cfg.in_features, generator=samples)
         self.y = self.x @ w.T + cfg.noise * torch.randn(size, cfg.out_features, generator=samples)
 
@@ -114,6 +117,9 @@ class RegressionTask(Task):
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         return RegressionDataset(self.data_cfg, "train"), RegressionDataset(self.data_cfg, "val")
+
+    def build_test_dataset(self) -> Dataset:
+        return RegressionDataset(self.data_cfg, "test")
 
     def build_evaluator(self) -> SquaredErrorEvaluator:
         return SquaredErrorEvaluator()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainwell.engine.amp import full_precision
-from trainwell.engine.task import DataConfig, MetricSpec, Task, TaskConfig
+from trainwell.engine.task import DataConfig, MetricSpec, Task, TaskCapabilityError, TaskConfig
 from trainwell.tasks.captioning import readers
 from trainwell.tasks.captioning.checks import check_labels_shifted, check_padding_ignored
 from trainwell.tasks.captioning.corpus import CorpusConfig
@@ -89,6 +89,8 @@ class CaptioningDataConfig(CorpusConfig, DataConfig):
     """Synthetic training records (one caption each)."""
     val_size: int = 500
     """Synthetic validation images."""
+    test_size: int = 500
+    """Synthetic test images (``trainwell test``; a third disjoint stream)."""
     references_per_image: int = 5
     """Synthetic reference captions per validation image (COCO has 5)."""
     root: str | None = None
@@ -125,7 +127,8 @@ class CaptioningTask(Task):
             elif split == "train":
                 self._records[split] = synthetic_records(d, "train", d.train_size, 1)
             else:
-                self._records[split] = synthetic_records(d, "val", d.val_size, d.references_per_image)
+                size = d.test_size if split == "test" else d.val_size
+                self._records[split] = synthetic_records(d, split, size, d.references_per_image)
         return self._records[split]
 
     @property
@@ -167,6 +170,17 @@ class CaptioningTask(Task):
 
     def collate_fn(self) -> CaptionCollator:
         return CaptionCollator(self.tokenizer.pad_id)
+
+    def build_test_dataset(self) -> CaptionDataset:
+        if self.data_cfg.train_pickle:
+            raise TaskCapabilityError(
+                "trainwell test reads the synthetic corpus's test split; with ViECap/COCO files, score the test "
+                "pickle with `trainwell eval CONFIG --checkpoint C data.val_pickle=<test pickle>`."
+            )
+        return self._dataset("test")
+
+    def build_test_evaluator(self, dataset: Any) -> CaptionEvaluator:
+        return CaptionEvaluator(self.tokenizer, self.records("test"), width=self.cfg.max_new_tokens, ragged=True)
 
     def build_evaluator(self) -> CaptionEvaluator:
         return CaptionEvaluator(self.tokenizer, self.records("val"), width=self.cfg.max_new_tokens, ragged=True)

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from trainwell.doctor import Finding
 from trainwell.engine.checkpoint.weights import ForeignWeights
-from trainwell.engine.task import DataConfig, LossOutput, MetricSpec, Task, TaskConfig
+from trainwell.engine.task import DataConfig, LossOutput, MetricSpec, Task, TaskCapabilityError, TaskConfig
 from trainwell.tasks.detection3d import kitti
 from trainwell.tasks.detection3d.ap import CLASSES, recall_at_iou
 from trainwell.tasks.detection3d.augment import AugmentConfig
@@ -59,6 +59,8 @@ class Detection3DDataConfig(DataConfig):
     train_size: int = 2000
     """Synthetic training frames (ignored with ``root``)."""
     val_size: int = 200
+    test_size: int = 200
+    """Synthetic test frames (``trainwell test``; a stream of their own). KITTI's testing split has no labels."""
     seed: int = 0
     """Scene and augmentation seed: with the split and the index it determines every frame."""
     scene: SceneConfig = field(default_factory=SceneConfig)
@@ -245,6 +247,18 @@ class Detection3DTask(Task):
             logs={"rpn_loss": loss.detach()},
             progress=disp_dict,
         )
+
+    def build_test_dataset(self) -> Dataset:
+        d = self.data_cfg
+        if d.root:
+            raise TaskCapabilityError(
+                "KITTI's testing split has no labels, so trainwell cannot score it: submit the result files of "
+                "`trainwell predict` to the KITTI server, or hold out labelled frames as the val split."
+            )
+        return synthetic_dataset(d.scene, d.seed, "test", d.test_size, self.cfg.model.point_range_m, None, d.cache)
+
+    def build_test_evaluator(self, dataset: Any) -> Detection3DEvaluator:
+        return Detection3DEvaluator(dataset, gt_in_range_only=self.cfg.eval_gt_in_range_only)
 
     def build_evaluator(self) -> Detection3DEvaluator:
         if self.val_set is None:

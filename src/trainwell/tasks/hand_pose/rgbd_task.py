@@ -55,6 +55,8 @@ class RGBDDataConfig(SyntheticHandsConfig, RenderConfig, DataConfig):
     """Augmented showings of each training hand (the training set has ``num_unique × repeats`` indices)."""
     val_size: int = 512
     """Rendered validation hands (a disjoint stream, no augmentation)."""
+    test_size: int = 512
+    """Rendered test hands (``trainwell test``; a third disjoint stream)."""
     seed: int = 0
     """Data seed: with the split and the index it determines every sample."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -114,6 +116,10 @@ class RGBDHandPoseTask(Task):
             RenderedHandDataset(d, d, d.seed, "train", d.num_unique, repeats=d.repeats, augment=d.augment),
             RenderedHandDataset(d, d, d.seed, "val", d.val_size),
         )
+
+    def build_test_dataset(self) -> RenderedHandDataset:
+        d = self.data_cfg
+        return RenderedHandDataset(d, d, d.seed, "test", d.test_size)
 
     def build_evaluator(self) -> RGBDHandEvaluator:
         return RGBDHandEvaluator()

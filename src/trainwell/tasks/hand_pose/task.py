@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +54,8 @@ class HandPoseDataConfig(SyntheticHandsConfig, DataConfig):
     """Training samples (indices 0 … train_size-1 of the train stream)."""
     val_size: int = 5_000
     """Validation samples (a disjoint stream)."""
+    test_size: int = 5_000
+    """Test samples (``trainwell test``; a third disjoint stream)."""
     seed: int = 0
     """Data seed: with the split and the index it determines every sample."""
 
@@ -109,6 +112,10 @@ class HandPoseTask(Task):
             SyntheticHandPoseDataset(d, d.seed, "val", d.val_size),
         )
 
+    def build_test_dataset(self) -> SyntheticHandPoseDataset:
+        d = self.data_cfg
+        return SyntheticHandPoseDataset(d, d.seed, "test", d.test_size)
+
     def build_evaluator(self) -> HandPoseEvaluator:
         return HandPoseEvaluator(root_index=ROOT, scale_bone=SCALE_BONE)
 
@@ -131,6 +138,16 @@ class HandPoseTask(Task):
         evaluator.update(pred, batch["joints_rel_mm"], indices)  # type: ignore[attr-defined]
 
     # -- optional -----------------------------------------------------------------------------
+    def predict(self, model: nn.Module, input_path: Path, out_dir: Path | None) -> list[dict[str, Any]]:
+        """Root-relative 3D joints (camera axes, mm) for each object of a JSON file (:mod:`.lifting_inputs`):
+        ``[{"joints_rel_mm": 21×3}, …]``. The lifting model sees no depth, so it predicts no absolute root."""
+        from trainwell.tasks.hand_pose.lifting_inputs import read_lifting_inputs
+
+        inputs = read_lifting_inputs(input_path)
+        device = next(model.parameters()).device
+        joints = self._predict(model, {k: v.to(device) for k, v in inputs.items()})["joints_mm"]
+        return [{"joints_rel_mm": j.tolist()} for j in joints.float().cpu()]
+
     def collate_fn(self) -> Callable[[Any], dict[str, Any]]:
         return collate_hand_batch
 
