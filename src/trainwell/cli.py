@@ -21,6 +21,7 @@ from trainwell.engine.evaluation import CoverageError
 from trainwell.engine.losses import LossContractError
 from trainwell.engine.nonfinite import NonFiniteLossError
 from trainwell.engine.optim import OptimConfigError
+from trainwell.engine.plan import PlanError
 from trainwell.engine.signals import EXIT_SIGNAL_BASE, TrainingInterrupted
 from trainwell.engine.task import Task
 
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
         if args.command == "train":
             return _train(args, callbacks)
         return handlers[args.command](args)
-    except ConfigError as err:
+    except (ConfigError, PlanError) as err:
         print(f"trainwell: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     except (CheckpointError, CoverageError, NonFiniteLossError, LossContractError, OptimConfigError) as err:
