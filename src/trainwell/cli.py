@@ -23,7 +23,7 @@ from trainwell.engine.nonfinite import NonFiniteLossError
 from trainwell.engine.optim import OptimConfigError
 from trainwell.engine.plan import PlanError
 from trainwell.engine.signals import EXIT_SIGNAL_BASE, TrainingInterrupted
-from trainwell.engine.task import Task
+from trainwell.engine.task import DataError, Task
 
 EXIT_CONFIG_ERROR = 2
 """Exit status for a bad config file, override or argument (nothing was built)."""
@@ -250,6 +250,15 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_worker_traceback(err: Exception) -> str:
+    """The reader's own message: a DataLoader worker re-raises it with the worker's traceback text prepended."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    return last.partition(f"{type(err).__name__}: ")[2] or last
+
+
 def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int:
     """Entry point of the ``trainwell`` console script; returns the exit status.
 
@@ -274,6 +283,9 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
         return EXIT_CONFIG_ERROR
     except (CheckpointError, CoverageError, NonFiniteLossError, LossContractError, OptimConfigError) as err:
         print(f"trainwell: error: {err}", file=sys.stderr)
+        return EXIT_RUN_ERROR
+    except DataError as err:
+        print(f"trainwell: data error: {_without_worker_traceback(err)}", file=sys.stderr)
         return EXIT_RUN_ERROR
     except TrainingInterrupted as err:  # the loop has logged where it stopped and how to continue
         return err.exit_code

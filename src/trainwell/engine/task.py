@@ -38,6 +38,11 @@ if TYPE_CHECKING:
     from trainwell.doctor.findings import Finding
 
 
+class DataError(ValueError):
+    """A dataset file a task reads is unusable: the message names the file, the record or line where there is one,
+    and what is wrong. The CLI prints it without a traceback; a reader never reinterprets such a file silently."""
+
+
 PerSample = torch.Tensor | list[torch.Tensor]
 """Per-sample results under one name: a tensor ``(N, ...)`` (one row per sample), or a list of ``N`` tensors of any
 shapes (ragged: the boxes of each frame, the token ids of each caption). Both are gathered exactly once by index."""
@@ -228,4 +233,14 @@ class Task:
         return {}
 
 
-__all__ = ["Batch", "DataConfig", "Evaluator", "LossOutput", "MetricSpec", "PerSample", "Task", "TaskConfig"]
+__all__ = [
+    "Batch",
+    "DataConfig",
+    "DataError",
+    "Evaluator",
+    "LossOutput",
+    "MetricSpec",
+    "PerSample",
+    "Task",
+    "TaskConfig",
+]
