@@ -15,6 +15,7 @@ from typing import Any
 from trainwell.config.loader import ConfigError, load_experiment
 from trainwell.config.schema import ExperimentConfig
 from trainwell.engine import distributed as D
+from trainwell.engine.best import BestMetricError
 from trainwell.engine.checkpoint import CheckpointError
 from trainwell.engine.checkpoint.resume import run_dir_of_checkpoint
 from trainwell.engine.evaluation import CoverageError
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
         if args.command == "train":
             return _train(args, callbacks)
         return handlers[args.command](args)
-    except (ConfigError, PlanError) as err:
+    except (ConfigError, PlanError, BestMetricError) as err:
         print(f"trainwell: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     except (CheckpointError, CoverageError, NonFiniteLossError, LossContractError, OptimConfigError) as err:

@@ -1,7 +1,6 @@
 """Hostile or mistaken config files, as a user hits them on the command line: repeated keys, alias bombs,
 non-finite and impossible numbers. Each is refused by key and file, exit code 2, no traceback, nothing written."""
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,6 @@ def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     assert "Traceback" not in err
     assert err.startswith("trainwell: config error: ")
     return err
-
-
-def _hashes(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.rglob("*")}
 
 
 def test_repeated_section_names_key_file_and_both_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -189,6 +189,14 @@ class Task:
         """Unit, direction and plausible range of each metric (the doctor flags values outside the range)."""
         return {name: MetricSpec(unit=unit) for name, unit in self.metric_units().items()}
 
+    def metric_names(self) -> set[str] | None:
+        """Every name the evaluator's ``compute()`` returns for this config, known before any data is read.
+
+        ``eval.best_metric`` is checked against these names before training starts (a typo would otherwise fail at
+        the first evaluation, possibly hours in). ``None`` (the default): not declared, the check is skipped.
+        """
+        return None
+
     def check_batch(self, batch: Batch) -> list[Finding]:
         """Task-specific sanity checks on an early training batch (the training doctor calls this).
 
