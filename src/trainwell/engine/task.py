@@ -43,6 +43,10 @@ class DataError(ValueError):
     and what is wrong. The CLI prints it without a traceback; a reader never reinterprets such a file silently."""
 
 
+class MissingDataError(DataError, FileNotFoundError):
+    """A file or folder a task's dataset needs is not there (still a ``FileNotFoundError`` for callers)."""
+
+
 PerSample = torch.Tensor | list[torch.Tensor]
 """Per-sample results under one name: a tensor ``(N, ...)`` (one row per sample), or a list of ``N`` tensors of any
 shapes (ragged: the boxes of each frame, the token ids of each caption). Both are gathered exactly once by index."""
@@ -248,6 +252,7 @@ __all__ = [
     "Evaluator",
     "LossOutput",
     "MetricSpec",
+    "MissingDataError",
     "PerSample",
     "Task",
     "TaskConfig",

@@ -28,3 +28,13 @@ def test_truncated_velodyne_is_refused(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-8])  # a copy cut off mid-point: 18 floats would read as 4.5 points
     with pytest.raises(DataError, match=r"000001\.bin' is 72 bytes"):
         read_velodyne(path)
+
+
+def test_frame_listed_without_its_files_is_named(tmp_path: Path) -> None:
+    from trainwell.engine.task import MissingDataError
+    from trainwell.tasks.detection3d.kitti import load_kitti_frame
+
+    (tmp_path / "training" / "calib").mkdir(parents=True)
+    (tmp_path / "training" / "calib" / "000003.txt").write_text("")
+    with pytest.raises(MissingDataError, match=r"KITTI frame '000003' .* no file '.*velodyne/000003\.bin'"):
+        load_kitti_frame(tmp_path, "000003")

@@ -61,3 +61,13 @@ def test_misshaped_and_invalid_annotation_files(tmp_path: Path) -> None:
     (tmp_path / "training_xyz.json").write_text("[[[0.1, 0.2")
     with pytest.raises(DataError, match=r"training_xyz\.json' is not valid JSON"):
         FreiHANDReader(tmp_path, "training")
+
+
+def test_ho3d_joints_of_another_shape_are_refused_not_dropped(tmp_path: Path) -> None:
+    from test_readers import write_ho3d_frame
+
+    from trainwell.tasks.hand_pose.readers import HO3DReader
+
+    write_ho3d_frame(tmp_path, "ABF10", "0000", np.zeros((20, 3)), np.full((48, 64), 0.5))
+    with pytest.raises(DataError, match=r"ABF10/meta/0000\.pkl': handJoints3D must be 21 × 3 .* got shape \(20, 3\)"):
+        HO3DReader(tmp_path, "train")[0]

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from trainwell.engine.task import DataError
+from trainwell.engine.task import DataError, MissingDataError
 from trainwell.tasks.captioning.datasets import CaptionRecord
 
 if TYPE_CHECKING:
@@ -140,7 +140,7 @@ def _resolve(root: str | None, value: str | None, key: str) -> Path:
     path = Path(value)
     path = path if path.is_absolute() or root is None else Path(root) / path
     if not path.is_file():
-        raise FileNotFoundError(f"data.{key}: {path} does not exist.")
+        raise MissingDataError(f"data.{key}: {path} does not exist.")
     return path
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainwell.engine.task import DataError
+from trainwell.engine.task import DataError, MissingDataError
 from trainwell.tasks.detection3d.boxes import corners_3d, limit_period, points_in_boxes
 from trainwell.tasks.detection3d.scenes import CX_PX, CY_PX, FOCAL_PX
 
@@ -209,6 +209,10 @@ def result_objects(boxes: np.ndarray, scores: np.ndarray, names: list[str], cali
 def load_kitti_frame(root: Path, frame_id: str, min_points: int = 5, fov_only: bool = True) -> dict[str, Any]:
     """One frame of a KITTI object directory (``root/training/{velodyne,label_2,calib}``) as a scene-style frame."""
     base = Path(root) / "training"
+    names = (f"calib/{frame_id}.txt", f"velodyne/{frame_id}.bin", f"label_2/{frame_id}.txt")
+    for path in (base / name for name in names):
+        if not path.is_file():
+            raise MissingDataError(f"KITTI frame '{frame_id}' (listed in ImageSets) has no file '{path}'.")
     calib = read_calib(base / "calib" / f"{frame_id}.txt")
     points = read_velodyne(base / "velodyne" / f"{frame_id}.bin")
     if fov_only:  # OpenPCDet's FOV_POINTS_ONLY: keep the points the camera sees
@@ -241,7 +245,7 @@ def read_image_set(root: Path, split: str) -> list[str]:
     """Frame ids of ``root/ImageSets/<split>.txt``."""
     path = Path(root) / "ImageSets" / f"{split}.txt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: data.root must be a KITTI object directory with ImageSets/.")
+        raise MissingDataError(f"{path} not found: data.root must be a KITTI object directory with ImageSets/.")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainwell.engine.task import DataError
+from trainwell.engine.task import DataError, MissingDataError
 
 FREIHAND_NUM_UNIQUE = 32_560
 """Distinct hands of FreiHAND's training split (the rgb folder holds 4 colour versions of each)."""
@@ -116,7 +116,7 @@ def pack_joints_to_ho3d_m(joints_mm: np.ndarray) -> np.ndarray:
 
 def _json(path: Path) -> Any:
     if not path.is_file():
-        raise FileNotFoundError(f"FreiHAND file {path} is missing; expected the dataset's layout (see readers.py).")
+        raise MissingDataError(f"FreiHAND file {path} is missing; expected the dataset's layout (see readers.py).")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -167,7 +167,7 @@ class FreiHANDReader:
         self.vertices_m = _annotation(verts, (778, 3)) if verts.is_file() else None
         self.images = sorted((self.root / split / "rgb").glob("*.jpg"))
         if not self.images:
-            raise FileNotFoundError(f"No images in {self.root / split / 'rgb'} (expected %08d.jpg files).")
+            raise MissingDataError(f"No images in {self.root / split / 'rgb'} (expected %08d.jpg files).")
         _check_annotation_lengths({k_path: self.intrinsics, xyz: self.joints_m, verts: self.vertices_m})
         self._check_image_ids()
 
@@ -219,7 +219,7 @@ class HO3DReader:
         self.root, self.split = Path(root), split
         self.frames = sorted((meta.parent.parent.name, meta.stem) for meta in (self.root / split).glob("*/meta/*.pkl"))
         if not self.frames:
-            raise FileNotFoundError(f"No frames under {self.root / split} (expected SEQ/meta/FRAME.pkl).")
+            raise MissingDataError(f"No frames under {self.root / split} (expected SEQ/meta/FRAME.pkl).")
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -230,7 +230,12 @@ class HO3DReader:
         meta_path = folder / "meta" / f"{frame}.pkl"
         meta = safe_pickle_load(meta_path)
         if not isinstance(meta, dict) or meta.get("camMat") is None:
-            raise ValueError(f"{meta_path}: expected a dict with 'camMat'; got keys {sorted(meta)[:10]}.")
+            got = f"keys {sorted(meta)[:10]}" if isinstance(meta, dict) else f"a {type(meta).__name__}"
+            raise DataError(f"HO3D meta file '{meta_path}': expected a dict with 'camMat'; got {got}.")
+        if np.asarray(meta["camMat"]).shape != (3, 3):
+            raise DataError(
+                f"HO3D meta file '{meta_path}': camMat must be 3 × 3, got {np.asarray(meta['camMat']).shape}."
+            )
         rgb_path = next(
             (
                 folder / "rgb" / f"{frame}{ext}"
@@ -240,7 +245,7 @@ class HO3DReader:
             None,
         )
         if rgb_path is None:
-            raise FileNotFoundError(f"No rgb/{frame}.png or .jpg in {folder}.")
+            raise MissingDataError(f"No rgb/{frame}.png or .jpg in {folder}.")
         sample: dict[str, Any] = {
             "rgb": read_rgb(rgb_path),
             "depth_mm": read_ho3d_depth_mm(folder / "depth" / f"{frame}.png"),
@@ -254,6 +259,11 @@ class HO3DReader:
         elif joints is not None and np.asarray(joints).shape == (3,):  # evaluation split: the wrist only
             root = np.asarray(joints, dtype=np.float64) @ OPENGL_TO_OPENCV.T * 1000.0
             sample["root_cam_mm"] = torch.tensor(root, dtype=torch.float32)
+        elif joints is not None:  # neither a hand nor a wrist: dropping it would train this frame unlabelled
+            raise DataError(
+                f"HO3D meta file '{meta_path}': handJoints3D must be 21 × 3 (train) or 3 (evaluation, the wrist), "
+                f"got shape {np.asarray(joints).shape}."
+            )
         if meta.get("handBoundingBox") is not None:
             sample["bbox_px"] = torch.tensor(np.asarray(meta["handBoundingBox"], dtype=np.float64), dtype=torch.float32)
         return sample
