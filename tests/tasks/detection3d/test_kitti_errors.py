@@ -38,3 +38,38 @@ def test_frame_listed_without_its_files_is_named(tmp_path: Path) -> None:
     (tmp_path / "training" / "calib" / "000003.txt").write_text("")
     with pytest.raises(MissingDataError, match=r"KITTI frame '000003' .* no file '.*velodyne/000003\.bin'"):
         load_kitti_frame(tmp_path, "000003")
+
+
+def _kitti_dir(root: Path, frames: list[str]) -> None:
+    """A KITTI object directory with ``frames`` in both splits: points in front of the car, no objects."""
+    from trainwell.tasks.detection3d.kitti import synthetic_calib, write_calib, write_label
+
+    (root / "ImageSets").mkdir(parents=True)
+    for split in ("train", "val"):
+        (root / "ImageSets" / f"{split}.txt").write_text("\n".join(frames) + "\n")
+    for sub in ("velodyne", "calib", "label_2"):
+        (root / "training" / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for frame in frames:
+        xyz = rng.uniform([5.0, -8.0, -1.5], [25.0, 8.0, 0.5], (300, 3))
+        write_velodyne(root / "training" / "velodyne" / f"{frame}.bin", np.c_[xyz, rng.uniform(0, 1, 300)])
+        write_calib(root / "training" / "calib" / f"{frame}.txt", synthetic_calib())
+        write_label(root / "training" / "label_2" / f"{frame}.txt", [])
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_cli_names_the_damaged_velodyne_file(
+    num_workers: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Read in the main process or in a DataLoader worker: one line naming the file, no traceback, exit 1."""
+    from trainwell.cli import main
+
+    root = tmp_path / "kitti"
+    _kitti_dir(root, ["000000", "000001"])
+    bad = root / "training" / "velodyne" / "000001.bin"
+    bad.write_bytes(bad.read_bytes() + b"\x00" * 6)
+    args = [f"data.root={root}", f"data.num_workers={num_workers}", "train.batch_size=2", "train.device=cpu"]
+    assert main(["train", "configs/detection3d/tiny.yaml", *args, f"run.dir={tmp_path / 'run'}"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert err.startswith(f"trainwell: data error: Velodyne file '{bad}' is {300 * 16 + 6} bytes")
