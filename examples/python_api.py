@@ -24,7 +24,8 @@ def main() -> None:
         data=HandPoseDataConfig(train_size=2_000 if args.tiny else 80_000, val_size=500 if args.tiny else 5_000),
         train=TrainConfig(epochs=2 if args.tiny else 12, batch_size=256, clip_grad_norm=1.0, log_every=50),
         optim=OptimConfig(name="adamw", lr=3e-3, weight_decay=1e-4),
-        schedule=ScheduleConfig(warmup_steps=100, decay="cosine", min_lr_ratio=0.01),
+        # --tiny trains 16 steps: a warmup longer than the run is refused (the LR would never reach optim.lr).
+        schedule=ScheduleConfig(warmup_steps=4 if args.tiny else 100, decay="cosine", min_lr_ratio=0.01),
         eval=EvalConfig(best_metric="(mpjpe + pa_mpjpe) / 2", best_mode="min"),
         run=RunConfig(name="python_api", dir=args.run_dir),
     )

@@ -168,6 +168,9 @@ class PCDetStyleTask(Task):
     def build_evaluator(self) -> CenterError:
         return CenterError(self.val_set)
 
+    def metric_names(self) -> set[str]:
+        return {"center_error_m", "recall_1m"}  # what CenterError.compute returns
+
     def metric_specs(self) -> dict[str, MetricSpec]:
         return {
             "center_error_m": MetricSpec(unit="m", plausible=(0, 100)),

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from trainwell.engine.task import DataConfig, MetricSpec, Task, TaskConfig, TaskInputError
+from trainwell.engine.task import DataConfig, DataError, MetricSpec, Task, TaskConfig
 
 
 def make_blobs(num: int, seed: int) -> TensorDataset:
@@ -110,7 +110,7 @@ class BlobsTask(Task):
         try:
             points = torch.tensor(json.loads(input_path.read_text()), dtype=torch.float32)
         except (ValueError, TypeError) as err:
-            raise TaskInputError(f"{input_path}: expected a JSON list of [x, y] points ({err}).") from None
+            raise DataError(f"{input_path}: expected a JSON list of [x, y] points ({err}).") from None
         if points.dim() != 2 or points.shape[1] != 2:
-            raise TaskInputError(f"{input_path}: expected a list of [x, y] points, got shape {tuple(points.shape)}.")
+            raise DataError(f"{input_path}: expected a list of [x, y] points, got shape {tuple(points.shape)}.")
         return model(points).argmax(dim=1).tolist()

@@ -162,6 +162,9 @@ class ViECapStyleTask(Task):
     def build_evaluator(self) -> TokenAccuracy:
         return TokenAccuracy(self.val_set)  # the references come from the validation set the task built
 
+    def metric_names(self) -> set[str]:
+        return {"exact", "token_f1"}  # what TokenAccuracy.compute returns
+
     def metric_specs(self) -> dict[str, MetricSpec]:
         return {
             "exact": MetricSpec(higher_is_better=True, plausible=(0, 1)),

@@ -15,14 +15,16 @@ from typing import Any, Literal
 from trainwell.config.loader import ConfigError, load_experiment
 from trainwell.config.schema import ExperimentConfig
 from trainwell.engine import distributed as D
+from trainwell.engine.best import BestMetricError
 from trainwell.engine.checkpoint import CheckpointError
 from trainwell.engine.checkpoint.resume import run_dir_of_checkpoint
 from trainwell.engine.evaluation import CoverageError
 from trainwell.engine.losses import LossContractError
 from trainwell.engine.nonfinite import NonFiniteLossError
 from trainwell.engine.optim import OptimConfigError
+from trainwell.engine.plan import PlanError
 from trainwell.engine.signals import EXIT_SIGNAL_BASE, TrainingInterrupted
-from trainwell.engine.task import Task, TaskCapabilityError, TaskInputError, require_capability
+from trainwell.engine.task import DataError, Task, TaskCapabilityError, require_capability
 
 EXIT_CONFIG_ERROR = 2
 """Exit status for a bad config file, override or argument (nothing was built)."""
@@ -340,6 +342,15 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_worker_traceback(err: Exception) -> str:
+    """The reader's own message: a DataLoader worker re-raises it with the worker's traceback text prepended."""
+    text = str(err)
+    if "Original Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    return last.partition(f"{type(err).__name__}: ")[2] or last
+
+
 def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int:
     """Entry point of the ``trainwell`` console script; returns the exit status.
 
@@ -366,7 +377,7 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
         if args.command == "train":
             return _train(args, callbacks)
         return handlers[args.command](args)
-    except ConfigError as err:
+    except (ConfigError, PlanError, BestMetricError, TaskCapabilityError) as err:
         print(f"trainwell: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     except (
@@ -375,10 +386,11 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
         NonFiniteLossError,
         LossContractError,
         OptimConfigError,
-        TaskCapabilityError,
-        TaskInputError,
     ) as err:
         print(f"trainwell: error: {err}", file=sys.stderr)
+        return EXIT_RUN_ERROR
+    except DataError as err:
+        print(f"trainwell: data error: {_without_worker_traceback(err)}", file=sys.stderr)
         return EXIT_RUN_ERROR
     except TrainingInterrupted as err:  # the loop has logged where it stopped and how to continue
         return err.exit_code

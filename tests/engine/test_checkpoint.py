@@ -178,6 +178,7 @@ def test_cli_refuses_malicious_checkpoint_everywhere(
     marker, files = malicious_files
     evil = files[0]
     run = [f"run.dir={tmp_path / 'run'}", "train.epochs=1", "data.train_size=32", "train.progress_bar=off"]
+    run.append("schedule.warmup_steps=0")  # one optimizer step: the file's 5 warmup steps would be refused
     assert main(["eval", CONFIG, "--checkpoint", str(evil)]) == 1
     assert main(["train", CONFIG, *run, "--init-from", str(evil)]) == 1
     assert main(["train", CONFIG, *run, "--resume", str(evil)]) == 1

@@ -148,7 +148,7 @@ def test_debug_loss_prints_internals_and_changes_nothing(tmp_path: Path, monkeyp
         "train.epochs=1",
         "train.batch_size=64",
     ]
-    args += ["train.log_every=1", "task.model.hidden=32", "task.model.dropout=0.2"]
+    args += ["train.log_every=1", "task.model.hidden=32", "task.model.dropout=0.2", "schedule.warmup_steps=4"]
     assert main(["train", *args, f"run.dir={tmp_path / 'plain'}"]) == 0
     monkeypatch.setenv("TRAINWELL_DEBUG_LOSS", "1")
     assert main(["train", *args, f"run.dir={tmp_path / 'debug'}"]) == 0

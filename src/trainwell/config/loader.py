@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from trainwell.config.schema import DataConfig, ExperimentConfig, config_to_dict, config_to_yaml
+from trainwell.config.yaml_checks import YamlShapeError, check_no_alias_bomb, check_no_duplicate_keys
 from trainwell.engine.task import Task
 
 
@@ -45,9 +46,28 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
+def _load_yaml(text: str) -> Any:
+    """Compose ``text``, refuse repeated keys and alias bombs on the node graph, then build the Python objects.
+
+    Raises:
+        YamlShapeError: naming the key and lines (the caller names the file or the override).
+        yaml.YAMLError: for text that is not YAML.
+    """
+    loader = _Yaml12Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_no_alias_bomb(node)  # first: the duplicate check must not walk an exponential expansion either
+        check_no_duplicate_keys(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def parse_yaml_value(text: str) -> Any:
     """Parse one override value the way it would read in the YAML file."""
-    return yaml.load(text, Loader=_Yaml12Loader) if text.strip() else ""
+    return _load_yaml(text) if text.strip() else ""
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -57,7 +77,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             f"e.g. configs/hand_pose/synthetic_lifting.yaml."
         )
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Yaml12Loader)
+        data = _load_yaml(path.read_text(encoding="utf-8"))
+    except YamlShapeError as err:
+        raise ConfigError(f"Config file '{path}': {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"Config file '{path}' is not valid YAML: {err}") from None
     if data is None:
@@ -73,7 +95,10 @@ def _parse_overrides(overrides: list[str]) -> list[tuple[str, Any, str]]:
         key, sep, value = text.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"Command-line override '{text}' is not of the form KEY=VALUE (e.g. optim.lr=3e-4).")
-        parsed.append((key.strip(), parse_yaml_value(value), text))
+        try:
+            parsed.append((key.strip(), parse_yaml_value(value), text))
+        except (YamlShapeError, yaml.YAMLError) as err:
+            raise ConfigError(f"Command-line override '{text}': the value is not usable YAML: {err}") from None
     return parsed
 
 
@@ -159,7 +184,10 @@ def _check_ranges(cfg: ExperimentConfig, source_of: Any) -> None:
             for name in part.split("."):
                 if not name:
                     continue
-                value = value[int(name)] if name.isdigit() else getattr(value, name, "?")
+                if name.isdigit():
+                    value = value[int(name)]
+                else:
+                    value = value.get(name, "?") if isinstance(value, dict) else getattr(value, name, "?")
         raise ConfigError(f"Config key '{key}' in {source_of(key)} {what} (got {value!r}).")
 
 

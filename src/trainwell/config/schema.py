@@ -204,6 +204,8 @@ class OptimConfig:
         for i, group in enumerate(self.param_groups):
             if group.lr_mult < 0:
                 yield f"optim.param_groups[{i}].lr_mult", "must be ≥ 0"
+            if group.weight_decay is not None and group.weight_decay < 0:
+                yield f"optim.param_groups[{i}].weight_decay", "must be ≥ 0 (or null for optim.weight_decay)"
 
 
 @dataclass
@@ -400,7 +402,13 @@ class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def problems(self) -> Iterator[Problem]:
-        """Every value-range problem of every section (the task's own sections may add ``problems()`` too)."""
+        """Every value-range problem of every section (the task's own sections may add ``problems()`` too).
+
+        Non-finite numbers come first, in every section: ``nan`` fails every comparison, so ``lr <= 0`` alone
+        would let ``optim.lr=.nan`` through to train on NaN weights.
+        """
+        for name in ("task", "data", "train", "optim", "schedule", "eval", "checkpoint", "distributed"):
+            yield from _nonfinite_problems(getattr(self, name), name)
         for section in (self.data, self.train, self.optim, self.schedule, self.eval, self.checkpoint):
             yield from section.problems()
         yield from self.diagnostics.problems()
@@ -408,6 +416,21 @@ class ExperimentConfig:
         task_problems = getattr(self.task, "problems", None)
         if callable(task_problems):
             yield from task_problems()
+
+
+def _nonfinite_problems(value: Any, key: str) -> Iterator[Problem]:
+    """``nan`` / ``inf`` anywhere under ``value`` (dataclass fields, list items, dict values), by dotted key."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield key, "must be a finite number"
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            yield from _nonfinite_problems(getattr(value, f.name), f"{key}.{f.name}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _nonfinite_problems(item, f"{key}[{i}]")
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            yield from _nonfinite_problems(item, f"{key}.{name}")
 
 
 def config_to_yaml(cfg: ExperimentConfig) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import difflib
 import math
 import operator
 from collections.abc import Callable, Mapping
@@ -50,6 +51,35 @@ def _evaluate(node: ast.expr, metrics: Mapping[str, float]) -> float:
         assert isinstance(node.func, ast.Name)
         return _FUNCTIONS[node.func.id](*(_evaluate(a, metrics) for a in node.args))
     raise AssertionError(f"unexpected node {ast.dump(node)}")  # parse_metric_expression rejects it
+
+
+class BestMetricError(ValueError):
+    """``eval.best_metric`` names a metric the task's evaluator does not report."""
+
+
+def check_best_metric(expression: str | None, declared: set[str] | None, task_name: str) -> None:
+    """Refuse a ``best_metric`` that uses a name outside ``declared`` (the task's ``metric_names()``), before training.
+
+    Raises:
+        BestMetricError: naming each unknown metric, the nearest declared name and the declared names.
+    """
+    if not expression or declared is None:
+        return
+    unknown = sorted(parse_metric_expression(expression).names - declared)
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        near = difflib.get_close_matches(name, sorted(declared), n=1, cutoff=0.5)
+        hints.append(f"'{name}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+    listed = sorted(n for n in declared if "/" not in n)  # grouped names (kitti/…, mpjpe_joint/…) are many
+    grouped = len(declared) - len(listed)
+    raise BestMetricError(
+        f"Config key 'eval.best_metric' is '{expression}', but {task_name} reports no metric {', '.join(hints)}. "
+        f"It reports: {', '.join(listed)}"
+        + (f" (and {grouped} grouped names such as '{min(declared - set(listed))}')" if grouped else "")
+        + ". Fix eval.best_metric; otherwise the run would fail at its first evaluation."
+    )
 
 
 def parse_metric_expression(text: str) -> MetricExpression:

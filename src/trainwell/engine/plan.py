@@ -12,6 +12,10 @@ from trainwell.config.schema import ExperimentConfig
 from trainwell.engine.intervals import Interval, resolve_interval, resolve_milestone
 
 
+class PlanError(ValueError):
+    """The config cannot make a run of this data: a budget or a schedule that does not fit the resolved steps."""
+
+
 @dataclass(frozen=True)
 class RunPlan:
     """Step counts and intervals of one run (identical on every process)."""
@@ -35,9 +39,13 @@ class RunPlan:
 
     @classmethod
     def resolve(cls, cfg: ExperimentConfig, batches_per_epoch: int) -> RunPlan:
-        """Resolve ``cfg``'s budget and intervals for ``batches_per_epoch``."""
+        """Resolve ``cfg``'s budget and intervals for ``batches_per_epoch``.
+
+        Raises:
+            PlanError: no batch per epoch, or a warmup longer than the whole run.
+        """
         if batches_per_epoch <= 0:
-            raise ValueError(
+            raise PlanError(
                 "An epoch has no training batch on this process (is the training set smaller than "
                 "train.batch_size with data.drop_last=true, or than the number of processes?)."
             )
@@ -46,6 +54,7 @@ class RunPlan:
             total, epochs = cfg.train.max_steps, -(-cfg.train.max_steps // spe)
         else:
             total, epochs = spe * cfg.train.epochs, cfg.train.epochs
+        _check_warmup_fits(cfg, total, spe)
         log = resolve_interval(cfg.train.log_every, spe)
         if log.epochs:  # "2ep" for logging: every 2 epochs' worth of steps
             log = Interval(steps=log.epochs * spe, text=f"every {log.epochs * spe} steps ({log.epochs} epochs)")
@@ -89,3 +98,20 @@ class RunPlan:
             f"plan: log {self.log_every.text}; evaluate {evaluation}; last.pt at epoch ends{latest}; "
             f"periodic checkpoints {self.periodic.text} (keep {cfg.checkpoint.keep})",
         ]
+
+
+def _check_warmup_fits(cfg: ExperimentConfig, total_steps: int, steps_per_epoch: int) -> None:
+    """A warmup longer than the run never reaches ``optim.lr`` and leaves no steps for the decay: refuse it."""
+    warmup = cfg.schedule.warmup_steps
+    if cfg.schedule.decay == "onecycle" or warmup <= total_steps:  # onecycle has its own rise (pct_start)
+        return
+    budget = (
+        f"train.max_steps={cfg.train.max_steps}"
+        if cfg.train.max_steps is not None
+        else f"train.epochs={cfg.train.epochs} × {steps_per_epoch} optimizer steps per epoch"
+    )
+    raise PlanError(
+        f"Config key 'schedule.warmup_steps' is {warmup}, more than the {total_steps} optimizer steps this run "
+        f"takes ({budget}): the learning rate would never reach optim.lr. Lower schedule.warmup_steps to at most "
+        f"{total_steps}, or train longer."
+    )

@@ -23,7 +23,7 @@ from trainwell.doctor.live import TrainingDoctor
 from trainwell.engine import distributed as D
 from trainwell.engine.amp import amp_dtype
 from trainwell.engine.banner import end_lines, start_lines
-from trainwell.engine.best import BestTracker
+from trainwell.engine.best import BestTracker, check_best_metric
 from trainwell.engine.checkpoint import CheckpointError, CheckpointManager, RunState, TrainState, load_checkpoint
 from trainwell.engine.checkpoint.files import to_plain
 from trainwell.engine.checkpoint.resume import (
@@ -78,6 +78,7 @@ class RunComponents:
     ) -> None:
         self.cfg, self.task, self.callbacks = cfg, task, list(callbacks)
         self.task_name = type(task).__name__
+        check_best_metric(cfg.eval.best_metric, task.metric_names(), self.task_name)  # before anything is written
         self.env = env or D.env_from_torchrun()
         self.device = D.select_device(cfg.train.device, self.env)
         self.num_threads = configure_threads(cfg.train.num_threads)  # before the first op

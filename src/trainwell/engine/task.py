@@ -39,6 +39,16 @@ if TYPE_CHECKING:
     from trainwell.doctor.findings import Finding
 
 
+class DataError(ValueError):
+    """A dataset or input file a task reads is unusable: the message names the file, the record or line where there
+    is one, and what is wrong. The CLI prints it without a traceback; a reader never reinterprets such a file
+    silently."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A file or folder a task's dataset needs is not there (still a ``FileNotFoundError`` for callers)."""
+
+
 PerSample = torch.Tensor | list[torch.Tensor]
 """Per-sample results under one name: a tensor ``(N, ...)`` (one row per sample), or a list of ``N`` tensors of any
 shapes (ragged: the boxes of each frame, the token ids of each caption). Both are gathered exactly once by index."""
@@ -110,11 +120,6 @@ class MetricSpec:
 
 Batch = Any
 """Whatever the task's datasets collate to: usually a dict of tensors."""
-
-
-class TaskInputError(ValueError):
-    """A file or record handed to a task is not what it reads (the message names the file, the record and the key):
-    a user's input mistake, reported without a traceback."""
 
 
 class TaskCapabilityError(ValueError):
@@ -218,6 +223,14 @@ class Task:
         """Unit, direction and plausible range of each metric (the doctor flags values outside the range)."""
         return {name: MetricSpec(unit=unit) for name, unit in self.metric_units().items()}
 
+    def metric_names(self) -> set[str] | None:
+        """Every name the evaluator's ``compute()`` returns for this config, known before any data is read.
+
+        ``eval.best_metric`` is checked against these names before training starts (a typo would otherwise fail at
+        the first evaluation, possibly hours in). ``None`` (the default): not declared, the check is skipped.
+        """
+        return None
+
     def check_batch(self, batch: Batch) -> list[Finding]:
         """Task-specific sanity checks on an early training batch (the training doctor calls this).
 
@@ -277,4 +290,15 @@ class Task:
         return {}
 
 
-__all__ = ["Batch", "DataConfig", "Evaluator", "LossOutput", "MetricSpec", "PerSample", "Task", "TaskConfig"]
+__all__ = [
+    "Batch",
+    "DataConfig",
+    "DataError",
+    "Evaluator",
+    "LossOutput",
+    "MetricSpec",
+    "MissingDataError",
+    "PerSample",
+    "Task",
+    "TaskConfig",
+]

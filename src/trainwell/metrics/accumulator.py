@@ -275,6 +275,17 @@ class PoseAccumulator:
                 metrics[f"pa_f@{t:g}mm"] = float(res["pa_f_score"][:, k].mean())
         return metrics
 
+    def metric_names(self) -> set[str]:
+        """The keys :meth:`compute` returns with this configuration (known before any sample is seen)."""
+        names = {"mpjpe", "pa_mpjpe", "mpjpe_sc_tr", "n_mpjpe"}
+        lo, hi = self.auc_range_mm
+        for prefix in ("", "pa_"):
+            names |= {f"{prefix}pck@{t:g}mm" for t in self.pck_thresholds_mm} | {f"{prefix}auc_{lo:g}_{hi:g}mm"}
+        if self.evaluate_vertices:
+            names |= {"mpvpe", "pa_mpvpe"}
+            names |= {f"{prefix}f@{t:g}mm" for t in self.f_score_thresholds_mm for prefix in ("", "pa_")}
+        return names
+
     def per_joint_mpjpe(self) -> Tensor:
         """Mean root-aligned error of each evaluated joint ``(K,)`` in mm, over the samples where it is visible."""
         _, res = self._sorted()

@@ -134,6 +134,9 @@ class RegressionTask(Task):
             losses["l1"] = weights["l1"] * nn.functional.l1_loss(pred, batch["y"])
         return losses
 
+    def metric_names(self) -> set[str]:
+        return {"mse", "mae"}
+
     def metric_specs(self) -> dict[str, MetricSpec]:
         """``mse`` / ``mae``, lower is better, plausible up to 10× what predicting the targets' mean scores.
 

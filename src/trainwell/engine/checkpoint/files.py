@@ -247,16 +247,38 @@ def load_checkpoint(
     return payload
 
 
+# What torch's weights-only unpickler says when it refuses a global: one outside its allowlist, or one whose
+# module is blocked outright (os/posix, subprocess, ...). torch 2.6+ words both this way.
+_REFUSED_GLOBAL = re.compile(
+    r"Unsupported global: GLOBAL (?P<allowlist>\S+) was not an allowed global"
+    r"|unsupported GLOBAL (?P<blocked>\S+) whose module \S+ is blocked",
+)
+
+
+def _refused_global(message: str) -> tuple[str, str] | None:
+    """``(global, torch's sentence)`` when ``message`` is the weights-only unpickler refusing a Python global."""
+    found = _REFUSED_GLOBAL.search(message)
+    if found is None:
+        return None
+    name = found.group("allowlist") or found.group("blocked")
+    sentence = message[message.rfind("\n", 0, found.start()) + 1 : found.end()]
+    sentence = sentence.split("WeightsUnpickler error:")[-1]
+    return name, " ".join(sentence.split())
+
+
 def _explain_load_error(path: Path, err: Exception) -> CheckpointError:
     text = str(err)
+    refused = _refused_global(text)
+    if refused is not None:
+        name, sentence = refused
+        return UnsafeCheckpointError(
+            f"Refusing to load '{path}': unpickling it would need to run code ({sentence}); the refused global is "
+            f"'{name}'. trainwell loads checkpoints with weights_only=True only and ran nothing in it. Do not use "
+            f"a file from a source you do not trust; if you wrote this file yourself, re-save its state dict "
+            f"(tensors and plain containers) with torch.save."
+        )
     found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", text, flags=re.S)
     detail = " ".join(found.group(1).split()) if found else ""
-    if re.search(r"Unsupported (global|class)|not an allowed global", detail):
-        return UnsafeCheckpointError(
-            f"Refusing to load '{path}': unpickling it would need to run code ({detail}). trainwell loads "
-            f"checkpoints with weights_only=True only and ran nothing in it. If you wrote this file yourself "
-            f"and trust it, re-save its state dict (tensors and plain containers) with torch.save."
-        )
     if isinstance(err, EOFError):
         reason = "the file is empty or ends too early"
     else:

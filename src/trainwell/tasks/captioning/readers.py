@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from trainwell.engine.task import DataError, MissingDataError
 from trainwell.tasks.captioning.datasets import CaptionRecord
 
 if TYPE_CHECKING:
     from trainwell.tasks.captioning.task import CaptioningDataConfig
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(pickle.UnpicklingError, DataError):
     """The pickle names a global outside the allowed data types (it could run code); nothing of it was run."""
 
 
@@ -77,6 +78,11 @@ def load_pickle(path: Path) -> Any:
             return RestrictedUnpickler(handle).load()
     except UnsafePickleError as error:
         raise UnsafePickleError(f"{path}: {error}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+        raise DataError(
+            f"'{path}' is not a readable pickle ({error or type(error).__name__}): truncated or not "
+            f"ViECap's feature pickle."
+        ) from None
 
 
 def _vector(value: Any, where: str) -> np.ndarray:
@@ -86,7 +92,7 @@ def _vector(value: Any, where: str) -> np.ndarray:
     if array.ndim == 2 and array.shape[0] == 1:
         array = array[0]  # CLIP's encode_image keeps a batch axis of 1
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"{where}: clip_features must be a 1-D numeric vector; got shape {array.shape} {array.dtype}.")
+        raise DataError(f"{where}: clip_features must be a 1-D numeric vector; got shape {array.shape} {array.dtype}.")
     return array.astype(np.float16)
 
 
@@ -94,15 +100,15 @@ def read_viecap_pickle(path: Path) -> list[tuple[list[str], Any, np.ndarray]]:
     """``[[entities, caption, clip_features], ...]`` → ``[(entities, caption, features (D,) float16)]``."""
     data = load_pickle(path)
     if not isinstance(data, list | tuple):
-        raise ValueError(f"{path}: expected a list of [entities, caption, clip_features]; got {type(data).__name__}.")
+        raise DataError(f"{path}: expected a list of [entities, caption, clip_features]; got {type(data).__name__}.")
     out = []
     for index, entry in enumerate(data):
         where = f"{path} entry {index}"
         if not isinstance(entry, list | tuple) or len(entry) != 3:
-            raise ValueError(f"{where}: expected [entities, caption, clip_features]; got {str(entry)[:80]}.")
+            raise DataError(f"{where}: expected [entities, caption, clip_features]; got {str(entry)[:80]}.")
         entities, caption, features = entry
         if not isinstance(entities, list | tuple) or not all(isinstance(e, str) for e in entities):
-            raise ValueError(f"{where}: entities must be a list of strings; got {str(entities)[:80]}.")
+            raise DataError(f"{where}: entities must be a list of strings; got {str(entities)[:80]}.")
         out.append((list(entities), caption, _vector(features, where)))
     return out
 
@@ -110,48 +116,72 @@ def read_viecap_pickle(path: Path) -> list[tuple[list[str], Any, np.ndarray]]:
 def read_coco_captions(path: Path) -> dict[int, list[str]]:
     """COCO caption annotations ``{"images": [{"id"}], "annotations": [{"image_id", "caption"}]}`` →
     ``{image_id: [captions]}`` (every listed image, in file order)."""
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict) or "annotations" not in data:
-        raise ValueError(f"{path}: expected a COCO captions file with an 'annotations' list.")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"'{path}' is not valid JSON ({err}); expected COCO caption annotations.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise DataError(f"{path}: expected a COCO captions file with an 'annotations' list.")
     references: dict[int, list[str]] = {int(image["id"]): [] for image in data.get("images", [])}
     for index, annotation in enumerate(data["annotations"]):
-        if "image_id" not in annotation or not isinstance(annotation.get("caption"), str):
-            raise ValueError(f"{path}: annotations[{index}] needs 'image_id' and a string 'caption'.")
+        if (
+            not isinstance(annotation, dict)
+            or "image_id" not in annotation
+            or not _is_caption(annotation.get("caption"))
+        ):
+            raise DataError(f"{path}: annotations[{index}] needs 'image_id' and a non-empty string 'caption'.")
         references.setdefault(int(annotation["image_id"]), []).append(annotation["caption"])
     return references
 
 
 def _resolve(root: str | None, value: str | None, key: str) -> Path:
     if not value:
-        raise ValueError(f"data.{key} is not set; it is needed when data.train_pickle is (train from files).")
+        raise DataError(f"data.{key} is not set; it is needed when data.train_pickle is (train from files).")
     path = Path(value)
     path = path if path.is_absolute() or root is None else Path(root) / path
     if not path.is_file():
-        raise FileNotFoundError(f"data.{key}: {path} does not exist.")
+        raise MissingDataError(f"data.{key}: {path} does not exist.")
     return path
+
+
+def _is_caption(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _captions(entries: list[tuple[list[str], Any, np.ndarray]], path: Path) -> list[str]:
+    """The second field of each entry, which must be a caption: ``None`` or a number would train as "None"/"3"."""
+    for index, (_, caption, _) in enumerate(entries):
+        if not _is_caption(caption):
+            raise DataError(
+                f"{path} entry {index}: the caption (second field) must be a non-empty string; got {caption!r}. "
+                f"Fix or drop that entry."
+            )
+    return [caption for _, caption, _ in entries]
 
 
 def records_from_config(cfg: CaptioningDataConfig, split: str) -> list[CaptionRecord]:
     """The train or val records from ``data.train_pickle`` / ``data.val_pickle`` (+ ``data.val_annotations``)."""
     if split == "train":
-        entries = read_viecap_pickle(_resolve(cfg.root, cfg.train_pickle, "train_pickle"))
+        path = _resolve(cfg.root, cfg.train_pickle, "train_pickle")
+        entries = read_viecap_pickle(path)
         return [
-            CaptionRecord(i, feats, tuple(ents), (str(caption),), ())
-            for i, (ents, caption, feats) in enumerate(entries)
+            CaptionRecord(i, feats, tuple(ents), (caption,), ())
+            for i, ((ents, _, feats), caption) in enumerate(zip(entries, _captions(entries, path), strict=True))
         ]
-    entries = read_viecap_pickle(_resolve(cfg.root, cfg.val_pickle, "val_pickle"))
+    path = _resolve(cfg.root, cfg.val_pickle, "val_pickle")
+    entries = read_viecap_pickle(path)
     if not cfg.val_annotations:
         # each entry's caption is its one reference; its nouns are the ground truth of entity recall
         return [
-            CaptionRecord(i, feats, tuple(ents), (str(caption),), tuple((e,) for e in ents))
-            for i, (ents, caption, feats) in enumerate(entries)
+            CaptionRecord(i, feats, tuple(ents), (caption,), tuple((e,) for e in ents))
+            for i, ((ents, _, feats), caption) in enumerate(zip(entries, _captions(entries, path), strict=True))
         ]
     references = read_coco_captions(_resolve(cfg.root, cfg.val_annotations, "val_annotations"))
     records = []
     for index, (ents, image_id, feats) in enumerate(entries):
         if not isinstance(image_id, int) or image_id not in references or not references[image_id]:
-            raise ValueError(
-                f"data.val_pickle entry {index}: with data.val_annotations the second field must be an image id "
+            raise DataError(
+                f"{path} entry {index}: with data.val_annotations the second field must be an image id "
                 f"with captions in {cfg.val_annotations}; got {image_id!r}."
             )
         records.append(CaptionRecord(image_id, feats, tuple(ents), tuple(references[image_id]), ()))

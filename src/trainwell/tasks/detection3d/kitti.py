@@ -17,20 +17,32 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainwell.engine.task import DataError, MissingDataError
 from trainwell.tasks.detection3d.ap import FrameDetections, FrameLabels
 from trainwell.tasks.detection3d.boxes import corners_3d, limit_period, points_in_boxes
 from trainwell.tasks.detection3d.scenes import CX_PX, CY_PX, FOCAL_PX
+
+POINT_BYTES = 16
+"""Bytes of one KITTI LiDAR point (4 × float32)."""
 
 IMAGE_SIZE_PX = (1242, 375)
 """KITTI's usual image width and height (the 2D boxes of projected detections are clipped to it)."""
 
 
 def read_velodyne(path: Path) -> np.ndarray:
-    """A KITTI point cloud: float32 ``(N, 4)`` x, y, z, reflectance (LiDAR frame)."""
-    raw = np.fromfile(path, dtype=np.float32)
-    if raw.size % 4:
-        raise ValueError(f"{path}: {raw.size} float32 values is not a multiple of 4 (x, y, z, intensity).")
-    return raw.reshape(-1, 4)
+    """A KITTI point cloud: float32 ``(N, 4)`` x, y, z, reflectance (LiDAR frame).
+
+    Raises:
+        DataError: the file's size is not a whole number of 16-byte points (a truncated copy or another format);
+            ``np.fromfile`` alone would drop the stray bytes and shift nothing, or read half a point as a whole one.
+    """
+    size_bytes = path.stat().st_size
+    if size_bytes % POINT_BYTES:
+        raise DataError(
+            f"Velodyne file '{path}' is {size_bytes} bytes, not a multiple of {POINT_BYTES} (one point is 4 float32: "
+            f"x, y, z, reflectance): it is truncated or not a KITTI point cloud. Copy it again from the dataset."
+        )
+    return np.fromfile(path, dtype=np.float32).reshape(-1, 4)
 
 
 def write_velodyne(path: Path, points: np.ndarray) -> None:
@@ -78,7 +90,7 @@ def read_calib(path: Path) -> Calib:
             values["P2"].reshape(3, 4), values["R0_rect"].reshape(3, 3), values["Tr_velo_to_cam"].reshape(3, 4)
         )
     except KeyError as err:
-        raise ValueError(
+        raise DataError(
             f"{path}: missing calibration key {err.args[0]!r} (need P2, R0_rect, Tr_velo_to_cam)."
         ) from None
 
@@ -114,7 +126,7 @@ def read_label(path: Path) -> list[KittiObject]:
         if not parts:
             continue
         if len(parts) not in (15, 16):
-            raise ValueError(f"{path}:{n}: expected 15 or 16 columns (type … rotation_y [score]), got {len(parts)}.")
+            raise DataError(f"{path}:{n}: expected 15 or 16 columns (type … rotation_y [score]), got {len(parts)}.")
         v = [float(p) for p in parts[1:]]
         objects.append(
             KittiObject(
@@ -216,6 +228,10 @@ def result_objects(boxes: np.ndarray, scores: np.ndarray, names: list[str], cali
 def load_kitti_frame(root: Path, frame_id: str, min_points: int = 5, fov_only: bool = True) -> dict[str, Any]:
     """One frame of a KITTI object directory (``root/training/{velodyne,label_2,calib}``) as a scene-style frame."""
     base = Path(root) / "training"
+    names = (f"calib/{frame_id}.txt", f"velodyne/{frame_id}.bin", f"label_2/{frame_id}.txt")
+    for path in (base / name for name in names):
+        if not path.is_file():
+            raise MissingDataError(f"KITTI frame '{frame_id}' (listed in ImageSets) has no file '{path}'.")
     calib = read_calib(base / "calib" / f"{frame_id}.txt")
     points = read_velodyne(base / "velodyne" / f"{frame_id}.bin")
     if fov_only:  # OpenPCDet's FOV_POINTS_ONLY: keep the points the camera sees
@@ -305,7 +321,7 @@ def read_image_set(root: Path, split: str) -> list[str]:
     """Frame ids of ``root/ImageSets/<split>.txt``."""
     path = Path(root) / "ImageSets" / f"{split}.txt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: data.root must be a KITTI object directory with ImageSets/.")
+        raise MissingDataError(f"{path} not found: data.root must be a KITTI object directory with ImageSets/.")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 

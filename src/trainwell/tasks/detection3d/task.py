@@ -268,6 +268,9 @@ class Detection3DTask(Task):
     def eval_step(self, model: nn.Module, batch: dict[str, Any], indices: torch.Tensor, evaluator: Any) -> None:
         evaluator.add(indices, model(batch))
 
+    def metric_names(self) -> set[str]:
+        return set(self.metric_specs())  # the specs enumerate kitti_eval's keys and the recalls, one by one
+
     def metric_specs(self) -> dict[str, MetricSpec]:
         ap = MetricSpec(unit="", higher_is_better=True, plausible=(0.0, 100.0))
         specs = {n: ap for n in metric_names()}

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainwell.engine.task import DataError, MissingDataError
+
 FREIHAND_NUM_UNIQUE = 32_560
 """Distinct hands of FreiHAND's training split (the rgb folder holds 4 colour versions of each)."""
 HO3D_DEPTH_SCALE_M = 0.00012498664727900177
@@ -114,8 +116,37 @@ def pack_joints_to_ho3d_m(joints_mm: np.ndarray) -> np.ndarray:
 
 def _json(path: Path) -> Any:
     if not path.is_file():
-        raise FileNotFoundError(f"FreiHAND file {path} is missing; expected the dataset's layout (see readers.py).")
-    return json.loads(path.read_text())
+        raise MissingDataError(f"FreiHAND file {path} is missing; expected the dataset's layout (see readers.py).")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"FreiHAND file '{path}' is not valid JSON ({err}); copy it again from the dataset.") from None
+
+
+def _annotation(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """``path``'s array, which must be ``(N, *shape)``: a ragged or mis-shaped file is named, not broadcast."""
+    try:
+        array = np.asarray(_json(path), dtype=np.float64)
+    except ValueError as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"FreiHAND file '{path}' is not an N × {' × '.join(map(str, shape))} array ({err}).") from None
+    if array.ndim != len(shape) + 1 or array.shape[1:] != shape:
+        raise DataError(
+            f"FreiHAND file '{path}': expected N × {' × '.join(map(str, shape))} values, got shape {array.shape}."
+        )
+    return array
+
+
+def _check_annotation_lengths(arrays: dict[Path, np.ndarray | None]) -> None:
+    """FreiHAND's annotation files hold one entry per hand: files of different lengths would mislabel samples."""
+    lengths = {path: len(array) for path, array in arrays.items() if array is not None}
+    if len(set(lengths.values())) > 1:
+        listed = ", ".join(f"'{path}' has {n}" for path, n in lengths.items())
+        raise DataError(
+            f"FreiHAND annotation files disagree on the number of hands: {listed}. They must hold one entry per "
+            f"hand each; a partial copy or files from two splits would mislabel samples. Copy them again."
+        )
 
 
 class FreiHANDReader:
@@ -129,15 +160,34 @@ class FreiHANDReader:
         if split not in ("training", "evaluation"):
             raise ValueError(f"FreiHAND split must be 'training' or 'evaluation'; got '{split}'.")
         self.root, self.split = Path(root), split
-        self.intrinsics = np.asarray(_json(self.root / f"{split}_K.json"), dtype=np.float64)
+        k_path = self.root / f"{split}_K.json"
         xyz, verts = self.root / f"{split}_xyz.json", self.root / f"{split}_verts.json"
-        self.joints_m = np.asarray(_json(xyz), dtype=np.float64) if xyz.is_file() else None
-        self.vertices_m = np.asarray(_json(verts), dtype=np.float64) if verts.is_file() else None
+        self.intrinsics = _annotation(k_path, (3, 3))
+        self.joints_m = _annotation(xyz, (21, 3)) if xyz.is_file() else None
+        self.vertices_m = _annotation(verts, (778, 3)) if verts.is_file() else None
         self.images = sorted((self.root / split / "rgb").glob("*.jpg"))
         if not self.images:
-            raise FileNotFoundError(f"No images in {self.root / split / 'rgb'} (expected %08d.jpg files).")
-        if self.joints_m is not None and self.joints_m.shape[1:] != (21, 3):
-            raise ValueError(f"{xyz}: expected N × 21 × 3 joints, got {self.joints_m.shape}.")
+            raise MissingDataError(f"No images in {self.root / split / 'rgb'} (expected %08d.jpg files).")
+        _check_annotation_lengths({k_path: self.intrinsics, xyz: self.joints_m, verts: self.vertices_m})
+        self._check_image_ids()
+
+    def _check_image_ids(self) -> None:
+        """Image ``i`` uses annotation ``i % N``: on purpose for the 4 colour versions of the training set (4 N images,
+        one annotation each), silently wrong for anything else, so the image count must be a whole multiple of N
+        and every name a number below it."""
+        num_hands, folder = len(self.intrinsics), self.root / self.split / "rgb"
+        if len(self.images) % num_hands:
+            raise DataError(
+                f"FreiHAND folder '{folder}' holds {len(self.images)} images for {num_hands} annotations in "
+                f"'{self.root / f'{self.split}_K.json'}': not a whole number of versions per hand (training: 4 × N, "
+                f"evaluation: N). Images would be paired with the wrong annotations; check the download."
+            )
+        for path in self.images:
+            if not path.stem.isdigit() or int(path.stem) >= len(self.images):
+                raise DataError(
+                    f"FreiHAND image '{path}': expected names 00000000.jpg … {len(self.images) - 1:08d}.jpg (the "
+                    f"name is the annotation index modulo {num_hands}). Remove or rename the stray file."
+                )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -169,7 +219,7 @@ class HO3DReader:
         self.root, self.split = Path(root), split
         self.frames = sorted((meta.parent.parent.name, meta.stem) for meta in (self.root / split).glob("*/meta/*.pkl"))
         if not self.frames:
-            raise FileNotFoundError(f"No frames under {self.root / split} (expected SEQ/meta/FRAME.pkl).")
+            raise MissingDataError(f"No frames under {self.root / split} (expected SEQ/meta/FRAME.pkl).")
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -180,7 +230,12 @@ class HO3DReader:
         meta_path = folder / "meta" / f"{frame}.pkl"
         meta = safe_pickle_load(meta_path)
         if not isinstance(meta, dict) or meta.get("camMat") is None:
-            raise ValueError(f"{meta_path}: expected a dict with 'camMat'; got keys {sorted(meta)[:10]}.")
+            got = f"keys {sorted(meta)[:10]}" if isinstance(meta, dict) else f"a {type(meta).__name__}"
+            raise DataError(f"HO3D meta file '{meta_path}': expected a dict with 'camMat'; got {got}.")
+        if np.asarray(meta["camMat"]).shape != (3, 3):
+            raise DataError(
+                f"HO3D meta file '{meta_path}': camMat must be 3 × 3, got {np.asarray(meta['camMat']).shape}."
+            )
         rgb_path = next(
             (
                 folder / "rgb" / f"{frame}{ext}"
@@ -190,7 +245,7 @@ class HO3DReader:
             None,
         )
         if rgb_path is None:
-            raise FileNotFoundError(f"No rgb/{frame}.png or .jpg in {folder}.")
+            raise MissingDataError(f"No rgb/{frame}.png or .jpg in {folder}.")
         sample: dict[str, Any] = {
             "rgb": read_rgb(rgb_path),
             "depth_mm": read_ho3d_depth_mm(folder / "depth" / f"{frame}.png"),
@@ -204,6 +259,11 @@ class HO3DReader:
         elif joints is not None and np.asarray(joints).shape == (3,):  # evaluation split: the wrist only
             root = np.asarray(joints, dtype=np.float64) @ OPENGL_TO_OPENCV.T * 1000.0
             sample["root_cam_mm"] = torch.tensor(root, dtype=torch.float32)
+        elif joints is not None:  # neither a hand nor a wrist: dropping it would train this frame unlabelled
+            raise DataError(
+                f"HO3D meta file '{meta_path}': handJoints3D must be 21 × 3 (train) or 3 (evaluation, the wrist), "
+                f"got shape {np.asarray(joints).shape}."
+            )
         if meta.get("handBoundingBox") is not None:
             sample["bbox_px"] = torch.tensor(np.asarray(meta["handBoundingBox"], dtype=np.float64), dtype=torch.float32)
         return sample

@@ -145,6 +145,9 @@ class RGBDHandPoseTask(Task):
     def collate_fn(self) -> Any:
         return collate_hand_batch
 
+    def metric_names(self) -> set[str]:
+        return RGBDHandEvaluator().metric_names()  # an evaluator holds no data until updated: cheap to build
+
     def metric_specs(self) -> dict[str, MetricSpec]:
         errors = ("mpjpe", "pa_mpjpe", "mpjpe_sc_tr", "n_mpjpe", "mpvpe", "pa_mpvpe")
         # A hand is ~200 mm long: a mean error beyond 1 m means wrong units or a broken prediction.

@@ -72,6 +72,11 @@ class HandPoseEvaluator(PoseAccumulator):
     log lines leave ``group/item`` metrics out.
     """
 
+    def metric_names(self) -> set[str]:
+        """The accumulator's names and ``mpjpe_joint/<name>`` of every joint but the root."""
+        per_joint = {f"mpjpe_joint/{name}" for joint, name in enumerate(JOINT_NAMES) if joint != ROOT}
+        return super().metric_names() | per_joint
+
     def compute(self) -> dict[str, float]:
         metrics = super().compute()
         per_joint = self.per_joint_mpjpe().tolist()
@@ -150,6 +155,9 @@ class HandPoseTask(Task):
 
     def collate_fn(self) -> Callable[[Any], dict[str, Any]]:
         return collate_hand_batch
+
+    def metric_names(self) -> set[str]:
+        return self.build_evaluator().metric_names()  # an evaluator holds no data until updated: cheap to build
 
     def metric_units(self) -> dict[str, str]:
         # PoseAccumulator's errors are in mm; its PCK / AUC values are fractions (no unit).

@@ -1,0 +1,65 @@
+"""``eval.best_metric`` naming a metric the task does not report is refused before training starts, with the
+nearest valid name — not a KeyError at the first evaluation."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from trainwell.cli import EXIT_CONFIG_ERROR, main
+from trainwell.engine.best import BestMetricError, check_best_metric
+
+REGRESSION = "configs/examples/regression.yaml"
+HAND_POSE = "configs/hand_pose/tiny.yaml"
+SMALL = ["data.train_size=64", "data.val_size=16", "train.epochs=1", "schedule.warmup_steps=0", "train.device=cpu"]
+
+
+def _hashes(directory: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in directory.rglob("*")
+        if p.is_file()
+    }
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    assert main(argv) == EXIT_CONFIG_ERROR
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "KeyError" not in err
+    return err
+
+
+def test_typo_is_refused_with_the_nearest_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    err = _refused(["train", REGRESSION, *SMALL, f"run.dir={run}", "eval.best_metric=msee"], capsys)
+    assert "'eval.best_metric' is 'msee'" in err and "no metric 'msee' (did you mean 'mse'?)" in err
+    assert "It reports: mae, mse." in err
+    assert not run.exists()  # refused before the run directory is made
+
+
+def test_every_name_of_an_expression_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    err = _refused(["train", HAND_POSE, f"run.dir={run}", "eval.best_metric=(mpjpe + pa_mpjp) / 2"], capsys)
+    assert "no metric 'pa_mpjp' (did you mean 'pa_mpjpe'?)" in err and "'mpjpe'" not in err.split("It reports")[0]
+    assert "grouped names such as 'mpjpe_joint/" in err  # per-joint names are counted, not listed one by one
+    assert not run.exists()
+
+
+def test_existing_run_directory_is_left_untouched(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(["train", REGRESSION, *SMALL, f"run.dir={run}", "train.progress_bar=off"]) == 0
+    before = _hashes(run)
+    assert "checkpoints/last.pt" in before and "config.yaml" in before
+    capsys.readouterr()
+    args = ["train", REGRESSION, *SMALL, f"run.dir={run}", "eval.best_metric=rmse", "--resume", "auto"]
+    err = _refused(args, capsys)
+    assert "no metric 'rmse'" in err
+    assert _hashes(run) == before
+
+
+def test_undeclared_names_skip_the_check() -> None:
+    check_best_metric("anything_at_all", None, "OldTask")  # a task without metric_names(): nothing to check
+    check_best_metric(None, {"mse"}, "RegressionTask")
+    check_best_metric("min(mse, 2 * mae)", {"mse", "mae"}, "RegressionTask")
+    with pytest.raises(BestMetricError, match=r"no metric 'mae_' \(did you mean 'mae'\?\)"):
+        check_best_metric("min(mse, mae_)", {"mse", "mae"}, "RegressionTask")
