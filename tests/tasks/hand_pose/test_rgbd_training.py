@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-PARTS = ("keypoint_2d", "joint_3d", "vertex", "shape_prior", "pose_prior", "aux", "heatmap")
+PARTS = ("keypoint_2d", "joint_3d", "vertex", "shape_prior", "pose_prior", "aux", "heatmap", "root")
 
 
 @pytest.mark.slow

@@ -123,7 +123,7 @@ def test_a_diverged_models_predictions_are_written_but_foreign_arrays_in_the_wro
         "joints_mm": batch["joints_rel_mm"],
         "vertices_mm": batch["vertices_rel_mm"],
         "keypoints_2d_px": batch["keypoints_2d_px"],
-        "root_depth_mm": torch.full((2,), -400.0),
+        "root_cam_mm": batch["root_cam_mm"] * torch.tensor([1.0, 1.0, -1.0]),  # z < 0
     }
     evaluator = RGBDHandEvaluator()
     evaluator.update_with_outputs(outputs, batch, torch.tensor([0, 1]))

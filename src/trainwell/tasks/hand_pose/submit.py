@@ -22,9 +22,7 @@ import torch
 from torch import nn
 
 from trainwell.tasks.hand_pose.augment import warp_to_camera
-from trainwell.tasks.hand_pose.image_model import back_project
 from trainwell.tasks.hand_pose.readers import pack_joints_to_ho3d_m, read_ho3d_depth_mm, read_rgb
-from trainwell.tasks.hand_pose.skeleton import ROOT
 
 
 def write_freihand_pred(path: Path, joints_cam_mm: np.ndarray, vertices_cam_mm: np.ndarray) -> Path:
@@ -56,8 +54,7 @@ def write_ho3d_pred(
 
 def absolute_predictions(outputs: dict[str, torch.Tensor], intrinsics: torch.Tensor) -> dict[str, torch.Tensor]:
     """Camera-frame joints and vertices (mm): the root-relative outputs placed at the predicted root."""
-    root_px = outputs["keypoints_2d_px"][:, ROOT : ROOT + 1]
-    root = back_project(root_px, outputs["root_depth_mm"][:, None], intrinsics.float())  # (B, 1, 3)
+    root = outputs["root_cam_mm"][:, None]  # (B, 1, 3): the wrist's keypoint back-projected at its depth
     return {"joints_cam_mm": outputs["joints_mm"] + root, "vertices_cam_mm": outputs["vertices_mm"] + root}
 
 
