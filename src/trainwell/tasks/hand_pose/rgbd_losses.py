@@ -49,7 +49,7 @@ class RGBDLossWeights:
     """``joint_3d`` of the auxiliary head, mm."""
     heatmap: float = 30.0
     """KL divergence (nats) of the heatmaps from Gaussians at the labelled keypoints."""
-    root: float = 1.0
+    root: float = 0.2
     """Distance, mm, of the predicted wrist from the true one in camera coordinates (absolute position)."""
 
 
