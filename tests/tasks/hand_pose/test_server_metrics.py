@@ -14,7 +14,7 @@ from scipy.linalg import orthogonal_procrustes
 
 from trainwell.tasks.hand_pose.render import RenderConfig, render_rgbd
 from trainwell.tasks.hand_pose.rgbd_task import RGBDHandEvaluator
-from trainwell.tasks.hand_pose.server_metrics import server_metrics, server_sample_results
+from trainwell.tasks.hand_pose.server_metrics import SERVER_METRIC_NAMES, server_metrics, server_sample_results
 from trainwell.tasks.hand_pose.synthetic import SyntheticHandsConfig
 from trainwell.tasks.hand_pose.task import LiftingEvaluator
 
@@ -120,6 +120,7 @@ def test_server_functions_match_the_official_rules(batch) -> None:
     order = np.argsort(MANO_TO_SIMPLE)  # HO3D's rules read its own joint order (align_sc_tr's bone is 0 → 4)
     ho3d = official_scores(m(true_j)[:, order], m(true_v), m(pred_j)[:, order], m(pred_v), ho3d=True)
     assert_matches(logged, ho3d, "ho3d")
+    assert set(logged) == set(SERVER_METRIC_NAMES)  # the task's metric specs name every logged server metric
     # The mirrored hands are forgiven by the servers' alignment but not by the unaligned error.
     assert logged["freihand/pa_mpjpe_mm"] < logged["freihand/mpjpe_mm"]
 

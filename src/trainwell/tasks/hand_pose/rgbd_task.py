@@ -24,7 +24,12 @@ from trainwell.tasks.hand_pose.losses import bone_tolerance
 from trainwell.tasks.hand_pose.render import RenderConfig
 from trainwell.tasks.hand_pose.rgbd_data import RenderedHandDataset
 from trainwell.tasks.hand_pose.rgbd_losses import RGBDLossWeights, rgbd_losses
-from trainwell.tasks.hand_pose.server_metrics import server_metrics, server_result_keys, server_sample_results
+from trainwell.tasks.hand_pose.server_metrics import (
+    SERVER_METRIC_NAMES,
+    server_metrics,
+    server_result_keys,
+    server_sample_results,
+)
 from trainwell.tasks.hand_pose.skeleton import ROOT, palm_view_angle_deg
 from trainwell.tasks.hand_pose.submit import absolute_predictions, write_freihand_pred, write_ho3d_pred
 from trainwell.tasks.hand_pose.synthetic import SyntheticHandsConfig
@@ -185,6 +190,11 @@ class RGBDHandPoseTask(Task):
         for name in ("pck@20mm", "pa_pck@20mm", "auc_0_50mm", "pa_auc_0_50mm", "f@5mm", "f@15mm", "pa_f@5mm"):
             specs[name] = MetricSpec(unit="", higher_is_better=True, plausible=(0.0, 1.0))
         specs["pa_f@15mm"] = MetricSpec(unit="", higher_is_better=True, plausible=(0.0, 1.0))
+        for name in SERVER_METRIC_NAMES:  # freihand/…, ho3d/…: errors in mm, AUCs and F-scores fractions
+            error = name.endswith("_mm")
+            specs[name] = MetricSpec(
+                unit="mm" if error else "", higher_is_better=not error, plausible=(0.0, 1000.0 if error else 1.0)
+            )
         return specs
 
     def metric_units(self) -> dict[str, str]:
@@ -199,7 +209,9 @@ class RGBDHandPoseTask(Task):
         return check_hand_batch(batch, (size, size)) + check_image_batch(batch)
 
     def predict(self, model: nn.Module, input_path: Path, out_dir: Path | None) -> Any:
-        """Joints (and vertices) for an image (+ depth) or a ``.npz`` of crops; see :func:`.submit.predict_file`."""
+        """Joints (and vertices) for an image (+ depth), a ``.npz`` of crops, or an HO3D evaluation root (its
+        ``pred.json`` in ``evaluation.txt`` order); see :func:`.submit.predict_file`, :func:`.submit.predict_dataset`.
+        """
         from trainwell.tasks.hand_pose.submit import predict_file
 
         return predict_file(model, input_path, out_dir, crop_size_px=self.data_cfg.crop_size_px)

@@ -39,6 +39,17 @@ from trainwell.metrics import (
 F_SCORE_THRESHOLDS_MM = (5.0, 15.0)
 """The servers' F-score thresholds (``f_threshs = [0.005, 0.015]`` metres)."""
 
+SERVER_METRIC_NAMES: tuple[str, ...] = tuple(
+    f"{server}/{name}"
+    for server in ("freihand", "ho3d")
+    for name in (
+        *("mpjpe_mm", "auc_0_50", "pa_mpjpe_mm", "pa_auc_0_50"),
+        *(("sc_tr_mpjpe_mm", "sc_tr_auc_0_50") if server == "ho3d" else ()),
+        *("mpvpe_mm", "pa_mpvpe_mm", "f_5mm", "f_15mm", "pa_f_5mm", "pa_f_15mm"),
+    )
+)
+"""Every name :func:`server_metrics` can log (errors end in ``_mm``; the rest are fractions in [0, 1])."""
+
 _JOINT_KEYS = {"srv_joint_err": "", "srv_pa_joint_err": "pa_", "srv_sc_tr_joint_err": "sc_tr_"}
 
 
