@@ -185,6 +185,8 @@ class RGBDHandPoseTask(Task):
 
     def metric_specs(self) -> dict[str, MetricSpec]:
         errors = ("mpjpe", "pa_mpjpe", "mpjpe_sc_tr", "n_mpjpe", "mpvpe", "pa_mpvpe", "root_error", "mpjpe_cam")
+        # The per-view groups too: `trainwell report` labels a group's bars with the group's unit.
+        errors += ("mpjpe_by_view", "pa_mpjpe_by_view", "root_error_by_view")
         # A hand is ~200 mm long: a mean error beyond 1 m means wrong units or a broken prediction.
         specs = {name: MetricSpec(unit="mm", higher_is_better=False, plausible=(0.0, 1000.0)) for name in errors}
         for name in ("pck@20mm", "pa_pck@20mm", "auc_0_50mm", "pa_auc_0_50mm", "f@5mm", "f@15mm", "pa_f@5mm"):
