@@ -93,7 +93,7 @@ class RGBDHandEvaluator(HandPoseEvaluator):
             pred_vertices=outputs["vertices_mm"],
             target_vertices=batch["vertices_rel_mm"],
         )
-        absolute = absolute_predictions(outputs, batch["intrinsics"])
+        absolute = absolute_predictions(outputs)
         absolute = {name: value.detach().float() for name, value in absolute.items()}  # what the files will hold
         target_vertices = batch["vertices_rel_mm"] + batch["root_cam_mm"][:, None]
         row = server_sample_results(

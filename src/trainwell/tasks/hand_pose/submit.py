@@ -67,7 +67,7 @@ def write_ho3d_pred(
     return path
 
 
-def absolute_predictions(outputs: dict[str, torch.Tensor], intrinsics: torch.Tensor) -> dict[str, torch.Tensor]:
+def absolute_predictions(outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Camera-frame joints and vertices (mm): the root-relative outputs placed at the predicted root."""
     root = outputs["root_cam_mm"][:, None]  # (B, 1, 3): the wrist's keypoint back-projected at its depth
     return {"joints_cam_mm": outputs["joints_mm"] + root, "vertices_cam_mm": outputs["vertices_mm"] + root}
@@ -133,7 +133,7 @@ def predict_file(model: nn.Module, input_path: Path, out_dir: Path | None, *, cr
     device = next(model.parameters()).device
     outputs = model(rgb.to(device), depth.to(device), k.to(device))
     outputs = {name: value.detach().cpu() for name, value in outputs.items()}
-    absolute = absolute_predictions(outputs, k)
+    absolute = absolute_predictions(outputs)
     if out_dir is not None:
         joints, verts = absolute["joints_cam_mm"].numpy(), absolute["vertices_cam_mm"].numpy()
         write_freihand_pred(Path(out_dir) / "freihand" / "pred.json", joints, verts)
@@ -179,7 +179,7 @@ def predict_dataset(
         crops = [_ho3d_crop(reader, i, crop_size_px) for i in range(start, min(start + batch_size, len(reader)))]
         rgb, depth, k = (torch.cat(parts) for parts in zip(*crops, strict=True))
         outputs = model(rgb.to(device), depth.to(device), k.to(device))
-        absolute = absolute_predictions({name: value.detach().cpu() for name, value in outputs.items()}, k)
+        absolute = absolute_predictions({name: value.detach().cpu() for name, value in outputs.items()})
         joints.append(absolute["joints_cam_mm"].double().numpy())
         verts.append(absolute["vertices_cam_mm"].double().numpy())
     path = write_ho3d_pred(
