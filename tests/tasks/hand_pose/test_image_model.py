@@ -106,3 +106,14 @@ def test_a_skinned_mesh_on_the_true_joints_is_the_rendered_mesh() -> None:
 def test_a_bad_model_option_names_its_key(option: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RGBDHandNet(RGBDNetConfig(width=8, head_width=16, **option))
+
+
+def test_the_absolute_wrist_projects_onto_its_keypoint_at_its_depth() -> None:
+    net = RGBDHandNet(RGBDNetConfig(width=8, head_width=16)).eval()
+    with torch.no_grad():
+        out = net(torch.rand(3, 3, 64, 64), 400 + 200 * torch.rand(3, 1, 64, 64), K)
+    root = out["root_cam_mm"]  # (3, 3) camera frame, mm
+    assert torch.allclose(root[:, 2], out["root_depth_mm"])
+    u = K[:, 0, 0] * root[:, 0] / root[:, 2] + K[:, 0, 2]  # the pinhole projection, written out
+    v = K[:, 1, 1] * root[:, 1] / root[:, 2] + K[:, 1, 2]
+    assert torch.allclose(torch.stack((u, v), -1), out["keypoints_2d_px"][:, 0], atol=1e-3)
