@@ -117,3 +117,25 @@ def test_the_absolute_wrist_projects_onto_its_keypoint_at_its_depth() -> None:
     u = K[:, 0, 0] * root[:, 0] / root[:, 2] + K[:, 0, 2]  # the pinhole projection, written out
     v = K[:, 1, 1] * root[:, 1] / root[:, 2] + K[:, 1, 2]
     assert torch.allclose(torch.stack((u, v), -1), out["keypoints_2d_px"][:, 0], atol=1e-3)
+
+
+def test_the_root_loss_trains_the_absolute_wrist() -> None:
+    import numpy as np
+
+    from trainwell.tasks.hand_pose.render import RenderConfig, render_rgbd
+    from trainwell.tasks.hand_pose.rgbd_losses import root_position_loss
+    from trainwell.tasks.hand_pose.synthetic import SyntheticHandsConfig
+
+    batch = render_rgbd(SyntheticHandsConfig(), RenderConfig(crop_size_px=32), 0, "train", np.arange(8))
+    torch.manual_seed(0)
+    net = RGBDHandNet(RGBDNetConfig(width=8, head_width=16))
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+    errors = []
+    for _ in range(40):
+        out = net(batch["rgb"], batch["depth_mm"], batch["intrinsics"])
+        loss = root_position_loss(out["root_cam_mm"], batch["root_cam_mm"])
+        errors.append(float(loss.detach()))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert min(errors[-5:]) < 0.5 * errors[0], f"root error {errors[0]:.1f} → {errors[-1]:.1f} mm"
