@@ -130,7 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("config", help="experiment YAML file the checkpoint was trained with")
     pr.add_argument("--checkpoint", required=True, help="checkpoint file (e.g. runs/.../checkpoints/best.pt)")
-    pr.add_argument("--input", required=True, help="input file, in a format the task's predict() reads")
+    pr.add_argument(
+        "--input", required=True, help="input file or dataset root (e.g. HO3D's), in a form the task's predict() reads"
+    )
     pr.add_argument("--out", help="directory for predictions.json and the task's files")
     pr.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
 
@@ -283,7 +285,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     cfg, task = _load(args)
     _require_file(args.checkpoint, "--checkpoint")
-    _require_file(args.input, "--input")
+    if not Path(args.input).exists():  # a file, or a dataset root the task reads
+        raise ConfigError(f"--input '{args.input}' does not exist.")
     out_dir = Path(args.out) if args.out else None
     try:
         result = predict_file(cfg, task, args.checkpoint, Path(args.input), out_dir)

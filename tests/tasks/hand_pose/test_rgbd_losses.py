@@ -21,6 +21,7 @@ def perfect(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         "keypoints_2d_px": batch["keypoints_2d_px"].clone(),
         "vertices_mm": batch["vertices_rel_mm"].clone(),
         "heatmap_logits": torch.log(heatmap_targets(batch["keypoints_2d_px"], (4, 4), stride=4.0)),
+        "root_cam_mm": batch["root_cam_mm"].clone(),
     }
 
 
@@ -38,9 +39,13 @@ def test_units_and_weights(batch) -> None:
     shifted = out["joints_mm"].clone()
     shifted[:, 1:] += torch.tensor([2.0, 0.0, 0.0])
     out["joints_mm"] = shifted
-    weights = RGBDLossWeights(keypoint_2d=2.0, joint_3d=1.0, vertex=0.5, shape_prior=0, pose_prior=0, aux=0, heatmap=0)
+    out["root_cam_mm"] = out["root_cam_mm"] + torch.tensor([6.0, 0.0, 8.0])  # the wrist 10 mm off
+    weights = RGBDLossWeights(
+        keypoint_2d=2.0, joint_3d=1.0, vertex=0.5, shape_prior=0, pose_prior=0, aux=0, heatmap=0, root=3.0
+    )
     losses = rgbd_losses(out, batch, weights, bone_tolerance=0.11, pose_margin_rad=0.035)
-    assert set(losses) == {"keypoint_2d", "joint_3d", "vertex"}  # zero weight drops the part
+    assert set(losses) == {"keypoint_2d", "joint_3d", "vertex", "root"}  # zero weight drops the part
+    assert float(losses["root"]) == pytest.approx(30.0, rel=1e-5)
     assert float(losses["keypoint_2d"]) == pytest.approx(10.0, rel=1e-5)
     assert float(losses["joint_3d"]) == pytest.approx(2.0, rel=1e-5)
     assert float(losses["vertex"]) == pytest.approx(3.5, rel=1e-5)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-PARTS = ("keypoint_2d", "joint_3d", "vertex", "shape_prior", "pose_prior", "aux", "heatmap")
+PARTS = ("keypoint_2d", "joint_3d", "vertex", "shape_prior", "pose_prior", "aux", "heatmap", "root")
 
 
 @pytest.mark.slow
@@ -40,3 +40,19 @@ def test_tiny_rgbd_config_trains_and_the_loss_falls(tmp_path: Path) -> None:
     for name in ("freihand", "ho3d"):
         pred = json.loads((export / name / "pred.json").read_text())
         assert len(pred) == 2 and len(pred[0]) == 64 and len(pred[0][0]) == 21
+    for name in ("freihand/pa_mpjpe_mm", "ho3d/sc_tr_mpjpe_mm", "root_error", "mpjpe_cam"):  # logged == re-evaluated
+        assert float(printed[name]) == pytest.approx(best_val[name], rel=1e-4), name
+
+    # `trainwell predict` on FreiHAND's evaluation split (RGB only): one clear error, exit 2, no traceback.
+    freihand = tmp_path / "freihand"
+    freihand.mkdir()
+    (freihand / "evaluation_K.json").write_text(json.dumps([[[480.0, 0, 112], [0, 480.0, 112], [0, 0, 1]]]))
+    command = [sys.executable, "-m", "trainwell", "predict", "configs/hand_pose/rgbd_tiny.yaml", "--checkpoint"]
+    done = subprocess.run(
+        [*command, str(best), "--input", str(freihand), "--out", str(tmp_path / "p")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1 and "no depth" in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]

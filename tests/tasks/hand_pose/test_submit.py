@@ -123,9 +123,69 @@ def test_a_diverged_models_predictions_are_written_but_foreign_arrays_in_the_wro
         "joints_mm": batch["joints_rel_mm"],
         "vertices_mm": batch["vertices_rel_mm"],
         "keypoints_2d_px": batch["keypoints_2d_px"],
-        "root_depth_mm": torch.full((2,), -400.0),
+        "root_cam_mm": batch["root_cam_mm"] * torch.tensor([1.0, 1.0, -1.0]),  # z < 0
     }
     evaluator = RGBDHandEvaluator()
     evaluator.update_with_outputs(outputs, batch, torch.tensor([0, 1]))
     paths = evaluator.save_outputs(tmp_path / "eval")  # an evaluation during training must not stop the run
     assert [p.parent.name for p in paths] == ["freihand", "ho3d"] and all(p.is_file() for p in paths)
+
+
+def write_ho3d_evaluation_frame(root: Path, seq: str, frame: str, depth_m: float) -> None:
+    """One HO3D evaluation frame in the dataset's layout: rgb PNG, depth PNG (R + 256 G encoding), meta pickle."""
+    import pickle
+
+    from PIL import Image
+
+    folder = root / "evaluation" / seq
+    for sub in ("rgb", "depth", "meta"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(frame) + int(depth_m * 100))
+    Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(folder / "rgb" / f"{frame}.png")
+    value = np.full((120, 160), round(depth_m / 0.00012498664727900177), dtype=np.uint16)
+    encoded = np.stack([(value & 0xFF).astype(np.uint8), (value >> 8).astype(np.uint8), np.zeros_like(value, np.uint8)])
+    Image.fromarray(np.moveaxis(encoded, 0, -1)).save(folder / "depth" / f"{frame}.png")
+    meta = {
+        "handJoints3D": np.array([0.01, -0.02, -depth_m]),  # the evaluation split gives the wrist only (OpenGL frame)
+        "camMat": np.array([[300.0, 0, 80], [0, 300.0, 60], [0, 0, 1]]),
+        "handBoundingBox": np.array([40.0, 20.0, 120.0, 100.0]),
+    }
+    with open(folder / "meta" / f"{frame}.pkl", "wb") as f:
+        pickle.dump(meta, f, protocol=2)
+
+
+def test_predict_on_an_ho3d_root_follows_evaluation_txt(tmp_path: Path) -> None:
+    listed = [("SM1", "0002", 0.4), ("AP10", "0000", 1.0), ("SM1", "0000", 0.7)]  # not the sorted order
+    for seq, frame, depth in listed:
+        write_ho3d_evaluation_frame(tmp_path, seq, frame, depth)
+    write_ho3d_evaluation_frame(tmp_path, "SM1", "0009", 0.55)  # on disk but not listed: not predicted
+    (tmp_path / "evaluation.txt").write_text("".join(f"{s}/{f}\n" for s, f, _ in listed))
+    torch.manual_seed(0)
+    net = RGBDHandNet(RGBDNetConfig(width=8, head_width=16)).eval()
+    with torch.no_grad():
+        summary = predict_file(net, tmp_path, tmp_path / "out", crop_size_px=32)
+    assert summary["dataset"] == "HO3D" and summary["num_frames"] == 3
+    xyz, verts = official_read(tmp_path / "out" / "ho3d" / "pred.json", 3)
+    # An untrained net puts the wrist near the crop's median depth: each entry sits at its listed frame's depth.
+    wrist_depth_m = [-x[0, 2] for x in xyz]  # OpenGL frame: z backwards
+    assert np.allclose(wrist_depth_m, [d for _, _, d in listed], atol=0.15)
+    assert verts[0].shape == (383, 3)
+
+
+def test_predict_names_a_listed_frame_missing_on_disk_and_refuses_freihand(tmp_path: Path) -> None:
+    from trainwell.tasks.hand_pose.readers import DatasetLayoutError
+
+    write_ho3d_evaluation_frame(tmp_path, "SM1", "0000", 0.5)
+    write_ho3d_evaluation_frame(tmp_path, "SM1", "0001", 0.5)
+    (tmp_path / "evaluation" / "SM1" / "depth" / "0001.png").unlink()
+    (tmp_path / "evaluation.txt").write_text("SM1/0000\nSM1/0001\n")
+    net = RGBDHandNet(RGBDNetConfig(width=8, head_width=16)).eval()
+    with pytest.raises(DatasetLayoutError, match=r"line 2 lists frame 'SM1/0001'.*depth/0001\.png is missing"):
+        predict_file(net, tmp_path, tmp_path / "out", crop_size_px=32)
+    assert not (tmp_path / "out" / "ho3d" / "pred.json").exists()
+
+    freihand = tmp_path / "freihand"
+    freihand.mkdir()
+    (freihand / "evaluation_K.json").write_text(json.dumps([[[480.0, 0, 112], [0, 480.0, 112], [0, 0, 1]]]))
+    with pytest.raises(DatasetLayoutError, match="no depth"):
+        predict_file(net, freihand, tmp_path / "out", crop_size_px=32)

@@ -9,7 +9,9 @@ direct regression. Per joint, a heatmap (stride 4, or 2 with ``heatmap_stride``)
 soft-argmax (sub-pixel, differentiable, and translation-equivariant — a crop shifted by jitter moves the peak, not
 the weights' meaning) and a depth map read under the same heatmap gives the joint's depth relative to the wrist.
 The wrist's absolute depth is the crop's reference depth (median of the valid depth pixels — from the input, so it
-exists at test time) plus a regressed offset. Back-projection with the crop's intrinsics then gives camera-space
+exists at test time) plus the wrist's own depth map read under its heatmap (a local readout: the depth input there,
+plus the step from the skin to the joint inside it) plus a regressed global offset; the ``root`` loss trains it
+against the true wrist in camera coordinates. Back-projection with the crop's intrinsics then gives camera-space
 joints, so the 3D prediction inherits the 2D one's pixel accuracy and the depth channel's metric scale; direct
 regression must learn the camera and the image position by heart and is markedly less accurate at this size.
 
@@ -22,7 +24,8 @@ learned hand prior for hidden and ambiguous joints, which per-joint heatmaps can
 
 Inputs: ``rgb (B, 3, H, W)`` in [0, 1], ``depth_mm (B, 1, H, W)`` (0 = no return), ``intrinsics (B, 3, 3)`` of the
 crop. Outputs (mm, camera axes, root-relative unless noted): ``joints_mm (B, 21, 3)``, ``keypoints_2d_px
-(B, 21, 2)`` crop pixels, ``root_depth_mm (B,)`` absolute, ``vertices_mm (B, V, 3)``, ``aux_joints_mm (B, 21, 3)``
+(B, 21, 2)`` crop pixels, ``root_depth_mm (B,)`` absolute, ``root_cam_mm (B, 3)`` the wrist in the camera frame
+(its keypoint back-projected at ``root_depth_mm``), ``vertices_mm (B, V, 3)``, ``aux_joints_mm (B, 21, 3)``
 (direct regression from the pooled encoder features: deep supervision, the ``aux`` loss), ``heatmap_logits
 (B, 21, H/s, W/s)`` at ``s = heatmap_stride`` (for the ``heatmap`` loss: soft-argmax alone learns slowly from
 scratch).
@@ -214,10 +217,12 @@ class RGBDHandNet(nn.Module):
             fine = self.head2(self.lateral2(s2) + up2)
         heatmap_logits = self.heatmaps(fine)
         keypoints, weights = soft_argmax_2d(heatmap_logits, self.stride)
-        rel_z = (weights * self.depths(fine).float()).sum(dim=(2, 3)) * DEPTH_SCALE_MM  # (B, 21), mm
-        rel_z = rel_z - rel_z[:, ROOT : ROOT + 1]
+        read_z = (weights * self.depths(fine).float()).sum(dim=(2, 3)) * DEPTH_SCALE_MM  # (B, 21), mm from ref
+        rel_z = read_z - read_z[:, ROOT : ROOT + 1]
         pooled = torch.cat((deepest.mean(dim=(2, 3)), f.mean(dim=(2, 3))), dim=1)
-        root_z = ref + self.root_depth(pooled).squeeze(-1).float() * DEPTH_SCALE_MM
+        # The wrist's depth: its own map's readout (free in rel_z, which subtracts it) carries the local depth
+        # under the wrist; the pooled offset adds what only the whole crop shows.
+        root_z = ref + read_z[:, ROOT] + self.root_depth(pooled).squeeze(-1).float() * DEPTH_SCALE_MM
         joints_cam = back_project(keypoints, root_z[:, None] + rel_z, intrinsics.float())
         joints = joints_cam - joints_cam[:, ROOT : ROOT + 1]
         if self.refine is not None:
@@ -236,6 +241,7 @@ class RGBDHandNet(nn.Module):
             "joints_mm": joints,
             "keypoints_2d_px": keypoints,
             "root_depth_mm": root_z,
+            "root_cam_mm": joints_cam[:, ROOT],
             "vertices_mm": vertices,
             "aux_joints_mm": aux,
             "heatmap_logits": heatmap_logits.float(),

@@ -114,6 +114,42 @@ def pack_joints_to_ho3d_m(joints_mm: np.ndarray) -> np.ndarray:
     return joints @ OPENGL_TO_OPENCV.T / 1000.0
 
 
+class DatasetLayoutError(MissingDataError):
+    """A dataset on disk is not laid out as its readers expect (a missing or unreadable file, named in the message)."""
+
+
+def ho3d_evaluation_frames(root: Path, split: str = "evaluation") -> list[tuple[str, str]]:
+    """``(sequence, frame)`` pairs in the order of ``root/<split>.txt`` — the order HO3D's server scores ``pred.json``.
+
+    Each listed frame must have ``<split>/SEQ/meta/FRAME.pkl``, ``rgb/FRAME.png`` (or ``.jpg``) and
+    ``depth/FRAME.png``; the first one missing is a :class:`DatasetLayoutError` naming it and its line.
+    """
+    listing = Path(root) / f"{split}.txt"
+    if not listing.is_file():
+        raise DatasetLayoutError(f"{listing} is missing: an HO3D root holds {split}.txt, one SEQ/FRAME per line.")
+    frames: list[tuple[str, str]] = []
+    for number, line in enumerate(listing.read_text().splitlines(), start=1):
+        name = line.strip()
+        if not name:
+            continue
+        seq, _, frame = name.partition("/")
+        if not seq or not frame or "/" in frame:
+            raise DatasetLayoutError(f"{listing} line {number}: expected SEQ/FRAME, got '{name}'.")
+        folder = Path(root) / split / seq
+        needed = [folder / "meta" / f"{frame}.pkl", folder / "depth" / f"{frame}.png"]
+        rgb = [folder / "rgb" / f"{frame}{ext}" for ext in (".png", ".jpg")]
+        missing = [p for p in needed if not p.is_file()] + ([] if any(p.is_file() for p in rgb) else [rgb[0]])
+        if missing:
+            raise DatasetLayoutError(
+                f"{listing} line {number} lists frame '{name}', but {missing[0]} is missing. The server scores "
+                f"pred.json by this list's order, so every listed frame is needed: restore the file (or the list)."
+            )
+        frames.append((seq, frame))
+    if not frames:
+        raise DatasetLayoutError(f"{listing} lists no frames.")
+    return frames
+
+
 def _json(path: Path) -> Any:
     if not path.is_file():
         raise MissingDataError(f"FreiHAND file {path} is missing; expected the dataset's layout (see readers.py).")
@@ -210,14 +246,19 @@ class FreiHANDReader:
 class HO3DReader:
     """HO3D v2/v3 ``train`` or ``evaluation`` split: ``reader[i]`` is one frame in the pack's units.
 
+    ``frames``: the ``(sequence, frame)`` pairs to read, in order (:func:`ho3d_evaluation_frames` for the evaluation
+    split); by default every frame on disk, sorted.
+
     Keys: ``rgb (3, H, W)``, ``depth_mm (1, H, W)``, ``intrinsics (3, 3)``; where annotated ``joints_cam_mm (21, 3)``
     (converted frame, order and unit), or on the evaluation split ``root_cam_mm (3,)`` (the wrist HO3D gives),
     and ``bbox_px (4,)`` (``handBoundingBox``); ``sequence``, ``frame``.
     """
 
-    def __init__(self, root: Path, split: str = "train") -> None:
+    def __init__(self, root: Path, split: str = "train", frames: list[tuple[str, str]] | None = None) -> None:
         self.root, self.split = Path(root), split
-        self.frames = sorted((meta.parent.parent.name, meta.stem) for meta in (self.root / split).glob("*/meta/*.pkl"))
+        if frames is None:  # every frame on disk, sorted (the evaluation order is evaluation.txt's, not this)
+            frames = sorted((meta.parent.parent.name, meta.stem) for meta in (self.root / split).glob("*/meta/*.pkl"))
+        self.frames = list(frames)
         if not self.frames:
             raise MissingDataError(f"No frames under {self.root / split} (expected SEQ/meta/FRAME.pkl).")
 

@@ -10,6 +10,8 @@ part            UTNet's name         here
                                      proportion prior of :func:`.losses.bone_prior_loss` (the hand's *shape*)
 ``pose_prior``  ``pose_prior``       joint angles beyond the anatomical limits (:func:`.losses.pose_prior_loss`)
 ``aux``         ``loss_aux``         ``joint_3d`` of the directly regressed auxiliary head (deep supervision)
+``root``        (not in UTNet)       distance, mm, between the predicted and the true wrist in camera coordinates
+                                     (the absolute position the benchmark files and unaligned errors use)
 ``heatmap``     (not in UTNet)       KL divergence of each joint's heatmap from a Gaussian (σ = 1 cell) at the
                                      labelled keypoint: a dense signal that lets soft-argmax learn from scratch
 =============== ==================== =====================================================================
@@ -26,7 +28,7 @@ import torch
 
 from trainwell.tasks.hand_pose.losses import bone_prior_loss, joint_3d_loss, pose_prior_loss
 
-RGBD_LOSS_NAMES = ("keypoint_2d", "joint_3d", "vertex", "shape_prior", "pose_prior", "aux", "heatmap")
+RGBD_LOSS_NAMES = ("keypoint_2d", "joint_3d", "vertex", "shape_prior", "pose_prior", "aux", "heatmap", "root")
 
 
 @dataclass
@@ -47,6 +49,8 @@ class RGBDLossWeights:
     """``joint_3d`` of the auxiliary head, mm."""
     heatmap: float = 30.0
     """KL divergence (nats) of the heatmaps from Gaussians at the labelled keypoints."""
+    root: float = 0.2
+    """Distance, mm, of the predicted wrist from the true one in camera coordinates (absolute position)."""
 
 
 def heatmap_targets(keypoints_px: torch.Tensor, shape: tuple[int, int], stride: float, sigma_cells: float = 1.0):
@@ -84,6 +88,11 @@ def vertex_loss(pred_mm: torch.Tensor, target_mm: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(pred_mm - target_mm, dim=-1).mean()
 
 
+def root_position_loss(pred_root_mm: torch.Tensor, target_root_mm: torch.Tensor) -> torch.Tensor:
+    """Mean Euclidean distance, mm, between ``(B, 3)`` camera-frame wrists; 0 for a perfect prediction."""
+    return torch.linalg.vector_norm(pred_root_mm - target_root_mm, dim=-1).mean()
+
+
 def rgbd_losses(
     outputs: Mapping[str, torch.Tensor],
     batch: Mapping[str, torch.Tensor],
@@ -116,4 +125,6 @@ def rgbd_losses(
     if weights.heatmap:
         stride = batch["rgb"].shape[-1] / outputs["heatmap_logits"].shape[-1]
         losses["heatmap"] = weights.heatmap * heatmap_loss(outputs["heatmap_logits"], batch["keypoints_2d_px"], stride)
+    if weights.root:
+        losses["root"] = weights.root * root_position_loss(outputs["root_cam_mm"], batch["root_cam_mm"])
     return losses

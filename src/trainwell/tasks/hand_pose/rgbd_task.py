@@ -7,6 +7,7 @@ return), so the doctor's first-batch report names the image and depth ranges pla
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,13 @@ from trainwell.tasks.hand_pose.losses import bone_tolerance
 from trainwell.tasks.hand_pose.render import RenderConfig
 from trainwell.tasks.hand_pose.rgbd_data import RenderedHandDataset
 from trainwell.tasks.hand_pose.rgbd_losses import RGBDLossWeights, rgbd_losses
-from trainwell.tasks.hand_pose.skeleton import ROOT
+from trainwell.tasks.hand_pose.server_metrics import (
+    SERVER_METRIC_NAMES,
+    server_metrics,
+    server_result_keys,
+    server_sample_results,
+)
+from trainwell.tasks.hand_pose.skeleton import ROOT, palm_view_angle_deg
 from trainwell.tasks.hand_pose.submit import absolute_predictions, write_freihand_pred, write_ho3d_pred
 from trainwell.tasks.hand_pose.synthetic import SyntheticHandsConfig
 from trainwell.tasks.hand_pose.task import SCALE_BONE, HandPoseEvaluator
@@ -63,8 +70,14 @@ class RGBDDataConfig(SyntheticHandsConfig, RenderConfig, DataConfig):
     """Training augmentation (in-plane rotation, scale, crop jitter, colour)."""
 
 
+VIEW_BINS_DEG = (0, 30, 60, 90, 120, 150, 180)
+"""Edges of the view-angle bins (:func:`~.skeleton.palm_view_angle_deg`: 0° palm to the camera, 180° the back)."""
+
+
 class RGBDHandEvaluator(HandPoseEvaluator):
-    """MPJPE / PA-MPJPE (mm) and per-joint errors, plus MPVPE / PA-MPVPE / F-scores on the pack's mesh vertices.
+    """Root-relative MPJPE / PA-MPJPE (mm), per-joint errors, MPVPE / PA-MPVPE / F-scores on the pack's mesh; the
+    absolute wrist (``root_error``, ``mpjpe_cam``); the FreiHAND / HO3D servers' metrics (``freihand/…``, ``ho3d/…``,
+    :mod:`.server_metrics`); and the root-relative errors per view-angle bin (``pa_mpjpe_by_view/0_30deg``, …).
 
     It also keeps each sample's absolute (camera-frame) predicted joints and vertices, gathered by index with the
     errors, so that :meth:`save_outputs` writes the benchmark files (FreiHAND and HO3D ``pred.json``).
@@ -82,9 +95,40 @@ class RGBDHandEvaluator(HandPoseEvaluator):
             pred_vertices=outputs["vertices_mm"],
             target_vertices=batch["vertices_rel_mm"],
         )
-        absolute = absolute_predictions(outputs, batch["intrinsics"])
-        for name, value in absolute.items():  # device-to-host copies, as update() does
-            self._results.setdefault(name, []).append(value.detach().float().cpu())
+        absolute = absolute_predictions(outputs)
+        absolute = {name: value.detach().float() for name, value in absolute.items()}  # what the files will hold
+        target_vertices = batch["vertices_rel_mm"] + batch["root_cam_mm"][:, None]
+        row = server_sample_results(
+            absolute["joints_cam_mm"],
+            batch["joints_cam_mm"],
+            absolute["vertices_cam_mm"],
+            target_vertices,
+            scale_bone=SCALE_BONE,
+        )
+        row.update(absolute)
+        row["root_error"] = torch.linalg.vector_norm(outputs["root_cam_mm"].float() - batch["root_cam_mm"], dim=-1)
+        row["view_angle_deg"] = palm_view_angle_deg(batch["joints_cam_mm"].double())
+        for name, value in row.items():  # device-to-host copies, as update() does
+            self._results.setdefault(name, []).append(value.detach().cpu())
+
+    def _expected_keys(self) -> set[str]:
+        extra = {"joints_cam_mm", "vertices_cam_mm", "root_error", "view_angle_deg"}
+        return super()._expected_keys() | extra | server_result_keys(absolute=True, vertices=True)
+
+    def compute(self) -> dict[str, float]:
+        """The root-relative metrics, ``root_error`` and ``mpjpe_cam`` (mm), the servers' metrics, the view bins."""
+        metrics = super().compute()
+        _, res = self._sorted()
+        metrics["root_error"] = float(res["root_error"].double().mean())
+        metrics["mpjpe_cam"] = float(res["srv_joint_err"].double().mean())
+        metrics.update(server_metrics(res))
+        angle = res["view_angle_deg"]
+        for lo, hi in itertools.pairwise(VIEW_BINS_DEG):
+            inside = (angle >= lo) & ((angle < hi) if hi < VIEW_BINS_DEG[-1] else (angle <= hi))
+            if bool(inside.any()):  # an empty bin has no error; it is left out rather than logged as NaN
+                for name in ("mpjpe", "pa_mpjpe", "root_error"):
+                    metrics[f"{name}_by_view/{lo}_{hi}deg"] = float(res[name][inside].double().mean())
+        return metrics
 
     def save_outputs(self, out_dir: Path) -> list[Path]:
         """``out_dir/freihand/pred.json`` and ``out_dir/ho3d/pred.json`` in dataset-index order."""
@@ -149,12 +193,19 @@ class RGBDHandPoseTask(Task):
         return RGBDHandEvaluator().metric_names()  # an evaluator holds no data until updated: cheap to build
 
     def metric_specs(self) -> dict[str, MetricSpec]:
-        errors = ("mpjpe", "pa_mpjpe", "mpjpe_sc_tr", "n_mpjpe", "mpvpe", "pa_mpvpe")
+        errors = ("mpjpe", "pa_mpjpe", "mpjpe_sc_tr", "n_mpjpe", "mpvpe", "pa_mpvpe", "root_error", "mpjpe_cam")
+        # The per-view groups too: `trainwell report` labels a group's bars with the group's unit.
+        errors += ("mpjpe_by_view", "pa_mpjpe_by_view", "root_error_by_view")
         # A hand is ~200 mm long: a mean error beyond 1 m means wrong units or a broken prediction.
         specs = {name: MetricSpec(unit="mm", higher_is_better=False, plausible=(0.0, 1000.0)) for name in errors}
         for name in ("pck@20mm", "pa_pck@20mm", "auc_0_50mm", "pa_auc_0_50mm", "f@5mm", "f@15mm", "pa_f@5mm"):
             specs[name] = MetricSpec(unit="", higher_is_better=True, plausible=(0.0, 1.0))
         specs["pa_f@15mm"] = MetricSpec(unit="", higher_is_better=True, plausible=(0.0, 1.0))
+        for name in SERVER_METRIC_NAMES:  # freihand/…, ho3d/…: errors in mm, AUCs and F-scores fractions
+            error = name.endswith("_mm")
+            specs[name] = MetricSpec(
+                unit="mm" if error else "", higher_is_better=not error, plausible=(0.0, 1000.0 if error else 1.0)
+            )
         return specs
 
     def metric_units(self) -> dict[str, str]:
@@ -169,7 +220,9 @@ class RGBDHandPoseTask(Task):
         return check_hand_batch(batch, (size, size)) + check_image_batch(batch)
 
     def predict(self, model: nn.Module, input_path: Path, out_dir: Path | None) -> Any:
-        """Joints (and vertices) for an image (+ depth) or a ``.npz`` of crops; see :func:`.submit.predict_file`."""
+        """Joints (and vertices) for an image (+ depth), a ``.npz`` of crops, or an HO3D evaluation root (its
+        ``pred.json`` in ``evaluation.txt`` order); see :func:`.submit.predict_file`, :func:`.submit.predict_dataset`.
+        """
         from trainwell.tasks.hand_pose.submit import predict_file
 
         return predict_file(model, input_path, out_dir, crop_size_px=self.data_cfg.crop_size_px)

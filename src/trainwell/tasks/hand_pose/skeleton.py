@@ -254,3 +254,15 @@ def bone_lengths(joints: torch.Tensor) -> torch.Tensor:
     children = torch.tensor([c for _, c in BONES], device=joints.device)
     vectors = joints[..., children, :] - joints[..., parents, :]
     return torch.sqrt(dot(vectors, vectors).clamp_min(1e-18))  # finite gradient for a zero-length bone
+
+
+def palm_view_angle_deg(joints_cam: torch.Tensor) -> torch.Tensor:
+    """``(...)`` angle, degrees, between the palm's normal and the direction from the hand to the camera.
+
+    0° = the palm faces the camera, 90° = seen edge-on, 180° = the back of the hand faces it. ``joints_cam``
+    ``(..., 21, 3)`` in the camera frame (the camera at the origin); the hand's position is its joints' centroid.
+    """
+    dorsal = palm_frame(joints_cam)[..., 2]  # unit, pointing out of the back of the hand
+    to_camera = normalize(-joints_cam.mean(dim=-2))
+    cos = -(dorsal * to_camera).sum(dim=-1)  # the palm's normal is -dorsal
+    return torch.rad2deg(torch.acos(cos.clamp(-1.0, 1.0)))

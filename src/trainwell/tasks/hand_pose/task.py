@@ -26,6 +26,7 @@ from trainwell.tasks.hand_pose.losses import (
     reprojection_errors,
 )
 from trainwell.tasks.hand_pose.model import HandLiftingNet, LiftingNetConfig, lifting_features
+from trainwell.tasks.hand_pose.server_metrics import server_metrics, server_result_keys, server_sample_results
 from trainwell.tasks.hand_pose.skeleton import JOINT_NAMES, ROOT
 from trainwell.tasks.hand_pose.synthetic import SyntheticHandsConfig
 
@@ -86,6 +87,37 @@ class HandPoseEvaluator(PoseAccumulator):
         return metrics
 
 
+class LiftingEvaluator(HandPoseEvaluator):
+    """:class:`HandPoseEvaluator` plus the servers' translation-free metrics (:mod:`.server_metrics`).
+
+    The lifting network predicts root-relative joints only, so of the FreiHAND / HO3D protocols it gets the
+    Procrustes-aligned (``freihand/pa_mpjpe_mm``, ``freihand/pa_auc_0_50``, the same under ``ho3d/``) and HO3D's
+    scale-and-translation aligned errors (``ho3d/sc_tr_mpjpe_mm``, ``ho3d/sc_tr_auc_0_50``); unaligned errors and
+    meshes need an absolute prediction it does not make.
+    """
+
+    def update(
+        self,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        indices: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        **vertices: torch.Tensor | None,
+    ) -> None:
+        """Score a batch (see :meth:`PoseAccumulator.update`) and store the servers' per-sample results."""
+        super().update(pred, target, indices, mask, **vertices)
+        for name, value in server_sample_results(pred, target, absolute=False, scale_bone=SCALE_BONE).items():
+            self._results.setdefault(name, []).append(value.detach().cpu())  # device-to-host, as update() does
+
+    def _expected_keys(self) -> set[str]:
+        return super()._expected_keys() | server_result_keys(absolute=False, vertices=False)
+
+    def compute(self) -> dict[str, float]:
+        metrics = super().compute()
+        metrics.update(server_metrics(self._sorted()[1]))
+        return metrics
+
+
 class HandPoseTask(Task):
     """2D→3D hand lifting on synthetic hands, scored with MPJPE / PA-MPJPE in mm.
 
@@ -121,8 +153,8 @@ class HandPoseTask(Task):
         d = self.data_cfg
         return SyntheticHandPoseDataset(d, d.seed, "test", d.test_size)
 
-    def build_evaluator(self) -> HandPoseEvaluator:
-        return HandPoseEvaluator(root_index=ROOT, scale_bone=SCALE_BONE)
+    def build_evaluator(self) -> LiftingEvaluator:
+        return LiftingEvaluator(root_index=ROOT, scale_bone=SCALE_BONE)
 
     # -- per batch ----------------------------------------------------------------------------
     @staticmethod
