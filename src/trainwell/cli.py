@@ -109,6 +109,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("checkpoint", help="a trainwell checkpoint")
     ex.add_argument("--out", required=True, help="output file: *.safetensors or *.pt")
+    ex.add_argument(
+        "--format",
+        choices=["plain", "viecap"],
+        default="plain",
+        help="plain: a state dict (default); viecap: ViECap's coco_prefix-00N.pt, the state dict its "
+        "ClipCaptionModel loads with strict=True (captioning)",
+    )
+    ex.add_argument(
+        "--no-gpt2-buffers",
+        action="store_true",
+        help="with --format viecap: leave out GPT-2's attention-mask buffers (attn.bias, attn.masked_bias), which "
+        "ViECap's pinned transformers 4.19 saves and transformers >= 4.31 does not",
+    )
     ex.set_defaults(overrides=[])
 
     doctor = sub.add_parser(
@@ -222,7 +235,14 @@ def _export(args: argparse.Namespace) -> int:
     from trainwell.engine.checkpoint.weights import export_weights
 
     _require_file(args.checkpoint, "checkpoint")
-    for path in export_weights(args.checkpoint, args.out):
+    if args.format == "viecap":
+        from trainwell.tasks.captioning.viecap_format import export_viecap
+
+        paths, note = export_viecap(args.checkpoint, args.out, gpt2_buffers=not args.no_gpt2_buffers)
+        print(note)
+    else:
+        paths = export_weights(args.checkpoint, args.out)
+    for path in paths:
         print(f"wrote {path}")
     return 0
 

@@ -246,7 +246,9 @@ class RunComponents:
         Raises:
             CheckpointError: with ``strict``, on any mismatch (nothing is loaded then).
         """
-        report = load_model_weights(self.model, path, strict=strict, map_location=self.device)
+        report = load_model_weights(
+            self.model, path, strict=strict, map_location=self.device, foreign=self.task.foreign_weights
+        )
         (self.log.info if report.is_exact else self.log.warning)(f"Initialised the model: {report.describe()}")
         return report
 

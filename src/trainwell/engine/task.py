@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 # The typed task:/data: sections live with the schema; a task imports them from here or from there.
 from trainwell.config.schema import DataConfig, TaskConfig
+from trainwell.engine.checkpoint.weights import ForeignWeights
 
 if TYPE_CHECKING:
     from trainwell.config.schema import OptimConfig, ScheduleConfig
@@ -222,6 +223,12 @@ class Task:
         a JSON-serialisable result (printed and written to ``out_dir/predictions.json``). The task may write its own
         formats into ``out_dir`` too (KITTI result text, FreiHAND ``pred.json``)."""
         raise NotImplementedError(f"{type(self).__name__} does not implement predict(); `trainwell predict` needs it.")
+
+    def foreign_weights(self, payload: dict[str, Any]) -> ForeignWeights | None:
+        """``--init-from``: this model's state dict from a checkpoint container another codebase wrote (e.g.
+        OpenPCDet's ``{"model_state": …, "epoch": …}``), or ``None`` (the default) when ``payload`` is not one the
+        task reads. The engine then matches the keys as for its own checkpoints and names the container in errors."""
+        return None
 
     def debug_losses(self, model: nn.Module, batch: Batch) -> dict[str, float]:
         """Loss internals for ``diagnostics.debug_loss`` (statistics of predictions, targets, elements)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,27 @@ from trainwell.engine.checkpoint.files import CheckpointError, atomic_write, ato
 
 
 @dataclass
+class ForeignWeights:
+    """A model state dict read from a checkpoint container that another codebase wrote (``--init-from``)."""
+
+    state: dict[str, torch.Tensor]
+    """Already in this model's key names."""
+    container: str
+    """What the file was, for messages: e.g. "an OpenPCDet checkpoint (model_state, epoch 80, version pcdet+0.6.0)"."""
+
+
+ForeignReader = Callable[[dict[str, Any]], "ForeignWeights | None"]
+"""A task's reader of foreign containers (:meth:`trainwell.engine.task.Task.foreign_weights`): ``None`` when the
+loaded payload is not a container it knows."""
+
+
+@dataclass
 class WeightsReport:
     """How a checkpoint's model tensors matched a model."""
 
     path: Path
+    container: str | None = None
+    """A foreign container's description (``None`` for a trainwell checkpoint or a plain state dict)."""
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     """In the model, not in the checkpoint (kept as initialised)."""
@@ -36,7 +54,8 @@ class WeightsReport:
             return ", ".join(items[:limit]) + more
 
         total = len(self.loaded) + len(self.missing) + len(self.mismatched)
-        parts = [f"{len(self.loaded)} of {total} model tensors loaded from '{self.path}'"]
+        found = f" ({self.container})" if self.container else ""
+        parts = [f"{len(self.loaded)} of {total} model tensors loaded from '{self.path}'{found}"]
         if self.missing:
             parts.append(f"missing in the checkpoint: {names(self.missing)}")
         if self.unexpected:
@@ -51,8 +70,11 @@ def model_state_of(payload: dict[str, Any], path: Path) -> dict[str, torch.Tenso
     """The model state dict in a trainwell checkpoint (``payload["model"]``) or a plain state dict."""
     state = payload.get("model") if isinstance(payload.get("model"), dict) else payload
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        top = ", ".join(str(k) for k in list(payload)[:8])
         raise CheckpointError(
-            f"'{path}' holds neither a trainwell checkpoint nor a model state dict (a dict of tensors)."
+            f"'{path}' holds neither a trainwell checkpoint nor a model state dict (a dict of tensors), nor a "
+            f"container this task reads (its top-level keys: {top}). Export it as a plain state dict, or use the task "
+            f"that reads this format."
         )
     keys = list(state)
     if all(k.startswith("module.") for k in keys):  # saved from a DistributedDataParallel wrapper
@@ -61,9 +83,18 @@ def model_state_of(payload: dict[str, Any], path: Path) -> dict[str, torch.Tenso
 
 
 def load_model_weights(
-    model: nn.Module, path: str | Path, *, strict: bool = True, map_location: str | torch.device = "cpu"
+    model: nn.Module,
+    path: str | Path,
+    *,
+    strict: bool = True,
+    map_location: str | torch.device = "cpu",
+    foreign: ForeignReader | None = None,
 ) -> WeightsReport:
     """Copy the matching tensors of a checkpoint (or a plain state dict) into ``model``.
+
+    ``foreign`` (the task's :meth:`~trainwell.engine.task.Task.foreign_weights`) is asked first, so a task can read
+    the checkpoint container of the codebase its model comes from; the file is loaded with ``weights_only=True``
+    either way.
 
     Raises:
         CheckpointError: with ``strict``, if any key is missing, unexpected or has another shape
@@ -71,9 +102,10 @@ def load_model_weights(
     """
     path = Path(path)
     payload = load_checkpoint(path, map_location=map_location, require_checksum=False)
-    state = model_state_of(payload, path)
+    found = foreign(payload) if foreign is not None else None
+    state = found.state if found is not None else model_state_of(payload, path)
     own = model.state_dict()
-    report = WeightsReport(path=path)
+    report = WeightsReport(path=path, container=found.container if found is not None else None)
     matched: dict[str, torch.Tensor] = {}
     for name, tensor in own.items():
         if name not in state:
@@ -85,8 +117,9 @@ def load_model_weights(
             report.loaded.append(name)
     report.unexpected = [name for name in state if name not in own]
     if strict and not report.is_exact:
+        what = f"The weights in '{path}'" + (f" ({report.container})" if report.container else "")
         raise CheckpointError(
-            f"The weights in '{path}' do not match the model: {report.describe()}. Fix the model config, or "
+            f"{what} do not match the model: {report.describe()}. Fix the model config, or "
             f"load only the matching tensors (trainwell train … --init-from-non-strict)."
         )
     model.load_state_dict(matched, strict=False)
