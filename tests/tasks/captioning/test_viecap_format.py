@@ -27,7 +27,7 @@ from trainwell.tasks.captioning.model import CaptionModel
 from trainwell.tasks.captioning.prompts import full_attention_mask, layout_index
 from trainwell.tasks.captioning.task import CaptioningTask
 
-VOCAB, EOS, CLIP, SOFT, PROJECT = 50, 1, 512, 4, 3
+VOCAB, EOS, CLIP, SOFT = 50, 1, 512, 4  # the small model config: clip_project_length 3, soft prompt 4
 
 # -- ViECap's ClipCap.py, re-expressed -----------------------------------------------------------------------------
 
@@ -98,11 +98,14 @@ class RefClipCaptionModel(nn.Module):
     """ClipCaptionModel(continuous_length, clip_project_length, clip_hidden_size, num_layers, num_heads, gpt_type,
     soft_prompt_first, only_hard_prompt), GPT-2 handed in instead of downloaded."""
 
-    def __init__(self, gpt: GPT2LMHeadModel, *, layers: int, heads: int, soft_first: bool, only_hard: bool) -> None:
+    def __init__(self, gpt: GPT2LMHeadModel, sizes: tuple[int, ...], *, soft_first: bool, only_hard: bool) -> None:
         super().__init__()
-        self.soft_prompt_first, self.only_hard_prompt, self.continuous_length = soft_first, only_hard, SOFT
+        continuous_length, project_length, clip_size, layers, heads = sizes
+        self.soft_prompt_first, self.only_hard_prompt = soft_first, only_hard
+        self.continuous_length = continuous_length
         self.gpt, self.gpt_hidden_size = gpt, gpt.config.hidden_size
-        self.mapping_network = RefMappingNetwork(PROJECT, CLIP, SOFT, self.gpt_hidden_size, layers, heads)
+        d_model = self.gpt_hidden_size
+        self.mapping_network = RefMappingNetwork(project_length, clip_size, continuous_length, d_model, layers, heads)
 
     def forward(self, continuous_prompt, caption_tokens, hard_prompts_length=None, mask=None):
         caption = self.gpt.transformer.wte(caption_tokens)
@@ -134,10 +137,9 @@ def reference(model: CaptionModel, *, soft_first: bool, only_hard: bool, legacy_
         for block in gpt.transformer.h:
             block.attn.register_buffer("bias", torch.tril(torch.ones((n, n), dtype=torch.uint8)).view(1, 1, n, n))
             block.attn.register_buffer("masked_bias", torch.tensor(-1e4))
-    mapping = model.cfg
-    return RefClipCaptionModel(
-        gpt, layers=mapping.num_layers, heads=mapping.num_heads, soft_first=soft_first, only_hard=only_hard
-    ).eval()
+    m = model.cfg  # ClipCaptionModel's constructor arguments, in its order
+    sizes = (m.continuous_prompt_length, m.clip_project_length, m.clip_hidden_size, m.num_layers, m.num_heads)
+    return RefClipCaptionModel(gpt, sizes, soft_first=soft_first, only_hard=only_hard).eval()
 
 
 # -- inputs in ViECap's form (CaptionsDataset.pad_tokens + utils.padding_captions) ---------------------------------
@@ -274,3 +276,28 @@ def test_export_refuses_what_is_not_a_captioning_model(tmp_path: Path, capsys: p
     err = capsys.readouterr().err
     assert "no ViECap counterpart (first: backbone.weight)" in err and "Traceback" not in err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_init_from_a_viecap_file_through_the_trainer(tmp_path: Path) -> None:
+    from trainwell import Trainer, load_config
+    from trainwell.config.loader import build_task
+
+    root = Path(__file__).resolve().parents[3]
+    cfg = load_config(
+        root / "configs/captioning/tiny.yaml", [f"run.dir={tmp_path / 'run'}", "task.model.soft_prompt_first=false"]
+    )
+    task = build_task(cfg)
+    ref = reference(task.build_model(), soft_first=False, only_hard=False, legacy_buffers=True)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for parameter in ref.parameters():
+            parameter.copy_(torch.randn_like(parameter) * 0.1)
+    viecap_file = tmp_path / "coco_prefix-014.pt"
+    torch.save(ref.state_dict(), viecap_file)
+    trainer = Trainer(cfg, task)
+    report = trainer.init_from(viecap_file)  # what `trainwell train … --init-from FILE` calls
+    assert report.is_exact
+    loaded = trainer.model.state_dict()
+    for name, tensor in ref.state_dict().items():
+        if not name.endswith(("attn.bias", "attn.masked_bias")):
+            assert torch.equal(loaded[name].cpu(), tensor), name
