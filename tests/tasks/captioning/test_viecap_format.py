@@ -301,3 +301,44 @@ def test_init_from_a_viecap_file_through_the_trainer(tmp_path: Path) -> None:
     for name, tensor in ref.state_dict().items():
         if not name.endswith(("attn.bias", "attn.masked_bias")):
             assert torch.equal(loaded[name].cpu(), tensor), name
+
+
+@pytest.mark.parametrize("setting", ["hard_prompt_first", "only_hard_prompt", "no_hard_prompt"])
+def test_the_task_trains_and_decodes_each_viecap_layout(setting: str) -> None:
+    """Labels follow the layout (loss = the mean -log p of each caption token, row by row, no padding) and batched,
+    left-padded greedy decoding gives each row what it gives alone."""
+    from captioning_helpers import first_batch, small_task
+
+    from trainwell.tasks.captioning.decode import greedy_decode
+
+    with_hard, soft_first, only_hard = SETTINGS[setting]
+    model_cfg = small_model_config(soft_prompt_first=soft_first, only_hard_prompt=only_hard)
+    task = small_task(model=model_cfg, noise_variance=0.0, random_mask=False, using_hard_prompt=with_hard)
+    batch = first_batch(task)
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    loss = float(task.compute_losses(model, batch)["token_ce"].detach())
+    offset = 0 if only_hard else SOFT  # soft-prompt tokens before the caption (hard prompt first or not)
+    features = torch.nn.functional.normalize(batch["features"].float(), dim=-1)
+    text_ids, text_mask, is_caption = task.text(batch, batch["entity_lengths"] > 0)
+    total, count = 0.0, 0
+    for b in range(text_ids.shape[0]):
+        n, prompt = int(text_mask[b].sum()), int((text_mask[b].bool() & ~is_caption[b]).sum())
+        hard = torch.tensor([prompt]) if with_hard else None
+        with torch.no_grad():
+            log_probs = model(features[b : b + 1], text_ids[b : b + 1, :n], None, hard).log_softmax(-1)[0]
+        for j in range(prompt, n):
+            total -= float(log_probs[offset + j - 1, text_ids[b, j]])
+            count += 1
+    assert loss == pytest.approx(total / count, rel=1e-4)
+
+    prompt_ids, prompt_mask, prompt_caption = task.text(batch, batch["entity_lengths"] > 0, with_caption=False)
+    hard = task.hard_prompt_lengths(prompt_mask, prompt_caption)
+    eos = task.tokenizer.eos_id
+    together = greedy_decode(model, features, prompt_ids, prompt_mask, eos, 6, hard_prompt_lengths=hard)
+    for b in range(prompt_ids.shape[0]):
+        n = int(prompt_mask[b].sum())
+        alone_hard = hard[b : b + 1] if hard is not None else None
+        ids, mask = prompt_ids[b : b + 1, :n], prompt_mask[b : b + 1, :n]
+        alone = greedy_decode(model, features[b : b + 1], ids, mask, eos, 6, hard_prompt_lengths=alone_hard)
+        assert alone[0].tolist() == together[b].tolist()
