@@ -317,6 +317,8 @@ def test_the_task_trains_and_decodes_each_viecap_layout(setting: str) -> None:
     batch = first_batch(task)
     torch.manual_seed(0)
     model = task.build_model().eval()
+    unused = only_hard and with_hard  # the soft prompt never reaches GPT-2: frozen, so DDP waits for no gradient
+    assert all(p.requires_grad != unused for p in model.mapping_network.parameters())
     loss = float(task.compute_losses(model, batch)["token_ce"].detach())
     offset = 0 if only_hard else SOFT  # soft-prompt tokens before the caption (hard prompt first or not)
     features = torch.nn.functional.normalize(batch["features"].float(), dim=-1)

@@ -167,7 +167,11 @@ class CaptioningTask(Task):
 
     def build_model(self) -> CaptionModel:
         tok = self.tokenizer
-        return CaptionModel(self.cfg.model, tok.vocab_size, tok.eos_id)
+        model = CaptionModel(self.cfg.model, tok.vocab_size, tok.eos_id)
+        if self.cfg.model.only_hard_prompt and self.cfg.using_hard_prompt:
+            # the soft prompt never reaches GPT-2: no gradient ever (as in ViECap), and DDP must not wait for one
+            model.mapping_network.requires_grad_(False)
+        return model
 
     def foreign_weights(self, payload: dict[str, Any]) -> ForeignWeights | None:
         """``--init-from`` a ViECap ``coco_prefix-00N.pt``, a ``ClipCaptionModel`` state dict (see .viecap_format)."""
