@@ -333,6 +333,7 @@ def test_the_task_trains_and_decodes_each_viecap_layout(setting: str) -> None:
             total -= float(log_probs[offset + j - 1, text_ids[b, j]])
             count += 1
     assert loss == pytest.approx(total / count, rel=1e-4)
+    assert task.check_batch(batch) == []  # the doctor's padding and shift checks read the same layout
 
     prompt_ids, prompt_mask, prompt_caption = task.text(batch, batch["entity_lengths"] > 0, with_caption=False)
     hard = task.hard_prompt_lengths(prompt_mask, prompt_caption)
