@@ -73,8 +73,7 @@ def model_state_of(payload: dict[str, Any], path: Path) -> dict[str, torch.Tenso
         top = ", ".join(str(k) for k in list(payload)[:8])
         raise CheckpointError(
             f"'{path}' holds neither a trainwell checkpoint nor a model state dict (a dict of tensors), nor a "
-            f"container this task reads (its top-level keys: {top}). Export it as a plain state dict, or use the task "
-            f"that reads this format."
+            f"checkpoint container the task reads; its top-level keys: {top}."
         )
     keys = list(state)
     if all(k.startswith("module.") for k in keys):  # saved from a DistributedDataParallel wrapper
@@ -117,9 +116,8 @@ def load_model_weights(
             report.loaded.append(name)
     report.unexpected = [name for name in state if name not in own]
     if strict and not report.is_exact:
-        what = f"The weights in '{path}'" + (f" ({report.container})" if report.container else "")
         raise CheckpointError(
-            f"{what} do not match the model: {report.describe()}. Fix the model config, or "
+            f"The weights in '{path}' do not match the model: {report.describe()}. Fix the model config, or "
             f"load only the matching tensors (trainwell train … --init-from-non-strict)."
         )
     model.load_state_dict(matched, strict=False)
