@@ -147,9 +147,16 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="output file: *.safetensors or *.pt")
     ex.add_argument(
         "--format",
-        choices=["plain", "openpcdet"],
+        choices=["plain", "openpcdet", "viecap"],
         default="plain",
-        help="plain: a state dict (default); openpcdet: OpenPCDet's checkpoint_epoch_N.pth container (detection3d)",
+        help="plain: a state dict (default); openpcdet: OpenPCDet's checkpoint_epoch_N.pth container (detection3d); "
+        "viecap: ViECap's coco_prefix-00N.pt, the state dict its ClipCaptionModel loads with strict=True (captioning)",
+    )
+    ex.add_argument(
+        "--no-gpt2-buffers",
+        action="store_true",
+        help="with --format viecap: leave out GPT-2's attention-mask buffers (attn.bias, attn.masked_bias), which "
+        "ViECap's pinned transformers 4.19 saves and transformers >= 4.31 does not",
     )
     ex.set_defaults(overrides=[])
 
@@ -315,6 +322,11 @@ def _export(args: argparse.Namespace) -> int:
         from trainwell.tasks.detection3d.openpcdet_format import export_openpcdet
 
         paths, note = export_openpcdet(args.checkpoint, args.out)
+        print(note)
+    elif args.format == "viecap":
+        from trainwell.tasks.captioning.viecap_format import export_viecap
+
+        paths, note = export_viecap(args.checkpoint, args.out, gpt2_buffers=not args.no_gpt2_buffers)
         print(note)
     else:
         paths = export_weights(args.checkpoint, args.out)

@@ -83,7 +83,7 @@ class Oracle(nn.Module):
         self.soft, self.vocab, self.shift = soft, vocab, shift
         self.dummy = nn.Parameter(torch.zeros(()))
 
-    def forward(self, features, text_ids, attention_mask=None):
+    def forward(self, features, text_ids, attention_mask=None, hard_prompt_lengths=None):  # soft prompt first
         full = torch.cat((torch.zeros(text_ids.shape[0], self.soft, dtype=torch.long), text_ids), dim=1)
         target = torch.roll(full, -self.shift, dims=1)
         return 20.0 * nn.functional.one_hot(target, self.vocab).float() + self.dummy

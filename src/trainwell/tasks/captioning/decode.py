@@ -1,9 +1,9 @@
 """Greedy and beam-search decoding from a soft prompt + hard prompt, with GPT-2's key/value cache.
 
-Prompts of different lengths are batched by *left* padding (``[pad][soft prompt][hard prompt]``) with position ids
-counted over the real tokens only, so every row sees the positions it saw in training and the next token of all
-rows is read from the last column. Decoding stops at EOS (the tokenizer's ``<|endoftext|>``); the returned ids
-exclude the prompt and the EOS.
+Prompts of different lengths are batched by *left* padding (``[pad][soft prompt][hard prompt]``, or another layout
+of the model's prompt options) with position ids counted over the real tokens only, so every row sees the positions
+it saw in training and the next token of all rows is read from the last column. Decoding stops at EOS (the
+tokenizer's ``<|endoftext|>``); the returned ids exclude the prompt and the EOS.
 """
 
 from __future__ import annotations
@@ -11,18 +11,26 @@ from __future__ import annotations
 import torch
 
 from trainwell.tasks.captioning.model import CaptionModel
+from trainwell.tasks.captioning.prompts import arrange
 
 
 def left_padded_prompt(
-    model: CaptionModel, features: torch.Tensor, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
+    model: CaptionModel,
+    features: torch.Tensor,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    hard_prompt_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(embeddings (B, L, width), attention_mask (B, L), position_ids (B, L))`` of soft + hard prompt, left-padded.
+    """``(embeddings (B, L, width), attention_mask (B, L), position_ids (B, L))`` of the prompt, left-padded.
 
-    ``prompt_ids``/``prompt_mask`` ``(B, H)`` are right-padded hard prompts; ``L = continuous_prompt_length + H``.
+    ``prompt_ids``/``prompt_mask`` ``(B, H)`` are right-padded hard prompts of ``hard_prompt_lengths`` tokens
+    (``None``: no hard prompt); the model's prompt options order soft and hard prompt (``L = soft + H``, or ``H``
+    with ``only_hard_prompt``), with the padding last, then moved to the left.
     """
-    embeddings = model.input_embeddings(features, prompt_ids)
+    embeddings = model.input_embeddings(features, prompt_ids, hard_prompt_lengths)
+    index = model.layout_index(prompt_ids, hard_prompt_lengths)
     soft = torch.ones(prompt_mask.shape[0], model.soft_prompt_length, dtype=torch.long, device=prompt_mask.device)
-    mask = torch.cat((soft, prompt_mask.long()), dim=1)
+    mask = arrange(index, soft, prompt_mask.long())
     length = mask.shape[1]
     shift = length - mask.sum(dim=1, keepdim=True)  # padding per row, moved from the right to the left
     index = (torch.arange(length, device=mask.device)[None] - shift) % length
@@ -46,9 +54,10 @@ def greedy_decode(
     prompt_mask: torch.Tensor,
     eos_id: int,
     max_new_tokens: int,
+    hard_prompt_lengths: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """The most likely token at every step, per row; returns ``B`` int64 CPU tensors (no EOS, no prompt)."""
-    embeddings, mask, positions = left_padded_prompt(model, features, prompt_ids, prompt_mask)
+    embeddings, mask, positions = left_padded_prompt(model, features, prompt_ids, prompt_mask, hard_prompt_lengths)
     logits, cache = model.lm_cached(embeddings, mask, positions)
     log_probs = logits[:, -1].float().log_softmax(dim=-1)
     batch = features.shape[0]
@@ -77,11 +86,12 @@ def beam_decode(
     max_new_tokens: int,
     beam_size: int = 5,
     length_penalty: float = 1.0,
+    hard_prompt_lengths: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """Beam search: ``beam_size`` hypotheses per row, ranked while searching by their summed log-probability and
     at the end by ``sum / length ** length_penalty`` (1.0: the mean, as ViECap's beam search). A finished beam
     only extends with EOS at no cost. With ``beam_size=1`` this is greedy decoding."""
-    embeddings, mask, positions = left_padded_prompt(model, features, prompt_ids, prompt_mask)
+    embeddings, mask, positions = left_padded_prompt(model, features, prompt_ids, prompt_mask, hard_prompt_lengths)
     logits, cache = model.lm_cached(embeddings, mask, positions)
     log_probs = logits[:, -1].float().log_softmax(dim=-1)
     batch, vocab, k = features.shape[0], log_probs.shape[-1], beam_size

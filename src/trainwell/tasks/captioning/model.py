@@ -1,13 +1,16 @@
-"""ViECap's captioning model: a Transformer mapping network turns a CLIP feature into a soft prompt, which GPT-2
-reads before the entity-aware hard prompt and the caption (the soft-prompt-first layout).
+"""ViECap's captioning model, module for module its ``ClipCaptionModel``: a Transformer mapping network turns a CLIP
+feature into a soft prompt that GPT-2 reads with the entity-aware hard prompt and the caption.
 
 ``[soft prompt: continuous_prompt_length embeddings] [hard prompt: "There are dog, bench in image."] [caption] [EOS]``
+(``soft_prompt_first``; ViECap's other layouts, hard prompt first or no soft prompt, are config keys too).
 
-The mapping network (as ViECap's ``MappingNetwork``): a linear map of the ``(B, clip_hidden_size)`` feature to
+The mapping network (ViECap's ``MappingNetwork``): a linear map of the ``(B, clip_hidden_size)`` feature to
 ``clip_project_length`` tokens of the language model's width, concatenated with ``continuous_prompt_length`` learnt
-constant tokens, through a pre-norm Transformer; the outputs at the constant tokens are the soft prompt. The language
-model is a ``transformers.GPT2LMHeadModel``: randomly initialised from a small ``GPT2Config`` (nothing downloaded),
-or loaded with ``from_pretrained`` from a local directory (``language_model: PATH``).
+constant tokens, through ViECap's pre-norm Transformer (bias-free query and key/value projections, ReLU MLP of twice
+the width, no dropout); the outputs at the constant tokens are the soft prompt. The language model is a
+``transformers.GPT2LMHeadModel``: randomly initialised from a small ``GPT2Config`` (nothing downloaded), or loaded
+with ``from_pretrained`` from a local directory (``language_model: PATH``). Module names are ViECap's, so the state
+dict is the one ViECap saves (``gpt.…``, ``mapping_network.…``; :mod:`.viecap_format` handles what differs).
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from trainwell.tasks.captioning.prompts import arrange, layout_index
 
 
 @dataclass
@@ -55,20 +61,95 @@ class CaptionModelConfig:
     frozen_gpt: bool = False
     """Train only the mapping network (ViECap's ``ClipCaptionPrefix``): GPT-2's parameters get no gradient and it
     stays in eval mode (no dropout) while the model trains."""
+    soft_prompt_first: bool = True
+    """With a hard prompt: ``[soft][hard prompt][caption]`` (ViECap: ``--soft_prompt_first``, which its training
+    scripts pass); ``false``: ``[hard prompt][soft][caption]`` (ViECap's argparse default)."""
+    only_hard_prompt: bool = False
+    """With a hard prompt: no soft prompt at all, ``[hard prompt][caption]`` (ViECap: ``--only_hard_prompt``; the
+    mapping network is then not used). Without a hard prompt (``task.using_hard_prompt: false``) both options are
+    ignored and the layout is ``[soft][caption]``, as in ViECap."""
+
+
+class MappingAttention(nn.Module):
+    """ViECap's ``MultiHeadAttention`` (self-attention use): queries and the key/value pair projected without bias
+    (ViECap builds its layers with ``bias=False``), a biased output projection, scores scaled by ``head_size**-0.5``.
+
+    ``to_keys_values`` is one ``Linear(width, 2 * width)`` whose output reads as ``(2, num_heads, head_size)``: the
+    first ``width`` features are the keys, the next ``width`` the values (the split of ViECap's weights)."""
+
+    def __init__(self, width: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.to_queries = nn.Linear(width, width, bias=False)
+        self.to_keys_values = nn.Linear(width, 2 * width, bias=False)
+        self.project = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N, width) → (B, N, width)``; every token attends to every token (no mask, no dropout)."""
+        batch, length, width = x.shape
+        heads, head_size = self.num_heads, width // self.num_heads
+        queries = self.to_queries(x).view(batch, length, heads, head_size).transpose(1, 2)
+        keys, values = self.to_keys_values(x).view(batch, length, 2, heads, head_size).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(queries, keys, values)  # softmax(q kᵀ / sqrt(head_size)) v
+        return self.project(out.transpose(1, 2).reshape(batch, length, width))
+
+
+class MappingMlp(nn.Module):
+    """ViECap's ``MlpTransformer``: ``fc2(relu(fc1(x)))`` (its dropout is 0 in the mapping network)."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+class MappingLayer(nn.Module):
+    """ViECap's ``TransformerLayer``: pre-norm residual attention, then a pre-norm residual MLP (LayerNorm eps 1e-5)."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = MappingAttention(width, num_heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = MappingMlp(width, int(width * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class MappingTransformer(nn.Module):
+    """ViECap's ``Transformer``: ``num_layers`` layers in ``layers`` (an ``nn.Sequential``, as its key names need)."""
+
+    def __init__(self, width: int, num_layers: int, num_heads: int, mlp_ratio: float = 2.0) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*(MappingLayer(width, num_heads, mlp_ratio) for _ in range(num_layers)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
 
 
 class MappingNetwork(nn.Module):
-    """CLIP feature ``(B, clip_hidden_size)`` → soft prompt ``(B, continuous_prompt_length, width)``."""
+    """CLIP feature ``(B, clip_hidden_size)`` → soft prompt ``(B, continuous_prompt_length, width)``.
+
+    Module for module ViECap's ``MappingNetwork``, so the state dict keys are its keys: ``linear``,
+    ``prefix_const``, ``transformer.layers.N.{norm1, attn.{to_queries, to_keys_values, project}, norm2,
+    mlp.{fc1, fc2}}``."""
 
     def __init__(self, cfg: CaptionModelConfig, width: int) -> None:
         super().__init__()
+        if width % cfg.num_heads:
+            raise ValueError(
+                f"task.model.num_heads={cfg.num_heads} must divide the language model's width {width} "
+                "(the mapping network works at GPT-2's width)."
+            )
         self.clip_project_length = cfg.clip_project_length
         self.linear = nn.Linear(cfg.clip_hidden_size, cfg.clip_project_length * width)
         self.prefix_const = nn.Parameter(torch.randn(cfg.continuous_prompt_length, width) * cfg.prefix_init_std)
-        layer = nn.TransformerEncoderLayer(
-            width, cfg.num_heads, dim_feedforward=2 * width, dropout=0.0, batch_first=True, norm_first=True
-        )
-        self.transformer = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
+        self.transformer = MappingTransformer(width, cfg.num_layers, cfg.num_heads)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         projected = self.linear(features).view(features.shape[0], self.clip_project_length, -1)
@@ -144,22 +225,47 @@ class CaptionModel(nn.Module):
         """``(B, clip_hidden_size)`` → ``(B, continuous_prompt_length, width)``."""
         return self.mapping_network(features)
 
-    def input_embeddings(self, features: torch.Tensor, text_ids: torch.Tensor) -> torch.Tensor:
-        """Soft prompt followed by the token embeddings of ``text_ids`` ``(B, T)``: ``(B, L_soft + T, width)``."""
+    def layout_index(self, text_ids: torch.Tensor, hard_prompt_lengths: torch.Tensor | None) -> torch.Tensor:
+        """The sequence layout ``(B, L)`` of soft prompt and ``text_ids`` under this model's prompt options."""
+        return layout_index(
+            text_ids.shape[0],
+            self.cfg.continuous_prompt_length,
+            text_ids.shape[1],
+            hard_prompt_lengths,
+            soft_prompt_first=self.cfg.soft_prompt_first,
+            only_hard_prompt=self.cfg.only_hard_prompt,
+            device=text_ids.device,
+        )
+
+    def input_embeddings(
+        self, features: torch.Tensor, text_ids: torch.Tensor, hard_prompt_lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """GPT-2's input ``(B, L, width)``: the soft prompt and the token embeddings of ``text_ids`` ``(B, M)``
+        (``[hard prompt][caption]``, right-padded) in the order of :meth:`layout_index`, as ViECap's ``forward``."""
+        text = self.embed_tokens(text_ids)
+        if hard_prompt_lengths is not None and self.cfg.only_hard_prompt:
+            return text  # ViECap computes the soft prompt and drops it; it never reaches GPT-2
         soft = self.soft_prompt(features)
-        return torch.cat((soft, self.embed_tokens(text_ids).to(soft.dtype)), dim=1)
+        return arrange(self.layout_index(text_ids, hard_prompt_lengths), soft, text)
 
     def forward(
-        self, features: torch.Tensor, text_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self,
+        features: torch.Tensor,
+        text_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        hard_prompt_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Next-token logits ``(B, L_soft + T, vocab)`` for soft prompt + ``text_ids`` (hard prompt, caption).
+        """Next-token logits ``(B, L, vocab)``, as ViECap's ``ClipCaptionModel.forward(continuous_prompt,
+        caption_tokens, hard_prompts_length, mask).logits``.
 
         Args:
             features: ``(B, clip_hidden_size)`` image (or, in text-only training, caption) features.
-            text_ids: ``(B, T)`` hard-prompt and caption tokens, right-padded.
-            attention_mask: ``(B, L_soft + T)``, 1 for real positions (soft prompt included), 0 for padding.
+            text_ids: ``(B, M)`` hard-prompt and caption tokens, right-padded.
+            attention_mask: ``(B, L)`` in the sequence's layout, 1 for real positions (soft prompt included).
+            hard_prompt_lengths: ``(B,)`` hard-prompt tokens at the start of each row of ``text_ids``; ``None``:
+                no hard prompt (the soft prompt goes first whatever the options say).
         """
-        embeddings = self.input_embeddings(features, text_ids)
+        embeddings = self.input_embeddings(features, text_ids, hard_prompt_lengths)
         return self.lm(embeddings, attention_mask)
 
     def lm(self, embeddings: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

@@ -107,18 +107,63 @@ def assemble_text(
     return tokens.masked_fill(~valid, pad_id), valid.long(), is_caption
 
 
-def next_token_labels(text_ids: torch.Tensor, is_caption: torch.Tensor, soft_length: int) -> torch.Tensor:
-    """Labels ``(B, soft_length + M)`` of the full sequence: ``labels[t] = token[t + 1]`` where token ``t + 1`` is a
-    caption token (EOS included), else ``IGNORE_INDEX``. Position ``t``'s logits predict token ``t + 1``."""
+def next_token_labels(
+    text_ids: torch.Tensor, is_caption: torch.Tensor, soft_length: int, index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Labels ``(B, L)`` of the full sequence: ``labels[t] = token[t + 1]`` where token ``t + 1`` is a caption token
+    (EOS included), else ``IGNORE_INDEX``. Position ``t``'s logits predict token ``t + 1``. ``index``: the sequence
+    layout (:func:`layout_index`); ``None`` is soft prompt first, ``L = soft_length + M``."""
     batch = text_ids.shape[0]
     ignore = torch.full((batch, soft_length), IGNORE_INDEX, dtype=torch.long, device=text_ids.device)
-    full_ids = torch.cat((ignore, text_ids), dim=1)
-    full_caption = torch.cat((torch.zeros_like(ignore, dtype=torch.bool), is_caption), dim=1)
+    if index is None:
+        index = torch.arange(soft_length + text_ids.shape[1], device=text_ids.device).expand(batch, -1)
+    full_ids = arrange(index, ignore, text_ids)
+    full_caption = arrange(index, torch.zeros_like(ignore, dtype=torch.bool), is_caption)
     shifted = torch.where(full_caption[:, 1:], full_ids[:, 1:], IGNORE_INDEX)
-    return torch.cat((shifted, ignore[:, :1]), dim=1)
+    return torch.cat((shifted, torch.full_like(shifted[:, :1], IGNORE_INDEX)), dim=1)
 
 
-def full_attention_mask(text_mask: torch.Tensor, soft_length: int) -> torch.Tensor:
-    """``(B, soft_length + M)``: the soft prompt is always attended to."""
+def full_attention_mask(text_mask: torch.Tensor, soft_length: int, index: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, L)``: the soft prompt is always attended to; ``index`` as in :func:`next_token_labels`."""
     ones = torch.ones(text_mask.shape[0], soft_length, dtype=text_mask.dtype, device=text_mask.device)
-    return torch.cat((ones, text_mask), dim=1)
+    if index is None:
+        return torch.cat((ones, text_mask), dim=1)
+    return arrange(index, ones, text_mask)
+
+
+def layout_index(
+    batch: int,
+    soft_length: int,
+    text_length: int,
+    hard_prompt_lengths: torch.Tensor | None,
+    *,
+    soft_prompt_first: bool,
+    only_hard_prompt: bool,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """Where each position of the model's input sequence comes from, ``(B, L)``, as ViECap's ``ClipCaptionModel``
+    orders it: indices into ``cat(soft prompt (S slots), text (M slots))``, so slot ``s < S`` is soft prompt token
+    ``s`` and slot ``S + j`` is text token ``j`` (the text is ``[hard prompt][caption][padding]``).
+
+    * ``hard_prompt_lengths is None`` (no hard prompt, ViECap's ``--using_hard_prompt`` off): ``[soft][text]``;
+    * ``only_hard_prompt``: ``[text]`` (no soft prompt, ``L = M``);
+    * ``soft_prompt_first``: ``[soft][hard prompt][caption]``;
+    * otherwise (ViECap's default): ``[hard prompt][soft][caption]``, the soft prompt after each row's hard prompt
+      of ``hard_prompt_lengths[b]`` tokens (a gather, so no host sync per row).
+    """
+    if hard_prompt_lengths is not None and only_hard_prompt:
+        index = soft_length + torch.arange(text_length, device=device)
+        return index.expand(batch, text_length)
+    positions = torch.arange(soft_length + text_length, device=device).expand(batch, soft_length + text_length)
+    if hard_prompt_lengths is None or soft_prompt_first:
+        return positions
+    hard = hard_prompt_lengths.to(device=positions.device)[:, None]
+    in_hard, in_soft = positions < hard, positions < hard + soft_length
+    return torch.where(in_hard, soft_length + positions, torch.where(in_soft, positions - hard, positions))
+
+
+def arrange(index: torch.Tensor, soft: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """``cat(soft (B, S, ...), text (B, M, ...))`` reordered by ``index (B, L)`` along dim 1: ``(B, L, ...)``."""
+    source = torch.cat((soft, text.to(soft.dtype)), dim=1)
+    gather_index = index.reshape(*index.shape, *([1] * (source.dim() - 2))).expand(-1, -1, *source.shape[2:])
+    return source.gather(1, gather_index)

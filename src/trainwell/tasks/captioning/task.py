@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainwell.engine.amp import full_precision
+from trainwell.engine.checkpoint.weights import ForeignWeights
 from trainwell.engine.task import DataConfig, MetricSpec, Task, TaskCapabilityError, TaskConfig
 from trainwell.tasks.captioning import readers
 from trainwell.tasks.captioning.checks import check_labels_shifted, check_padding_ignored
@@ -32,8 +33,10 @@ from trainwell.tasks.captioning.evaluator import CaptionEvaluator
 from trainwell.tasks.captioning.model import CaptionModel, CaptionModelConfig
 from trainwell.tasks.captioning.prompts import (
     PromptTemplate,
+    arrange,
     assemble_text,
     full_attention_mask,
+    layout_index,
     next_token_labels,
 )
 from trainwell.tasks.captioning.tokenizer import (
@@ -43,6 +46,7 @@ from trainwell.tasks.captioning.tokenizer import (
     load_tokenizer,
     train_tokenizer,
 )
+from trainwell.tasks.captioning.viecap_format import read_viecap
 
 Batch = dict[str, torch.Tensor]
 
@@ -166,7 +170,15 @@ class CaptioningTask(Task):
 
     def build_model(self) -> CaptionModel:
         tok = self.tokenizer
-        return CaptionModel(self.cfg.model, tok.vocab_size, tok.eos_id)
+        model = CaptionModel(self.cfg.model, tok.vocab_size, tok.eos_id)
+        if self.cfg.model.only_hard_prompt and self.cfg.using_hard_prompt:
+            # the soft prompt never reaches GPT-2: no gradient ever (as in ViECap), and DDP must not wait for one
+            model.mapping_network.requires_grad_(False)
+        return model
+
+    def foreign_weights(self, payload: dict[str, Any]) -> ForeignWeights | None:
+        """``--init-from`` a ViECap ``coco_prefix-00N.pt``, a ``ClipCaptionModel`` state dict (see .viecap_format)."""
+        return read_viecap(payload)
 
     def collate_fn(self) -> CaptionCollator:
         return CaptionCollator(self.tokenizer.pad_id)
@@ -210,10 +222,31 @@ class CaptioningTask(Task):
             self.tokenizer.pad_id,
         )
 
+    def hard_prompt_lengths(self, text_mask: torch.Tensor, is_caption: torch.Tensor) -> torch.Tensor | None:
+        """Hard-prompt tokens at the start of each row ``(B,)``, or ``None`` without hard prompts (ViECap passes
+        ``hard_prompts_length`` only with ``--using_hard_prompt``)."""
+        if not self.cfg.using_hard_prompt:
+            return None
+        return (text_mask.bool() & ~is_caption).sum(dim=1)
+
+    def layout(self, text_mask: torch.Tensor, is_caption: torch.Tensor) -> torch.Tensor:
+        """The model's input layout ``(B, L)`` of soft prompt and text (:func:`.prompts.layout_index`)."""
+        m = self.cfg.model
+        return layout_index(
+            text_mask.shape[0],
+            m.continuous_prompt_length,
+            text_mask.shape[1],
+            self.hard_prompt_lengths(text_mask, is_caption),
+            soft_prompt_first=m.soft_prompt_first,
+            only_hard_prompt=m.only_hard_prompt,
+            device=text_mask.device,
+        )
+
     def labels(self, text_ids: torch.Tensor, text_mask: torch.Tensor, is_caption: torch.Tensor) -> torch.Tensor:
-        """The token labels the loss trains on, ``(B, soft + M)`` (the one place both the loss and the doctor's
-        padding and shift checks read them): the next caption token, ``IGNORE_INDEX`` elsewhere."""
-        return next_token_labels(text_ids, is_caption, self.cfg.model.continuous_prompt_length)
+        """The token labels the loss trains on, ``(B, L)`` in the model's layout (the one place both the loss and
+        the doctor's padding and shift checks read them): the next caption token, ``IGNORE_INDEX`` elsewhere."""
+        soft, index = self.cfg.model.continuous_prompt_length, self.layout(text_mask, is_caption)
+        return next_token_labels(text_ids, is_caption, soft, index)
 
     def compute_losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         features = self._features(batch, noise=True)
@@ -224,7 +257,8 @@ class CaptioningTask(Task):
         text_ids, text_mask, is_caption = self.text(batch, keep)
         soft = self.cfg.model.continuous_prompt_length
         labels = self.labels(text_ids, text_mask, is_caption)
-        logits = model(features, text_ids, full_attention_mask(text_mask, soft))
+        mask = full_attention_mask(text_mask, soft, self.layout(text_mask, is_caption))
+        logits = model(features, text_ids, mask, self.hard_prompt_lengths(text_mask, is_caption))
         with full_precision():  # the cross-entropy in fp32 under bf16/fp16 autocast, as ViECap
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
         return {"token_ce": loss}
@@ -233,12 +267,14 @@ class CaptioningTask(Task):
     def generate(self, model: nn.Module, batch: Batch) -> list[torch.Tensor]:
         """Caption token ids (no prompt, no EOS) for every row of ``batch``, every detected entity in the prompt."""
         inner: CaptionModel = getattr(model, "module", model)
-        prompt_ids, prompt_mask, _ = self.text(batch, batch["entity_lengths"] > 0, with_caption=False)
+        prompt_ids, prompt_mask, is_caption = self.text(batch, batch["entity_lengths"] > 0, with_caption=False)
+        hard = self.hard_prompt_lengths(prompt_mask, is_caption)
         features = self._features(batch, noise=False)
         eos, steps = self.tokenizer.eos_id, self.cfg.max_new_tokens
         if self.cfg.decode == "beam":
-            return beam_decode(inner, features, prompt_ids, prompt_mask, eos, steps, beam_size=self.cfg.beam_size)
-        return greedy_decode(inner, features, prompt_ids, prompt_mask, eos, steps)
+            size = self.cfg.beam_size
+            return beam_decode(inner, features, prompt_ids, prompt_mask, eos, steps, size, hard_prompt_lengths=hard)
+        return greedy_decode(inner, features, prompt_ids, prompt_mask, eos, steps, hard_prompt_lengths=hard)
 
     def eval_step(self, model: nn.Module, batch: Batch, indices: torch.Tensor, evaluator: CaptionEvaluator) -> None:  # type: ignore[override]
         evaluator.update(indices, self.generate(model, batch))
@@ -260,10 +296,10 @@ class CaptioningTask(Task):
     def check_batch(self, batch: Batch) -> list[Any]:
         """Padding ignored by the loss and labels shifted, on the sequences this batch trains (:mod:`.checks`)."""
         text_ids, text_mask, is_caption = self.text(batch, batch["entity_lengths"] > 0)
-        soft = self.cfg.model.continuous_prompt_length
+        soft, index = self.cfg.model.continuous_prompt_length, self.layout(text_mask, is_caption)
         labels = self.labels(text_ids, text_mask, is_caption)
-        mask = full_attention_mask(text_mask, soft)
-        inputs = torch.cat((torch.full_like(text_ids[:, :1], IGNORE_INDEX).expand(-1, soft), text_ids), dim=1)
+        mask = full_attention_mask(text_mask, soft, index)
+        inputs = arrange(index, torch.full_like(text_ids[:, :1], IGNORE_INDEX).expand(-1, soft), text_ids)
         found = [check_padding_ignored(labels, mask), check_labels_shifted(inputs, labels)]
         return [f for f in found if f is not None]
 
