@@ -25,7 +25,6 @@ from trainwell.engine.checkpoint import BEST, LAST, TrainState
 from trainwell.engine.checkpoint.rng import loader_seed
 from trainwell.engine.evaluation import EvalResult, evaluate
 from trainwell.engine.logging import ProgressBar, epoch_line
-from trainwell.engine.losses import check_losses, record_names, split_output
 from trainwell.engine.nonfinite import NonFiniteLossError
 from trainwell.engine.optim import group_hyperparameters
 from trainwell.engine.profiling import StepProfiler
@@ -98,7 +97,7 @@ class Trainer(RunComponents):
     def _run_epoch(self, epoch: int) -> None:
         """One epoch: train, then (at its end) evaluate, checkpoint and summarise."""
         epoch_started = time.perf_counter()
-        self._maybe_switch_augmentation(epoch)
+        self.augmentation.apply(epoch)
         self.task.on_epoch_start(epoch)
         train_loss = self.train_epoch(epoch)
         self.nonfinite.check([train_loss], None, self.state.global_step, describe=self.env.is_main)
@@ -124,21 +123,6 @@ class Trainer(RunComponents):
         self.log.info(f"{line} | {time.perf_counter() - epoch_started:.1f} s")
         if not last and self.stop_request.should_stop(global_step=self.state.global_step, sync=True):
             self._stop_on_signal(save=False)  # last.pt was just written
-
-    def _maybe_switch_augmentation(self, epoch: int) -> None:
-        """``data.disable_augmentation_last_epochs``: augmentation off from epoch ``epochs - N`` on (a function of the
-        epoch alone, so a resumed run is in the same state); the switch is logged once."""
-        last = self.cfg.data.disable_augmentation_last_epochs
-        if last <= 0:
-            return
-        enabled = epoch < self.plan.epochs - last
-        self.task.set_augmentation(enabled)
-        if not enabled and self._augmentation_logged is not False:
-            self.log.info(
-                f"Augmentation off from epoch {epoch + 1} of {self.plan.epochs} "
-                f"(data.disable_augmentation_last_epochs={last})"
-            )
-        self._augmentation_logged = enabled
 
     def train_epoch(self, epoch: int) -> float:
         """Train on this process's batches of ``epoch`` (from where a resumed run stopped); the epoch's mean loss."""
@@ -223,36 +207,10 @@ class Trainer(RunComponents):
         self.state.global_step += 1
 
     def _forward(self, batch: Any) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
-        """``(names, total, stacked)``: the components' sum to backpropagate and their detached fp32 values
-        ``(K,)`` (+ logged tensors) for the meters. Stacking detached values keeps the extra kernels out of the
-        backward graph: with one component, backward runs exactly the graph of a hand-written loop."""
+        """``(names, total, stacked)`` of the task's losses on ``batch`` (:meth:`LossCollector.collect`)."""
         with autocast(self.device, self.amp_dtype):
             output = self.task.compute_losses(self.train_model, batch)
-        losses, logs, progress = split_output(output, self.task_name)
-        key = (tuple(losses), tuple(logs), tuple(progress))
-        if key != self._checked_key:  # the contract is checked once per set of names, not every step
-            check_losses(losses, {**logs, **progress}, self.task_name)
-            self._checked_key, self.progress_names = key, tuple(progress)
-        values = list(losses.values())
-        total = values[0]
-        for value in values[1:]:
-            total = total + value
-        tensor_logs: list[str] = []
-        kept = [v.detach().float().reshape(1) for v in values]
-        if logs or progress:
-            extras = {**logs, **progress}
-            for name, value in extras.items():
-                if isinstance(value, torch.Tensor):
-                    tensor_logs.append(name)
-                    kept.append(value.detach().float().reshape(1))
-                else:  # plain floats: summed on the host, free
-                    self.host_sums[name] = self.host_sums.get(name, 0.0) + float(value)
-        # One fp32 component: a view, no kernel at all; several: one cat.
-        stacked = kept[0] if len(kept) == 1 else torch.cat(kept)
-        names = self._record_names.get((key, *tensor_logs))
-        if names is None:  # built once per set of names
-            names = self._record_names[(key, *tensor_logs)] = record_names(losses, tensor_logs)
-        return names, total, stacked
+        return self.losses.collect(output)
 
     def _fires(self, interval: Any, ahead: int = 0) -> bool:
         """Whether ``interval`` fires after the step ``ahead`` steps from now (0: the step just taken)."""
@@ -274,21 +232,12 @@ class Trainer(RunComponents):
                 self._evaluate_and_save(
                     epoch, evaluate=evaluate_now, periodic=f"step_{self.state.global_step:08d}.pt" if periodic else None
                 )
-            elif self._fires(self.plan.latest) or (logged and self._checkpoint_time_due()):
+            elif self._fires(self.plan.latest) or (logged and self.wall_clock.due()):
                 self._save()
         for callback in self.callbacks:
             callback.on_step_end(self)
         # Processes agree on a signal only on logging steps (they sync there anyway).
         return self.budget_spent() or self.stop_request.should_stop(global_step=self.state.global_step, sync=logged)
-
-    def _checkpoint_time_due(self) -> bool:
-        """``checkpoint.every_minutes`` has passed since the last checkpoint (rank 0's clock decides for all)."""
-        minutes = self.cfg.checkpoint.every_minutes
-        if minutes is None:
-            return False
-        due = time.monotonic() - self._last_save_time >= 60.0 * minutes
-        # Every process must save together (the RNG states are gathered): one small broadcast, on logging steps only.
-        return bool(D.broadcast_object(due, self.env))
 
     def budget_spent(self) -> bool:
         """Whether the plan's optimizer steps are all taken (``train.max_steps`` can end an epoch early)."""
@@ -299,8 +248,7 @@ class Trainer(RunComponents):
         """One log line + ``metrics.jsonl`` record: interval means of every component and logged value (one host
         sync), every param group's LR, grad norm, throughput. Returns the record (every process)."""
         sums, count = self.meter.read_interval()  # host sync: once per log_every steps
-        sums.update({name: value - self._host_sums_logged.get(name, 0.0) for name, value in self.host_sums.items()})
-        self._host_sums_logged = dict(self.host_sums)
+        sums.update(self.losses.host_interval_sums())
         names = list(sums)
         means = torch.tensor([sums[n] / max(1, count) for n in names], dtype=torch.float64)
         values = dict(zip(names, D.all_reduce_mean(means, self.env).tolist(), strict=True))
@@ -315,7 +263,7 @@ class Trainer(RunComponents):
             record.update(used.momentum_record())
         record.update(self.stats.read_and_reset(self.cfg.train.clip_grad_norm))
         record.update(self.doctor.interval_values())  # update_ratio
-        bar.set_values({"loss": record["loss"], **{n: logged[n] for n in self.progress_names if n in logged}})
+        bar.set_values({"loss": record["loss"], **{n: logged[n] for n in self.losses.progress_names if n in logged}})
         if self.env.is_main:
             self.log.info(self.format_train_line(epoch, record, components, logged, lrs))
             self.out.metrics.write("train", epoch + 1, self.state.global_step, record, "Train")
@@ -366,7 +314,7 @@ class Trainer(RunComponents):
         if self.checkpoints is None:
             return None
         payload = {**self.run_state.state_dict(), **self.payload_extras()}
-        self._last_save_time = time.monotonic()
+        self.wall_clock.saved()
         if not self.out.is_writer:
             return None
         self.checkpoints.save(payload, periodic=periodic, best=best)

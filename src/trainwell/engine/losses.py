@@ -77,3 +77,54 @@ def check_losses(losses: Mapping[str, Any], logs: Mapping[str, Any], task_name: 
 def record_names(losses: Mapping[str, Any], tensor_logs: list[str]) -> tuple[str, ...]:
     """The meter's names: ``loss/<name>`` per component, then the logged tensors' own names."""
     return (*(loss_key(n) for n in losses), *tensor_logs)
+
+
+class LossCollector:
+    """Turns each ``compute_losses`` result into the sum to backpropagate and the detached values the meters keep.
+
+    The contract is checked once per set of names, not every step; plain-float logged values are summed on the host
+    (free), tensors stay on the device until a logging step reads the meters.
+    """
+
+    def __init__(self, task_name: str) -> None:
+        self.task_name = task_name
+        self.progress_names: tuple[str, ...] = ()
+        self._host_sums: dict[str, float] = {}
+        self._host_sums_logged: dict[str, float] = {}
+        self._checked_key: tuple[Any, ...] | None = None
+        self._record_names: dict[tuple[Any, ...], tuple[str, ...]] = {}
+
+    def collect(self, output: Any) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
+        """``(names, total, stacked)``: the components' sum to backpropagate and their detached fp32 values ``(K,)``
+        (+ logged tensors) for the meters. Stacking detached values keeps the extra kernels out of the backward graph:
+        with one component, backward runs exactly the graph of a hand-written loop."""
+        losses, logs, progress = split_output(output, self.task_name)
+        key = (tuple(losses), tuple(logs), tuple(progress))
+        if key != self._checked_key:
+            check_losses(losses, {**logs, **progress}, self.task_name)
+            self._checked_key, self.progress_names = key, tuple(progress)
+        values = list(losses.values())
+        total = values[0]
+        for value in values[1:]:
+            total = total + value
+        tensor_logs: list[str] = []
+        kept = [v.detach().float().reshape(1) for v in values]
+        if logs or progress:  # nothing to merge on the common path (components only)
+            for name, value in {**logs, **progress}.items():
+                if isinstance(value, torch.Tensor):
+                    tensor_logs.append(name)
+                    kept.append(value.detach().float().reshape(1))
+                else:  # plain floats: summed on the host, free
+                    self._host_sums[name] = self._host_sums.get(name, 0.0) + float(value)
+        # One fp32 component: a view, no kernel at all; several: one cat.
+        stacked = kept[0] if len(kept) == 1 else torch.cat(kept)
+        names = self._record_names.get((key, *tensor_logs))
+        if names is None:  # built once per set of names
+            names = self._record_names[(key, *tensor_logs)] = record_names(losses, tensor_logs)
+        return names, total, stacked
+
+    def host_interval_sums(self) -> dict[str, float]:
+        """The plain-float logged values summed since the previous call (one log interval)."""
+        sums = {name: value - self._host_sums_logged.get(name, 0.0) for name, value in self._host_sums.items()}
+        self._host_sums_logged = dict(self._host_sums)
+        return sums

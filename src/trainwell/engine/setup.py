@@ -7,7 +7,6 @@ optimizer → batches and loader → plan (steps, intervals) → schedule → ch
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from trainwell.engine.checkpoint.state import RngPart, ScalerPart, upgrade_paylo
 from trainwell.engine.checkpoint.weights import WeightsReport, load_model_weights
 from trainwell.engine.data import TrainBatches
 from trainwell.engine.logging import MetricsWriter, setup_console_logging, train_line
+from trainwell.engine.losses import LossCollector
 from trainwell.engine.meters import DeviceMeter, StepStats
 from trainwell.engine.nonfinite import NonFinitePolicy
 from trainwell.engine.optim import GroupHyperparameters, build_optimizer, group_names
@@ -45,6 +45,7 @@ from trainwell.engine.rundir import make_run_dir, write_status
 from trainwell.engine.runtime import configure_threads, cpu_bf16_warning, seed_everything
 from trainwell.engine.schedule import build_scheduler
 from trainwell.engine.signals import StopRequest
+from trainwell.engine.switches import AugmentationSwitch, WallClockCheckpoints
 from trainwell.engine.task import Task, require_capability
 
 
@@ -97,6 +98,10 @@ class RunComponents:
         self._build_data()
         self.plan = RunPlan.resolve(cfg, len(self.batches.batches(0)))
         task.num_epochs = self.plan.epochs
+        self.augmentation = AugmentationSwitch(
+            task, cfg.data.disable_augmentation_last_epochs, self.plan.epochs, self.log
+        )
+        self.wall_clock = WallClockCheckpoints(cfg.checkpoint.every_minutes, self.env)
         self.scheduler = task.build_scheduler(self.optimizer, self.plan.total_steps, cfg.schedule) or build_scheduler(
             self.optimizer, cfg.schedule, self.plan.total_steps, self.plan.milestones, peak_lr=cfg.optim.lr
         )
@@ -197,16 +202,10 @@ class RunComponents:
         self.state = TrainState(data_layout=self._data_layout())
         self.meter = DeviceMeter(self.device)
         self.stats = StepStats(device=self.device)
-        self.host_sums: dict[str, float] = {}
-        self._host_sums_logged: dict[str, float] = {}
+        self.losses = LossCollector(self.task_name)
         self._used_hyper: GroupHyperparameters | None = None  # the LR / β1 of the update a log line reports
-        self._augmentation_logged: bool | None = None  # the last state set by disable_augmentation_last_epochs
-        self._last_save_time = time.monotonic()  # checkpoint.every_minutes counts from here
         curve = getattr(self.scheduler, "curve", None)
         self.scheduler_moves_momentum = curve is not None and curve.momentum(0) is not None
-        self._checked_key: tuple[Any, ...] | None = None
-        self._record_names: dict[tuple[Any, ...], tuple[str, ...]] = {}
-        self.progress_names: tuple[str, ...] = ()
         self.best = BestTracker(self.cfg.eval.best_metric, self.cfg.eval.best_mode, self.state)
         self.checkpoint_dir = self.out.run_dir / "checkpoints" if self.out.run_dir is not None else Path("checkpoints")
         self.checkpoints = (

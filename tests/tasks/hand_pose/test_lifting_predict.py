@@ -15,7 +15,13 @@ from trainwell.engine.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[3]
 CONFIG = str(ROOT / "configs/hand_pose/tiny.yaml")
-SHORT = ["train.epochs=1", "data.train_size=256", "data.val_size=32", "train.progress_bar=off"]
+SHORT = [
+    "train.epochs=1",
+    "data.train_size=256",
+    "data.val_size=32",
+    "schedule.warmup_steps=0",
+    "train.progress_bar=off",
+]
 
 
 @pytest.fixture(scope="module")
