@@ -168,6 +168,7 @@ def _require_file(path: str, flag: str) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from trainwell.doctor.findings import Finding, format_finding
     from trainwell.engine.standalone import evaluate_checkpoint
 
     cfg, task = _load(args)
@@ -180,6 +181,9 @@ def _eval(args: argparse.Namespace) -> int:
             print(f"{name}: {value:.4f}{' ' + units[name] if units.get(name) else ''}")
         for path in result.outputs:
             print(f"wrote {path}")
+        findings = [f for f in result.findings if isinstance(f, Finding)]
+        for finding in findings:  # what the evaluator noticed, e.g. a metric it could not compute and why
+            print(format_finding(finding)[0])
         if args.out:
             payload = {
                 "num_samples": result.num_samples,
@@ -187,6 +191,7 @@ def _eval(args: argparse.Namespace) -> int:
                 "metrics": result.metrics,
                 "checkpoint": str(args.checkpoint),
                 "outputs": [str(p) for p in result.outputs],
+                "findings": [f.to_dict() for f in findings],
             }
             Path(args.out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0

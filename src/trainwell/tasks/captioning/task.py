@@ -79,6 +79,10 @@ class CaptioningTaskConfig(TaskConfig):
     """Beams of ``decode: beam``."""
     max_new_tokens: int = 48
     """Longest generated caption, in tokens."""
+    meteor: bool = True
+    """Score METEOR with pycocoevalcap's Java scorer (needs ``java`` on PATH; ~5–10 s per evaluation, rank 0)."""
+    spice: bool = True
+    """Score SPICE with pycocoevalcap's Java scorer (needs its Stanford CoreNLP 3.6.0 jars; never downloaded)."""
 
 
 @dataclass
@@ -169,7 +173,10 @@ class CaptioningTask(Task):
         return CaptionCollator(self.tokenizer.pad_id)
 
     def build_evaluator(self) -> CaptionEvaluator:
-        return CaptionEvaluator(self.tokenizer, self.records("val"), width=self.cfg.max_new_tokens, ragged=True)
+        java = [name for name in ("meteor", "spice") if getattr(self.cfg, name)]
+        return CaptionEvaluator(
+            self.tokenizer, self.records("val"), width=self.cfg.max_new_tokens, ragged=True, java_metrics=java
+        )
 
     # -- sequences ---------------------------------------------------------------------------------
     def _features(self, batch: Batch, *, noise: bool) -> torch.Tensor:
@@ -233,7 +240,11 @@ class CaptioningTask(Task):
         fraction = MetricSpec(higher_is_better=True, plausible=(0.0, 1.0))
         specs = {f"bleu_{n}": fraction for n in range(1, 5)}
         specs.update(
-            rouge_l=fraction, entity_recall=fraction, cider_d=MetricSpec(higher_is_better=True, plausible=(0.0, 10.0))
+            rouge_l=fraction,
+            entity_recall=fraction,
+            meteor=fraction,
+            spice=fraction,
+            cider_d=MetricSpec(higher_is_better=True, plausible=(0.0, 10.0)),
         )
         specs["caption_words"] = MetricSpec(unit="words", higher_is_better=True, plausible=(1.0, 100.0))
         return specs
