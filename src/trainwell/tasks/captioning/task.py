@@ -47,6 +47,12 @@ from trainwell.tasks.captioning.tokenizer import (
 Batch = dict[str, torch.Tensor]
 
 
+def end_at_first_stop(ids: torch.Tensor, stops: torch.Tensor) -> torch.Tensor:
+    """``ids`` (a CPU row of generated ids) up to and including the first id in ``stops``; all of it without one."""
+    hits = torch.isin(ids, stops).nonzero()
+    return ids[: int(hits[0]) + 1] if len(hits) else ids
+
+
 @dataclass
 class CaptioningTaskConfig(TaskConfig):
     """``task:`` section (ViECap's ``main.py`` option names where there is one)."""
@@ -79,6 +85,9 @@ class CaptioningTaskConfig(TaskConfig):
     """Beams of ``decode: beam``."""
     max_new_tokens: int = 48
     """Longest generated caption, in tokens."""
+    eos_in_loss: bool = True
+    """Train the end-of-text token (then decoding stops at it). ``false``: as ViECap, the loss leaves EOS out, and
+    generated captions end after their first ``.`` (ViECap's stop token); see docs/captioning.md."""
     meteor: bool = True
     """Score METEOR with pycocoevalcap's Java scorer (needs ``java`` on PATH; ~5–10 s per evaluation, rank 0)."""
     spice: bool = True
@@ -206,7 +215,10 @@ class CaptioningTask(Task):
     def labels(self, text_ids: torch.Tensor, text_mask: torch.Tensor, is_caption: torch.Tensor) -> torch.Tensor:
         """The token labels the loss trains on, ``(B, soft + M)`` (the one place both the loss and the doctor's
         padding and shift checks read them): the next caption token, ``IGNORE_INDEX`` elsewhere."""
-        return next_token_labels(text_ids, is_caption, self.cfg.model.continuous_prompt_length)
+        labels = next_token_labels(text_ids, is_caption, self.cfg.model.continuous_prompt_length)
+        if not self.cfg.eos_in_loss:  # ViECap sets the labels that are EOS to its ignored value
+            labels = labels.masked_fill(labels == self.tokenizer.eos_id, IGNORE_INDEX)
+        return labels
 
     def compute_losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         features = self._features(batch, noise=True)
@@ -230,8 +242,14 @@ class CaptioningTask(Task):
         features = self._features(batch, noise=False)
         eos, steps = self.tokenizer.eos_id, self.cfg.max_new_tokens
         if self.cfg.decode == "beam":
-            return beam_decode(inner, features, prompt_ids, prompt_mask, eos, steps, beam_size=self.cfg.beam_size)
-        return greedy_decode(inner, features, prompt_ids, prompt_mask, eos, steps)
+            ids = beam_decode(inner, features, prompt_ids, prompt_mask, eos, steps, beam_size=self.cfg.beam_size)
+        else:
+            ids = greedy_decode(inner, features, prompt_ids, prompt_mask, eos, steps)
+        if self.cfg.eos_in_loss:
+            return ids
+        # a model that never learnt EOS ends its caption with the first full stop, as ViECap's search stops there
+        stops = torch.tensor(self.tokenizer.sentence_end_ids)
+        return [end_at_first_stop(row, stops) for row in ids]
 
     def eval_step(self, model: nn.Module, batch: Batch, indices: torch.Tensor, evaluator: CaptionEvaluator) -> None:  # type: ignore[override]
         evaluator.update(indices, self.generate(model, batch))

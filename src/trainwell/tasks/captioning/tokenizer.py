@@ -48,6 +48,11 @@ class CaptionTokenizer:
         """Token ids of each text (no special tokens added)."""
         return [list(e.ids) for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
 
+    @property
+    def sentence_end_ids(self) -> tuple[int, ...]:
+        """The ids that end a sentence for ViECap's decoding (the last token of ``"."`` and of ``" ."``)."""
+        return tuple(dict.fromkeys(self.encode(text)[-1] for text in (".", " .")))
+
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids`` up to the first EOS, padding and special tokens skipped, surrounding spaces stripped."""
         kept = []
