@@ -41,6 +41,7 @@ from trainwell.tasks.captioning.tokenizer import (
     TOKENIZER_FILE,
     CaptionTokenizer,
     load_tokenizer,
+    require_language_model_dir,
     train_tokenizer,
 )
 
@@ -147,7 +148,7 @@ class CaptioningTask(Task):
         (then saved to the run directory, which makes a checkpoint plus its run directory an inference bundle)."""
         if self._tokenizer is None:
             if self.cfg.model.language_model:
-                self._tokenizer = load_tokenizer(Path(self.cfg.model.language_model))
+                self._tokenizer = load_tokenizer(require_language_model_dir(self.cfg.model.language_model))
             elif self.run_dir is not None and (self.run_dir / TOKENIZER_FILE).is_file():
                 self._tokenizer = load_tokenizer(self.run_dir)
             else:
