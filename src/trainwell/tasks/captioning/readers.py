@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import random
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from trainwell.config.loader import ConfigError
 from trainwell.tasks.captioning.datasets import CaptionRecord
 
 if TYPE_CHECKING:
@@ -90,21 +92,101 @@ def _vector(value: Any, where: str) -> np.ndarray:
     return array.astype(np.float16)
 
 
-def read_viecap_pickle(path: Path) -> list[tuple[list[str], Any, np.ndarray]]:
-    """``[[entities, caption, clip_features], ...]`` → ``[(entities, caption, features (D,) float16)]``."""
+class CaptionDataError(ConfigError, ValueError):
+    """A data file in a layout trainwell does not read; the CLI prints it as one message (no traceback)."""
+
+
+CAPTIONS_WITH_FEATURES = "captions_with_features"
+IMAGES_WITH_CAPTIONS = "images_with_captions"
+CAPTIONS_WITH_ENTITIES = "captions_with_entities"
+LAYOUTS = {
+    CAPTIONS_WITH_FEATURES: "[entities, caption, clip_features]",
+    IMAGES_WITH_CAPTIONS: "[image_name, clip_features, [captions]]",
+    CAPTIONS_WITH_ENTITIES: "[entities, caption]",
+}
+"""The entry layouts of ViECap's pickles, by name."""
+EXPECTED_LAYOUTS = (
+    "[[entities: list[str], caption: str, clip_features (D,)], ...] (ViECap's *_texts_features_*.pickle, the "
+    "training data; also validation, the caption being the one reference or, with data.val_annotations, a COCO "
+    "image id) or [[image_name: str | int, clip_features (D,), [captions: str, ...]], ...] (ViECap's validation "
+    "and test pickles, e.g. val_captions_ViT-B32.pickle)"
+)
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+
+
+def _is_vector(value: Any) -> bool:
+    shape = tuple(value.shape) if isinstance(value, torch.Tensor | np.ndarray) else ()
+    return len(shape) == 1 or (len(shape) == 2 and shape[0] == 1)
+
+
+def layout_of(entry: Any) -> str | None:
+    """The name of ``entry``'s layout (:data:`LAYOUTS`), or ``None`` when it is none of them."""
+    if not isinstance(entry, list | tuple):
+        return None
+    if len(entry) == 3 and _strings(entry[0]) and isinstance(entry[1], str | int) and _is_vector(entry[2]):
+        return CAPTIONS_WITH_FEATURES
+    if len(entry) == 3 and isinstance(entry[0], str | int) and _is_vector(entry[1]) and _strings(entry[2]):
+        return IMAGES_WITH_CAPTIONS
+    if len(entry) == 2 and _strings(entry[0]) and isinstance(entry[1], str):
+        return CAPTIONS_WITH_ENTITIES
+    return None
+
+
+def describe(value: Any, depth: int = 0) -> str:
+    """A short picture of ``value``'s structure, e.g. ``[list[str] (5), str, Tensor float16 (512,)]``."""
+    if isinstance(value, torch.Tensor | np.ndarray):
+        return f"{type(value).__name__} {str(value.dtype).replace('torch.', '')} {tuple(value.shape)}"
+    if isinstance(value, list | tuple) and depth == 0:
+        return "[" + ", ".join(describe(v, 1) for v in value[:6]) + (", ..." if len(value) > 6 else "") + "]"
+    if isinstance(value, list | tuple):
+        kinds = sorted({type(v).__name__ for v in value})
+        return f"{type(value).__name__}[{' | '.join(kinds)}] ({len(value)})"
+    return type(value).__name__
+
+
+def read_feature_pickle(path: Path, key: str) -> tuple[str, list[tuple[Any, Any, np.ndarray]]]:
+    """ViECap's pickle at ``path`` (the config key ``key`` names it) → ``(layout, entries)``.
+
+    Entries are ``(entities, caption or image id, features (D,) float16)`` for ``captions_with_features`` and
+    ``(image name or id, references, features)`` for ``images_with_captions``; the layout is that of entry 0, and
+    every entry must have it. ``[[entities, caption], ...]`` (ViECap's ``*_with_entities.pickle``) has no features
+    and is refused with what to run on it.
+    """
     data = load_pickle(path)
-    if not isinstance(data, list | tuple):
-        raise ValueError(f"{path}: expected a list of [entities, caption, clip_features]; got {type(data).__name__}.")
+    if not isinstance(data, list | tuple) or not data:
+        raise CaptionDataError(f"{key} {path}: found {describe(data)}; expected a non-empty {EXPECTED_LAYOUTS}.")
+    layout = layout_of(data[0])
+    if layout == CAPTIONS_WITH_ENTITIES:
+        raise CaptionDataError(
+            f"{key} {path} is ViECap's captions-with-entities layout [[entities, caption], ...] (entry 0: "
+            f"{describe(data[0])}), which holds no CLIP features: ViECap encodes these captions with CLIP's text "
+            "encoder while it trains, and trainwell takes the features pre-extracted. Run ViECap's "
+            "texts_features_extraction.py on this file (it appends each caption's CLIP text feature) and set "
+            f"{key} to its output; expected {EXPECTED_LAYOUTS}."
+        )
+    if layout is None:
+        raise CaptionDataError(f"{key} {path}: entry 0 is {describe(data[0])}; expected {EXPECTED_LAYOUTS}.")
     out = []
     for index, entry in enumerate(data):
         where = f"{path} entry {index}"
-        if not isinstance(entry, list | tuple) or len(entry) != 3:
-            raise ValueError(f"{where}: expected [entities, caption, clip_features]; got {str(entry)[:80]}.")
-        entities, caption, features = entry
-        if not isinstance(entities, list | tuple) or not all(isinstance(e, str) for e in entities):
-            raise ValueError(f"{where}: entities must be a list of strings; got {str(entities)[:80]}.")
-        out.append((list(entities), caption, _vector(features, where)))
-    return out
+        if layout_of(entry) != layout:
+            raise CaptionDataError(f"{where}: expected {LAYOUTS[layout]} like entry 0; found {describe(entry)}.")
+        if layout == CAPTIONS_WITH_FEATURES:
+            out.append((list(entry[0]), entry[1], _vector(entry[2], where)))
+        else:
+            out.append((entry[0], list(entry[2]), _vector(entry[1], where)))
+    return layout, out
+
+
+def read_viecap_pickle(path: Path) -> list[tuple[list[str], Any, np.ndarray]]:
+    """``[[entities, caption, clip_features], ...]`` → ``[(entities, caption, features (D,) float16)]``."""
+    layout, entries = read_feature_pickle(path, "pickle")
+    if layout != CAPTIONS_WITH_FEATURES:
+        raise CaptionDataError(f"{path}: expected {LAYOUTS[CAPTIONS_WITH_FEATURES]} entries; found {layout}.")
+    return entries
 
 
 def read_coco_captions(path: Path) -> dict[int, list[str]]:
@@ -123,23 +205,47 @@ def read_coco_captions(path: Path) -> dict[int, list[str]]:
 
 def _resolve(root: str | None, value: str | None, key: str) -> Path:
     if not value:
-        raise ValueError(f"data.{key} is not set; it is needed when data.train_pickle is (train from files).")
+        raise CaptionDataError(f"data.{key} is not set; it is needed when data.train_pickle is (train from files).")
     path = Path(value)
     path = path if path.is_absolute() or root is None else Path(root) / path
     if not path.is_file():
-        raise FileNotFoundError(f"data.{key}: {path} does not exist.")
+        raise CaptionDataError(f"data.{key}: {path} does not exist.")
     return path
 
 
-def records_from_config(cfg: CaptioningDataConfig, split: str) -> list[CaptionRecord]:
-    """The train or val records from ``data.train_pickle`` / ``data.val_pickle`` (+ ``data.val_annotations``)."""
-    if split == "train":
-        entries = read_viecap_pickle(_resolve(cfg.root, cfg.train_pickle, "train_pickle"))
-        return [
-            CaptionRecord(i, feats, tuple(ents), (str(caption),), ())
-            for i, (ents, caption, feats) in enumerate(entries)
-        ]
-    entries = read_viecap_pickle(_resolve(cfg.root, cfg.val_pickle, "val_pickle"))
+def training_subset(records: list[CaptionRecord], ratio: float, seed: int, size: int | None) -> list[CaptionRecord]:
+    """ViECap's low-data setting, then a size cap: with ``ratio < 1`` the records are shuffled by
+    ``random.Random(seed)`` (ViECap: ``random.seed(seed)``, then ``random.shuffle``: the same permutation, so
+    ``data.seed`` = ViECap's ``--random_seed`` keeps the same captions) and the first ``int(N * ratio)`` kept; then,
+    when ``size`` is given, the first ``size`` of those."""
+    if not 0.0 < ratio <= 1.0:
+        raise CaptionDataError(f"data.few_shot_ratio must be in (0, 1]; got {ratio}.")
+    if ratio < 1.0:
+        order = list(range(len(records)))
+        random.Random(seed).shuffle(order)
+        records = [records[i] for i in order[: int(len(records) * ratio)]]
+        if not records:
+            raise CaptionDataError(f"data.few_shot_ratio={ratio} keeps none of the training records.")
+    if size is not None:
+        if not 0 < size <= len(records):
+            raise CaptionDataError(f"data.train_size={size}, but there are {len(records)} training records to use.")
+        records = records[:size]
+    return records
+
+
+def _val_records(cfg: CaptioningDataConfig) -> list[CaptionRecord]:
+    path = _resolve(cfg.root, cfg.val_pickle, "val_pickle")
+    layout, entries = read_feature_pickle(path, "data.val_pickle")
+    if layout == IMAGES_WITH_CAPTIONS:
+        if cfg.val_annotations:
+            raise CaptionDataError(
+                f"data.val_pickle {path} holds each image's references ({LAYOUTS[layout]}), so data.val_annotations "
+                "would not be read: unset it (or give a pickle of [entities, image_id, clip_features])."
+            )
+        empty = [index for index, (_, refs, _) in enumerate(entries) if not refs]
+        if empty:
+            raise CaptionDataError(f"data.val_pickle {path}: entries {empty[:5]} have no reference caption.")
+        return [CaptionRecord(name, feats, (), tuple(refs), ()) for name, refs, feats in entries]
     if not cfg.val_annotations:
         # each entry's caption is its one reference; its nouns are the ground truth of entity recall
         return [
@@ -150,11 +256,35 @@ def records_from_config(cfg: CaptioningDataConfig, split: str) -> list[CaptionRe
     records = []
     for index, (ents, image_id, feats) in enumerate(entries):
         if not isinstance(image_id, int) or image_id not in references or not references[image_id]:
-            raise ValueError(
+            raise CaptionDataError(
                 f"data.val_pickle entry {index}: with data.val_annotations the second field must be an image id "
                 f"with captions in {cfg.val_annotations}; got {image_id!r}."
             )
         records.append(CaptionRecord(image_id, feats, tuple(ents), tuple(references[image_id]), ()))
+    return records
+
+
+def records_from_config(cfg: CaptioningDataConfig, split: str) -> list[CaptionRecord]:
+    """The train or val records from ``data.train_pickle`` / ``data.val_pickle`` (+ ``data.val_annotations``),
+    training cut by ``data.few_shot_ratio`` and ``data.train_size``, validation by ``data.val_size``."""
+    if split == "train":
+        path = _resolve(cfg.root, cfg.train_pickle, "train_pickle")
+        layout, entries = read_feature_pickle(path, "data.train_pickle")
+        if layout != CAPTIONS_WITH_FEATURES:
+            raise CaptionDataError(
+                f"data.train_pickle {path} holds images with references ({LAYOUTS[layout]}, ViECap's validation "
+                f"layout); training reads {LAYOUTS[CAPTIONS_WITH_FEATURES]} (ViECap's *_texts_features_*.pickle)."
+            )
+        records = [
+            CaptionRecord(i, feats, tuple(ents), (str(caption),), ())
+            for i, (ents, caption, feats) in enumerate(entries)
+        ]
+        return training_subset(records, cfg.few_shot_ratio, cfg.seed, cfg.train_size)
+    records = _val_records(cfg)
+    if cfg.val_size is not None:
+        if not 0 < cfg.val_size <= len(records):
+            raise CaptionDataError(f"data.val_size={cfg.val_size}, but {cfg.val_pickle} has {len(records)} images.")
+        records = records[: cfg.val_size]
     return records
 
 

@@ -99,10 +99,12 @@ class CaptioningTaskConfig(TaskConfig):
 class CaptioningDataConfig(CorpusConfig, DataConfig):
     """``data:`` section: the synthetic corpus (sizes, seed, generator), or ViECap/COCO files."""
 
-    train_size: int = 20_000
-    """Synthetic training records (one caption each)."""
-    val_size: int = 500
-    """Synthetic validation images."""
+    train_size: int | None = None
+    """Training records: synthetic ones to make (``None``: 20 000), or the first of the pickle's (``None``: all)."""
+    val_size: int | None = None
+    """Validation images: synthetic ones to make (``None``: 500), or the first of the pickle's (``None``: all)."""
+    few_shot_ratio: float = 1.0
+    """ViECap's low-data setting: keep this share of the training records, drawn by ``random.Random(data.seed)``."""
     references_per_image: int = 5
     """Synthetic reference captions per validation image (COCO has 5)."""
     root: str | None = None
@@ -137,9 +139,11 @@ class CaptioningTask(Task):
             if d.train_pickle:
                 self._records[split] = readers.records_from_config(d, split)
             elif split == "train":
-                self._records[split] = synthetic_records(d, "train", d.train_size, 1)
+                made = synthetic_records(d, "train", 20_000 if d.train_size is None else d.train_size, 1)
+                self._records[split] = readers.training_subset(made, d.few_shot_ratio, d.seed, None)
             else:
-                self._records[split] = synthetic_records(d, "val", d.val_size, d.references_per_image)
+                size = 500 if d.val_size is None else d.val_size
+                self._records[split] = synthetic_records(d, "val", size, d.references_per_image)
         return self._records[split]
 
     @property
