@@ -100,6 +100,6 @@ def metric_skipped(name: str, reason: str) -> Finding:
         f"captioning.{name}_skipped",
         "info",
         f"{name.upper()} was not computed: {reason}",
-        f"task.{name} is on, but {name.upper()} cannot run here: {reason}",
+        f"task.{name} is on (the default), so {name.upper()} was asked for; the metrics leave it out",
         f"Make it runnable (see the title), or set task.{name}: false to leave it out on purpose.",
     )
