@@ -126,3 +126,24 @@ def test_eval_json_says_which_metric_was_skipped_and_why(tmp_path: Path) -> None
     skipped = [f for f in payload["findings"] if f["id"].endswith("_skipped")]
     assert [f["id"] for f in skipped] == ["captioning.meteor_skipped"]  # SPICE is off in this config
     assert "java is not on PATH" in skipped[0]["title"]
+
+
+@pytest.mark.skipif(not HAS_JAVA, reason="java is not on PATH")
+def test_ptb_tokenize_is_pycocoevalcaps_java_tokenizer_on_caption_text() -> None:
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    from trainwell.tasks.captioning.scoring import ptb_tokenize
+
+    captions = [
+        "A dog's toy is on the couch.",
+        "Two men don't like the rain, do they?",
+        "A black-and-white cat (sleeping) on a 3.5 inch mat!",
+        'A man says "hello" to a woman; she waves.',
+        "People walking down a busy street...",
+        "The bus is red -- and it's big.",
+        "A woman's bag: leather, brown.",
+        "a {curly} [square] thing & 50% off",
+        "I'm here, you're there, we'll go.",
+    ]
+    java = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(captions)})
+    assert [ptb_tokenize(c) for c in captions] == [java[i][0] for i in range(len(captions))]
