@@ -143,3 +143,10 @@ def test_the_cli_prints_an_unknown_layout_without_a_traceback(tmp_path: Path) ->
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
     assert f"data.train_pickle {bad}: entry 0 is dict; expected" in result.stderr
+
+
+def test_a_truncated_pickle_is_a_data_error_naming_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "train.pickle", text_features())
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CaptionDataError, match=r"train\.pickle is not a readable pickle"):
+        records_from_config(CaptioningDataConfig(train_pickle=str(path)), "train")

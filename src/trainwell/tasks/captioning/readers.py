@@ -27,7 +27,11 @@ if TYPE_CHECKING:
     from trainwell.tasks.captioning.task import CaptioningDataConfig
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class CaptionDataError(ConfigError, ValueError):
+    """A data file trainwell cannot read as given; the CLI prints it as one message (no traceback)."""
+
+
+class UnsafePickleError(pickle.UnpicklingError, CaptionDataError):
     """The pickle names a global outside the allowed data types (it could run code); nothing of it was run."""
 
 
@@ -79,6 +83,9 @@ def load_pickle(path: Path) -> Any:
             return RestrictedUnpickler(handle).load()
     except UnsafePickleError as error:
         raise UnsafePickleError(f"{path}: {error}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError) as error:
+        # a truncated or corrupt file (what Python's unpickler raises on bad bytes)
+        raise CaptionDataError(f"{path} is not a readable pickle ({type(error).__name__}: {error}).") from None
 
 
 def _vector(value: Any, where: str) -> np.ndarray:
@@ -90,10 +97,6 @@ def _vector(value: Any, where: str) -> np.ndarray:
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"{where}: clip_features must be a 1-D numeric vector; got shape {array.shape} {array.dtype}.")
     return array.astype(np.float16)
-
-
-class CaptionDataError(ConfigError, ValueError):
-    """A data file in a layout trainwell does not read; the CLI prints it as one message (no traceback)."""
 
 
 CAPTIONS_WITH_FEATURES = "captions_with_features"
