@@ -3,10 +3,10 @@
 Training (as ViECap's ``main.py``): the feature is L2-normalised, Gaussian noise of variance ``noise_variance``
 is added and the result normalised again (noise injection, so that text features stand in for image features);
 detected entities are dropped from the hard prompt with probability ``prob_of_random_mask``; the loss is the token
-cross-entropy over the caption (EOS included), computed in fp32 with prompts and padding ignored. The noise and
-the masks are drawn from torch's global RNG inside ``compute_losses``, whose state the engine checkpoints, so a
-resumed run draws the same ones. Evaluation decodes (greedy or beam) from the clean feature and every detected
-entity, and scores the whole validation set at once.
+cross-entropy over the caption (EOS included unless ``eos_in_loss: false``), computed in fp32 with prompts and
+padding ignored. The noise and the masks are drawn from torch's global RNG inside ``compute_losses``, whose state
+the engine checkpoints, so a resumed run draws the same ones. Evaluation decodes (greedy or beam) from the clean
+feature and every detected entity, and scores the whole validation set at once.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class CaptioningTaskConfig(TaskConfig):
     """Train the end-of-text token (then decoding stops at it). ``false``: as ViECap, the loss leaves EOS out, and
     generated captions end after their first ``.`` (ViECap's stop token); see docs/captioning.md."""
     meteor: bool = True
-    """Score METEOR with pycocoevalcap's Java scorer (needs ``java`` on PATH; ~5–10 s per evaluation, rank 0)."""
+    """Score METEOR with pycocoevalcap's Java scorer (needs ``java`` on PATH; 7–8 s of CPU per evaluation, rank 0)."""
     spice: bool = True
     """Score SPICE with pycocoevalcap's Java scorer (needs its Stanford CoreNLP 3.6.0 jars; never downloaded)."""
 
