@@ -105,17 +105,19 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.slow
-def test_eval_json_says_which_metric_was_skipped_and_why(tmp_path: Path) -> None:
+def test_the_log_and_eval_json_say_which_metric_was_skipped_and_why(tmp_path: Path) -> None:
     import os
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    no_java = {**env, "PATH": str(tmp_path)}  # python is called by its full path; java cannot be found
     config = str(ROOT / "configs/captioning/tiny.yaml")
     small = [f"run.dir={tmp_path}", "train.epochs=1", "data.train_size=64", "data.val_size=8", "task.max_new_tokens=8"]
-    train = _run_cli(["train", config, *small], env)
+    train = _run_cli(["train", config, *small, "task.meteor=true"], no_java)
     assert train.returncode == 0, train.stderr[-2000:]
+    log = next(tmp_path.rglob("train.log")).read_text()
+    assert "captioning.meteor_skipped: METEOR was not computed: java is not on PATH" in log
     checkpoint = next(tmp_path.rglob("last.pt"))
     out = tmp_path / "eval.json"
-    no_java = {**env, "PATH": str(tmp_path)}  # python is called by its full path; java cannot be found
     result = _run_cli(
         ["eval", config, *small, "task.meteor=true", "--checkpoint", str(checkpoint), "--out", str(out)], no_java
     )
