@@ -149,3 +149,14 @@ def test_ptb_tokenize_is_pycocoevalcaps_java_tokenizer_on_caption_text() -> None
     ]
     java = PTBTokenizer().tokenize({i: [{"caption": c}] for i, c in enumerate(captions)})
     assert [ptb_tokenize(c) for c in captions] == [java[i][0] for i in range(len(captions))]
+
+
+def test_a_failing_meteor_is_skipped_with_its_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "java"  # a "java" that fails the way a broken JVM does: a message on stderr, exit status 1
+    fake.write_text("#!/bin/sh\necho 'Error: Could not create the Java Virtual Machine.' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    values, skipped = java_metrics(PREDICTIONS, REFERENCES, ["meteor"])
+    assert values == {}
+    assert "METEOR stopped answering (java exit status 1)" in skipped["meteor"]
+    assert "Could not create the Java Virtual Machine" in skipped["meteor"]

@@ -17,9 +17,11 @@ Both take the same tokenised text as BLEU/ROUGE-L/CIDEr-D (:func:`.scoring.ptb_t
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -31,6 +33,9 @@ JAVA_METRICS = ("meteor", "spice")
 
 METEOR_JAR = "meteor-1.5.jar"
 METEOR_PARAPHRASES = Path("data") / "paraphrase-en.gz"
+METEOR_TIMEOUT_S = 600.0
+"""A METEOR process still running after this long is killed and METEOR reported as skipped (a hung JVM must not
+hold the other processes of a distributed run at the end of an evaluation)."""
 SPICE_JAR = "spice-1.0.jar"
 SPICE_CORENLP = (Path("lib") / "stanford-corenlp-3.6.0.jar", Path("lib") / "stanford-corenlp-3.6.0-models.jar")
 
@@ -80,7 +85,9 @@ def spice_unavailable(spice_dir: Path | None = None) -> str | None:
 def _read_line(proc: subprocess.Popen, stderr: IO[bytes]) -> str:
     assert proc.stdout is not None
     line = proc.stdout.readline().decode().strip()
-    if not line:
+    if not line:  # EOF: the JVM closed its output, it is exiting (or was killed)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
         stderr.seek(0)
         tail = stderr.read().decode(errors="replace").strip().splitlines()[-3:]
         raise RuntimeError(f"METEOR stopped answering (java exit status {proc.poll()}): {' / '.join(tail)}")
@@ -105,6 +112,8 @@ def meteor_scores(
     with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a chatty JVM cannot block on it
         proc = subprocess.Popen(command, cwd=meteor_dir, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr)
         assert proc.stdin is not None
+        watchdog = threading.Timer(METEOR_TIMEOUT_S, proc.kill)  # a killed process answers EOF: RuntimeError below
+        watchdog.start()
         try:
             stats = []
             for image_id in ids:
@@ -118,7 +127,9 @@ def meteor_scores(
         except (OSError, ValueError) as error:
             raise RuntimeError(f"METEOR failed: {error}") from error
         finally:
-            proc.stdin.close()
+            watchdog.cancel()
+            with contextlib.suppress(OSError):  # the pipe of a process that died may be broken
+                proc.stdin.close()
             proc.kill()
             proc.wait()
 
