@@ -13,12 +13,13 @@ class FixedLogits(nn.Module):
     """Logits drawn once from a seeded generator for every (row, position, token): a model whose every output is
     known to the test, whatever the sequence layout."""
 
-    def __init__(self, rows: int, length: int, vocab: int) -> None:
+    def __init__(self, rows: int, soft: int, vocab: int) -> None:
         super().__init__()
-        self.logits = nn.Parameter(torch.randn(rows, length, vocab, generator=torch.Generator().manual_seed(3)))
+        self.soft = soft
+        self.logits = nn.Parameter(torch.randn(rows, soft + 200, vocab, generator=torch.Generator().manual_seed(3)))
 
-    def forward(self, features, text_ids, attention_mask=None):
-        return self.logits[:, : attention_mask.shape[1]]
+    def forward(self, features, text_ids, *args, **kwargs):
+        return self.logits[:, : self.soft + text_ids.shape[1]]
 
 
 def reference_loss(task, batch, logits: torch.Tensor, with_eos: bool) -> float:
@@ -46,8 +47,8 @@ def reference_loss(task, batch, logits: torch.Tensor, with_eos: bool) -> float:
 def test_the_loss_leaves_eos_out_when_asked(eos_in_loss: bool) -> None:
     task = small_task(noise_variance=0.0, random_mask=False, eos_in_loss=eos_in_loss)
     batch = first_batch(task)
-    length = task.cfg.model.continuous_prompt_length + 200
-    model = FixedLogits(batch["caption_ids"].shape[0], length, task.tokenizer.vocab_size)
+    soft = task.cfg.model.continuous_prompt_length
+    model = FixedLogits(batch["caption_ids"].shape[0], soft, task.tokenizer.vocab_size)
     loss = float(task.compute_losses(model, batch)["token_ce"].detach())
     with torch.no_grad():
         expected = reference_loss(task, batch, model.logits, with_eos=eos_in_loss)
