@@ -82,16 +82,30 @@ def spice_unavailable(spice_dir: Path | None = None) -> str | None:
     return java_missing()
 
 
+def _stopped(proc: subprocess.Popen, stderr: IO[bytes]) -> RuntimeError:
+    """The error of a METEOR process that stopped answering: its exit status and the end of its stderr."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)  # it closed its pipes: it is exiting (or was killed)
+    stderr.seek(0)
+    tail = stderr.read().decode(errors="replace").strip().splitlines()[-3:]
+    return RuntimeError(f"METEOR stopped answering (java exit status {proc.poll()}): {' / '.join(tail)}")
+
+
 def _read_line(proc: subprocess.Popen, stderr: IO[bytes]) -> str:
     assert proc.stdout is not None
     line = proc.stdout.readline().decode().strip()
-    if not line:  # EOF: the JVM closed its output, it is exiting (or was killed)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        stderr.seek(0)
-        tail = stderr.read().decode(errors="replace").strip().splitlines()[-3:]
-        raise RuntimeError(f"METEOR stopped answering (java exit status {proc.poll()}): {' / '.join(tail)}")
+    if not line:
+        raise _stopped(proc, stderr)
     return line
+
+
+def _send(proc: subprocess.Popen, stderr: IO[bytes], line: str) -> None:
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write((line + "\n").encode())
+        proc.stdin.flush()
+    except BrokenPipeError:
+        raise _stopped(proc, stderr) from None
 
 
 def _segment(hypothesis: str, references: Sequence[str]) -> str:
@@ -117,11 +131,9 @@ def meteor_scores(
         try:
             stats = []
             for image_id in ids:
-                proc.stdin.write((_segment(predictions[image_id], references[image_id]) + "\n").encode())
-                proc.stdin.flush()
+                _send(proc, stderr, _segment(predictions[image_id], references[image_id]))
                 stats.append(_read_line(proc, stderr))
-            proc.stdin.write((" ||| ".join(["EVAL", *stats]) + "\n").encode())
-            proc.stdin.flush()
+            _send(proc, stderr, " ||| ".join(["EVAL", *stats]))
             per_image = {image_id: float(_read_line(proc, stderr)) for image_id in ids}  # then the corpus score
             return float(_read_line(proc, stderr)), per_image
         except (OSError, ValueError) as error:
