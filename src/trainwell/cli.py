@@ -236,6 +236,7 @@ def _test(args: argparse.Namespace) -> int:
 
 def _score_checkpoint(args: argparse.Namespace, split: Literal["val", "test"]) -> int:
     """``eval`` / ``test``: one checkpoint scored once on the validation or test split; metrics printed (and --out)."""
+    from trainwell.doctor.findings import Finding, format_finding
     from trainwell.engine.standalone import evaluate_checkpoint
 
     cfg, task = _load(args)
@@ -250,6 +251,9 @@ def _score_checkpoint(args: argparse.Namespace, split: Literal["val", "test"]) -
             print(f"{name}: {value:.4f}{' ' + units[name] if units.get(name) else ''}")
         for path in result.outputs:
             print(f"wrote {path}")
+        findings = [f for f in result.findings if isinstance(f, Finding)]
+        for finding in findings:  # what the evaluator noticed, e.g. a metric it could not compute and why
+            print(format_finding(finding)[0])
         if args.out:
             payload = {
                 "split": split,
@@ -258,6 +262,7 @@ def _score_checkpoint(args: argparse.Namespace, split: Literal["val", "test"]) -
                 "metrics": result.metrics,
                 "checkpoint": str(args.checkpoint),
                 "outputs": [str(p) for p in result.outputs],
+                "findings": [f.to_dict() for f in findings],
             }
             Path(args.out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0

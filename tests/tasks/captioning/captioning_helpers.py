@@ -22,7 +22,9 @@ def small_model_config(**overrides) -> CaptionModelConfig:
 
 def small_task(**task_overrides) -> CaptioningTask:
     model = task_overrides.pop("model", small_model_config())
-    cfg = CaptioningTaskConfig(model=model, **{"max_new_tokens": 20, **task_overrides})
+    # METEOR/SPICE off unless a test asks: METEOR's JVM costs seconds per evaluation
+    defaults = {"max_new_tokens": 20, "meteor": False, "spice": False}
+    cfg = CaptioningTaskConfig(model=model, **{**defaults, **task_overrides})
     data = CaptioningDataConfig(train_size=96, val_size=12, references_per_image=3, max_entities=4, seed=1)
     return CaptioningTask(cfg, data)
 

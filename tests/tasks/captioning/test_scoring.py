@@ -123,7 +123,8 @@ def test_rouge_l_by_hand() -> None:
 
 
 def test_ptb_style_tokenization() -> None:
-    assert ptb_tokenize("A Dog's T-shirt, don't (3.5)!") == "a dog 's t-shirt do n't 3.5"
+    # brackets stay: PTBTokenizer -lowerCase writes -lrb-, which pycocoevalcap's list (-LRB-) does not remove
+    assert ptb_tokenize("A Dog's T-shirt, don't (3.5)!") == "a dog 's t-shirt do n't -lrb- 3.5 -rrb-"
     assert ptb_tokenize('The "red" car... on a road.') == "the red car on a road"
     # raw text is tokenised before scoring: case and punctuation do not count
     assert caption_metrics({0: "A dog, on a bench."}, {0: ["a dog on a bench"]})["bleu_4"] == pytest.approx(1.0)

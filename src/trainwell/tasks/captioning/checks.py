@@ -92,3 +92,14 @@ def check_generations(captions: Sequence[str]) -> list[Finding]:
             )
         )
     return found
+
+
+def metric_skipped(name: str, reason: str) -> Finding:
+    """A requested metric (``meteor``, ``spice``) that could not be computed, and why (never silently absent)."""
+    return Finding(
+        f"captioning.{name}_skipped",
+        "info",
+        f"{name.upper()} was not computed: {reason}",
+        f"task.{name} is on (the default), so {name.upper()} was asked for; the metrics leave it out",
+        f"Make it runnable (see the title), or set task.{name}: false to leave it out on purpose.",
+    )

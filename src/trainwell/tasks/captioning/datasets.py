@@ -26,14 +26,14 @@ class CaptionRecord:
     """One image (or, in text-only training, one caption) with its feature and entities.
 
     Attributes:
-        image_id: the id written to ``captions.json``.
+        image_id: the id written to ``captions.json`` (a COCO id, or an image name as ViECap's pickles hold it).
         features: ``(D,)`` feature (float16 as ViECap stores it).
         detected: entities the hard prompt is built from (a detector's output, or nouns of the caption).
         captions: reference captions (training uses the first).
         entities: ground-truth entities for entity recall, each as the words naming it (synonyms); may be empty.
     """
 
-    image_id: int
+    image_id: int | str
     features: np.ndarray
     detected: tuple[str, ...]
     captions: tuple[str, ...]

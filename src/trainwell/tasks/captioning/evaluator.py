@@ -17,24 +17,32 @@ from pathlib import Path
 
 import torch
 
-from trainwell.tasks.captioning.checks import check_generations
+from trainwell.tasks.captioning.checks import check_generations, metric_skipped
 from trainwell.tasks.captioning.datasets import CaptionRecord
+from trainwell.tasks.captioning.java_scorers import java_metrics
 from trainwell.tasks.captioning.scoring import caption_metrics, entity_recall
 from trainwell.tasks.captioning.tokenizer import CaptionTokenizer
 
 
 class CaptionEvaluator:
-    """``update(indices, token_ids)`` per batch; ``compute()`` decodes and scores BLEU-1…4, ROUGE-L, CIDEr-D and
-    entity recall; ``save_outputs`` writes ``captions.json``. ``findings`` holds the empty/constant-generation
-    findings of the last ``compute()``."""
+    """``update(indices, token_ids)`` per batch; ``compute()`` decodes and scores BLEU-1…4, ROUGE-L, CIDEr-D,
+    entity recall and the requested Java metrics (``java_metrics``: ``"meteor"``, ``"spice"``);
+    ``save_outputs`` writes ``captions.json``. ``findings`` holds the findings of the last ``compute()``:
+    empty/constant generations, and one per requested Java metric that could not run, saying why."""
 
     def __init__(
-        self, tokenizer: CaptionTokenizer, records: Sequence[CaptionRecord], width: int, ragged: bool = False
+        self,
+        tokenizer: CaptionTokenizer,
+        records: Sequence[CaptionRecord],
+        width: int,
+        ragged: bool = False,
+        java_metrics: Sequence[str] = (),
     ) -> None:
         self.tokenizer = tokenizer
         self.width = width
         self.ragged = ragged
         self.records = records
+        self.java_metrics = tuple(java_metrics)
         self.findings: list = []
         self.captions: dict[int, str] = {}
         self.reset()
@@ -78,6 +86,9 @@ class CaptionEvaluator:
         self.captions = self.decoded()
         references = {index: list(self.records[index].captions) for index in self.captions}
         metrics = caption_metrics(self.captions, references)
+        # compute() runs on rank 0 only: the JVMs of METEOR/SPICE start once per evaluation
+        extra, skipped = java_metrics(self.captions, references, self.java_metrics)
+        metrics.update(extra)
         indices = sorted(self.captions)
         if any(self.records[i].entities for i in indices):
             metrics["entity_recall"] = entity_recall(
@@ -86,6 +97,7 @@ class CaptionEvaluator:
         lengths = [len(self.captions[i].split()) for i in indices]
         metrics["caption_words"] = sum(lengths) / len(lengths)
         self.findings = check_generations([self.captions[i] for i in indices])
+        self.findings += [metric_skipped(name, reason) for name, reason in skipped.items()]
         return metrics
 
     def save_outputs(self, out_dir: Path) -> list[Path]:

@@ -1,14 +1,17 @@
 """Caption metrics: BLEU-1…4, ROUGE-L and CIDEr-D through ``pycocoevalcap``'s own scorers, plus entity recall.
 
 ``pycocoevalcap`` is the reference implementation of the COCO caption evaluation. Its scorers (Bleu, Rouge, Cider) are
-pure Python; its ``PTBTokenizer`` (and METEOR, SPICE) run Java, which this package does not require. Captions are
-therefore tokenised by :func:`ptb_tokenize`, a pure-Python rendering of what ``PTBTokenizer -lowerCase`` followed by
-pycocoevalcap's punctuation filter produces on caption text: lower case; clitics split off (``dog's`` → ``dog 's``,
-``don't`` → ``do n't``); hyphenated words and decimal numbers kept whole; the punctuation tokens pycocoevalcap drops
-(:data:`PTB_PUNCTUATION`: full stops, commas, ``? ! : ;``, dashes, quotes, brackets) removed. On captions made of words,
-numbers and that punctuation the result is token-for-token the same; it differs where Stanford's tokenizer applies rules
-this does not (abbreviations such as ``u.s.``, URLs, ``&amp;``-style entities, quotes inside words), which are rare in
-captions and change scores in the third decimal at most on COCO-style text.
+pure Python; its ``PTBTokenizer`` runs Java (as METEOR and SPICE do, :mod:`.java_scorers`). So that these scores do
+not depend on whether Java is installed, captions are tokenised by :func:`ptb_tokenize`, a pure-Python rendering of
+what ``PTBTokenizer -lowerCase`` followed by pycocoevalcap's punctuation filter produces on caption text: lower case;
+clitics split off (``dog's`` → ``dog 's``, ``don't`` → ``do n't``); hyphenated words and decimal numbers kept whole;
+the punctuation tokens pycocoevalcap drops (:data:`PTB_PUNCTUATION`: full stops, commas, ``? ! : ;``, dashes,
+quotes) removed. Brackets stay, as ``-lrb-``, ``-rrb-``, ``-lcb-``, ``-rcb-``, ``-lsb-``, ``-rsb-``: the Java
+tokenizer lower-cases its ``-LRB-``, so the list's upper-case entries never match. On captions made of words,
+numbers and that punctuation the result is token-for-token the same (checked against pycocoevalcap's
+``PTBTokenizer`` in the tests when Java is present); it differs where Stanford's tokenizer applies rules this does
+not (abbreviations such as ``u.s.`` or ``p.m.``, URLs, ``&amp;``-style entities, quotes inside words), which are
+rare in captions and change scores in the third decimal at most on COCO-style text.
 
 CIDEr here is pycocoevalcap's ``Cider``, which is CIDEr-D (clipped n-gram counts, a Gaussian length penalty with
 σ = 6, ×10); its document frequencies come from *all* references passed in one call, so it must be computed over
@@ -27,7 +30,8 @@ PTB_PUNCTUATION = frozenset(
 
 _CLITIC = re.compile(r"(?<=\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
 _TOKEN = re.compile(r"n't|'(?:s|re|ve|ll|d|m)\b|[a-z0-9]+(?:[-.][a-z0-9]+)*|\.\.\.|--|\S")
-_BRACKETS = {"(": "-LRB-", ")": "-RRB-", "{": "-LCB-", "}": "-RCB-", '"': "''"}
+# PTBTokenizer -lowerCase writes brackets as lower-case -lrb- …, which pycocoevalcap's upper-case list does not drop
+_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "{": "-lcb-", "}": "-rcb-", "[": "-lsb-", "]": "-rsb-", '"': "''"}
 
 METRIC_NAMES = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d")
 

@@ -3,10 +3,10 @@
 Training (as ViECap's ``main.py``): the feature is L2-normalised, Gaussian noise of variance ``noise_variance``
 is added and the result normalised again (noise injection, so that text features stand in for image features);
 detected entities are dropped from the hard prompt with probability ``prob_of_random_mask``; the loss is the token
-cross-entropy over the caption (EOS included), computed in fp32 with prompts and padding ignored. The noise and
-the masks are drawn from torch's global RNG inside ``compute_losses``, whose state the engine checkpoints, so a
-resumed run draws the same ones. Evaluation decodes (greedy or beam) from the clean feature and every detected
-entity, and scores the whole validation set at once.
+cross-entropy over the caption (EOS included unless ``eos_in_loss: false``), computed in fp32 with prompts and
+padding ignored. The noise and the masks are drawn from torch's global RNG inside ``compute_losses``, whose state
+the engine checkpoints, so a resumed run draws the same ones. Evaluation decodes (greedy or beam) from the clean
+feature and every detected entity, and scores the whole validation set at once.
 """
 
 from __future__ import annotations
@@ -44,11 +44,18 @@ from trainwell.tasks.captioning.tokenizer import (
     TOKENIZER_FILE,
     CaptionTokenizer,
     load_tokenizer,
+    require_language_model_dir,
     train_tokenizer,
 )
 from trainwell.tasks.captioning.viecap_format import read_viecap
 
 Batch = dict[str, torch.Tensor]
+
+
+def end_at_first_stop(ids: torch.Tensor, stops: torch.Tensor) -> torch.Tensor:
+    """``ids`` (a CPU row of generated ids) up to and including the first id in ``stops``; all of it without one."""
+    hits = torch.isin(ids, stops).nonzero()
+    return ids[: int(hits[0]) + 1] if len(hits) else ids
 
 
 @dataclass
@@ -83,18 +90,27 @@ class CaptioningTaskConfig(TaskConfig):
     """Beams of ``decode: beam``."""
     max_new_tokens: int = 48
     """Longest generated caption, in tokens."""
+    eos_in_loss: bool = True
+    """Train the end-of-text token (then decoding stops at it). ``false``: as ViECap, the loss leaves EOS out, and
+    generated captions end after their first ``.`` (ViECap's stop token); see docs/captioning.md."""
+    meteor: bool = True
+    """Score METEOR with pycocoevalcap's Java scorer (needs ``java`` on PATH; 7–8 s of CPU per evaluation, rank 0)."""
+    spice: bool = True
+    """Score SPICE with pycocoevalcap's Java scorer (needs its Stanford CoreNLP 3.6.0 jars; never downloaded)."""
 
 
 @dataclass
 class CaptioningDataConfig(CorpusConfig, DataConfig):
     """``data:`` section: the synthetic corpus (sizes, seed, generator), or ViECap/COCO files."""
 
-    train_size: int = 20_000
-    """Synthetic training records (one caption each)."""
-    val_size: int = 500
-    """Synthetic validation images."""
+    train_size: int | None = None
+    """Training records: synthetic ones to make (``None``: 20 000), or the first of the pickle's (``None``: all)."""
+    val_size: int | None = None
+    """Validation images: synthetic ones to make (``None``: 500), or the first of the pickle's (``None``: all)."""
     test_size: int = 500
     """Synthetic test images (``trainwell test``; a third disjoint stream)."""
+    few_shot_ratio: float = 1.0
+    """ViECap's low-data setting: keep this share of the training records, drawn by ``random.Random(data.seed)``."""
     references_per_image: int = 5
     """Synthetic reference captions per validation image (COCO has 5)."""
     root: str | None = None
@@ -129,9 +145,10 @@ class CaptioningTask(Task):
             if d.train_pickle:
                 self._records[split] = readers.records_from_config(d, split)
             elif split == "train":
-                self._records[split] = synthetic_records(d, "train", d.train_size, 1)
+                made = synthetic_records(d, "train", 20_000 if d.train_size is None else d.train_size, 1)
+                self._records[split] = readers.training_subset(made, d.few_shot_ratio, d.seed, None)
             else:
-                size = d.test_size if split == "test" else d.val_size
+                size = d.test_size if split == "test" else 500 if d.val_size is None else d.val_size
                 self._records[split] = synthetic_records(d, split, size, d.references_per_image)
         return self._records[split]
 
@@ -141,7 +158,7 @@ class CaptioningTask(Task):
         (then saved to the run directory, which makes a checkpoint plus its run directory an inference bundle)."""
         if self._tokenizer is None:
             if self.cfg.model.language_model:
-                self._tokenizer = load_tokenizer(Path(self.cfg.model.language_model))
+                self._tokenizer = load_tokenizer(require_language_model_dir(self.cfg.model.language_model))
             elif self.run_dir is not None and (self.run_dir / TOKENIZER_FILE).is_file():
                 self._tokenizer = load_tokenizer(self.run_dir)
             else:
@@ -195,7 +212,10 @@ class CaptioningTask(Task):
         return CaptionEvaluator(self.tokenizer, self.records("test"), width=self.cfg.max_new_tokens, ragged=True)
 
     def build_evaluator(self) -> CaptionEvaluator:
-        return CaptionEvaluator(self.tokenizer, self.records("val"), width=self.cfg.max_new_tokens, ragged=True)
+        java = [name for name in ("meteor", "spice") if getattr(self.cfg, name)]
+        return CaptionEvaluator(
+            self.tokenizer, self.records("val"), width=self.cfg.max_new_tokens, ragged=True, java_metrics=java
+        )
 
     # -- sequences ---------------------------------------------------------------------------------
     def _features(self, batch: Batch, *, noise: bool) -> torch.Tensor:
@@ -246,7 +266,10 @@ class CaptioningTask(Task):
         """The token labels the loss trains on, ``(B, L)`` in the model's layout (the one place both the loss and
         the doctor's padding and shift checks read them): the next caption token, ``IGNORE_INDEX`` elsewhere."""
         soft, index = self.cfg.model.continuous_prompt_length, self.layout(text_mask, is_caption)
-        return next_token_labels(text_ids, is_caption, soft, index)
+        labels = next_token_labels(text_ids, is_caption, soft, index)
+        if not self.cfg.eos_in_loss:  # ViECap sets the labels that are EOS to its ignored value
+            labels = labels.masked_fill(labels == self.tokenizer.eos_id, IGNORE_INDEX)
+        return labels
 
     def compute_losses(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
         features = self._features(batch, noise=True)
@@ -273,8 +296,14 @@ class CaptioningTask(Task):
         eos, steps = self.tokenizer.eos_id, self.cfg.max_new_tokens
         if self.cfg.decode == "beam":
             size = self.cfg.beam_size
-            return beam_decode(inner, features, prompt_ids, prompt_mask, eos, steps, size, hard_prompt_lengths=hard)
-        return greedy_decode(inner, features, prompt_ids, prompt_mask, eos, steps, hard_prompt_lengths=hard)
+            ids = beam_decode(inner, features, prompt_ids, prompt_mask, eos, steps, size, hard_prompt_lengths=hard)
+        else:
+            ids = greedy_decode(inner, features, prompt_ids, prompt_mask, eos, steps, hard_prompt_lengths=hard)
+        if self.cfg.eos_in_loss:
+            return ids
+        # a model that never learnt EOS ends its caption with the first full stop, as ViECap's search stops there
+        stops = torch.tensor(self.tokenizer.sentence_end_ids)
+        return [end_at_first_stop(row, stops) for row in ids]
 
     def eval_step(self, model: nn.Module, batch: Batch, indices: torch.Tensor, evaluator: CaptionEvaluator) -> None:  # type: ignore[override]
         evaluator.update(indices, self.generate(model, batch))
@@ -288,7 +317,11 @@ class CaptioningTask(Task):
         fraction = MetricSpec(higher_is_better=True, plausible=(0.0, 1.0))
         specs = {f"bleu_{n}": fraction for n in range(1, 5)}
         specs.update(
-            rouge_l=fraction, entity_recall=fraction, cider_d=MetricSpec(higher_is_better=True, plausible=(0.0, 10.0))
+            rouge_l=fraction,
+            entity_recall=fraction,
+            meteor=fraction,
+            spice=fraction,
+            cider_d=MetricSpec(higher_is_better=True, plausible=(0.0, 10.0)),
         )
         specs["caption_words"] = MetricSpec(unit="words", higher_is_better=True, plausible=(1.0, 100.0))
         return specs

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from trainwell.config.loader import ConfigError
+
 PAD = "<|pad|>"
 EOS = "<|endoftext|>"
 TOKENIZER_FILE = "tokenizer.json"
@@ -47,6 +49,11 @@ class CaptionTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text (no special tokens added)."""
         return [list(e.ids) for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    @property
+    def sentence_end_ids(self) -> tuple[int, ...]:
+        """The ids that end a sentence for ViECap's decoding (the last token of ``"."`` and of ``" ."``)."""
+        return tuple(dict.fromkeys(self.encode(text)[-1] for text in (".", " .")))
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids`` up to the first EOS, padding and special tokens skipped, surrounding spaces stripped."""
@@ -101,4 +108,39 @@ def load_tokenizer(directory: Path) -> CaptionTokenizer:
     raise FileNotFoundError(
         f"No tokenizer in {directory}: expected {TOKENIZER_FILE} (Hugging Face fast tokenizer) or vocab.json + "
         "merges.txt (GPT-2). Save the language model's tokenizer there with tokenizer.save_pretrained(dir)."
+    )
+
+
+LANGUAGE_MODEL_FILES = (
+    ("config.json",),
+    ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json"),
+    (TOKENIZER_FILE, "vocab.json"),
+)
+"""What a local GPT-2 directory must hold: each group is one requirement, met by any one of its files
+(``vocab.json`` also needs ``merges.txt``)."""
+
+
+def require_language_model_dir(value: str) -> Path:
+    """``task.model.language_model`` as a local GPT-2 directory that holds its config, weights and tokenizer.
+
+    Nothing is downloaded at run time, so a hub name such as ViECap's default ``gpt2`` is not resolved: the error
+    names the directory looked at, the files missing there, and how to save them once.
+    """
+    path = Path(value).expanduser().absolute()
+    missing = [" or ".join(group) for group in LANGUAGE_MODEL_FILES if not any((path / f).is_file() for f in group)]
+    if (
+        (path / "vocab.json").is_file()
+        and not (path / TOKENIZER_FILE).is_file()
+        and not (path / "merges.txt").is_file()
+    ):
+        missing.append("merges.txt (with vocab.json)")
+    if not missing:
+        return path
+    where = f"{path} has no {'; no '.join(missing)}" if path.is_dir() else f"{path} is not a directory"
+    raise ConfigError(
+        f"task.model.language_model={value!r} must be a local directory holding GPT-2's config.json, its weights "
+        f"(model.safetensors or pytorch_model.bin) and its tokenizer (tokenizer.json, or vocab.json + merges.txt); "
+        f"{where}. Nothing is downloaded at run time (a hub name like 'gpt2' is not looked up): save them once "
+        "where the hub is reachable, e.g. GPT2LMHeadModel.from_pretrained('gpt2').save_pretrained(DIR) and "
+        "GPT2TokenizerFast.from_pretrained('gpt2').save_pretrained(DIR), then set task.model.language_model: DIR."
     )
