@@ -109,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("checkpoint", help="a trainwell checkpoint")
     ex.add_argument("--out", required=True, help="output file: *.safetensors or *.pt")
+    ex.add_argument("--ema", action="store_true", help="export the EMA weights (train.ema) instead of the model's")
     ex.set_defaults(overrides=[])
 
     doctor = sub.add_parser(
@@ -222,7 +223,7 @@ def _export(args: argparse.Namespace) -> int:
     from trainwell.engine.checkpoint.weights import export_weights
 
     _require_file(args.checkpoint, "checkpoint")
-    for path in export_weights(args.checkpoint, args.out):
+    for path in export_weights(args.checkpoint, args.out, ema=args.ema):
         print(f"wrote {path}")
     return 0
 

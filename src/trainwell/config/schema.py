@@ -69,6 +69,33 @@ def _interval_problem(key: str, value: int | str | None) -> Iterator[Problem]:
 
 
 @dataclass
+class EmaConfig:
+    """``train.ema:`` — an exponential moving average of the model's weights (null or absent: off).
+
+    After every ``every`` optimizer steps from ``start_step``: ``ema = decay·ema + (1 − decay)·w`` for every
+    floating parameter. Buffers (BatchNorm running statistics, counters) are copied from the model, not averaged.
+    """
+
+    decay: float = 0.999
+    """Weight of the old average in each update, in [0, 1)."""
+    every: int = 1
+    """Optimizer steps between updates."""
+    start_step: int = 0
+    """The average starts as a copy of the weights after this many optimizer steps (0: the initial weights)."""
+    warmup: bool = False
+    """Decay warm-up (TensorFlow's ``ExponentialMovingAverage(num_updates=…)``): update n (1, 2, …) uses
+    ``min(decay, (1 + n) / (10 + n))``, so early averages forget the first weights faster. Off: ``decay`` always."""
+
+    def problems(self) -> Iterator[Problem]:
+        if not 0.0 <= self.decay < 1.0:
+            yield "train.ema.decay", "must be in [0, 1)"
+        if self.every < 1:
+            yield "train.ema.every", "must be at least 1"
+        if self.start_step < 0:
+            yield "train.ema.start_step", "must be ≥ 0"
+
+
+@dataclass
 class TrainConfig:
     """``train:`` — the optimisation loop."""
 
@@ -102,6 +129,9 @@ class TrainConfig:
     channels_last: bool = False
     """Image models on CUDA: the model and every 4-D floating input batch in ``channels_last`` memory format
     (faster convolutions with AMP on tensor cores)."""
+    ema: EmaConfig | None = None
+    """An exponential moving average of the weights (``{decay, every, start_step}``); null: none. Saved in
+    checkpoints (part ``ema``); ``eval.use_ema`` evaluates it; ``trainwell export --ema`` exports it."""
 
     def problems(self) -> Iterator[Problem]:
         if self.epochs < 1:
@@ -117,6 +147,8 @@ class TrainConfig:
         if self.num_threads is not None and self.num_threads < 1:
             yield "train.num_threads", "must be null or ≥ 1"
         yield from _interval_problem("train.log_every", self.log_every)
+        if self.ema is not None:
+            yield from self.ema.problems()
         if self.log_every in (0, "0ep"):
             yield "train.log_every", "must be > 0 (log lines are where the doctor looks)"
 
@@ -229,6 +261,10 @@ class EvalConfig:
     """Expression over metric names selecting ``best.pt``, e.g. ``(mpjpe + pa_mpjpe) / 2``."""
     best_mode: Literal["min", "max"] = "min"
     """Whether a lower or a higher ``best_metric`` is better."""
+    use_ema: bool = False
+    """Evaluate (and choose ``best.pt`` by) the EMA weights of ``train.ema`` instead of the trained weights; before
+    ``train.ema.start_step`` the trained weights are evaluated. ``trainwell eval``/``predict`` then load the EMA
+    weights of the checkpoint."""
 
     def problems(self) -> Iterator[Problem]:
         if self.every_epochs < 0:
@@ -348,6 +384,8 @@ class ExperimentConfig:
             yield from section.problems()
         yield from self.diagnostics.problems()
         yield from self.distributed.problems()
+        if self.eval.use_ema and self.train.ema is None:
+            yield "eval.use_ema", "needs train.ema (the average to evaluate): set train.ema or eval.use_ema=false"
         task_problems = getattr(self.task, "problems", None)
         if callable(task_problems):
             yield from task_problems()

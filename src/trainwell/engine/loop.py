@@ -197,6 +197,7 @@ class Trainer(RunComponents):
                 skip_nonfinite=self.nonfinite.skips,
             )
         self.state.global_step += 1
+        self.maybe_update_ema()  # train.ema: two foreach kernels on update steps, no host read
 
     def _forward(self, batch: Any) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
         """``(names, total, stacked)``: the components' sum to backpropagate and their detached fp32 values
@@ -293,7 +294,7 @@ class Trainer(RunComponents):
         """Score the validation set exactly once across all processes and log the metrics."""
         result = evaluate(
             task=self.task,
-            model=self.model,  # the bare module: no collectives inside the evaluation loop
+            model=self.eval_model(),  # a bare module: no collectives inside the evaluation loop
             dataset=self.val_set,
             evaluator=self.task.build_evaluator(),
             batch_size=self.cfg.eval.batch_size,

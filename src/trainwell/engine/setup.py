@@ -35,6 +35,7 @@ from trainwell.engine.checkpoint.resume import (
 from trainwell.engine.checkpoint.state import RngPart, ScalerPart, upgrade_payload
 from trainwell.engine.checkpoint.weights import WeightsReport, load_model_weights
 from trainwell.engine.data import TrainBatches
+from trainwell.engine.ema import build_ema
 from trainwell.engine.logging import MetricsWriter, setup_console_logging, train_line
 from trainwell.engine.meters import DeviceMeter, StepStats
 from trainwell.engine.nonfinite import NonFinitePolicy
@@ -206,6 +207,11 @@ class RunComponents:
         parts["scaler"] = ScalerPart(self.scaler)
         parts["train_state"] = self.state
         parts["meters"] = self.meter
+        self.ema = build_ema(self.model, self.cfg.train.ema)  # after channels_last: the copy keeps the layout
+        if self.ema is not None:
+            self.ema.maybe_start(0)  # start_step 0: the initial weights (restarted by --init-from)
+            parts["ema"] = self.ema
+            self.run_state.optional.add("ema")  # a checkpoint from before train.ema was set: it starts afresh
         if callable(getattr(self.task, "state_dict", None)) and callable(getattr(self.task, "load_state_dict", None)):
             parts["task"] = self.task  # type: ignore[assignment]
         parts["rng"] = self.rng_part  # last: nothing may draw random numbers after it loads
@@ -248,6 +254,8 @@ class RunComponents:
         """
         report = load_model_weights(self.model, path, strict=strict, map_location=self.device)
         (self.log.info if report.is_exact else self.log.warning)(f"Initialised the model: {report.describe()}")
+        if self.ema is not None:
+            self.ema.restart(self.state.global_step)  # the average starts from the loaded weights, not the initial
         return report
 
     def _status(self, state: str, **details: Any) -> None:
@@ -264,6 +272,9 @@ class RunComponents:
 
     def after_resume(self, payload: dict[str, Any], current_layout: dict[str, int]) -> None:
         """Checks after the parts loaded: the best rule, the position in the epoch, the RNG streams, the logs."""
+        if self.ema is not None and "ema" not in payload:
+            self.log.warning("The checkpoint holds no EMA (train.ema was off): the average starts from these weights.")
+            self.ema.restart(self.state.global_step)
         changed = self.best.rule_changed()
         if changed:
             self.log.warning(changed)
@@ -290,6 +301,17 @@ class RunComponents:
             self.out.metrics.write(
                 "resume", self.state.epoch + 1, self.state.global_step, {"dropped_records": dropped}, ""
             )
+
+    def maybe_update_ema(self) -> None:
+        """After an optimizer step: start or update ``train.ema`` when due (``engine/ema.py``)."""
+        if self.ema is not None:
+            self.ema.maybe_update(self.state.global_step)
+
+    def eval_model(self) -> nn.Module:
+        """What validation scores: the EMA weights under ``eval.use_ema`` once the average started, else the model."""
+        if self.cfg.eval.use_ema and self.ema is not None and self.ema.started:
+            return self.ema.module
+        return self.model
 
     def position(self) -> str:
         if self.state.mid_epoch:
