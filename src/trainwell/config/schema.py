@@ -15,6 +15,7 @@ loader length and world size and printed in the start banner); ``0`` switches on
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -95,6 +96,25 @@ class EmaConfig:
             yield "train.ema.start_step", "must be ≥ 0"
 
 
+_DURATION = re.compile(r"^(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration_s(text: str | int | float) -> float:
+    """Seconds in a duration: ``"2h30m"``, ``"45m"``, ``"90s"``, ``"1h5m30s"`` or a bare number of seconds.
+
+    Raises:
+        ValueError: for anything else, or a zero duration.
+    """
+    match = _DURATION.match(str(text).strip().lower())
+    if match is None or not any(match.groupdict().values()):
+        raise ValueError(f"must be a duration such as '2h30m', '45m', '90s' (or seconds), not {text!r}")
+    parts = {k: float(v) for k, v in match.groupdict().items() if v}
+    seconds = parts.get("h", 0.0) * 3600 + parts.get("m", 0.0) * 60 + parts.get("s", 0.0)
+    if seconds <= 0:
+        raise ValueError(f"must be a positive duration, not {text!r}")
+    return seconds
+
+
 @dataclass
 class TrainConfig:
     """``train:`` — the optimisation loop."""
@@ -129,6 +149,11 @@ class TrainConfig:
     channels_last: bool = False
     """Image models on CUDA: the model and every 4-D floating input batch in ``channels_last`` memory format
     (faster convolutions with AMP on tensor cores)."""
+    max_time: str | None = None
+    """Wall-clock budget (``"2h30m"``, ``"45m"``, ``"90s"``), counted from the start of the process and summed over
+    resumes (``train_state.elapsed_s``): the run stops at the optimizer-step boundary where the next step (the next
+    ``log_every`` steps, multi-process) would pass it, then evaluates and writes ``last.pt``; ``status.json`` says
+    ``time_budget``. null: no budget."""
     ema: EmaConfig | None = None
     """An exponential moving average of the weights (``{decay, every, start_step}``); null: none. Saved in
     checkpoints (part ``ema``); ``eval.use_ema`` evaluates it; ``trainwell export --ema`` exports it."""
@@ -149,6 +174,11 @@ class TrainConfig:
         yield from _interval_problem("train.log_every", self.log_every)
         if self.ema is not None:
             yield from self.ema.problems()
+        if self.max_time is not None:
+            try:
+                parse_duration_s(self.max_time)
+            except ValueError as err:
+                yield "train.max_time", str(err)
         if self.log_every in (0, "0ep"):
             yield "train.log_every", "must be > 0 (log lines are where the doctor looks)"
 
@@ -248,6 +278,23 @@ class ScheduleConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    """``eval.early_stop:`` — stop when ``eval.best_metric`` stops improving (null or absent: never)."""
+
+    patience: int = 5
+    """Evaluations in a row without an improvement of at least ``min_delta`` after which the run stops."""
+    min_delta: float = 0.0
+    """Smallest change that counts as an improvement, absolute, in the direction of ``eval.best_mode``
+    (0: any strict improvement)."""
+
+    def problems(self) -> Iterator[Problem]:
+        if self.patience < 1:
+            yield "eval.early_stop.patience", "must be at least 1"
+        if self.min_delta < 0:
+            yield "eval.early_stop.min_delta", "must be ≥ 0 (it is absolute, in the direction of eval.best_mode)"
+
+
+@dataclass
 class EvalConfig:
     """``eval:`` — validation during training and ``trainwell eval``."""
 
@@ -261,6 +308,10 @@ class EvalConfig:
     """Expression over metric names selecting ``best.pt``, e.g. ``(mpjpe + pa_mpjpe) / 2``."""
     best_mode: Literal["min", "max"] = "min"
     """Whether a lower or a higher ``best_metric`` is better."""
+    early_stop: EarlyStopConfig | None = None
+    """Stop after ``patience`` evaluations without an improvement of ``eval.best_metric`` by ``min_delta``; the run
+    writes ``last.pt`` and ``status.json`` says ``early_stopped``. Resuming it stops again at once unless the config
+    now allows more (a larger ``patience``): the count of evaluations without improvement is kept."""
     use_ema: bool = False
     """Evaluate (and choose ``best.pt`` by) the EMA weights of ``train.ema`` instead of the trained weights; before
     ``train.ema.start_step`` the trained weights are evaluated. ``trainwell eval``/``predict`` then load the EMA
@@ -272,6 +323,10 @@ class EvalConfig:
         if self.batch_size < 1:
             yield "eval.batch_size", "must be at least 1"
         yield from _interval_problem("eval.every", self.every)
+        if self.early_stop is not None:
+            yield from self.early_stop.problems()
+            if self.best_metric is None:
+                yield "eval.early_stop", "needs eval.best_metric (the value whose improvement it watches)"
         if self.best_metric is not None:
             from trainwell.engine.best import parse_metric_expression
 
@@ -293,6 +348,9 @@ class CheckpointConfig:
     keep: int | str = 3
     """Newest periodic checkpoints kept, or ``all``; 0 = write none (``best.pt`` and ``last.pt`` are never
     rotated away). OpenPCDet's max_ckpt_save_num."""
+    keep_best: int = 0
+    """Also keep the k best checkpoints by ``eval.best_metric`` as ``best_step_NNNNNNNN_<metric>_<value>.pt`` (links
+    to the checkpoint of that evaluation; the worst is deleted when a better one arrives); 0: only ``best.pt``."""
     latest_every_steps: int = 0
     """Also write ``last.pt`` every this many optimizer steps inside an epoch; 0 = only at epoch end."""
     latest_every: int | str | None = None
@@ -308,6 +366,8 @@ class CheckpointConfig:
             yield "checkpoint.keep", "must be ≥ 0 or 'all'"
         if self.every_epochs < 0:
             yield "checkpoint.every_epochs", "must be ≥ 0"
+        if self.keep_best < 0:
+            yield "checkpoint.keep_best", "must be ≥ 0"
         if self.latest_every_steps < 0:
             yield "checkpoint.latest_every_steps", "must be ≥ 0"
         yield from _interval_problem("checkpoint.every", self.every)
@@ -384,6 +444,8 @@ class ExperimentConfig:
             yield from section.problems()
         yield from self.diagnostics.problems()
         yield from self.distributed.problems()
+        if self.checkpoint.keep_best and self.eval.best_metric is None:
+            yield "checkpoint.keep_best", "needs eval.best_metric (the value the checkpoints are ranked by)"
         if self.eval.use_ema and self.train.ema is None:
             yield "eval.use_ema", "needs train.ema (the average to evaluate): set train.ema or eval.use_ema=false"
         task_problems = getattr(self.task, "problems", None)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trainwell.config.schema import ExperimentConfig, config_to_dict, config_to_yaml
+from trainwell.config.schema import ExperimentConfig, config_to_dict, config_to_yaml, parse_duration_s
 from trainwell.doctor.checks import RunContext
 from trainwell.doctor.live import TrainingDoctor
 from trainwell.engine import distributed as D
@@ -33,6 +33,7 @@ from trainwell.engine.checkpoint.resume import (
     trim_metrics_log,
 )
 from trainwell.engine.checkpoint.state import RngPart, ScalerPart, upgrade_payload
+from trainwell.engine.checkpoint.topk import TopKCheckpoints
 from trainwell.engine.checkpoint.weights import WeightsReport, load_model_weights
 from trainwell.engine.data import TrainBatches
 from trainwell.engine.ema import build_ema
@@ -45,6 +46,7 @@ from trainwell.engine.rundir import make_run_dir, write_status
 from trainwell.engine.runtime import configure_threads, cpu_bf16_warning, seed_everything
 from trainwell.engine.schedule import build_scheduler
 from trainwell.engine.signals import StopRequest
+from trainwell.engine.stopping import EarlyStopping, RunStopping, TimeBudget
 from trainwell.engine.task import Task
 
 
@@ -191,10 +193,10 @@ class RunComponents:
         self._checked_key: tuple[Any, ...] | None = None
         self._record_names: dict[tuple[Any, ...], tuple[str, ...]] = {}
         self.progress_names: tuple[str, ...] = ()
-        self.best = BestTracker(self.cfg.eval.best_metric, self.cfg.eval.best_mode, self.state)
+        self._build_stopping()
         self.checkpoint_dir = self.out.run_dir / "checkpoints" if self.out.run_dir is not None else Path("checkpoints")
         self.checkpoints = (
-            CheckpointManager(self.checkpoint_dir, self.cfg.checkpoint, log=self.log.warning)
+            CheckpointManager(self.checkpoint_dir, self.cfg.checkpoint, log=self.log.warning, top_k=self._top_k())
             if self.out.run_dir
             else None
         )
@@ -215,6 +217,22 @@ class RunComponents:
         if callable(getattr(self.task, "state_dict", None)) and callable(getattr(self.task, "load_state_dict", None)):
             parts["task"] = self.task  # type: ignore[assignment]
         parts["rng"] = self.rng_part  # last: nothing may draw random numbers after it loads
+
+    def _build_stopping(self) -> None:
+        """The best-checkpoint rule, early stopping on it, and the time budget (``engine/stopping.py``)."""
+        cfg = self.cfg
+        early = EarlyStopping(cfg.eval.early_stop, cfg.eval.best_mode, self.state) if cfg.eval.early_stop else None
+        self.best = BestTracker(cfg.eval.best_metric, cfg.eval.best_mode, self.state, early_stop=early)
+        max_time_s = parse_duration_s(cfg.train.max_time) if cfg.train.max_time is not None else None
+        budget = TimeBudget(max_time_s, self.state, self.env, check_every=self.plan.log_every.steps)
+        self.stopping = RunStopping(early, budget, rule=self.best.rule, log=self.log.warning)
+
+    def _top_k(self) -> TopKCheckpoints | None:
+        """``checkpoint.keep_best``: ranked by the best-checkpoint rule (needs ``eval.best_metric``)."""
+        if not self.cfg.checkpoint.keep_best or self.best.metric is None:
+            return None
+        k, mode = self.cfg.checkpoint.keep_best, self.cfg.eval.best_mode
+        return TopKCheckpoints(self.checkpoint_dir, k, self.best.metric, mode, log=self.log.warning)
 
     def _data_layout(self) -> dict[str, int]:
         """What ``batch_in_epoch`` counts in: continuing mid-epoch needs all of it unchanged."""
@@ -278,6 +296,8 @@ class RunComponents:
         changed = self.best.rule_changed()
         if changed:
             self.log.warning(changed)
+        if self.out.is_writer and self.checkpoints is not None and self.checkpoints.top_k is not None:
+            self.checkpoints.top_k.rebuild(up_to_step=self.state.global_step)  # from the files, by the current rule
         mismatch = position_mismatch(self.state.data_layout, current_layout) if self.state.mid_epoch else None
         if mismatch:
             self.log.warning(f"{mismatch} since the checkpoint: epoch {self.state.epoch + 1} restarts from its start.")

@@ -49,6 +49,12 @@ class TrainState:
     last_metrics: dict[str, float] = field(default_factory=dict)
     data_layout: dict[str, int] = field(default_factory=dict)
     """What ``batch_in_epoch`` counts in (batch size, accumulation, world size, dataset size, seed)."""
+    elapsed_s: float = 0.0
+    """Wall-clock seconds of training so far, summed over resumes (``train.max_time``; as of the last step)."""
+    early_stop_best: float | None = None
+    """``eval.early_stop``: the best value by at least ``min_delta`` steps (it may lag ``best_value``)."""
+    evals_without_improvement: int = 0
+    """``eval.early_stop``: evaluations in a row without such an improvement."""
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
