@@ -155,12 +155,20 @@ def _train(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> int:
             cfg.run.dir = str(run_dir_of_checkpoint(args.resume))  # continue that run, in its directory
     if args.init_from is not None and not Path(args.init_from).is_file():
         raise ConfigError(f"--init-from '{args.init_from}' does not exist.")
-    trainer = Trainer(cfg, task, callbacks=callbacks)
+    trainer = Trainer(cfg, task, callbacks=callbacks, trackers=_trackers(cfg))
     resumed = trainer.resume(args.resume) if args.resume else None
     if resumed is None and args.init_from is not None:  # a resumed run already holds its own weights
         trainer.init_from(args.init_from, strict=not args.init_from_non_strict)
     trainer.fit()
     return 0
+
+
+def _trackers(cfg: ExperimentConfig) -> list[Any]:
+    """The experiment trackers of ``log.trackers`` (rank 0 only: the other processes send nothing)."""
+    from trainwell.trackers import build_trackers, require_installed
+
+    require_installed(cfg.log.trackers)  # every process: the same config error everywhere
+    return build_trackers(cfg) if D.env_from_torchrun().is_main else []
 
 
 def _require_file(path: str, flag: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainwell.config.schema import EmaConfig
+from trainwell.config.training import EmaConfig
 from trainwell.engine.ema import ModelEma, ema_decay
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainwell.config.schema import EmaConfig
+from trainwell.config.training import EmaConfig
 
 
 def ema_decay(cfg: EmaConfig, update: int) -> float:

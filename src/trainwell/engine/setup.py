@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trainwell.config.schema import ExperimentConfig, config_to_dict, config_to_yaml, parse_duration_s
+from trainwell.config.schema import ExperimentConfig, config_to_dict, config_to_yaml
+from trainwell.config.training import parse_duration_s
 from trainwell.doctor.checks import RunContext
 from trainwell.doctor.live import TrainingDoctor
 from trainwell.engine import distributed as D
@@ -48,6 +49,7 @@ from trainwell.engine.schedule import build_scheduler
 from trainwell.engine.signals import StopRequest
 from trainwell.engine.stopping import EarlyStopping, RunStopping, TimeBudget
 from trainwell.engine.task import Task
+from trainwell.engine.trackers import Tracker, TrackerRecorder
 
 
 class Callback(Protocol):
@@ -77,8 +79,10 @@ class RunComponents:
         env: D.DistEnv | None = None,
         write_outputs: bool = True,
         callbacks: Sequence[Callback] = (),
+        trackers: Sequence[Tracker] = (),
     ) -> None:
         self.cfg, self.task, self.callbacks = cfg, task, list(callbacks)
+        self.trackers = list(trackers)  # built by the CLI (trainwell.trackers): the engine imports no tracker
         self.task_name = type(task).__name__
         self.env = env or D.env_from_torchrun()
         self.device = D.select_device(cfg.train.device, self.env)
@@ -140,7 +144,24 @@ class RunComponents:
         self.log = setup_console_logging(run_dir if is_writer else None, self.env.is_main)
         if is_writer:
             (run_dir / "config.yaml").write_text(config_to_yaml(self.cfg), encoding="utf-8")
-        self.out = RunOutputs(run_dir, is_writer, MetricsWriter(run_dir, enabled=is_writer))
+        self.tracker_recorder = TrackerRecorder(self.trackers, run_dir if is_writer else None)
+        self.out = RunOutputs(run_dir, is_writer, self._metrics_writer(run_dir, is_writer))
+        missing = sorted(set(self.cfg.log.trackers) - {"tensorboard"} - {t.name for t in self.trackers})
+        if missing and self.env.is_main:
+            self.log.warning(
+                f"log.trackers names {', '.join(missing)}, but no such tracker was handed to the Trainer: build them "
+                f"with trainwell.trackers.build_trackers(cfg) (the CLI does)."
+            )
+
+    def _metrics_writer(self, run_dir: Path | None, enabled: bool, purge_step: int | None = None) -> MetricsWriter:
+        """``metrics.jsonl``, TensorBoard if ``log.trackers`` names it, and the other trackers."""
+        return MetricsWriter(
+            run_dir,
+            enabled=enabled,
+            purge_step=purge_step,
+            tensorboard="tensorboard" in self.cfg.log.trackers,
+            trackers=self.tracker_recorder,
+        )
 
     def _build_model(self) -> None:
         model = self.task.build_model().to(self.device)
@@ -279,6 +300,8 @@ class RunComponents:
     def _status(self, state: str, **details: Any) -> None:
         if self.out.is_writer:
             write_status(self.out.run_dir, state, step=self.state.global_step, **details)
+            # The trackers' runs start with "running" (continued after a resume) and end at any other state.
+            self.tracker_recorder.follow(state, self.state, params=lambda: to_plain(config_to_dict(self.cfg)))
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def payload_extras(self) -> dict[str, Any]:
@@ -317,7 +340,7 @@ class RunComponents:
             # A killed run logged steps after this checkpoint; the resumed run logs them again, once.
             self.out.metrics.close()
             dropped = trim_metrics_log(self.out.run_dir / "metrics.jsonl", self.state.global_step)
-            self.out.metrics = MetricsWriter(self.out.run_dir, enabled=True, purge_step=self.state.global_step + 1)
+            self.out.metrics = self._metrics_writer(self.out.run_dir, True, purge_step=self.state.global_step + 1)
             self.out.metrics.write(
                 "resume", self.state.epoch + 1, self.state.global_step, {"dropped_records": dropped}, ""
             )

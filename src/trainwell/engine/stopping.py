@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from trainwell.config.schema import EarlyStopConfig
+from trainwell.config.training import EarlyStopConfig
 from trainwell.engine import distributed as D
 from trainwell.engine.checkpoint.state import TrainState
 from trainwell.engine.logging import format_value
