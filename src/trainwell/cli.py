@@ -137,9 +137,22 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace) -> tuple[ExperimentConfig, Task]:
     """Config (validated) and task, built once; ``TRAINWELL_DEBUG_LOSS=1`` is recorded in the config."""
     cfg, task_cls = load_experiment(args.config, args.overrides)
+    _require_device(cfg.train.device)
     if os.environ.get("TRAINWELL_DEBUG_LOSS", "") not in ("", "0"):
         cfg.diagnostics.debug_loss = True  # in config.yaml, so the run says why it printed loss internals
     return cfg, task_cls(cfg.task, cfg.data)
+
+
+def _require_device(device: str) -> None:
+    """``train.device: cuda`` on a machine without CUDA: one config error, before anything is built."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(
+            f"train.device={device}, but this machine has no usable CUDA device (torch {torch.__version__} is {build}, "
+            f"torch.cuda.is_available() is False): use train.device=auto (CUDA when there is one) or cpu."
+        )
 
 
 def _train(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> int:
@@ -265,6 +278,9 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
     tests that drive the real command, e.g. to stop a run at an exact step).
     """
     parser = _parser()
+    if not (sys.argv[1:] if argv is None else argv):  # a bare `trainwell`: the help, not an argparse error
+        parser.print_help()
+        return 0
     # argparse matches all positionals at once, so KEY=VALUE overrides written after an option
     # (`eval CONFIG --checkpoint X train.device=cpu`) come back unrecognised: take them as overrides.
     args, extra = parser.parse_known_args(argv)

@@ -44,7 +44,7 @@ from trainwell.engine.nonfinite import NonFinitePolicy
 from trainwell.engine.optim import build_optimizer, group_names
 from trainwell.engine.plan import RunPlan
 from trainwell.engine.rundir import make_run_dir, write_status
-from trainwell.engine.runtime import configure_threads, cpu_bf16_warning, seed_everything
+from trainwell.engine.runtime import configure_threads, cpu_amp_warning, seed_everything
 from trainwell.engine.schedule import build_scheduler
 from trainwell.engine.signals import StopRequest
 from trainwell.engine.stopping import EarlyStopping, RunStopping, TimeBudget
@@ -131,7 +131,7 @@ class RunComponents:
         self.doctor = TrainingDoctor(
             cfg.diagnostics, context=context, env=self.env, run_dir=run_dir, log=self.log, task=task
         )
-        warning = cpu_bf16_warning(self.device, cfg.train.amp)
+        warning = cpu_amp_warning(self.device, cfg.train.amp)
         if warning and self.env.is_main:
             self.log.warning(f"trainwell: {warning}")
 
