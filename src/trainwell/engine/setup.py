@@ -47,7 +47,7 @@ from trainwell.engine.rundir import make_run_dir, write_status
 from trainwell.engine.runtime import configure_threads, cpu_amp_warning, seed_everything
 from trainwell.engine.schedule import build_scheduler
 from trainwell.engine.signals import StopRequest
-from trainwell.engine.stopping import EarlyStopping, RunStopping, TimeBudget
+from trainwell.engine.stopping import EarlyStopping, RunStopping, TimeBudget, monotonic_s
 from trainwell.engine.task import Task
 from trainwell.engine.trackers import Tracker, TrackerRecorder
 
@@ -81,6 +81,7 @@ class RunComponents:
         callbacks: Sequence[Callback] = (),
         trackers: Sequence[Tracker] = (),
     ) -> None:
+        self.built_at_s = monotonic_s()  # train.max_time counts from here: before datasets and model are built
         self.cfg, self.task, self.callbacks = cfg, task, list(callbacks)
         self.trackers = list(trackers)  # built by the CLI (trainwell.trackers): the engine imports no tracker
         self.task_name = type(task).__name__
@@ -245,7 +246,9 @@ class RunComponents:
         early = EarlyStopping(cfg.eval.early_stop, cfg.eval.best_mode, self.state) if cfg.eval.early_stop else None
         self.best = BestTracker(cfg.eval.best_metric, cfg.eval.best_mode, self.state, early_stop=early)
         max_time_s = parse_duration_s(cfg.train.max_time) if cfg.train.max_time is not None else None
-        budget = TimeBudget(max_time_s, self.state, self.env, check_every=self.plan.log_every.steps)
+        budget = TimeBudget(
+            max_time_s, self.state, self.env, check_every=self.plan.log_every.steps, started_s=self.built_at_s
+        )
         self.stopping = RunStopping(early, budget, rule=self.best.rule, log=self.log.warning)
 
     def _top_k(self) -> TopKCheckpoints | None:

@@ -23,6 +23,11 @@ from trainwell.engine.checkpoint.state import TrainState
 from trainwell.engine.logging import format_value
 
 
+def monotonic_s() -> float:
+    """The budget's clock (``time.monotonic``: never goes back, no device sync)."""
+    return time.monotonic()
+
+
 def improves_by(value: float, best: float | None, mode: str, min_delta: float) -> bool:
     """Whether ``value`` beats ``best`` by at least ``min_delta`` (absolute) in the direction of ``mode``; strictly
     when ``min_delta`` is 0. The first value always counts; NaN never does."""
@@ -69,21 +74,29 @@ class EarlyStopping:
 class TimeBudget:
     """``train.max_time``: wall-clock seconds summed over resumes in ``TrainState.elapsed_s``.
 
-    The clock starts when the run is built (the start of the process, before the datasets). With several processes,
-    rank 0's clock decides, every ``check_every`` steps (the logging interval: the processes meet there anyway), so
-    they all stop at the same step.
+    The clock starts when the run begins to be built (``trainwell train``'s start, before the datasets and the model).
+    With several processes, rank 0's clock decides, every ``check_every`` steps (the logging interval: the processes
+    meet there anyway), so they all stop at the same step.
     """
 
-    def __init__(self, max_time_s: float | None, state: TrainState, env: D.DistEnv, check_every: int) -> None:
+    def __init__(
+        self,
+        max_time_s: float | None,
+        state: TrainState,
+        env: D.DistEnv,
+        check_every: int,
+        started_s: float | None = None,
+    ) -> None:
+        """``started_s``: ``time.monotonic()`` when the run began to be built (default: now)."""
         self.max_time_s, self.state, self.env = max_time_s, state, env
         self.check_every = max(1, check_every) if env.is_distributed else 1
-        self._last_tick = time.monotonic()
+        self._last_tick = monotonic_s() if started_s is None else started_s
         self._first: tuple[float, int] | None = None  # (time, step) of this process's first check
         self._decided: tuple[int, bool] | None = None  # (step, answer): one decision (one collective) per step
 
     def tick(self) -> float:
         """Add the time since the last tick to ``elapsed_s``; returns now."""
-        now = time.monotonic()
+        now = monotonic_s()
         self.state.elapsed_s += now - self._last_tick
         self._last_tick = now
         return now
