@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints-dev.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints-dev.txt -e '.[dev,captioning,hand_pose]'
+	$(PY) -m pip install --quiet -c constraints-dev.txt -e '.[dev,captioning,hand_pose,trackers]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -158,6 +158,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --format viecap: leave out GPT-2's attention-mask buffers (attn.bias, attn.masked_bias), which "
         "ViECap's pinned transformers 4.19 saves and transformers >= 4.31 does not",
     )
+    ex.add_argument("--ema", action="store_true", help="export the EMA weights (train.ema) instead of the model's")
     ex.set_defaults(overrides=[])
 
     doctor = sub.add_parser(
@@ -185,9 +186,22 @@ def _parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace) -> tuple[ExperimentConfig, Task]:
     """Config (validated) and task, built once; ``TRAINWELL_DEBUG_LOSS=1`` is recorded in the config."""
     cfg, task_cls = load_experiment(args.config, args.overrides)
+    _require_device(cfg.train.device)
     if os.environ.get("TRAINWELL_DEBUG_LOSS", "") not in ("", "0"):
         cfg.diagnostics.debug_loss = True  # in config.yaml, so the run says why it printed loss internals
     return cfg, task_cls(cfg.task, cfg.data)
+
+
+def _require_device(device: str) -> None:
+    """``train.device: cuda`` on a machine without CUDA: one config error, before anything is built."""
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+        raise ConfigError(
+            f"train.device={device}, but this machine has no usable CUDA device (torch {torch.__version__} is {build}, "
+            f"torch.cuda.is_available() is False): use train.device=auto (CUDA when there is one) or cpu."
+        )
 
 
 def _train(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> int:
@@ -203,12 +217,20 @@ def _train(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> int:
             cfg.run.dir = str(run_dir_of_checkpoint(args.resume))  # continue that run, in its directory
     if args.init_from is not None and not Path(args.init_from).is_file():
         raise ConfigError(f"--init-from '{args.init_from}' does not exist.")
-    trainer = Trainer(cfg, task, callbacks=callbacks)
+    trainer = Trainer(cfg, task, callbacks=callbacks, trackers=_trackers(cfg))
     resumed = trainer.resume(args.resume) if args.resume else None
     if resumed is None and args.init_from is not None:  # a resumed run already holds its own weights
         trainer.init_from(args.init_from, strict=not args.init_from_non_strict)
     trainer.fit()
     return 0
+
+
+def _trackers(cfg: ExperimentConfig) -> list[Any]:
+    """The experiment trackers of ``log.trackers`` (rank 0 only: the other processes send nothing)."""
+    from trainwell.trackers import build_trackers, require_installed
+
+    require_installed(cfg.log.trackers)  # every process: the same config error everywhere
+    return build_trackers(cfg) if D.env_from_torchrun().is_main else []
 
 
 def _require_file(path: str, flag: str) -> None:
@@ -323,6 +345,8 @@ def _export(args: argparse.Namespace) -> int:
     from trainwell.engine.checkpoint.weights import export_weights
 
     _require_file(args.checkpoint, "checkpoint")
+    if args.ema and args.format != "plain":
+        raise ConfigError(f"--ema exports the plain format only (not --format {args.format}): drop one of the two.")
     if args.format == "openpcdet":
         from trainwell.tasks.detection3d.openpcdet_format import export_openpcdet
 
@@ -334,7 +358,7 @@ def _export(args: argparse.Namespace) -> int:
         paths, note = export_viecap(args.checkpoint, args.out, gpt2_buffers=not args.no_gpt2_buffers)
         print(note)
     else:
-        paths = export_weights(args.checkpoint, args.out)
+        paths = export_weights(args.checkpoint, args.out, ema=args.ema)
     for path in paths:
         print(f"wrote {path}")
     return 0
@@ -378,6 +402,9 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
     tests that drive the real command, e.g. to stop a run at an exact step).
     """
     parser = _parser()
+    if not (sys.argv[1:] if argv is None else argv):  # a bare `trainwell`: the help, not an argparse error
+        parser.print_help()
+        return 0
     # argparse matches all positionals at once, so KEY=VALUE overrides written after an option
     # (`eval CONFIG --checkpoint X train.device=cpu`) come back unrecognised: take them as overrides.
     args, extra = parser.parse_known_args(argv)

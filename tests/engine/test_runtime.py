@@ -13,13 +13,14 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
 from small_run import SignalAtStep, train
 from test_resume import assert_bitwise_equal, final_state
 
-from trainwell.engine.runtime import configure_threads, cpu_bf16_warning
+from trainwell.engine.runtime import configure_threads, cpu_amp_warning
 from trainwell.engine.tensors import move_to_device
 
 
 def test_threads_default_to_the_cores_divided_by_the_local_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     before = torch.get_num_threads()
     try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         monkeypatch.setattr("trainwell.engine.runtime.available_cores", lambda: 8)
         monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
         assert configure_threads(None) == 2 and torch.get_num_threads() == 2
@@ -30,19 +31,34 @@ def test_threads_default_to_the_cores_divided_by_the_local_processes(monkeypatch
         torch.set_num_threads(before)
 
 
+def test_omp_num_threads_is_honoured_unless_train_num_threads_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr("trainwell.engine.runtime.available_cores", lambda: 8)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert configure_threads(None) == 3 and torch.get_num_threads() == 3
+        assert configure_threads(2) == 2  # train.num_threads wins
+        monkeypatch.setenv("OMP_NUM_THREADS", "not-a-number")
+        assert configure_threads(None) == 8  # ignored: the cores
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_thread_count_is_in_the_start_banner(tmp_path: Path) -> None:
     assert train(tmp_path, "train.num_threads=1", "train.epochs=1") == 0
     assert "1 thread(s) each" in (tmp_path / "train.log").read_text()
 
 
-def test_bf16_warning_only_for_cpu_bf16() -> None:
-    assert cpu_bf16_warning(torch.device("cpu"), "off") is None
-    assert cpu_bf16_warning(torch.device("cuda"), "bf16") is None
-    message = cpu_bf16_warning(torch.device("cpu"), "bf16")
-    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    assert (message is None) == native
-    if message is not None:
-        assert "train.amp=off" in message
+def test_amp_warning_only_for_cpu_autocast_without_native_instructions() -> None:
+    assert cpu_amp_warning(torch.device("cpu"), "off") is None
+    assert cpu_amp_warning(torch.device("cuda"), "bf16") is None
+    assert cpu_amp_warning(torch.device("cuda"), "fp16") is None
+    for amp, probe in (("bf16", "_is_mkldnn_bf16_supported"), ("fp16", "_is_mkldnn_fp16_supported")):
+        message = cpu_amp_warning(torch.device("cpu"), amp)
+        native = bool(getattr(torch.ops.mkldnn, probe)())
+        assert (message is None) == native
+        if message is not None:
+            assert "train.amp=off" in message and "slower than fp32" in message and "\n" not in message
 
 
 def test_channels_last_switches_only_4d_floating_tensors() -> None:

@@ -22,6 +22,9 @@ from typing import Any, Literal
 
 import yaml
 
+from trainwell.config.log import LogConfig
+from trainwell.config.training import EarlyStopConfig, EmaConfig, ProfileConfig, parse_duration_s
+
 Problem = tuple[str, str]
 """``(key, what is wrong)`` for a value out of range."""
 
@@ -76,32 +79,6 @@ def _interval_problem(key: str, value: int | str | None) -> Iterator[Problem]:
 
 
 @dataclass
-class ProfileConfig:
-    """``train.profile:`` — record ``torch.profiler`` for a few optimizer steps (null or absent: off).
-
-    The first ``wait`` steps of this process are skipped, ``warmup`` more are profiled and thrown away (the first
-    steps of a profile carry its own start-up cost), then ``active`` steps are recorded into ``<run>/profile/``: a
-    TensorBoard trace (``*.pt.trace.json``, the profiler plugin's format) and ``trace.json`` for chrome://tracing or
-    Perfetto; the top operators by self time are printed in the log.
-    """
-
-    wait: int = 5
-    """Steps skipped before profiling starts."""
-    warmup: int = 2
-    """Steps profiled but not recorded."""
-    active: int = 5
-    """Steps recorded."""
-
-    def problems(self) -> Iterator[Problem]:
-        if self.wait < 0:
-            yield "train.profile.wait", "must be ≥ 0"
-        if self.warmup < 0:
-            yield "train.profile.warmup", "must be ≥ 0"
-        if self.active < 1:
-            yield "train.profile.active", "must be at least 1"
-
-
-@dataclass
 class TrainConfig:
     """``train:`` — the optimisation loop."""
 
@@ -137,6 +114,14 @@ class TrainConfig:
     (faster convolutions with AMP on tensor cores)."""
     profile: ProfileConfig | None = None
     """``{wait, warmup, active}``: profile those optimizer steps with ``torch.profiler`` (see ProfileConfig)."""
+    max_time: str | None = None
+    """Wall-clock budget (``"2h30m"``, ``"45m"``, ``"90s"``), counted from the start of the process and summed over
+    resumes (``train_state.elapsed_s``): the run stops at the optimizer-step boundary where the next step (the next
+    ``log_every`` steps, multi-process) would pass it, then evaluates and writes ``last.pt``; ``status.json`` says
+    ``time_budget``. null: no budget."""
+    ema: EmaConfig | None = None
+    """An exponential moving average of the weights (``{decay, every, start_step}``); null: none. Saved in
+    checkpoints (part ``ema``); ``eval.use_ema`` evaluates it; ``trainwell export --ema`` exports it."""
 
     def problems(self) -> Iterator[Problem]:
         if self.epochs < 1:
@@ -152,6 +137,13 @@ class TrainConfig:
         if self.num_threads is not None and self.num_threads < 1:
             yield "train.num_threads", "must be null or ≥ 1"
         yield from _interval_problem("train.log_every", self.log_every)
+        if self.ema is not None:
+            yield from self.ema.problems()
+        if self.max_time is not None:
+            try:
+                parse_duration_s(self.max_time)
+            except ValueError as err:
+                yield "train.max_time", str(err)
         if self.log_every in (0, "0ep"):
             yield "train.log_every", "must be > 0 (log lines are where the doctor looks)"
         if self.profile is not None:
@@ -281,6 +273,14 @@ class EvalConfig:
     """Expression over metric names selecting ``best.pt``, e.g. ``(mpjpe + pa_mpjpe) / 2``."""
     best_mode: Literal["min", "max"] = "min"
     """Whether a lower or a higher ``best_metric`` is better."""
+    early_stop: EarlyStopConfig | None = None
+    """Stop after ``patience`` evaluations without an improvement of ``eval.best_metric`` by ``min_delta``; the run
+    writes ``last.pt`` and ``status.json`` says ``early_stopped``. Resuming it stops again at once unless the config
+    now allows more (a larger ``patience``): the count of evaluations without improvement is kept."""
+    use_ema: bool = False
+    """Evaluate (and choose ``best.pt`` by) the EMA weights of ``train.ema`` instead of the trained weights; before
+    ``train.ema.start_step`` the trained weights are evaluated. ``trainwell eval``/``predict`` then load the EMA
+    weights of the checkpoint."""
 
     def problems(self) -> Iterator[Problem]:
         if self.every_epochs < 0:
@@ -288,6 +288,10 @@ class EvalConfig:
         if self.batch_size < 1:
             yield "eval.batch_size", "must be at least 1"
         yield from _interval_problem("eval.every", self.every)
+        if self.early_stop is not None:
+            yield from self.early_stop.problems()
+            if self.best_metric is None:
+                yield "eval.early_stop", "needs eval.best_metric (the value whose improvement it watches)"
         if self.best_metric is not None:
             from trainwell.engine.best import parse_metric_expression
 
@@ -309,6 +313,9 @@ class CheckpointConfig:
     keep: int | str = 3
     """Newest periodic checkpoints kept, or ``all``; 0 = write none (``best.pt`` and ``last.pt`` are never
     rotated away). OpenPCDet's max_ckpt_save_num."""
+    keep_best: int = 0
+    """Also keep the k best checkpoints by ``eval.best_metric`` as ``best_step_NNNNNNNN_<metric>_<value>.pt`` (links
+    to the checkpoint of that evaluation; the worst is deleted when a better one arrives); 0: only ``best.pt``."""
     latest_every_steps: int = 0
     """Also write ``last.pt`` every this many optimizer steps inside an epoch; 0 = only at epoch end."""
     latest_every: int | str | None = None
@@ -328,6 +335,8 @@ class CheckpointConfig:
             yield "checkpoint.keep", "must be ≥ 0 or 'all'"
         if self.every_epochs < 0:
             yield "checkpoint.every_epochs", "must be ≥ 0"
+        if self.keep_best < 0:
+            yield "checkpoint.keep_best", "must be ≥ 0"
         if self.latest_every_steps < 0:
             yield "checkpoint.latest_every_steps", "must be ≥ 0"
         yield from _interval_problem("checkpoint.every", self.every)
@@ -399,6 +408,7 @@ class ExperimentConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def problems(self) -> Iterator[Problem]:
@@ -413,6 +423,11 @@ class ExperimentConfig:
             yield from section.problems()
         yield from self.diagnostics.problems()
         yield from self.distributed.problems()
+        yield from self.log.problems()
+        if self.checkpoint.keep_best and self.eval.best_metric is None:
+            yield "checkpoint.keep_best", "needs eval.best_metric (the value the checkpoints are ranked by)"
+        if self.eval.use_ema and self.train.ema is None:
+            yield "eval.use_ema", "needs train.ema (the average to evaluate): set train.ema or eval.use_ema=false"
         task_problems = getattr(self.task, "problems", None)
         if callable(task_problems):
             yield from task_problems()

@@ -8,8 +8,12 @@ import math
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from trainwell.engine.checkpoint.state import TrainState
+
+if TYPE_CHECKING:
+    from trainwell.engine.stopping import EarlyStopping
 
 _BINARY: dict[type, Callable[[float, float], float]] = {
     ast.Add: operator.add,
@@ -132,17 +136,31 @@ class BestTracker:
     ``best_epoch``, ``best_step``, ``best_rule``), so it is saved and resumed with the run.
     """
 
-    def __init__(self, expression: str | None, mode: str, state: TrainState) -> None:
+    def __init__(
+        self, expression: str | None, mode: str, state: TrainState, *, early_stop: EarlyStopping | None = None
+    ) -> None:
         self.metric = parse_metric_expression(expression) if expression else None
         self.mode = mode
         self.state = state
         self.rule = f"{expression} ({mode})" if expression else None
+        self.early_stop = early_stop
+        """``eval.early_stop``: told every value (it counts the evaluations without improvement)."""
+        self.scored: tuple[int, float] | None = None
+        """``(step, value)`` of the latest evaluation, until the checkpoint written after it takes it (top-k)."""
+
+    def take_scored(self) -> tuple[int, float] | None:
+        """The latest evaluation's ``(step, value)`` once (``checkpoint.keep_best`` ranks that checkpoint)."""
+        scored, self.scored = self.scored, None
+        return scored
 
     def update(self, metrics: Mapping[str, float], *, epoch: int, step: int) -> bool:
         """Record ``metrics`` if they beat the best so far; ``True`` means write ``best.pt`` now."""
         if self.metric is None:
             return False
         value = self.metric(metrics)
+        self.scored = (step, value)
+        if self.early_stop is not None:
+            self.early_stop.observe(value, step)
         if not is_better(value, self.state.best_value, self.mode):
             return False
         self.state.best_value, self.state.best_epoch, self.state.best_step = value, epoch, step
@@ -155,4 +173,6 @@ class BestTracker:
         if self.state.best_value is None or saved == self.rule:
             return None
         self.state.best_value = self.state.best_epoch = self.state.best_step = None
+        if self.early_stop is not None:
+            self.early_stop.reset()
         return f"eval.best_metric/best_mode changed from {saved} to {self.rule}: best.pt starts anew."

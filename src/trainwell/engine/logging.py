@@ -15,6 +15,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from trainwell.engine.trackers import TrackerRecorder
+
 _LOGGER_NAME = "trainwell"
 
 
@@ -61,14 +63,28 @@ def format_value(value: float) -> str:
 
 
 class MetricsWriter:
-    """``metrics.jsonl`` (one JSON object per line) and TensorBoard scalars, rank 0 only."""
+    """The run's recorder: ``metrics.jsonl`` (one JSON object per line), TensorBoard scalars and the experiment
+    trackers (``engine/trackers.py``), rank 0 only."""
 
-    def __init__(self, run_dir: Path | None, enabled: bool, purge_step: int | None = None) -> None:
-        """``purge_step``: hide TensorBoard events at or after this step (a resumed run writes them again)."""
+    def __init__(
+        self,
+        run_dir: Path | None,
+        enabled: bool,
+        purge_step: int | None = None,
+        *,
+        tensorboard: bool = True,
+        trackers: TrackerRecorder | None = None,
+    ) -> None:
+        """``purge_step``: hide TensorBoard events at or after this step (a resumed run writes them again);
+        ``tensorboard``: write ``tb/`` (``log.trackers`` names it); ``trackers``: also send them every scalar."""
         self.enabled = enabled and run_dir is not None
+        self.trackers = trackers
         self._jsonl = None
         self._tb: Any = None
-        if self.enabled:
+        if self.enabled and not tensorboard:
+            assert run_dir is not None
+            self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        elif self.enabled:
             assert run_dir is not None
             self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
             from torch.utils.tensorboard import SummaryWriter  # slow import: only where it is used
@@ -88,7 +104,9 @@ class MetricsWriter:
             for name, value in values.items()
             if isinstance(value, int | float) and not isinstance(value, bool)
         }
-        if scalars:
+        if scalars and self.trackers is not None:
+            self.trackers.write(kind, step, scalars)  # the same names (the TensorBoard tags) at the same step
+        if scalars and self._tb is not None:
             # One event holding every scalar of the record (not one event per scalar): the same tags and values in
             # TensorBoard, at a tenth of the cost of a log line's add_scalar calls.
             from tensorboard.compat.proto.summary_pb2 import Summary

@@ -89,7 +89,7 @@ class Trainer(RunComponents):
             self.stop_request.uninstall()
             self.out.metrics.close()
             self.doctor.finish([self.nonfinite.finding] if self.nonfinite.finding else [])
-        self._status("finished")
+        self._status(self.stopping.reason or "finished", **self.stopping.details())
         for line in self.end_banner(time.perf_counter() - started):
             self.log.info(line)
         return FitResult(run_dir=self.out.run_dir, state=self.state, metrics=self.state.last_metrics)
@@ -111,6 +111,7 @@ class Trainer(RunComponents):
             self.state.epoch, self.state.batch_in_epoch = epoch + 1, 0
         last = self.budget_spent() or self.state.epoch == self.plan.epochs
         evaluate_now = last or eval_step or (complete and self.plan.eval_every.fires_at_epoch_end(epoch + 1))
+        evaluate_now = evaluate_now and not self.stopping.evaluated_at(self.state.global_step)  # early stop: done
         periodic = f"step_{self.state.global_step:08d}.pt" if periodic_step else None
         if complete and self.plan.periodic.fires_at_epoch_end(epoch + 1):
             periodic = f"epoch_{epoch + 1:04d}.pt"
@@ -205,6 +206,7 @@ class Trainer(RunComponents):
                 step_on_skipped=self.cfg.schedule.step_on_skipped,
             )
         self.state.global_step += 1
+        self.maybe_update_ema()  # train.ema: two foreach kernels on update steps, no host read
 
     def _forward(self, batch: Any) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
         """``(names, total, stacked)`` of the task's losses on ``batch`` (:meth:`LossCollector.collect`)."""
@@ -240,8 +242,8 @@ class Trainer(RunComponents):
         return self.budget_spent() or self.stop_request.should_stop(global_step=self.state.global_step, sync=logged)
 
     def budget_spent(self) -> bool:
-        """Whether the plan's optimizer steps are all taken (``train.max_steps`` can end an epoch early)."""
-        return self.state.global_step >= self.plan.total_steps
+        """Whether the plan's steps are all taken, or early stopping / ``train.max_time`` ends the run here."""
+        return self.state.global_step >= self.plan.total_steps or self.stopping.should_stop(self.state.global_step)
 
     # -- logging ------------------------------------------------------------------------------
     def _log_train(self, epoch: int, bar: ProgressBar) -> dict[str, Any]:
@@ -278,7 +280,7 @@ class Trainer(RunComponents):
         """Score the validation set exactly once across all processes and log the metrics."""
         result = evaluate(
             task=self.task,
-            model=self.model,  # the bare module: no collectives inside the evaluation loop
+            model=self.eval_model(),  # a bare module: no collectives inside the evaluation loop
             dataset=self.val_set,
             evaluator=self.task.build_evaluator(),
             batch_size=self.cfg.eval.batch_size,
@@ -317,7 +319,7 @@ class Trainer(RunComponents):
         self.wall_clock.saved()
         if not self.out.is_writer:
             return None
-        self.checkpoints.save(payload, periodic=periodic, best=best)
+        self.checkpoints.save(payload, periodic=periodic, best=best, scored=self.best.take_scored())
         return self.checkpoint_dir / LAST
 
     def _stop_on_signal(self, *, save: bool) -> NoReturn:

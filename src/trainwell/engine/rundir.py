@@ -35,8 +35,9 @@ def make_run_dir(name: str, explicit: str | None, root: str | Path = "runs") -> 
 
 
 def write_status(run_dir: Path | None, state: str, **details: Any) -> None:
-    """Record the run's state: ``running``, ``finished``, ``stopped_by_signal`` (``signal``), ``nonfinite_stop``,
-    ``crashed`` (``error``); with the step and the time. Durable (atomic replace), rank 0 only."""
+    """Record the run's state: ``running``, ``finished``, ``early_stopped`` / ``time_budget`` (``reason``),
+    ``stopped_by_signal`` (``signal``), ``nonfinite_stop``, ``crashed`` (``error``); with the step and the time.
+    Durable (atomic replace), rank 0 only."""
     if run_dir is None:
         return
     record = {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **details}
@@ -63,6 +64,8 @@ def describe_status(status: dict[str, Any]) -> str:
         number = status.get("signal")
         name = signal.Signals(number).name if isinstance(number, int) else "a signal"
         return f"stopped by {name}{step}; resumable with --resume auto"
+    if state in ("early_stopped", "time_budget"):
+        return f"{state.replace('_', ' ')}{step}: {status.get('reason', '')}; last.pt holds that step"
     if state == "nonfinite_stop":
         return f"stopped by the non-finite policy{step}"
     if state == "crashed":

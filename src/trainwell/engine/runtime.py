@@ -1,4 +1,4 @@
-"""Process-wide settings made once per run: seeds, PyTorch threads, and a warning for slow CPU bf16."""
+"""Process-wide settings made once per run: seeds, PyTorch threads, and a warning for slow CPU autocast."""
 
 from __future__ import annotations
 
@@ -25,8 +25,12 @@ def available_cores() -> int:
 
 
 def configure_threads(requested: int | None) -> int:
-    """Set PyTorch's intra-op threads: ``requested``, or the available cores divided by the processes on this
+    """Set PyTorch's intra-op threads: ``requested`` (``train.num_threads``), else ``OMP_NUM_THREADS`` when set (a
+    SLURM recipe's, or torchrun's default of 1 per process), else the available cores divided by the processes on this
     machine (torchrun's ``LOCAL_WORLD_SIZE``). Returns the number set.
+
+    The count changes the order of floating-point reductions: processes that must give bitwise the same results (one
+    node of two processes vs two nodes of one) need the same count, which ``OMP_NUM_THREADS`` now gives them.
 
     Why: each process otherwise starts one thread per core, so N processes oversubscribe the cores N times, and a
     busy neighbour makes every step wait for its slowest thread (benchmarks/threads.py on the 2-core development
@@ -34,23 +38,29 @@ def configure_threads(requested: int | None) -> int:
     DataLoader workers already run with one thread each (PyTorch sets it in every worker).
     """
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if requested is None and omp.isdigit() and int(omp) >= 1:
+        requested = int(omp)
     threads = requested if requested is not None else max(1, available_cores() // local_processes)
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads
 
 
-def cpu_bf16_warning(device: torch.device, amp: str) -> str | None:
-    """A warning when bf16 autocast runs on a CPU without native bf16 (it is emulated, several times slower)."""
-    if amp != "bf16" or device.type != "cpu":
+def cpu_amp_warning(device: torch.device, amp: str) -> str | None:
+    """One line when ``train.amp`` runs on a CPU without native instructions for it: autocast then emulates the
+    format and a step can be slower than in fp32 (bf16: AVX512-BF16/AMX; fp16: AMX-FP16). ``None`` otherwise."""
+    if amp not in ("bf16", "fp16") or device.type != "cpu":
         return None
+    probe = "_is_mkldnn_bf16_supported" if amp == "bf16" else "_is_mkldnn_fp16_supported"
     try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        native = bool(getattr(torch.ops.mkldnn, probe)())
     except (AttributeError, RuntimeError):
         native = False
     if native:
         return None
+    instructions = "AVX512-BF16/AMX" if amp == "bf16" else "AMX-FP16"
     return (
-        "train.amp=bf16 on a CPU without native bf16 instructions (AVX512-BF16/AMX): autocast emulates it, and steps "
-        "can be several times slower than fp32. Use train.amp=off on this machine; keep bf16 for GPUs."
+        f"train.amp={amp} on a CPU without native {amp} instructions ({instructions}): autocast emulates it and may be "
+        f"slower than fp32 on this CPU. Use train.amp=off here; keep {amp} for GPUs."
     )

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainwell.config.schema import ExperimentConfig, config_to_dict, config_to_yaml
+from trainwell.config.training import parse_duration_s
 from trainwell.doctor.checks import RunContext
 from trainwell.doctor.live import TrainingDoctor
 from trainwell.engine import distributed as D
@@ -33,8 +34,10 @@ from trainwell.engine.checkpoint.resume import (
     trim_metrics_log,
 )
 from trainwell.engine.checkpoint.state import RngPart, ScalerPart, upgrade_payload
+from trainwell.engine.checkpoint.topk import TopKCheckpoints
 from trainwell.engine.checkpoint.weights import WeightsReport, load_model_weights
 from trainwell.engine.data import TrainBatches
+from trainwell.engine.ema import build_ema
 from trainwell.engine.logging import MetricsWriter, setup_console_logging, train_line
 from trainwell.engine.losses import LossCollector
 from trainwell.engine.meters import DeviceMeter, StepStats
@@ -42,11 +45,13 @@ from trainwell.engine.nonfinite import NonFinitePolicy
 from trainwell.engine.optim import GroupHyperparameters, build_optimizer, group_names
 from trainwell.engine.plan import RunPlan
 from trainwell.engine.rundir import make_run_dir, write_status
-from trainwell.engine.runtime import configure_threads, cpu_bf16_warning, seed_everything
+from trainwell.engine.runtime import configure_threads, cpu_amp_warning, seed_everything
 from trainwell.engine.schedule import build_scheduler
 from trainwell.engine.signals import StopRequest
+from trainwell.engine.stopping import EarlyStopping, RunStopping, TimeBudget, monotonic_s
 from trainwell.engine.switches import AugmentationSwitch, WallClockCheckpoints
 from trainwell.engine.task import Task, require_capability
+from trainwell.engine.trackers import Tracker, TrackerRecorder
 
 
 class Callback(Protocol):
@@ -76,8 +81,11 @@ class RunComponents:
         env: D.DistEnv | None = None,
         write_outputs: bool = True,
         callbacks: Sequence[Callback] = (),
+        trackers: Sequence[Tracker] = (),
     ) -> None:
+        self.built_at_s = monotonic_s()  # train.max_time counts from here: before datasets and model are built
         self.cfg, self.task, self.callbacks = cfg, task, list(callbacks)
+        self.trackers = list(trackers)  # built by the CLI (trainwell.trackers): the engine imports no tracker
         self.task_name = type(task).__name__
         check_best_metric(cfg.eval.best_metric, task.metric_names(), self.task_name)  # before anything is written
         self.env = env or D.env_from_torchrun()
@@ -131,7 +139,7 @@ class RunComponents:
         self.doctor = TrainingDoctor(
             cfg.diagnostics, context=context, env=self.env, run_dir=run_dir, log=self.log, task=task
         )
-        warning = cpu_bf16_warning(self.device, cfg.train.amp)
+        warning = cpu_amp_warning(self.device, cfg.train.amp)
         if warning and self.env.is_main:
             self.log.warning(f"trainwell: {warning}")
         if cfg.eval.best_metric is None and self.out.is_writer:
@@ -151,7 +159,24 @@ class RunComponents:
         self.log = setup_console_logging(run_dir if is_writer else None, self.env.is_main)
         if is_writer:
             (run_dir / "config.yaml").write_text(config_to_yaml(self.cfg), encoding="utf-8")
-        self.out = RunOutputs(run_dir, is_writer, MetricsWriter(run_dir, enabled=is_writer))
+        self.tracker_recorder = TrackerRecorder(self.trackers, run_dir if is_writer else None)
+        self.out = RunOutputs(run_dir, is_writer, self._metrics_writer(run_dir, is_writer))
+        missing = sorted(set(self.cfg.log.trackers) - {"tensorboard"} - {t.name for t in self.trackers})
+        if missing and self.env.is_main:
+            self.log.warning(
+                f"log.trackers names {', '.join(missing)}, but no such tracker was handed to the Trainer: build them "
+                f"with trainwell.trackers.build_trackers(cfg) (the CLI does)."
+            )
+
+    def _metrics_writer(self, run_dir: Path | None, enabled: bool, purge_step: int | None = None) -> MetricsWriter:
+        """``metrics.jsonl``, TensorBoard if ``log.trackers`` names it, and the other trackers."""
+        return MetricsWriter(
+            run_dir,
+            enabled=enabled,
+            purge_step=purge_step,
+            tensorboard="tensorboard" in self.cfg.log.trackers,
+            trackers=self.tracker_recorder,
+        )
 
     def _build_model(self) -> None:
         model = self.task.build_model().to(self.device)
@@ -206,10 +231,10 @@ class RunComponents:
         self._used_hyper: GroupHyperparameters | None = None  # the LR / β1 of the update a log line reports
         curve = getattr(self.scheduler, "curve", None)
         self.scheduler_moves_momentum = curve is not None and curve.momentum(0) is not None
-        self.best = BestTracker(self.cfg.eval.best_metric, self.cfg.eval.best_mode, self.state)
+        self._build_stopping()
         self.checkpoint_dir = self.out.run_dir / "checkpoints" if self.out.run_dir is not None else Path("checkpoints")
         self.checkpoints = (
-            CheckpointManager(self.checkpoint_dir, self.cfg.checkpoint, log=self.log.warning)
+            CheckpointManager(self.checkpoint_dir, self.cfg.checkpoint, log=self.log.warning, top_k=self._top_k())
             if self.out.run_dir
             else None
         )
@@ -222,9 +247,32 @@ class RunComponents:
         parts["scaler"] = ScalerPart(self.scaler)
         parts["train_state"] = self.state
         parts["meters"] = self.meter
+        self.ema = build_ema(self.model, self.cfg.train.ema)  # after channels_last: the copy keeps the layout
+        if self.ema is not None:
+            self.ema.maybe_start(0)  # start_step 0: the initial weights (restarted by --init-from)
+            parts["ema"] = self.ema
+            self.run_state.optional.add("ema")  # a checkpoint from before train.ema was set: it starts afresh
         if callable(getattr(self.task, "state_dict", None)) and callable(getattr(self.task, "load_state_dict", None)):
             parts["task"] = self.task  # type: ignore[assignment]
         parts["rng"] = self.rng_part  # last: nothing may draw random numbers after it loads
+
+    def _build_stopping(self) -> None:
+        """The best-checkpoint rule, early stopping on it, and the time budget (``engine/stopping.py``)."""
+        cfg = self.cfg
+        early = EarlyStopping(cfg.eval.early_stop, cfg.eval.best_mode, self.state) if cfg.eval.early_stop else None
+        self.best = BestTracker(cfg.eval.best_metric, cfg.eval.best_mode, self.state, early_stop=early)
+        max_time_s = parse_duration_s(cfg.train.max_time) if cfg.train.max_time is not None else None
+        budget = TimeBudget(
+            max_time_s, self.state, self.env, check_every=self.plan.log_every.steps, started_s=self.built_at_s
+        )
+        self.stopping = RunStopping(early, budget, rule=self.best.rule, log=self.log.warning)
+
+    def _top_k(self) -> TopKCheckpoints | None:
+        """``checkpoint.keep_best``: ranked by the best-checkpoint rule (needs ``eval.best_metric``)."""
+        if not self.cfg.checkpoint.keep_best or self.best.metric is None:
+            return None
+        k, mode = self.cfg.checkpoint.keep_best, self.cfg.eval.best_mode
+        return TopKCheckpoints(self.checkpoint_dir, k, self.best.metric, mode, log=self.log.warning)
 
     def _data_layout(self) -> dict[str, int]:
         """What ``batch_in_epoch`` counts in: continuing mid-epoch needs all of it unchanged."""
@@ -266,11 +314,15 @@ class RunComponents:
             self.model, path, strict=strict, map_location=self.device, foreign=self.task.foreign_weights
         )
         (self.log.info if report.is_exact else self.log.warning)(f"Initialised the model: {report.describe()}")
+        if self.ema is not None:
+            self.ema.restart(self.state.global_step)  # the average starts from the loaded weights, not the initial
         return report
 
     def _status(self, state: str, **details: Any) -> None:
         if self.out.is_writer:
             write_status(self.out.run_dir, state, step=self.state.global_step, **details)
+            # The trackers' runs start with "running" (continued after a resume) and end at any other state.
+            self.tracker_recorder.follow(state, self.state, params=lambda: to_plain(config_to_dict(self.cfg)))
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def payload_extras(self) -> dict[str, Any]:
@@ -282,9 +334,14 @@ class RunComponents:
 
     def after_resume(self, payload: dict[str, Any], current_layout: dict[str, int]) -> None:
         """Checks after the parts loaded: the best rule, the position in the epoch, the RNG streams, the logs."""
+        if self.ema is not None and "ema" not in payload:
+            self.log.warning("The checkpoint holds no EMA (train.ema was off): the average starts from these weights.")
+            self.ema.restart(self.state.global_step)
         changed = self.best.rule_changed()
         if changed:
             self.log.warning(changed)
+        if self.out.is_writer and self.checkpoints is not None and self.checkpoints.top_k is not None:
+            self.checkpoints.top_k.rebuild(up_to_step=self.state.global_step)  # from the files, by the current rule
         mismatch = position_mismatch(self.state.data_layout, current_layout) if self.state.mid_epoch else None
         if mismatch:
             self.log.warning(f"{mismatch} since the checkpoint: epoch {self.state.epoch + 1} restarts from its start.")
@@ -304,10 +361,21 @@ class RunComponents:
             # A killed run logged steps after this checkpoint; the resumed run logs them again, once.
             self.out.metrics.close()
             dropped = trim_metrics_log(self.out.run_dir / "metrics.jsonl", self.state.global_step)
-            self.out.metrics = MetricsWriter(self.out.run_dir, enabled=True, purge_step=self.state.global_step + 1)
+            self.out.metrics = self._metrics_writer(self.out.run_dir, True, purge_step=self.state.global_step + 1)
             self.out.metrics.write(
                 "resume", self.state.epoch + 1, self.state.global_step, {"dropped_records": dropped}, ""
             )
+
+    def maybe_update_ema(self) -> None:
+        """After an optimizer step: start or update ``train.ema`` when due (``engine/ema.py``)."""
+        if self.ema is not None:
+            self.ema.maybe_update(self.state.global_step)
+
+    def eval_model(self) -> nn.Module:
+        """What validation scores: the EMA weights under ``eval.use_ema`` once the average started, else the model."""
+        if self.cfg.eval.use_ema and self.ema is not None and self.ema.started:
+            return self.ema.module
+        return self.model
 
     def position(self) -> str:
         if self.state.mid_epoch:

@@ -32,7 +32,9 @@ def _model_from_checkpoint(
     """The task's model with the checkpoint's weights (strict), in eval mode, on ``device``."""
     task.run_dir = run_dir_of_checkpoint(checkpoint)  # tokenizers and vocabularies saved beside the checkpoints
     model = task.build_model().to(device)
-    load_model_weights(model, checkpoint, strict=True, map_location=device, foreign=task.foreign_weights)
+    load_model_weights(
+        model, checkpoint, strict=True, map_location=device, foreign=task.foreign_weights, ema=cfg.eval.use_ema
+    )
     return model.eval()
 
 

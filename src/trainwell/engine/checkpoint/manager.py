@@ -6,7 +6,8 @@
   at the end of a ``train.max_steps`` budget, and when a signal stops the run;
 * ``epoch_NNNN.pt`` (epoch intervals) or ``step_NNNNNNNN.pt`` (step intervals) — every ``checkpoint.every``;
   the newest ``checkpoint.keep`` are kept (``all``: every one);
-* ``best.pt`` — the best ``eval.best_metric`` so far; never rotated away.
+* ``best.pt`` — the best ``eval.best_metric`` so far; never rotated away;
+* ``best_step_NNNNNNNN_<metric>_<value>.pt`` — the ``checkpoint.keep_best`` best (``topk.py``).
 
 Files written at the same moment are hard links to one file where the filesystem allows it: one
 serialization, and no file is ever modified in place, so a link never sees a later write.
@@ -31,6 +32,7 @@ from trainwell.engine.checkpoint.files import (
     link_or_copy,
     load_checkpoint,
 )
+from trainwell.engine.checkpoint.topk import TopKCheckpoints
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -58,13 +60,29 @@ class CheckpointManager:
     is durable. *When* to write is the loop's decision (``Trainer._maybe_checkpoint``); this class only writes.
     """
 
-    def __init__(self, directory: Path, cfg: CheckpointConfig, log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        cfg: CheckpointConfig,
+        log: Callable[[str], None] | None = None,
+        top_k: TopKCheckpoints | None = None,
+    ) -> None:
         self.directory = directory
         self.cfg = cfg
         self.log = log or (lambda message: None)
+        self.top_k = top_k
+        """``checkpoint.keep_best``: the k best checkpoints by value (``topk.py``); ``None`` when 0."""
 
-    def save(self, payload: Mapping[str, Any], *, periodic: str | None = None, best: bool = False) -> list[Path]:
-        """``last.pt``, then (as links to it) the periodic file ``periodic`` (rotated) and ``best.pt``."""
+    def save(
+        self,
+        payload: Mapping[str, Any],
+        *,
+        periodic: str | None = None,
+        best: bool = False,
+        scored: tuple[int, float] | None = None,
+    ) -> list[Path]:
+        """``last.pt``, then (as links to it) the periodic file ``periodic`` (rotated), ``best.pt``, and — when
+        ``scored`` (the ``(step, value)`` of the evaluation just made) ranks among the k best — a top-k file."""
         last = self.directory / LAST
         atomic_save(payload, last)
         written = [last]
@@ -75,6 +93,8 @@ class CheckpointManager:
         if best:
             link_or_copy(last, self.directory / BEST)
             written.append(self.directory / BEST)
+        if scored is not None and self.top_k is not None:
+            written += self.top_k.offer(last, *scored)
         return written
 
     def periodic_files(self) -> list[tuple[int, Path]]:

@@ -4,7 +4,8 @@ A checkpoint (format 2) is ``{"format": 2, <part name>: <part.state_dict()>, ...
 the parts ``model``, ``optimizer``, ``scheduler``, ``scaler``, ``train_state`` (:class:`TrainState`: epoch, step,
 position in the epoch, best so far, data layout), ``meters`` (the loss sums, so a resumed run logs what an
 uninterrupted one would), ``rng`` (every process's python / NumPy / torch / CUDA generators) and, when the task
-has ``state_dict``, ``task``. Adding a part (an EMA model, a custom sampler) is one ``parts[...] = obj`` line.
+has ``state_dict``, ``task``; ``ema`` (``engine/ema.py``) when ``train.ema`` is set. Adding a part (a custom sampler)
+is one ``parts[...] = obj`` line.
 Parts load in insertion order; ``rng`` is added last, because nothing may draw random numbers after it loads.
 """
 
@@ -48,6 +49,12 @@ class TrainState:
     last_metrics: dict[str, float] = field(default_factory=dict)
     data_layout: dict[str, int] = field(default_factory=dict)
     """What ``batch_in_epoch`` counts in (batch size, accumulation, world size, dataset size, seed)."""
+    elapsed_s: float = 0.0
+    """Wall-clock seconds of training so far, summed over resumes (``train.max_time``; as of the last step)."""
+    early_stop_best: float | None = None
+    """``eval.early_stop``: the best value by at least ``min_delta`` steps (it may lag ``best_value``)."""
+    evals_without_improvement: int = 0
+    """``eval.early_stop``: evaluations in a row without such an improvement."""
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,17 +74,20 @@ class RunState:
 
     def __init__(self) -> None:
         self.parts: dict[str, Stateful] = {}
+        self.optional: set[str] = set()
+        """Parts a checkpoint may lack (one written before they were configured, e.g. ``ema``): left as built."""
 
     def state_dict(self) -> dict[str, Any]:
         """Every part's state (collective for ``rng``: every process calls it together)."""
         return {"format": FORMAT_VERSION, **{name: part.state_dict() for name, part in self.parts.items()}}
 
     def load_state_dict(self, payload: Mapping[str, Any]) -> None:
-        missing = [name for name in self.parts if name not in payload]
+        missing = [name for name in self.parts if name not in payload and name not in self.optional]
         if missing:
             raise KeyError(f"the checkpoint has no {', '.join(missing)}")
         for name, part in self.parts.items():
-            part.load_state_dict(payload[name])
+            if name in payload:
+                part.load_state_dict(payload[name])
 
 
 def upgrade_payload(payload: dict[str, Any]) -> dict[str, Any]:

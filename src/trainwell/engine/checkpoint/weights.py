@@ -66,8 +66,13 @@ class WeightsReport:
         return "; ".join(parts)
 
 
-def model_state_of(payload: dict[str, Any], path: Path) -> dict[str, torch.Tensor]:
-    """The model state dict in a trainwell checkpoint (``payload["model"]``) or a plain state dict."""
+def model_state_of(payload: dict[str, Any], path: Path, *, ema: bool = False) -> dict[str, torch.Tensor]:
+    """The model state dict in a trainwell checkpoint (``payload["model"]``) or a plain state dict.
+
+    ``ema``: the weights' moving average instead (``payload["ema"]["model"]``, written under ``train.ema``).
+    """
+    if ema:
+        payload = _ema_payload(payload, path)
     state = payload.get("model") if isinstance(payload.get("model"), dict) else payload
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         top = ", ".join(str(k) for k in list(payload)[:8])
@@ -81,6 +86,17 @@ def model_state_of(payload: dict[str, Any], path: Path) -> dict[str, torch.Tenso
     return state
 
 
+def _ema_payload(payload: dict[str, Any], path: Path) -> dict[str, Any]:
+    part = payload.get("ema")
+    if not isinstance(part, dict) or part.get("started_at") is None:
+        why = "without train.ema" if not isinstance(part, dict) else "before train.ema.start_step"
+        raise CheckpointError(
+            f"'{path}' holds no EMA weights (it was written {why}). Use the trained weights (no --ema; "
+            f"eval.use_ema=false), or a checkpoint of a run with train.ema written after its start_step."
+        )
+    return part
+
+
 def load_model_weights(
     model: nn.Module,
     path: str | Path,
@@ -88,8 +104,9 @@ def load_model_weights(
     strict: bool = True,
     map_location: str | torch.device = "cpu",
     foreign: ForeignReader | None = None,
+    ema: bool = False,
 ) -> WeightsReport:
-    """Copy the matching tensors of a checkpoint (or a plain state dict) into ``model``.
+    """Copy the matching tensors of a checkpoint (or a plain state dict) into ``model`` (``ema``: its EMA weights).
 
     ``foreign`` (the task's :meth:`~trainwell.engine.task.Task.foreign_weights`) is asked first, so a task can read
     the checkpoint container of the codebase its model comes from; the file is loaded with ``weights_only=True``
@@ -101,8 +118,8 @@ def load_model_weights(
     """
     path = Path(path)
     payload = load_checkpoint(path, map_location=map_location, require_checksum=False)
-    found = foreign(payload) if foreign is not None else None
-    state = found.state if found is not None else model_state_of(payload, path)
+    found = foreign(payload) if foreign is not None and not ema else None
+    state = found.state if found is not None else model_state_of(payload, path, ema=ema)
     own = model.state_dict()
     report = WeightsReport(path=path, container=found.container if found is not None else None)
     matched: dict[str, torch.Tensor] = {}
@@ -124,8 +141,9 @@ def load_model_weights(
     return report
 
 
-def export_weights(checkpoint: str | Path, out: str | Path) -> list[Path]:
-    """Write a checkpoint's model weights as a plain state dict, plus a sidecar ``<out>.json``.
+def export_weights(checkpoint: str | Path, out: str | Path, *, ema: bool = False) -> list[Path]:
+    """Write a checkpoint's model weights (``ema``: their moving average) as a plain state dict, plus a sidecar
+    ``<out>.json``.
 
     ``.safetensors`` (the ``safetensors`` format: no pickle at all) or ``.pt`` (``torch.save`` of a dict of
     tensors: ``torch.load(f, weights_only=True)`` → ``model.load_state_dict``). The sidecar holds the run's
@@ -136,7 +154,8 @@ def export_weights(checkpoint: str | Path, out: str | Path) -> list[Path]:
     """
     source, target = Path(checkpoint), Path(out)
     payload = load_checkpoint(source)
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model_state_of(payload, source).items()}
+    weights = model_state_of(payload, source, ema=ema)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in weights.items()}
     if target.suffix == ".safetensors":
         from safetensors.torch import save as safetensors_bytes
 
@@ -152,6 +171,7 @@ def export_weights(checkpoint: str | Path, out: str | Path) -> list[Path]:
     meta: dict[str, Any] = {
         "exported_from": str(source),
         "format": target.suffix.lstrip("."),
+        "weights": "ema" if ema else "model",
         "num_tensors": len(state),
         "num_parameters": int(sum(t.numel() for t in state.values())),
         "train_state": _plain(payload.get("train_state", {})),
