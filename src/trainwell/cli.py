@@ -21,6 +21,7 @@ from trainwell.engine.evaluation import CoverageError
 from trainwell.engine.losses import LossContractError
 from trainwell.engine.nonfinite import NonFiniteLossError
 from trainwell.engine.optim import OptimConfigError
+from trainwell.engine.rundir import CONTINUE, OVERWRITE, REFUSE, RunDirError
 from trainwell.engine.signals import EXIT_SIGNAL_BASE, TrainingInterrupted
 from trainwell.engine.task import Task
 
@@ -60,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
         help="continue a run: 'auto' = the newest valid checkpoint in run.dir (a fresh start if there is none), "
         "or a checkpoint file (its run directory is reused unless run.dir is given). On SIGTERM/SIGINT/SIGUSR1 "
         "a run writes last.pt and exits with 128 + the signal number (143/130/138).",
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="run.dir already holds a run: move it aside to <run.dir>.old-<timestamp> (kept, printed) and start "
+        "afresh there. Without --overwrite or --resume such a run.dir is refused.",
     )
     train.add_argument(
         "--init-from",
@@ -154,11 +161,18 @@ def _train(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> int:
             cfg.run.dir = str(run_dir_of_checkpoint(args.resume))  # continue that run, in its directory
     if args.init_from is not None and not Path(args.init_from).is_file():
         raise ConfigError(f"--init-from '{args.init_from}' does not exist.")
-    trainer = Trainer(cfg, task, callbacks=callbacks)
-    resumed = trainer.resume(args.resume) if args.resume else None
-    if resumed is None and args.init_from is not None:  # a resumed run already holds its own weights
-        trainer.init_from(args.init_from, strict=not args.init_from_non_strict)
-    trainer.fit()
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in run.dir and --overwrite moves it aside: pass one of them.")
+    existing = CONTINUE if args.resume else OVERWRITE if args.overwrite else REFUSE
+    trainer = Trainer(cfg, task, callbacks=callbacks, existing_run=existing)
+    try:
+        resumed = trainer.resume(args.resume) if args.resume else None
+        if resumed is None and args.init_from is not None:  # a resumed run already holds its own weights
+            trainer.init_from(args.init_from, strict=not args.init_from_non_strict)
+    except BaseException as err:
+        trainer.fail_setup(err)  # `crashed` in a directory this run writes (a refused resume wrote nothing)
+        raise
+    trainer.fit()  # records how it ended and gives the run directory's lock back
     return 0
 
 
@@ -271,8 +285,22 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
     except ConfigError as err:
         print(f"trainwell: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    except (CheckpointError, CoverageError, NonFiniteLossError, LossContractError, OptimConfigError) as err:
+    except (
+        CheckpointError,
+        CoverageError,
+        NonFiniteLossError,
+        LossContractError,
+        OptimConfigError,
+        RunDirError,
+    ) as err:
         print(f"trainwell: error: {err}", file=sys.stderr)
+        return EXIT_RUN_ERROR
+    except OSError as err:  # the filesystem refused (no permission, disk full, a file in the way): not a traceback
+        where = f" '{err.filename}'" if err.filename else ""
+        print(
+            f"trainwell: error: {err.strerror or err}{where}. Check the path's permissions and free space.",
+            file=sys.stderr,
+        )
         return EXIT_RUN_ERROR
     except TrainingInterrupted as err:  # the loop has logged where it stopped and how to continue
         return err.exit_code

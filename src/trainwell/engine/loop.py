@@ -64,6 +64,7 @@ class Trainer(RunComponents):
         started = time.perf_counter()
         for line in self.start_banner():
             self.log.info(line)
+        self.commit_outputs()  # a run that continues its directory without resume() starts writing here
         self.stop_request.install()
         self.doctor.on_fit_start(resumed=self.state.global_step > 0 or self.state.mid_epoch)
         self._status("running")
@@ -81,11 +82,13 @@ class Trainer(RunComponents):
         except BaseException as err:
             self._status("crashed", error=f"{type(err).__name__}: {err}")
             raise
+        else:
+            self._status("finished")
         finally:
             self.stop_request.uninstall()
             self.out.metrics.close()
             self.doctor.finish([self.nonfinite.finding] if self.nonfinite.finding else [])
-        self._status("finished")
+            self.close()  # the run directory's lock goes back on every exit path
         for line in self.end_banner(time.perf_counter() - started):
             self.log.info(line)
         return FitResult(run_dir=self.out.run_dir, state=self.state, metrics=self.state.last_metrics)
@@ -328,10 +331,12 @@ class Trainer(RunComponents):
         """``last.pt`` (+ a periodic file, + ``best.pt``); every process calls it (it gathers the RNG states)."""
         if self.checkpoints is None:
             return None
+        self.refuse_nonfinite_state()  # a NaN/Inf state is never saved: the previous last.pt stays the newest
         payload = {**self.run_state.state_dict(), **self.payload_extras()}
         if not self.out.is_writer:
             return None
-        self.checkpoints.save(payload, periodic=periodic, best=best)
+        with self.stop_request.saving():  # a second Ctrl-C waits for the file to be complete
+            self.checkpoints.save(payload, periodic=periodic, best=best)
         return self.checkpoint_dir / LAST
 
     def _stop_on_signal(self, *, save: bool) -> NoReturn:

@@ -7,6 +7,8 @@ optimizer → batches and loader → plan (steps, intervals) → schedule → ch
 
 from __future__ import annotations
 
+import contextlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,24 +25,26 @@ from trainwell.engine import distributed as D
 from trainwell.engine.amp import amp_dtype
 from trainwell.engine.banner import end_lines, start_lines
 from trainwell.engine.best import BestTracker
-from trainwell.engine.checkpoint import CheckpointError, CheckpointManager, RunState, TrainState, load_checkpoint
-from trainwell.engine.checkpoint.files import to_plain
+from trainwell.engine.checkpoint import LAST, CheckpointError, CheckpointManager, RunState, TrainState, load_checkpoint
+from trainwell.engine.checkpoint.files import atomic_write_text, to_plain
+from trainwell.engine.checkpoint.finite import nonfinite_names, nonfinite_state_error, state_tensors
 from trainwell.engine.checkpoint.resume import (
     config_changes,
     find_resumable,
     library_versions,
     position_mismatch,
+    refuse_mismatch,
     trim_metrics_log,
 )
 from trainwell.engine.checkpoint.state import RngPart, ScalerPart, upgrade_payload
-from trainwell.engine.checkpoint.weights import WeightsReport, load_model_weights
+from trainwell.engine.checkpoint.weights import WeightsReport, compare_model_state, load_model_weights, model_state_of
 from trainwell.engine.data import TrainBatches
 from trainwell.engine.logging import MetricsWriter, setup_console_logging, train_line
 from trainwell.engine.meters import DeviceMeter, StepStats
-from trainwell.engine.nonfinite import NonFinitePolicy
+from trainwell.engine.nonfinite import NonFiniteLossError, NonFinitePolicy
 from trainwell.engine.optim import build_optimizer, group_names
 from trainwell.engine.plan import RunPlan
-from trainwell.engine.rundir import make_run_dir, write_status
+from trainwell.engine.rundir import REFUSE, RunDirError, open_run_dir, resume_config_name, write_status
 from trainwell.engine.runtime import configure_threads, cpu_bf16_warning, seed_everything
 from trainwell.engine.schedule import build_scheduler
 from trainwell.engine.signals import StopRequest
@@ -74,7 +78,10 @@ class RunComponents:
         env: D.DistEnv | None = None,
         write_outputs: bool = True,
         callbacks: Sequence[Callback] = (),
+        existing_run: str = REFUSE,
     ) -> None:
+        """``existing_run``: what to do when ``run.dir`` already holds a run — ``"refuse"`` (default),
+        ``"continue"`` (then call :meth:`resume`) or ``"overwrite"`` (move it aside); see ``docs/run_directory.md``."""
         self.cfg, self.task, self.callbacks = cfg, task, list(callbacks)
         self.task_name = type(task).__name__
         self.env = env or D.env_from_torchrun()
@@ -84,7 +91,15 @@ class RunComponents:
         # The same seed on every process while the datasets and the model are built (a dataset that draws from
         # the global RNG must be the same everywhere, or evaluation shards would not tile it); per rank after.
         seed_everything(cfg.train.seed)
-        self._open_outputs(write_outputs)
+        self._open_outputs(write_outputs, existing_run)
+        try:
+            self._build(cfg, task)
+        except BaseException as err:
+            self.fail_setup(err)
+            raise
+
+    def _build(self, cfg: ExperimentConfig, task: Task) -> None:
+        """Everything after the run directory: data, model, optimizer, plan, schedule, state, policy, doctor."""
         task.run_dir = self.out.run_dir
         self.train_set, self.val_set = task.build_datasets()
         self._build_model()
@@ -128,16 +143,68 @@ class RunComponents:
         if warning and self.env.is_main:
             self.log.warning(f"trainwell: {warning}")
 
-    def _open_outputs(self, write_outputs: bool) -> None:
-        run_dir = None
+    def _open_outputs(self, write_outputs: bool, existing_run: str) -> None:
+        """Open the run directory (rank 0 takes its lock); write into it now only if it is a new run's.
+
+        A run continuing the directory's run writes nothing until :meth:`resume` has checked the checkpoint
+        against this run's model and config (a refused resume leaves the directory as it was).
+        """
+        run_dir, self.run_dir_handle, continuing = None, None, False
         if write_outputs:
-            made = make_run_dir(self.cfg.run.name, self.cfg.run.dir) if self.env.is_main else None
-            run_dir = D.broadcast_object(made, self.env)
+            made, error = None, None
+            if self.env.is_main:
+                try:
+                    self.run_dir_handle = open_run_dir(self.cfg.run.name, self.cfg.run.dir, existing=existing_run)
+                    made, continuing = self.run_dir_handle.path, self.run_dir_handle.continuing
+                except RunDirError as err:
+                    error = str(err)
+            made, error = D.broadcast_object((made, error), self.env)
+            if error is not None:
+                raise RunDirError(error)
+            run_dir = made
         is_writer = self.env.is_main and run_dir is not None
-        self.log = setup_console_logging(run_dir if is_writer else None, self.env.is_main)
-        if is_writer:
-            (run_dir / "config.yaml").write_text(config_to_yaml(self.cfg), encoding="utf-8")
-        self.out = RunOutputs(run_dir, is_writer, MetricsWriter(run_dir, enabled=is_writer))
+        self.log = setup_console_logging(None, self.env.is_main)
+        self.out = RunOutputs(run_dir, is_writer, MetricsWriter(None, enabled=False))
+        self.outputs_committed = not is_writer
+        if self.run_dir_handle is not None and self.run_dir_handle.moved_aside is not None:
+            self.log.info(f"--overwrite: moved the previous run in '{run_dir}' to '{self.run_dir_handle.moved_aside}'")
+        if is_writer and not continuing:
+            self.commit_outputs()
+
+    def commit_outputs(self) -> None:
+        """Start writing the run directory: ``train.log``, ``metrics.jsonl`` and the config — ``config.yaml`` for
+        a new run, ``config.resume-<n>.yaml`` beside it for a continued one (history is never rewritten)."""
+        if self.outputs_committed:
+            return
+        run_dir = self.out.run_dir
+        assert run_dir is not None
+        name = resume_config_name(run_dir) if (run_dir / "config.yaml").exists() else "config.yaml"
+        try:
+            atomic_write_text(run_dir / name, config_to_yaml(self.cfg))
+            self.log = setup_console_logging(run_dir, self.env.is_main)
+            self.out.metrics = MetricsWriter(run_dir, enabled=True)
+        except OSError as err:
+            raise RunDirError(
+                f"Cannot write the run directory '{run_dir}': {err.strerror or err} "
+                f"('{err.filename or run_dir / name}'). Free disk space or fix its permissions."
+            ) from None
+        self.outputs_committed = True
+        if name != "config.yaml":
+            self.log.info(f"Continuing the run in '{run_dir}'; this run's config is in {name}")
+
+    def fail_setup(self, err: BaseException) -> None:
+        """A run that could not be built: record ``crashed`` (in a directory it writes) and give the lock back."""
+        if self.out.is_writer and self.outputs_committed:
+            with contextlib.suppress(OSError):
+                write_status(self.out.run_dir, "crashed", step=0, error=f"{type(err).__name__}: {err}")
+        self.close()
+
+    def close(self) -> None:
+        """Give the run directory's lock back (every exit path; the kernel also drops it when the process dies)."""
+        with contextlib.suppress(Exception):
+            self.out.metrics.close()
+        if self.run_dir_handle is not None:
+            self.run_dir_handle.lock.release()
 
     def _build_model(self) -> None:
         model = self.task.build_model().to(self.device)
@@ -232,13 +299,33 @@ class RunComponents:
         )
         if path is None:
             self.log.info(f"--resume auto: no checkpoint in {self.out.run_dir}; starting afresh")
+            if self.out.is_writer and not self.outputs_committed:  # records of an attempt that saved nothing
+                trim_metrics_log(self.out.run_dir / "metrics.jsonl", 0)
+            self.commit_outputs()
             return None
         payload = upgrade_checked(path, payload if payload is not None else load_checkpoint(path))
         current_layout = dict(self.state.data_layout)
-        self.run_state.load_state_dict(payload)  # every part, the RNG streams last
+        self._load_checked(path, payload)
+        self.commit_outputs()  # the checkpoint fits: only now does this run write into the directory
         self.after_resume(payload, current_layout)
         self.log.info(f"Resumed from '{path}' at {self.position()}, step {self.state.global_step}")
         return Path(path)
+
+    def _load_checked(self, path: str, payload: dict[str, Any]) -> None:
+        """Every part of the checkpoint, after checking that its model tensors fit this model.
+
+        Raises:
+            CheckpointError: listing the missing / unexpected / reshaped tensors and the changed config keys.
+        """
+        changes = config_changes(payload.get("config", {}), to_plain(config_to_dict(self.cfg)))
+        report = compare_model_state(self.model, model_state_of(payload, Path(path)), Path(path))
+        if not report.is_exact:
+            problem = f"its model does not match this run's model ({report.describe(limit=5)})"
+            raise refuse_mismatch(problem, path, changes, self.out.run_dir)
+        try:
+            self.run_state.load_state_dict(payload)  # every part, the RNG streams last
+        except (KeyError, ValueError, RuntimeError) as err:  # e.g. other optimizer parameter groups
+            raise refuse_mismatch(f"its state does not fit this run ({err})", path, changes, self.out.run_dir) from None
 
     def init_from(self, path: str | Path, *, strict: bool = True) -> WeightsReport:
         """Load model weights only (to fine-tune), reporting missing / unexpected / shape-mismatched keys.
@@ -249,6 +336,37 @@ class RunComponents:
         report = load_model_weights(self.model, path, strict=strict, map_location=self.device)
         (self.log.info if report.is_exact else self.log.warning)(f"Initialised the model: {report.describe()}")
         return report
+
+    def refuse_nonfinite_state(self) -> None:
+        """Before a checkpoint: stop the run rather than save NaN/Inf (model, optimizer state, loss sums).
+
+        One fused check and one host sync per save (never per step); every process learns the verdict.
+
+        Raises:
+            NonFiniteLossError: naming the tensors and the newest good checkpoint (kept as it was).
+        """
+        if self.checkpoints is None:
+            return
+        bad = nonfinite_names(state_tensors(self.model, self.optimizer, self.meter.tensors()))
+        flag = torch.tensor([float(len(bad))], dtype=torch.float64)
+        if not float(D.all_reduce_mean(flag, self.env)[0]):  # the meters differ between processes
+            return
+        cause = None
+        if any(name.startswith("loss sums") for name in bad):
+            try:  # the non-finite policy names the first bad step and saves its batch, when it kept the losses
+                self.nonfinite.check([math.nan], None, self.state.global_step, describe=self.env.is_main)
+            except NonFiniteLossError as err:
+                cause = str(err)
+        last = self.checkpoint_dir / LAST
+        error = nonfinite_state_error(
+            bad or ["another process's state"],
+            self.state.global_step,
+            last if last.is_file() else None,
+            self.checkpoints.last_saved_step,
+            cause,
+        )
+        self.nonfinite.finding = error.finding
+        raise error
 
     def _status(self, state: str, **details: Any) -> None:
         if self.out.is_writer:

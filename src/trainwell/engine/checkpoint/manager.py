@@ -62,11 +62,15 @@ class CheckpointManager:
         self.directory = directory
         self.cfg = cfg
         self.log = log or (lambda message: None)
+        self.last_saved_step: int | None = None
+        """The optimizer step of the newest ``last.pt`` this manager wrote (``None`` before its first save)."""
 
     def save(self, payload: Mapping[str, Any], *, periodic: str | None = None, best: bool = False) -> list[Path]:
         """``last.pt``, then (as links to it) the periodic file ``periodic`` (rotated) and ``best.pt``."""
         last = self.directory / LAST
         atomic_save(payload, last)
+        train_state = payload.get("train_state")
+        self.last_saved_step = train_state.get("global_step") if isinstance(train_state, Mapping) else None
         written = [last]
         if periodic is not None and self.cfg.keep_count != 0:
             link_or_copy(last, self.directory / periodic)

@@ -60,6 +60,21 @@ def model_state_of(payload: dict[str, Any], path: Path) -> dict[str, torch.Tenso
     return state
 
 
+def compare_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> WeightsReport:
+    """How the tensors of ``state`` match ``model``'s: loadable, missing, unexpected, differently shaped."""
+    own = model.state_dict()
+    report = WeightsReport(path=path)
+    for name, tensor in own.items():
+        if name not in state:
+            report.missing.append(name)
+        elif tuple(state[name].shape) != tuple(tensor.shape):
+            report.mismatched.append((name, tuple(state[name].shape), tuple(tensor.shape)))
+        else:
+            report.loaded.append(name)
+    report.unexpected = [name for name in state if name not in own]
+    return report
+
+
 def load_model_weights(
     model: nn.Module, path: str | Path, *, strict: bool = True, map_location: str | torch.device = "cpu"
 ) -> WeightsReport:
@@ -72,18 +87,8 @@ def load_model_weights(
     path = Path(path)
     payload = load_checkpoint(path, map_location=map_location, require_checksum=False)
     state = model_state_of(payload, path)
-    own = model.state_dict()
-    report = WeightsReport(path=path)
-    matched: dict[str, torch.Tensor] = {}
-    for name, tensor in own.items():
-        if name not in state:
-            report.missing.append(name)
-        elif tuple(state[name].shape) != tuple(tensor.shape):
-            report.mismatched.append((name, tuple(state[name].shape), tuple(tensor.shape)))
-        else:
-            matched[name] = state[name]
-            report.loaded.append(name)
-    report.unexpected = [name for name in state if name not in own]
+    report = compare_model_state(model, state, path)
+    matched = {name: state[name] for name in report.loaded}
     if strict and not report.is_exact:
         raise CheckpointError(
             f"The weights in '{path}' do not match the model: {report.describe()}. Fix the model config, or "
