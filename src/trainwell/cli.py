@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
     except OSError as err:  # the filesystem refused (no permission, disk full, a file in the way): not a traceback
         where = f" '{err.filename}'" if err.filename else ""
         print(
-            f"trainwell: error: {err.strerror or err}{where}. Check the path's permissions and free space.",
+            f"trainwell: error: {err.strerror or err}{where}. Check that the path exists with the permissions the "
+            "run needs, and that its filesystem has free space.",
             file=sys.stderr,
         )
         return EXIT_RUN_ERROR

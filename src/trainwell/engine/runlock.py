@@ -6,8 +6,9 @@ file may still be there, but nobody holds it, and the next run takes it. The fil
 time) only serves the message of a run that is refused while the holder lives. A clean release deletes the file.
 
 ``flock`` locks are per open file, not per process: a second run started from the same Python process is refused
-like one started from another. On network filesystems that do not forward ``flock`` between hosts (old NFS), two
-hosts could both take it; the content still names the first holder.
+like one started from another. Forked children (DataLoader workers) close their inherited copy at once, so a
+worker that outlives a killed trainer does not keep the directory locked. On network filesystems that do not
+forward ``flock`` between hosts (old NFS), two hosts could both take it; the content still names the first holder.
 """
 
 from __future__ import annotations
@@ -24,6 +25,21 @@ from typing import Any
 
 LOCK_FILE = "trainwell.lock"
 
+_HELD: set[int] = set()
+"""Descriptors of the locks this process holds."""
+
+
+def _close_in_forked_child() -> None:
+    # A forked child (a DataLoader worker) inherits the descriptor, and with it the lock: workers that outlive a
+    # SIGKILLed trainer would keep the directory locked. The child closes its copies; the parent keeps the lock.
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_forked_child)
+
 
 class RunLockedError(RuntimeError):
     """Another live process holds the run directory's lock; the message names its host and PID."""
@@ -35,6 +51,7 @@ class RunLock:
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
         self._fd: int | None = fd
+        _HELD.add(fd)
 
     @property
     def held(self) -> bool:
@@ -86,6 +103,7 @@ class RunLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        _HELD.discard(fd)
         # Delete while still holding it, so no one can take a lock on the file being deleted and keep it.
         with contextlib.suppress(OSError):
             if _same_file(fd, self.path):
