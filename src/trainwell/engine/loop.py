@@ -64,7 +64,6 @@ class Trainer(RunComponents):
         started = time.perf_counter()
         for line in self.start_banner():
             self.log.info(line)
-        self.commit_outputs()  # a run that continues its directory without resume() starts writing here
         self.stop_request.install()
         self.doctor.on_fit_start(resumed=self.state.global_step > 0 or self.state.mid_epoch)
         self._status("running")
@@ -86,9 +85,8 @@ class Trainer(RunComponents):
             self._status("finished")
         finally:
             self.stop_request.uninstall()
-            self.out.metrics.close()
             self.doctor.finish([self.nonfinite.finding] if self.nonfinite.finding else [])
-            self.close()  # the run directory's lock goes back on every exit path
+            self.close()  # metrics writers, then the run directory's lock: on every exit path
         for line in self.end_banner(time.perf_counter() - started):
             self.log.info(line)
         return FitResult(run_dir=self.out.run_dir, state=self.state, metrics=self.state.last_metrics)
@@ -331,8 +329,7 @@ class Trainer(RunComponents):
         """``last.pt`` (+ a periodic file, + ``best.pt``); every process calls it (it gathers the RNG states)."""
         if self.checkpoints is None:
             return None
-        self.refuse_nonfinite_state()  # a NaN/Inf state is never saved: the previous last.pt stays the newest
-        payload = {**self.run_state.state_dict(), **self.payload_extras()}
+        payload = self.checkpoint_payload()  # refuses a NaN/Inf state: the previous last.pt stays the newest
         if not self.out.is_writer:
             return None
         with self.stop_request.saving():  # a second Ctrl-C waits for the file to be complete

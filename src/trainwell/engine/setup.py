@@ -7,10 +7,8 @@ optimizer → batches and loader → plan (steps, intervals) → schedule → ch
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trainwell.config.schema import ExperimentConfig, config_to_dict, config_to_yaml
+from trainwell.config.schema import ExperimentConfig, config_to_dict
 from trainwell.doctor.checks import RunContext
 from trainwell.doctor.live import TrainingDoctor
 from trainwell.engine import distributed as D
@@ -26,7 +24,7 @@ from trainwell.engine.amp import amp_dtype
 from trainwell.engine.banner import end_lines, start_lines
 from trainwell.engine.best import BestTracker
 from trainwell.engine.checkpoint import LAST, CheckpointError, CheckpointManager, RunState, TrainState, load_checkpoint
-from trainwell.engine.checkpoint.files import atomic_write_text, to_plain
+from trainwell.engine.checkpoint.files import to_plain
 from trainwell.engine.checkpoint.finite import nonfinite_names, nonfinite_state_error, state_tensors
 from trainwell.engine.checkpoint.resume import (
     config_changes,
@@ -43,8 +41,9 @@ from trainwell.engine.logging import MetricsWriter, setup_console_logging, train
 from trainwell.engine.meters import DeviceMeter, StepStats
 from trainwell.engine.nonfinite import NonFiniteLossError, NonFinitePolicy
 from trainwell.engine.optim import build_optimizer, group_names
+from trainwell.engine.outputs import RunOutputs
 from trainwell.engine.plan import RunPlan
-from trainwell.engine.rundir import REFUSE, RunDirError, open_run_dir, resume_config_name, write_status
+from trainwell.engine.rundir import REFUSE, write_status
 from trainwell.engine.runtime import configure_threads, cpu_bf16_warning, seed_everything
 from trainwell.engine.schedule import build_scheduler
 from trainwell.engine.signals import StopRequest
@@ -55,16 +54,6 @@ class Callback(Protocol):
     """Called by the loop after every optimizer step (a seam for tools and tests; it must not change state)."""
 
     def on_step_end(self, trainer: Any) -> None: ...
-
-
-@dataclass
-class RunOutputs:
-    """Where a run writes: its directory (``None`` when it writes nothing) and ``metrics.jsonl`` / TensorBoard."""
-
-    run_dir: Path | None
-    is_writer: bool
-    """Rank 0 of a run with a directory."""
-    metrics: MetricsWriter
 
 
 class RunComponents:
@@ -144,67 +133,32 @@ class RunComponents:
             self.log.warning(f"trainwell: {warning}")
 
     def _open_outputs(self, write_outputs: bool, existing_run: str) -> None:
-        """Open the run directory (rank 0 takes its lock); write into it now only if it is a new run's.
-
-        A run continuing the directory's run writes nothing until :meth:`resume` has checked the checkpoint
-        against this run's model and config (a refused resume leaves the directory as it was).
-        """
-        run_dir, self.run_dir_handle, continuing = None, None, False
-        if write_outputs:
-            made, error = None, None
-            if self.env.is_main:
-                try:
-                    self.run_dir_handle = open_run_dir(self.cfg.run.name, self.cfg.run.dir, existing=existing_run)
-                    made, continuing = self.run_dir_handle.path, self.run_dir_handle.continuing
-                except RunDirError as err:
-                    error = str(err)
-            made, error = D.broadcast_object((made, error), self.env)
-            if error is not None:
-                raise RunDirError(error)
-            run_dir = made
-        is_writer = self.env.is_main and run_dir is not None
-        self.log = setup_console_logging(None, self.env.is_main)
-        self.out = RunOutputs(run_dir, is_writer, MetricsWriter(None, enabled=False))
-        self.outputs_committed = not is_writer
-        if self.run_dir_handle is not None and self.run_dir_handle.moved_aside is not None:
-            self.log.info(f"--overwrite: moved the previous run in '{run_dir}' to '{self.run_dir_handle.moved_aside}'")
-        if is_writer and not continuing:
+        """Open the run directory (:class:`~trainwell.engine.outputs.RunOutputs`); a new run writes at once."""
+        self.out = RunOutputs.open(self.cfg, self.env, write_outputs=write_outputs, existing_run=existing_run)
+        self.log = setup_console_logging(None, self.env.is_main, hold_for_file=self.out.is_writer)
+        moved = self.out.opened.moved_aside if self.out.opened else None
+        if moved is not None:
+            self.log.info(f"--overwrite: moved the previous run in '{self.out.run_dir}' to '{moved}'")
+        if self.out.is_writer and not self.out.continuing:
             self.commit_outputs()
 
     def commit_outputs(self) -> None:
-        """Start writing the run directory: ``train.log``, ``metrics.jsonl`` and the config — ``config.yaml`` for
-        a new run, ``config.resume-<n>.yaml`` beside it for a continued one (history is never rewritten)."""
-        if self.outputs_committed:
+        """Start writing the run directory (``train.log``, ``metrics.jsonl``, the config); once, rank 0."""
+        if self.out.committed:
             return
-        run_dir = self.out.run_dir
-        assert run_dir is not None
-        name = resume_config_name(run_dir) if (run_dir / "config.yaml").exists() else "config.yaml"
-        try:
-            atomic_write_text(run_dir / name, config_to_yaml(self.cfg))
-            self.log = setup_console_logging(run_dir, self.env.is_main)
-            self.out.metrics = MetricsWriter(run_dir, enabled=True)
-        except OSError as err:
-            raise RunDirError(
-                f"Cannot write the run directory '{run_dir}': {err.strerror or err} "
-                f"('{err.filename or run_dir / name}'). Free disk space or fix its permissions."
-            ) from None
-        self.outputs_committed = True
+        name = self.out.commit(self.cfg)
+        self.log = setup_console_logging(self.out.run_dir, self.env.is_main)
         if name != "config.yaml":
-            self.log.info(f"Continuing the run in '{run_dir}'; this run's config is in {name}")
+            self.log.info(f"Continuing the run in '{self.out.run_dir}'; this run's config is in {name}")
 
     def fail_setup(self, err: BaseException) -> None:
-        """A run that could not be built: record ``crashed`` (in a directory it writes) and give the lock back."""
-        if self.out.is_writer and self.outputs_committed:
-            with contextlib.suppress(OSError):
-                write_status(self.out.run_dir, "crashed", step=0, error=f"{type(err).__name__}: {err}")
+        """A run that could not be built: ``crashed`` (in a directory it writes), and the lock goes back."""
+        self.out.record_crash(err)
         self.close()
 
     def close(self) -> None:
-        """Give the run directory's lock back (every exit path; the kernel also drops it when the process dies)."""
-        with contextlib.suppress(Exception):
-            self.out.metrics.close()
-        if self.run_dir_handle is not None:
-            self.run_dir_handle.lock.release()
+        """Give the run directory's lock back (every exit path)."""
+        self.out.close()
 
     def _build_model(self) -> None:
         model = self.task.build_model().to(self.device)
@@ -299,7 +253,7 @@ class RunComponents:
         )
         if path is None:
             self.log.info(f"--resume auto: no checkpoint in {self.out.run_dir}; starting afresh")
-            if self.out.is_writer and not self.outputs_committed:  # records of an attempt that saved nothing
+            if self.out.is_writer and not self.out.committed:  # records of an attempt that saved nothing
                 trim_metrics_log(self.out.run_dir / "metrics.jsonl", 0)
             self.commit_outputs()
             return None
@@ -370,9 +324,15 @@ class RunComponents:
 
     def _status(self, state: str, **details: Any) -> None:
         if self.out.is_writer:
+            self.commit_outputs()  # a run continuing its directory without resume() starts writing at fit()
             write_status(self.out.run_dir, state, step=self.state.global_step, **details)
 
     # -- bookkeeping -------------------------------------------------------------------------------
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """What a checkpoint holds: every part's state and the extras; never a non-finite state (collective)."""
+        self.refuse_nonfinite_state()
+        return {**self.run_state.state_dict(), **self.payload_extras()}
+
     def payload_extras(self) -> dict[str, Any]:
         """What a checkpoint carries besides the parts: the config (for ``export`` and resume checks), versions."""
         return {
