@@ -32,7 +32,8 @@ EXIT_RUN_ERROR = 1
 EXIT_STOPPED_BY_SIGNAL = EXIT_SIGNAL_BASE
 """A run stopped by signal N (SIGTERM, SIGINT, SIGUSR1) exits with 128 + N — 143, 130, 138 — *after*
 writing ``last.pt``; ``trainwell train CONFIG run.dir=DIR --resume auto`` continues it. A second Ctrl-C
-aborts at once with 130 and writes nothing. (A process killed outright reports -N, not 128 + N.)"""
+aborts with 130: at once, or after the checkpoint being written is complete. (A process killed outright reports
+-N, not 128 + N.)"""
 
 _OVERRIDES_HELP = "dotted overrides of config keys, e.g. optim.lr=3e-4 train.epochs=5"
 

@@ -151,3 +151,19 @@ def test_every_resume_records_its_config_beside_the_original(finished: Path, tmp
     assert "epochs: 2" in (run_dir / "config.resume-1.yaml").read_text()
     assert "epochs: 3" in (run_dir / "config.resume-2.yaml").read_text()
     assert load_checkpoint(run_dir / "checkpoints" / LAST)["train_state"]["global_step"] == 18
+
+
+def test_a_crashed_setup_is_continued_with_resume_auto_and_keeps_its_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    assert train(run_dir, *ONE_EPOCH, "optim.param_groups=[{match: 'backbone.*'}]") == 1  # crashed in setup
+    crashed = snapshot(run_dir)
+    assert train(run_dir, *ONE_EPOCH) == 1  # it holds a run now: refused, unchanged
+    assert snapshot(run_dir) == crashed
+    assert train(run_dir, *ONE_EPOCH, "--resume", "auto", "--overwrite") == 2  # one or the other
+    assert "pass one of them" in capsys.readouterr().err
+    assert train(run_dir, *ONE_EPOCH, "--resume", "auto") == 0  # the fix, as the doctor's advice says
+    assert snapshot(run_dir)["config.yaml"] == crashed["config.yaml"]  # the first attempt's config, kept
+    assert "match: backbone.*" not in (run_dir / "config.resume-1.yaml").read_text()
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
