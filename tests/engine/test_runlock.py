@@ -29,3 +29,11 @@ def test_a_lock_file_nobody_holds_is_taken_over(tmp_path: Path) -> None:
     lock = RunLock.acquire(tmp_path)  # a file without a flock on it: its writer is gone
     assert read_owner(tmp_path / LOCK_FILE)["pid"] == os.getpid()
     lock.release()
+
+
+def test_a_holder_dropped_without_release_gives_the_lock_back(tmp_path: Path) -> None:
+    import gc
+
+    RunLock.acquire(tmp_path)  # not kept: collected at once
+    gc.collect()
+    RunLock.acquire(tmp_path).release()

@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ class RunLock:
         self.path = path
         self._fd: int | None = fd
         _HELD.add(fd)
+        # A holder dropped without release() (a Trainer built and never run) gives the lock back when collected.
+        self._finalizer = weakref.finalize(self, _drop, fd)
 
     @property
     def held(self) -> bool:
@@ -103,6 +106,7 @@ class RunLock:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        self._finalizer.detach()
         _HELD.discard(fd)
         # Delete while still holding it, so no one can take a lock on the file being deleted and keep it.
         with contextlib.suppress(OSError):
@@ -113,6 +117,12 @@ class RunLock:
     def moved_to(self, run_dir: Path) -> None:
         """The directory holding the lock file was renamed to ``run_dir`` (``--overwrite``)."""
         self.path = run_dir / LOCK_FILE
+
+
+def _drop(fd: int) -> None:
+    _HELD.discard(fd)
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def read_owner(path: Path) -> dict[str, Any]:
