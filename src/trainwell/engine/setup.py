@@ -305,21 +305,21 @@ class RunComponents:
         flag = torch.tensor([float(len(bad))], dtype=torch.float64)
         if not float(D.all_reduce_mean(flag, self.env)[0]):  # the meters differ between processes
             return
-        cause = None
+        cause: NonFiniteLossError | None = None
         if any(name.startswith("loss sums") for name in bad):
             try:  # the non-finite policy names the first bad step and saves its batch, when it kept the losses
                 self.nonfinite.check([math.nan], None, self.state.global_step, describe=self.env.is_main)
             except NonFiniteLossError as err:
-                cause = str(err)
+                cause = err
         last = self.checkpoint_dir / LAST
         error = nonfinite_state_error(
             bad or ["another process's state"],
             self.state.global_step,
             last if last.is_file() else None,
             self.checkpoints.last_saved_step,
-            cause,
+            str(cause) if cause else None,
         )
-        self.nonfinite.finding = error.finding
+        self.nonfinite.finding = (cause.finding if cause else None) or error.finding
         raise error
 
     def _status(self, state: str, **details: Any) -> None:

@@ -59,7 +59,7 @@ def nonfinite_state_error(
     """The error that stops a run instead of saving a non-finite state; it names the tensors and the newest good
     checkpoint, which stays as it was."""
     shown = ", ".join(bad[:3]) + (f" … ({len(bad)} tensors)" if len(bad) > 3 else "")
-    what = f"{cause.rstrip('.')}. " if cause else ""
+    what = "" if not cause else cause + (" " if cause.endswith((".", ".)")) else ". ")
     if last_good is not None:
         at = f" (step {last_good_step})" if last_good_step is not None else ""
         kept = (
