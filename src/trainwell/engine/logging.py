@@ -36,7 +36,7 @@ class _HeldForFile(logging.handlers.BufferingHandler):
         super().__init__(capacity=10_000)
 
     def shouldFlush(self, record: logging.LogRecord) -> bool:
-        return False  # kept until the file exists (the capacity is only a bound)
+        return False  # kept until train.log exists (a few lines: only until the resume is checked)
 
 
 def setup_console_logging(run_dir: Path | None, is_main: bool, *, hold_for_file: bool = False) -> logging.Logger:
