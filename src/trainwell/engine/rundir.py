@@ -174,7 +174,7 @@ def describe_status(status: dict[str, Any]) -> str:
     if state == "nonfinite_stop":
         return f"stopped by the non-finite policy{step}"
     if state == "crashed":
-        return f"crashed{step}: {status.get('error', 'unknown error')}"
+        return f"crashed{step}"  # why: the doctor's run.crashed finding
     if state == "running":
         return f"running, or killed without a chance to record it (last update {status.get('updated', '?')}{step})"
     return "unfinished: no status.json (still running under an older trainwell, or not a trainwell run)"
