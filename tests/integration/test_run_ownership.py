@@ -69,7 +69,7 @@ def _holder(run_dir: Path, then: str) -> subprocess.Popen[str]:
     """A real second process that takes the run directory's lock, says so, then waits (or SIGKILLs itself)."""
     code = (
         "import os, signal, sys; from pathlib import Path; from trainwell.engine.runlock import RunLock\n"
-        f"RunLock.acquire(Path({str(run_dir)!r})); print('locked', flush=True)\n"
+        f"lock = RunLock.acquire(Path({str(run_dir)!r})); print('locked', flush=True)\n"
         + ("os.kill(os.getpid(), signal.SIGKILL)\n" if then == "sigkill" else "sys.stdin.readline()\n")
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
