@@ -23,6 +23,7 @@ from trainwell.engine.losses import LossContractError
 from trainwell.engine.nonfinite import NonFiniteLossError
 from trainwell.engine.optim import OptimConfigError
 from trainwell.engine.plan import PlanError
+from trainwell.engine.rundir import CONTINUE, OVERWRITE, REFUSE, RunDirError
 from trainwell.engine.signals import EXIT_SIGNAL_BASE, TrainingInterrupted
 from trainwell.engine.task import DataError, Task, TaskCapabilityError, require_capability
 
@@ -33,7 +34,8 @@ EXIT_RUN_ERROR = 1
 EXIT_STOPPED_BY_SIGNAL = EXIT_SIGNAL_BASE
 """A run stopped by signal N (SIGTERM, SIGINT, SIGUSR1) exits with 128 + N — 143, 130, 138 — *after*
 writing ``last.pt``; ``trainwell train CONFIG run.dir=DIR --resume auto`` continues it. A second Ctrl-C
-aborts at once with 130 and writes nothing. (A process killed outright reports -N, not 128 + N.)"""
+aborts with 130: at once, or after the checkpoint being written is complete. (A process killed outright reports
+-N, not 128 + N.)"""
 
 _OVERRIDES_HELP = "dotted overrides of config keys, e.g. optim.lr=3e-4 train.epochs=5"
 
@@ -62,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         help="continue a run: 'auto' = the newest valid checkpoint in run.dir (a fresh start if there is none), "
         "or a checkpoint file (its run directory is reused unless run.dir is given). On SIGTERM/SIGINT/SIGUSR1 "
         "a run writes last.pt and exits with 128 + the signal number (143/130/138).",
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="run.dir already holds a run: move it aside to <run.dir>.old-<timestamp> (kept, printed) and start "
+        "afresh there. Without --overwrite or --resume such a run.dir is refused.",
     )
     train.add_argument(
         "--init-from",
@@ -217,11 +225,18 @@ def _train(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> int:
             cfg.run.dir = str(run_dir_of_checkpoint(args.resume))  # continue that run, in its directory
     if args.init_from is not None and not Path(args.init_from).is_file():
         raise ConfigError(f"--init-from '{args.init_from}' does not exist.")
-    trainer = Trainer(cfg, task, callbacks=callbacks, trackers=_trackers(cfg))
-    resumed = trainer.resume(args.resume) if args.resume else None
-    if resumed is None and args.init_from is not None:  # a resumed run already holds its own weights
-        trainer.init_from(args.init_from, strict=not args.init_from_non_strict)
-    trainer.fit()
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in run.dir and --overwrite moves it aside: pass one of them.")
+    existing = CONTINUE if args.resume else OVERWRITE if args.overwrite else REFUSE
+    trainer = Trainer(cfg, task, callbacks=callbacks, existing_run=existing, trackers=_trackers(cfg))
+    try:
+        resumed = trainer.resume(args.resume) if args.resume else None
+        if resumed is None and args.init_from is not None:  # a resumed run already holds its own weights
+            trainer.init_from(args.init_from, strict=not args.init_from_non_strict)
+    except BaseException as err:
+        trainer.fail_setup(err)  # `crashed` in a directory this run writes (a refused resume wrote nothing)
+        raise
+    trainer.fit()  # records how it ended and gives the run directory's lock back
     return 0
 
 
@@ -433,11 +448,20 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
         NonFiniteLossError,
         LossContractError,
         OptimConfigError,
+        RunDirError,
     ) as err:
         print(f"trainwell: error: {err}", file=sys.stderr)
         return EXIT_RUN_ERROR
-    except DataError as err:
+    except DataError as err:  # before OSError: a missing dataset file is both
         print(f"trainwell: data error: {_without_worker_traceback(err)}", file=sys.stderr)
+        return EXIT_RUN_ERROR
+    except OSError as err:  # the filesystem refused (no permission, disk full, a file in the way): not a traceback
+        where = f" '{err.filename}'" if err.filename else ""
+        print(
+            f"trainwell: error: {err.strerror or err}{where}. Check that the path exists with the permissions the "
+            "run needs, and that its filesystem has free space.",
+            file=sys.stderr,
+        )
         return EXIT_RUN_ERROR
     except TrainingInterrupted as err:  # the loop has logged where it stopped and how to continue
         return err.exit_code

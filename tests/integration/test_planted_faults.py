@@ -110,6 +110,6 @@ def test_a_loss_contract_mistake_is_one_message_in_the_log_and_in_trainwell_doct
     assert train([*REGRESSION, "task.class_path=port_tasks:NoGradLossTask"], tmp_path) == 1
     err = capsys.readouterr().err
     assert "loss component 'mse' does not require grad" in err and "Traceback" not in err
-    assert main(["doctor", str(tmp_path)]) == 0  # no finding: the run never trained
+    assert main(["doctor", str(tmp_path)]) == 1  # the run crashed: run.crashed, an error, carries the message
     out = capsys.readouterr().out
-    assert "loss component 'mse' does not require grad" in out, out
+    assert out.count("loss component 'mse' does not require grad") == 1 and "run.crashed" in out, out

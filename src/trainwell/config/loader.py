@@ -253,26 +253,29 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> tup
 
 
 def read_run_config(path: str | Path) -> ExperimentConfig:
-    """A run's ``config.yaml`` read back through the schema (for the doctor and the report).
+    """A run's ``config.yaml`` read back through the base schema (for the doctor and the report).
 
-    With the task importable, the task/data sections are typed by it; otherwise they are read as the base
-    sections (their own keys dropped), so a run directory stays readable on a machine without the task's code.
+    Reading a run never runs its code: ``task.class_path`` is kept as a string and never imported, and the
+    task/data sections keep only the base keys (the task's own keys are in the file itself).
+
+    Raises:
+        ConfigError: the file is not valid YAML, or its values do not fit the schema.
     """
     path = Path(path)
     if not path.is_file():
         return ExperimentConfig()
+    raw = _read_yaml(path)
+    raw["task"] = {"class_path": str((raw.get("task") or {}).get("class_path", "?"))}
+    data = raw.get("data") or {}
+    raw["data"] = {k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(DataConfig)}}
+    known = {f.name for f in dataclasses.fields(ExperimentConfig)}
     try:
-        return load_config(path)
-    except ConfigError:
-        raw = _read_yaml(path)
-        raw["task"] = {"class_path": (raw.get("task") or {}).get("class_path", "?")}
-        data = raw.get("data") or {}
-        raw["data"] = {k: v for k, v in data.items() if k in {f.name for f in dataclasses.fields(DataConfig)}}
-        known = {f.name for f in dataclasses.fields(ExperimentConfig)}
         merged = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), {k: v for k, v in raw.items() if k in known})
         obj = OmegaConf.to_object(merged)
-        assert isinstance(obj, ExperimentConfig)
-        return obj
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"The run's config '{path}' does not fit this trainwell's schema: {err}") from None
+    assert isinstance(obj, ExperimentConfig)
+    return obj
 
 
 def build_task(cfg: ExperimentConfig) -> Task:

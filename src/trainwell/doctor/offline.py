@@ -1,8 +1,9 @@
 """``trainwell doctor RUN_DIR``: the findings of a finished or running run, from its files alone.
 
-It reads ``config.yaml`` back through the typed schema, ``status.json`` (how the run ended, written by the loop),
-``findings.jsonl`` (the live doctor's findings and the run context) and ``metrics.jsonl``; nothing parses
-``train.log``.
+It never imports the run's task (``task.class_path`` stays a string): reading a run runs none of its code.
+It reads ``config.yaml`` back through the base schema as plain YAML, ``status.json`` (how the run ended, written
+by the loop), ``findings.jsonl`` (the live doctor's findings and the run context, with the task's metric units
+and ranges) and ``metrics.jsonl``; nothing parses ``train.log``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ def diagnose_run(run_dir: str | Path) -> RunDiagnosis:
     findings = FindingSet(ignore=tuple(config.diagnostics.ignore))
     for finding in read_findings(run_dir / FINDINGS_FILE, keep_merged=True).values():
         findings.add(finding)
+    crashed = _crash_finding(run_status)
+    if crashed is not None:
+        findings.add(crashed)
     ended = run_status.get("state") not in (None, "running")
     # Recomputed history findings replace the saved ones (whose evidence may already hold folded symptoms).
     for finding in check_history(records, context, final=ended, cores=os.cpu_count()):
@@ -80,4 +84,20 @@ def diagnose_run(run_dir: str | Path) -> RunDiagnosis:
         records=records,
         findings=consolidate(findings.all())[0],
         summary=summarize_history(records, context),
+    )
+
+
+def _crash_finding(status: dict[str, Any]) -> Finding | None:
+    """``run.crashed`` (an error, so ``trainwell doctor`` exits non-zero) for a run whose status says it crashed."""
+    if status.get("state") != "crashed":
+        return None
+    step = status.get("step") if isinstance(status.get("step"), int) else None
+    return Finding(
+        "run.crashed",
+        "error",
+        "The run crashed" + (" before training started" if not step else f" at step {step}"),
+        f"status.json: {status.get('error', 'no error message recorded')}",
+        "Fix what the error names, then continue with `trainwell train CONFIG run.dir=RUN_DIR --resume auto` "
+        "(it starts afresh when no checkpoint was written).",
+        step,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import math
 import sys
 from pathlib import Path
@@ -30,9 +31,24 @@ class _TqdmAwareHandler(logging.StreamHandler):
             self.handleError(record)
 
 
-def setup_console_logging(run_dir: Path | None, is_main: bool) -> logging.Logger:
-    """Configure the ``trainwell`` logger: console (+ ``train.log``) on rank 0, warnings only elsewhere."""
+class _HeldForFile(logging.handlers.BufferingHandler):
+    """Log records kept until ``train.log`` may be written (a resume is checked before the run writes anything)."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=10_000)
+
+    def shouldFlush(self, record: logging.LogRecord) -> bool:
+        return False  # kept until train.log exists (a few lines: only until the resume is checked)
+
+
+def setup_console_logging(run_dir: Path | None, is_main: bool, *, hold_for_file: bool = False) -> logging.Logger:
+    """Configure the ``trainwell`` logger: console (+ ``train.log``) on rank 0, warnings only elsewhere.
+
+    ``hold_for_file``: without ``run_dir`` yet, keep the records; the next call with ``run_dir`` writes them to
+    ``train.log`` first.
+    """
     logger = logging.getLogger(_LOGGER_NAME)
+    held = [record for h in logger.handlers if isinstance(h, _HeldForFile) for record in h.buffer]
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
@@ -44,7 +60,11 @@ def setup_console_logging(run_dir: Path | None, is_main: bool) -> logging.Logger
     if run_dir is not None and is_main:
         file_handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        for record in held:
+            file_handler.handle(record)
         logger.addHandler(file_handler)
+    elif hold_for_file and is_main:
+        logger.addHandler(_HeldForFile())
     return logger
 
 

@@ -84,12 +84,13 @@ class Trainer(RunComponents):
         except BaseException as err:
             self._status("crashed", error=f"{type(err).__name__}: {err}")
             raise
+        else:
+            self._status(self.stopping.reason or "finished", **self.stopping.details())
         finally:
             self.profiler.finish()
             self.stop_request.uninstall()
-            self.out.metrics.close()
             self.doctor.finish([self.nonfinite.finding] if self.nonfinite.finding else [])
-        self._status(self.stopping.reason or "finished", **self.stopping.details())
+            self.close()  # metrics writers, then the run directory's lock: on every exit path
         for line in self.end_banner(time.perf_counter() - started):
             self.log.info(line)
         return FitResult(run_dir=self.out.run_dir, state=self.state, metrics=self.state.last_metrics)
@@ -315,11 +316,12 @@ class Trainer(RunComponents):
         """``last.pt`` (+ a periodic file, + ``best.pt``); every process calls it (it gathers the RNG states)."""
         if self.checkpoints is None:
             return None
-        payload = {**self.run_state.state_dict(), **self.payload_extras()}
+        payload = self.checkpoint_payload()  # refuses a NaN/Inf state: the previous last.pt stays the newest
         self.wall_clock.saved()
         if not self.out.is_writer:
             return None
-        self.checkpoints.save(payload, periodic=periodic, best=best, scored=self.best.take_scored())
+        with self.stop_request.saving():  # a second Ctrl-C waits for the file to be complete
+            self.checkpoints.save(payload, periodic=periodic, best=best, scored=self.best.take_scored())
         return self.checkpoint_dir / LAST
 
     def _stop_on_signal(self, *, save: bool) -> NoReturn:

@@ -74,6 +74,10 @@ class DeviceMeter:
         # A component absent from the whole interval stays out of the log line.
         return {k: v for k, v in interval.items() if k in self.names or v != 0.0}, interval_count
 
+    def tensors(self) -> list[torch.Tensor]:
+        """The device tensors holding sums and not yet summed steps (for the finite-state check before a save)."""
+        return [*([self.total] if self.total is not None else []), *self._pending]
+
     def state_dict(self) -> dict[str, Any]:
         """Everything the meter holds (one host sync), so a resumed run logs what an uninterrupted one would."""
         self._fold()

@@ -7,8 +7,8 @@ optimizer → batches and loader → plan (steps, intervals) → schedule → ch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trainwell.config.schema import ExperimentConfig, config_to_dict, config_to_yaml
+from trainwell.config.schema import ExperimentConfig, config_to_dict
 from trainwell.config.training import parse_duration_s
 from trainwell.doctor.checks import RunContext
 from trainwell.doctor.live import TrainingDoctor
@@ -24,27 +24,30 @@ from trainwell.engine import distributed as D
 from trainwell.engine.amp import amp_dtype
 from trainwell.engine.banner import end_lines, start_lines
 from trainwell.engine.best import BestTracker, check_best_metric
-from trainwell.engine.checkpoint import CheckpointError, CheckpointManager, RunState, TrainState, load_checkpoint
+from trainwell.engine.checkpoint import LAST, CheckpointError, CheckpointManager, RunState, TrainState, load_checkpoint
 from trainwell.engine.checkpoint.files import to_plain
+from trainwell.engine.checkpoint.finite import nonfinite_names, nonfinite_state_error, state_tensors
 from trainwell.engine.checkpoint.resume import (
     config_changes,
     find_resumable,
     library_versions,
     position_mismatch,
+    refuse_mismatch,
     trim_metrics_log,
 )
 from trainwell.engine.checkpoint.state import RngPart, ScalerPart, upgrade_payload
 from trainwell.engine.checkpoint.topk import TopKCheckpoints
-from trainwell.engine.checkpoint.weights import WeightsReport, load_model_weights
+from trainwell.engine.checkpoint.weights import WeightsReport, compare_model_state, load_model_weights, model_state_of
 from trainwell.engine.data import TrainBatches
 from trainwell.engine.ema import build_ema
 from trainwell.engine.logging import MetricsWriter, setup_console_logging, train_line
 from trainwell.engine.losses import LossCollector
 from trainwell.engine.meters import DeviceMeter, StepStats
-from trainwell.engine.nonfinite import NonFinitePolicy
+from trainwell.engine.nonfinite import NonFiniteLossError, NonFinitePolicy
 from trainwell.engine.optim import GroupHyperparameters, build_optimizer, group_names
+from trainwell.engine.outputs import RunOutputs
 from trainwell.engine.plan import RunPlan
-from trainwell.engine.rundir import make_run_dir, write_status
+from trainwell.engine.rundir import REFUSE, write_status
 from trainwell.engine.runtime import configure_threads, cpu_amp_warning, seed_everything
 from trainwell.engine.schedule import build_scheduler
 from trainwell.engine.signals import StopRequest
@@ -60,16 +63,6 @@ class Callback(Protocol):
     def on_step_end(self, trainer: Any) -> None: ...
 
 
-@dataclass
-class RunOutputs:
-    """Where a run writes: its directory (``None`` when it writes nothing) and ``metrics.jsonl`` / TensorBoard."""
-
-    run_dir: Path | None
-    is_writer: bool
-    """Rank 0 of a run with a directory."""
-    metrics: MetricsWriter
-
-
 class RunComponents:
     """Builds and holds every component of one run (see the module docstring for the order)."""
 
@@ -82,7 +75,11 @@ class RunComponents:
         write_outputs: bool = True,
         callbacks: Sequence[Callback] = (),
         trackers: Sequence[Tracker] = (),
+        existing_run: str = REFUSE,
     ) -> None:
+        """``existing_run``: what to do when ``run.dir`` already holds a run — ``"refuse"`` (default),
+        ``"continue"`` (then call :meth:`resume`) or ``"overwrite"`` (move it aside); see ``docs/run_directory.md``.
+        ``trackers``: built by the CLI (``trainwell.trackers``), so the engine imports no tracker package."""
         self.built_at_s = monotonic_s()  # train.max_time counts from here: before datasets and model are built
         self.cfg, self.task, self.callbacks = cfg, task, list(callbacks)
         self.trackers = list(trackers)  # built by the CLI (trainwell.trackers): the engine imports no tracker
@@ -95,7 +92,15 @@ class RunComponents:
         # The same seed on every process while the datasets and the model are built (a dataset that draws from
         # the global RNG must be the same everywhere, or evaluation shards would not tile it); per rank after.
         seed_everything(cfg.train.seed)
-        self._open_outputs(write_outputs)
+        self._open_outputs(write_outputs, existing_run)
+        try:
+            self._build(cfg, task)
+        except BaseException as err:
+            self.fail_setup(err)
+            raise
+
+    def _build(self, cfg: ExperimentConfig, task: Task) -> None:
+        """Everything after the run directory: data, model, optimizer, plan, schedule, state, policy, doctor."""
         task.run_dir = self.out.run_dir
         self.train_set, self.val_set = task.build_datasets()
         self._build_model()
@@ -150,23 +155,22 @@ class RunComponents:
                 "eval.best_mode to min or max."
             )
 
-    def _open_outputs(self, write_outputs: bool) -> None:
-        run_dir = None
-        if write_outputs:
-            made = make_run_dir(self.cfg.run.name, self.cfg.run.dir) if self.env.is_main else None
-            run_dir = D.broadcast_object(made, self.env)
-        is_writer = self.env.is_main and run_dir is not None
-        self.log = setup_console_logging(run_dir if is_writer else None, self.env.is_main)
-        if is_writer:
-            (run_dir / "config.yaml").write_text(config_to_yaml(self.cfg), encoding="utf-8")
-        self.tracker_recorder = TrackerRecorder(self.trackers, run_dir if is_writer else None)
-        self.out = RunOutputs(run_dir, is_writer, self._metrics_writer(run_dir, is_writer))
+    def _open_outputs(self, write_outputs: bool, existing_run: str) -> None:
+        """Open the run directory (:class:`~trainwell.engine.outputs.RunOutputs`); a new run writes at once."""
+        self.out = RunOutputs.open(self.cfg, self.env, write_outputs=write_outputs, existing_run=existing_run)
+        self.log = setup_console_logging(None, self.env.is_main, hold_for_file=self.out.is_writer)
+        self.tracker_recorder = TrackerRecorder(self.trackers, self.out.run_dir if self.out.is_writer else None)
         missing = sorted(set(self.cfg.log.trackers) - {"tensorboard"} - {t.name for t in self.trackers})
         if missing and self.env.is_main:
             self.log.warning(
                 f"log.trackers names {', '.join(missing)}, but no such tracker was handed to the Trainer: build them "
                 f"with trainwell.trackers.build_trackers(cfg) (the CLI does)."
             )
+        moved = self.out.opened.moved_aside if self.out.opened else None
+        if moved is not None:
+            self.log.info(f"--overwrite: moved the previous run in '{self.out.run_dir}' to '{moved}'")
+        if self.out.is_writer and not self.out.continuing:
+            self.commit_outputs()
 
     def _metrics_writer(self, run_dir: Path | None, enabled: bool, purge_step: int | None = None) -> MetricsWriter:
         """``metrics.jsonl``, TensorBoard if ``log.trackers`` names it, and the other trackers."""
@@ -177,6 +181,24 @@ class RunComponents:
             tensorboard="tensorboard" in self.cfg.log.trackers,
             trackers=self.tracker_recorder,
         )
+
+    def commit_outputs(self) -> None:
+        """Start writing the run directory (``train.log``, ``metrics.jsonl``, the config); once, rank 0."""
+        if self.out.committed:
+            return
+        name = self.out.commit(self.cfg, lambda run_dir: self._metrics_writer(run_dir, True))
+        self.log = setup_console_logging(self.out.run_dir, self.env.is_main)
+        if name != "config.yaml":
+            self.log.info(f"Continuing the run in '{self.out.run_dir}'; this run's config is in {name}")
+
+    def fail_setup(self, err: BaseException) -> None:
+        """A run that could not be built: ``crashed`` (in a directory it writes), and the lock goes back."""
+        self.out.record_crash(err)
+        self.close()
+
+    def close(self) -> None:
+        """Give the run directory's lock back (every exit path)."""
+        self.out.close()
 
     def _build_model(self) -> None:
         model = self.task.build_model().to(self.device)
@@ -296,13 +318,33 @@ class RunComponents:
         )
         if path is None:
             self.log.info(f"--resume auto: no checkpoint in {self.out.run_dir}; starting afresh")
+            if self.out.is_writer and not self.out.committed:  # records of an attempt that saved nothing
+                trim_metrics_log(self.out.run_dir / "metrics.jsonl", 0)
+            self.commit_outputs()
             return None
         payload = upgrade_checked(path, payload if payload is not None else load_checkpoint(path))
         current_layout = dict(self.state.data_layout)
-        self.run_state.load_state_dict(payload)  # every part, the RNG streams last
+        self._load_checked(path, payload)
+        self.commit_outputs()  # the checkpoint fits: only now does this run write into the directory
         self.after_resume(payload, current_layout)
         self.log.info(f"Resumed from '{path}' at {self.position()}, step {self.state.global_step}")
         return Path(path)
+
+    def _load_checked(self, path: str, payload: dict[str, Any]) -> None:
+        """Every part of the checkpoint, after checking that its model tensors fit this model.
+
+        Raises:
+            CheckpointError: listing the missing / unexpected / reshaped tensors and the changed config keys.
+        """
+        changes = config_changes(payload.get("config", {}), to_plain(config_to_dict(self.cfg)))
+        report = compare_model_state(self.model, model_state_of(payload, Path(path)), Path(path))
+        if not report.is_exact:
+            problem = f"its model does not match this run's model ({report.describe(limit=5)})"
+            raise refuse_mismatch(problem, path, changes, self.out.run_dir)
+        try:
+            self.run_state.load_state_dict(payload)  # every part, the RNG streams last
+        except (KeyError, ValueError, RuntimeError) as err:  # e.g. other optimizer parameter groups
+            raise refuse_mismatch(f"its state does not fit this run ({err})", path, changes, self.out.run_dir) from None
 
     def init_from(self, path: str | Path, *, strict: bool = True) -> WeightsReport:
         """Load model weights only (to fine-tune), reporting missing / unexpected / shape-mismatched keys.
@@ -318,13 +360,50 @@ class RunComponents:
             self.ema.restart(self.state.global_step)  # the average starts from the loaded weights, not the initial
         return report
 
+    def refuse_nonfinite_state(self) -> None:
+        """Before a checkpoint: stop the run rather than save NaN/Inf (model, optimizer state, loss sums).
+
+        One fused check and one host sync per save (never per step); every process learns the verdict.
+
+        Raises:
+            NonFiniteLossError: naming the tensors and the newest good checkpoint (kept as it was).
+        """
+        if self.checkpoints is None:
+            return
+        bad = nonfinite_names(state_tensors(self.model, self.optimizer, self.meter.tensors()))
+        flag = torch.tensor([float(len(bad))], dtype=torch.float64)
+        if not float(D.all_reduce_mean(flag, self.env)[0]):  # the meters differ between processes
+            return
+        cause: NonFiniteLossError | None = None
+        if any(name.startswith("loss sums") for name in bad):
+            try:  # the non-finite policy names the first bad step and saves its batch, when it kept the losses
+                self.nonfinite.check([math.nan], None, self.state.global_step, describe=self.env.is_main)
+            except NonFiniteLossError as err:
+                cause = err
+        last = self.checkpoint_dir / LAST
+        error = nonfinite_state_error(
+            bad or ["another process's state"],
+            self.state.global_step,
+            last if last.is_file() else None,
+            self.checkpoints.last_saved_step,
+            str(cause) if cause else None,
+        )
+        self.nonfinite.finding = (cause.finding if cause else None) or error.finding
+        raise error
+
     def _status(self, state: str, **details: Any) -> None:
         if self.out.is_writer:
+            self.commit_outputs()  # a run continuing its directory without resume() starts writing at fit()
             write_status(self.out.run_dir, state, step=self.state.global_step, **details)
             # The trackers' runs start with "running" (continued after a resume) and end at any other state.
             self.tracker_recorder.follow(state, self.state, params=lambda: to_plain(config_to_dict(self.cfg)))
 
     # -- bookkeeping -------------------------------------------------------------------------------
+    def checkpoint_payload(self) -> dict[str, Any]:
+        """What a checkpoint holds: every part's state and the extras; never a non-finite state (collective)."""
+        self.refuse_nonfinite_state()
+        return {**self.run_state.state_dict(), **self.payload_extras()}
+
     def payload_extras(self) -> dict[str, Any]:
         """What a checkpoint carries besides the parts: the config (for ``export`` and resume checks), versions."""
         return {

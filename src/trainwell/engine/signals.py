@@ -4,7 +4,8 @@ SLURM sends SIGUSR1 before a job's time limit (``#SBATCH --signal=USR1@120``) an
 pre-emption or ``scancel``; torchrun forwards SIGTERM/SIGINT to its workers and gives them 30 s before
 SIGKILL. The handler only records the signal; the loop asks :meth:`StopRequest.should_stop` after each
 optimizer step, so a stop always lands on an optimizer-step boundary (never inside gradient
-accumulation). A second SIGINT aborts at once (``KeyboardInterrupt``), without writing anything.
+accumulation). A second SIGINT aborts at once (``KeyboardInterrupt``), without writing anything — except while
+a checkpoint is being written (:meth:`StopRequest.saving`): that write completes first, so no file is torn.
 
 With several processes every one must stop at the same step, or the others would hang in the next
 collective. The processes agree through one tiny all-reduce, but only on logging steps and at epoch
@@ -14,9 +15,11 @@ check is a read of a Python attribute, every step.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -61,6 +64,20 @@ class StopRequest:
         """The signal all processes agreed to stop on (set by :meth:`should_stop`)."""
         self._pid = os.getpid()
         self._previous: dict[int, Any] = {}
+        self._saving = False
+        self._abort_after_save = False
+
+    @contextlib.contextmanager
+    def saving(self) -> Iterator[None]:
+        """A checkpoint write that a second Ctrl-C does not interrupt: it completes, then the abort happens
+        (or, when the run is already stopping on a signal, the run stops as planned with 128 + N)."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
+        if self._abort_after_save and self.agreed is None:
+            raise KeyboardInterrupt
 
     def install(self) -> None:
         """Route the stop signals to this object (main thread only; elsewhere Python allows no handlers)."""
@@ -81,9 +98,13 @@ class StopRequest:
         if os.getpid() != self._pid:
             return  # a DataLoader worker forked from the trainer: the main process shuts it down
         if self.received is not None:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt  # second Ctrl-C: abort now
-            return
+            if signum != signal.SIGINT:
+                return
+            if self._saving:  # an interrupted save is a torn file and a traceback: abort once it is written
+                self._abort_after_save = True
+                os.write(2, b"trainwell: second Ctrl-C: finishing the checkpoint being written first.\n")
+                return
+            raise KeyboardInterrupt  # second Ctrl-C: abort now
         self.received = signum
         name = signal.Signals(signum).name
         again = " Press Ctrl-C again to abort at once." if signum == signal.SIGINT else ""

@@ -2,7 +2,8 @@
 
 The page is ``RUN_DIR/report.html``; its PNG figures sit beside it in ``report_files/`` and are referenced
 by relative paths, so the folder can be copied or zipped as a whole. It reads only the run's files (see
-:func:`trainwell.doctor.offline.diagnose_run`), so it works on finished and running runs alike.
+:func:`trainwell.doctor.offline.diagnose_run`), so it works on finished and running runs alike, and it never
+imports the run's task: the metric units come from the run's records (``findings.jsonl``, kind ``context``).
 """
 
 from __future__ import annotations
@@ -71,9 +72,16 @@ def _page(diagnosis: RunDiagnosis, figures: list[tuple[str, str]]) -> str:
             f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
-    config = json.dumps(config_to_dict(diagnosis.config), indent=2, default=str)
-    parts += [f"<h2>Configuration</h2><pre>{html.escape(config)}</pre>", "</body></html>"]
+    parts += [f"<h2>Configuration</h2><pre>{html.escape(_config_text(diagnosis))}</pre>", "</body></html>"]
     return "\n".join(parts) + "\n"
+
+
+def _config_text(diagnosis: RunDiagnosis) -> str:
+    """The run's ``config.yaml`` as written (the task's own keys included), read as text: nothing is imported."""
+    try:
+        return (diagnosis.run_dir / "config.yaml").read_text(encoding="utf-8")
+    except OSError:
+        return json.dumps(config_to_dict(diagnosis.config), indent=2, default=str)
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -97,6 +105,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         best=best,
         best_mode=eval_cfg.best_mode,
         update_ratio_high=Thresholds().update_ratio_high,
+        units={name: str(spec.get("unit") or "") for name, spec in diagnosis.context.metric_specs.items()},
     )
     relative = [(caption, f"{FILES_DIR}/{p.name}") for caption, p in figures]
     path.write_text(_page(diagnosis, relative), encoding="utf-8")

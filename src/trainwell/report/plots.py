@@ -217,6 +217,7 @@ def plot_all(
     best: Callable[[Mapping[str, float]], float] | None,
     best_mode: str,
     update_ratio_high: float,
+    units: Mapping[str, str] | None = None,
 ) -> list[tuple[str, Path]]:
     """Every figure the records allow, as ``(caption, path)`` in report order."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -228,7 +229,7 @@ def plot_all(
     ]
     val_path, _ = plot_validation(val, out_dir / "validation.png", best, best_mode)
     figures.append(("Validation metrics", val_path))
-    figures += [(f"Per item: {p.stem[6:]}", p) for p in plot_metric_groups(val, out_dir)]
+    figures += [(f"Per item: {p.stem[6:]}", p) for p in plot_metric_groups(val, out_dir, units)]
     figures += [
         ("Update size", plot_updates(train, out_dir / "updates.png", update_ratio_high)),
         ("Input pipeline", plot_data_wait(train, out_dir / "data_wait.png")),

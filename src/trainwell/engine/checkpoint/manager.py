@@ -72,6 +72,8 @@ class CheckpointManager:
         self.log = log or (lambda message: None)
         self.top_k = top_k
         """``checkpoint.keep_best``: the k best checkpoints by value (``topk.py``); ``None`` when 0."""
+        self.last_saved_step: int | None = None
+        """The optimizer step of the newest ``last.pt`` this manager wrote (``None`` before its first save)."""
 
     def save(
         self,
@@ -85,6 +87,8 @@ class CheckpointManager:
         ``scored`` (the ``(step, value)`` of the evaluation just made) ranks among the k best — a top-k file."""
         last = self.directory / LAST
         atomic_save(payload, last)
+        train_state = payload.get("train_state")
+        self.last_saved_step = train_state.get("global_step") if isinstance(train_state, Mapping) else None
         written = [last]
         if periodic is not None and self.cfg.keep_count != 0:
             link_or_copy(last, self.directory / periodic)

@@ -85,6 +85,23 @@ def position_mismatch(saved_data: dict[str, Any], current: dict[str, int]) -> st
     return ", ".join(changed) or None
 
 
+def refuse_mismatch(problem: str, path: str | Path, changes: list[str], run_dir: Path | None) -> CheckpointError:
+    """The error of a resume whose checkpoint does not fit this run: what differs, and the config keys that
+    changed since the checkpoint (the usual cause). Raised before anything is written."""
+    shown = "; ".join(changes[:10]) + (f" … and {len(changes) - 10} more" if len(changes) > 10 else "")
+    config = (
+        f" Config keys that differ from the checkpoint's ({len(changes)}): {shown}."
+        if changes
+        else " No config key differs from the checkpoint's (the task's code changed?)."
+    )
+    untouched = f" Nothing in '{run_dir}' was changed." if run_dir is not None else ""
+    return CheckpointError(
+        f"Cannot resume from '{path}': {problem}.{config}{untouched} Resume with the config the run was trained "
+        f"with (its config.yaml), or start a new run (another run.dir=DIR; --init-from PATH "
+        f"--init-from-non-strict reuses the matching weights)."
+    )
+
+
 # -- metrics.jsonl --------------------------------------------------------------------------------
 
 

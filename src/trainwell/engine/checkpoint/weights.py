@@ -97,6 +97,21 @@ def _ema_payload(payload: dict[str, Any], path: Path) -> dict[str, Any]:
     return part
 
 
+def compare_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> WeightsReport:
+    """How the tensors of ``state`` match ``model``'s: loadable, missing, unexpected, differently shaped."""
+    own = model.state_dict()
+    report = WeightsReport(path=path)
+    for name, tensor in own.items():
+        if name not in state:
+            report.missing.append(name)
+        elif tuple(state[name].shape) != tuple(tensor.shape):
+            report.mismatched.append((name, tuple(state[name].shape), tuple(tensor.shape)))
+        else:
+            report.loaded.append(name)
+    report.unexpected = [name for name in state if name not in own]
+    return report
+
+
 def load_model_weights(
     model: nn.Module,
     path: str | Path,
@@ -120,18 +135,9 @@ def load_model_weights(
     payload = load_checkpoint(path, map_location=map_location, require_checksum=False)
     found = foreign(payload) if foreign is not None and not ema else None
     state = found.state if found is not None else model_state_of(payload, path, ema=ema)
-    own = model.state_dict()
-    report = WeightsReport(path=path, container=found.container if found is not None else None)
-    matched: dict[str, torch.Tensor] = {}
-    for name, tensor in own.items():
-        if name not in state:
-            report.missing.append(name)
-        elif tuple(state[name].shape) != tuple(tensor.shape):
-            report.mismatched.append((name, tuple(state[name].shape), tuple(tensor.shape)))
-        else:
-            matched[name] = state[name]
-            report.loaded.append(name)
-    report.unexpected = [name for name in state if name not in own]
+    report = compare_model_state(model, state, path)
+    report.container = found.container if found is not None else None
+    matched = {name: state[name] for name in report.loaded}
     if strict and not report.is_exact:
         raise CheckpointError(
             f"The weights in '{path}' do not match the model: {report.describe()}. Fix the model config, or "
