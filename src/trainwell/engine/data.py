@@ -18,9 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from trainwell.engine.distributed import DistEnv
+from trainwell.config.schema import ExperimentConfig
+from trainwell.engine.distributed import DistEnv, require_same_on_all_ranks
+from trainwell.engine.task import Task, require_capability
 
 BatchPlan = Callable[[int], Sequence[list[int]]]
 """``epoch → all micro-batches of the epoch (every process's)``: a task's batch sampler."""
@@ -112,3 +114,42 @@ def require_equal_lengths(per_rank: Sequence[int]) -> None:
             "Task.build_batch_sampler must return the same batches on every process (a pure function of its "
             "arguments)."
         )
+
+
+def build_train_loader(
+    cfg: ExperimentConfig, task: Task, train_set: Dataset, env: DistEnv, device: torch.device
+) -> tuple[TrainBatches, DataLoader, torch.Generator]:
+    """The training batches of this process (:class:`TrainBatches`), the DataLoader over them and its generator
+    (re-seeded every epoch by ``rng.loader_seed``, so a resumed epoch draws the same worker seeds)."""
+    # Different lengths would give the processes different step counts: a hang, not an error.
+    require_same_on_all_ranks(len(train_set), "len(train dataset)", env)  # type: ignore[arg-type]
+    custom = type(task).build_batch_sampler is not Task.build_batch_sampler
+    plan = (
+        (lambda epoch: task.build_batch_sampler(train_set, cfg.train.batch_size, epoch, cfg.train.seed))
+        if custom
+        else None
+    )
+    batches = TrainBatches(
+        len(train_set),  # type: ignore[arg-type]
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+        env=env,
+        drop_last=cfg.data.drop_last,
+        plan=plan,  # type: ignore[arg-type]
+    )
+    # Workers hold copies of the dataset: with on_epoch_start the task changes it each epoch, so fresh workers.
+    switches_augmentation = cfg.data.disable_augmentation_last_epochs > 0
+    if switches_augmentation:
+        require_capability(task, "set_augmentation", "data.disable_augmentation_last_epochs")
+    epoch_hook = type(task).on_epoch_start is not Task.on_epoch_start or switches_augmentation
+    generator = torch.Generator()
+    loader = DataLoader(
+        train_set,
+        batch_sampler=batches,
+        num_workers=cfg.data.num_workers,
+        collate_fn=task.collate_fn(),
+        pin_memory=cfg.data.pin_memory and device.type == "cuda",
+        persistent_workers=cfg.data.persistent_workers and cfg.data.num_workers > 0 and not epoch_hook,
+        generator=generator,
+    )
+    return batches, loader, generator

@@ -7,14 +7,12 @@ optimizer → batches and loader → plan (steps, intervals) → schedule → ch
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from trainwell.config.schema import ExperimentConfig, config_to_dict
 from trainwell.config.training import parse_duration_s
@@ -24,9 +22,9 @@ from trainwell.engine import distributed as D
 from trainwell.engine.amp import amp_dtype
 from trainwell.engine.banner import end_lines, start_lines
 from trainwell.engine.best import BestTracker, check_best_metric
-from trainwell.engine.checkpoint import LAST, CheckpointError, CheckpointManager, RunState, TrainState, load_checkpoint
+from trainwell.engine.checkpoint import LAST, CheckpointManager, RunState, TrainState, load_checkpoint
 from trainwell.engine.checkpoint.files import to_plain
-from trainwell.engine.checkpoint.finite import nonfinite_names, nonfinite_state_error, state_tensors
+from trainwell.engine.checkpoint.finite import refuse_nonfinite_state, state_tensors
 from trainwell.engine.checkpoint.resume import (
     config_changes,
     find_resumable,
@@ -34,16 +32,17 @@ from trainwell.engine.checkpoint.resume import (
     position_mismatch,
     refuse_mismatch,
     trim_metrics_log,
+    upgrade_checked,
 )
-from trainwell.engine.checkpoint.state import RngPart, ScalerPart, upgrade_payload
+from trainwell.engine.checkpoint.state import RngPart, ScalerPart
 from trainwell.engine.checkpoint.topk import TopKCheckpoints
 from trainwell.engine.checkpoint.weights import WeightsReport, compare_model_state, load_model_weights, model_state_of
-from trainwell.engine.data import TrainBatches
+from trainwell.engine.data import build_train_loader
 from trainwell.engine.ema import build_ema
 from trainwell.engine.logging import MetricsWriter, setup_console_logging, train_line
 from trainwell.engine.losses import LossCollector
 from trainwell.engine.meters import DeviceMeter, StepStats
-from trainwell.engine.nonfinite import NonFiniteLossError, NonFinitePolicy
+from trainwell.engine.nonfinite import NonFinitePolicy
 from trainwell.engine.optim import GroupHyperparameters, build_optimizer, group_names
 from trainwell.engine.outputs import RunOutputs
 from trainwell.engine.plan import RunPlan
@@ -53,7 +52,7 @@ from trainwell.engine.schedule import build_scheduler
 from trainwell.engine.signals import StopRequest
 from trainwell.engine.stopping import EarlyStopping, RunStopping, TimeBudget, monotonic_s
 from trainwell.engine.switches import AugmentationSwitch, WallClockCheckpoints
-from trainwell.engine.task import Task, require_capability
+from trainwell.engine.task import Task
 from trainwell.engine.trackers import Tracker, TrackerRecorder
 
 
@@ -212,37 +211,8 @@ class RunComponents:
         self.train_model: nn.Module = torch.compile(self.ddp_model, backend=backend) if compile_ else self.ddp_model
 
     def _build_data(self) -> None:
-        cfg, task = self.cfg, self.task
-        # Different lengths would give the processes different step counts: a hang, not an error.
-        D.require_same_on_all_ranks(len(self.train_set), "len(train dataset)", self.env)  # type: ignore[arg-type]
-        custom = type(task).build_batch_sampler is not Task.build_batch_sampler
-        plan = (
-            (lambda epoch: task.build_batch_sampler(self.train_set, cfg.train.batch_size, epoch, cfg.train.seed))
-            if custom
-            else None
-        )
-        self.batches = TrainBatches(
-            len(self.train_set),  # type: ignore[arg-type]
-            batch_size=cfg.train.batch_size,
-            seed=cfg.train.seed,
-            env=self.env,
-            drop_last=cfg.data.drop_last,
-            plan=plan,  # type: ignore[arg-type]
-        )
-        # Workers hold copies of the dataset: with on_epoch_start the task changes it each epoch, so fresh workers.
-        switches_augmentation = cfg.data.disable_augmentation_last_epochs > 0
-        if switches_augmentation:
-            require_capability(task, "set_augmentation", "data.disable_augmentation_last_epochs")
-        epoch_hook = type(task).on_epoch_start is not Task.on_epoch_start or switches_augmentation
-        self.loader_generator = torch.Generator()  # re-seeded every epoch (rng.loader_seed)
-        self.loader = DataLoader(
-            self.train_set,
-            batch_sampler=self.batches,
-            num_workers=cfg.data.num_workers,
-            collate_fn=task.collate_fn(),
-            pin_memory=cfg.data.pin_memory and self.device.type == "cuda",
-            persistent_workers=cfg.data.persistent_workers and cfg.data.num_workers > 0 and not epoch_hook,
-            generator=self.loader_generator,
+        self.batches, self.loader, self.loader_generator = build_train_loader(
+            self.cfg, self.task, self.train_set, self.env, self.device
         )
 
     def _build_state(self) -> None:
@@ -361,35 +331,17 @@ class RunComponents:
         return report
 
     def refuse_nonfinite_state(self) -> None:
-        """Before a checkpoint: stop the run rather than save NaN/Inf (model, optimizer state, loss sums).
-
-        One fused check and one host sync per save (never per step); every process learns the verdict.
-
-        Raises:
-            NonFiniteLossError: naming the tensors and the newest good checkpoint (kept as it was).
-        """
+        """Before a checkpoint: stop rather than save NaN/Inf (:func:`.checkpoint.finite.refuse_nonfinite_state`)."""
         if self.checkpoints is None:
             return
-        bad = nonfinite_names(state_tensors(self.model, self.optimizer, self.meter.tensors()))
-        flag = torch.tensor([float(len(bad))], dtype=torch.float64)
-        if not float(D.all_reduce_mean(flag, self.env)[0]):  # the meters differ between processes
-            return
-        cause: NonFiniteLossError | None = None
-        if any(name.startswith("loss sums") for name in bad):
-            try:  # the non-finite policy names the first bad step and saves its batch, when it kept the losses
-                self.nonfinite.check([math.nan], None, self.state.global_step, describe=self.env.is_main)
-            except NonFiniteLossError as err:
-                cause = err
-        last = self.checkpoint_dir / LAST
-        error = nonfinite_state_error(
-            bad or ["another process's state"],
-            self.state.global_step,
-            last if last.is_file() else None,
-            self.checkpoints.last_saved_step,
-            str(cause) if cause else None,
+        refuse_nonfinite_state(
+            state_tensors(self.model, self.optimizer, self.meter.tensors()),
+            env=self.env,
+            nonfinite=self.nonfinite,
+            step=self.state.global_step,
+            last=self.checkpoint_dir / LAST,
+            last_saved_step=self.checkpoints.last_saved_step,
         )
-        self.nonfinite.finding = (cause.finding if cause else None) or error.finding
-        raise error
 
     def _status(self, state: str, **details: Any) -> None:
         if self.out.is_writer:
@@ -503,11 +455,3 @@ class RunComponents:
             lrs=lrs,
             clipping=self.cfg.train.clip_grad_norm is not None,
         )
-
-
-def upgrade_checked(path: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """The payload in the current format, or a :class:`CheckpointError` saying which version wrote it."""
-    try:
-        return upgrade_payload(payload)
-    except (ValueError, KeyError) as err:
-        raise CheckpointError(f"Cannot resume from '{path}': {err}.") from None

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from trainwell.doctor.findings import Finding
-from trainwell.engine.nonfinite import NonFiniteLossError
+from trainwell.engine.distributed import DistEnv, all_reduce_mean
+from trainwell.engine.nonfinite import NonFiniteLossError, NonFinitePolicy
 
 
 def state_tensors(
@@ -101,3 +102,41 @@ def nonfinite_state_error(
         f"{what}Training stopped at step {step}: non-finite values in {shown}, so this state was not saved. {kept}",
         finding,
     )
+
+
+def refuse_nonfinite_state(
+    named: Iterable[tuple[str, torch.Tensor]],
+    *,
+    env: DistEnv,
+    nonfinite: NonFinitePolicy,
+    step: int,
+    last: Path,
+    last_saved_step: int | None,
+) -> None:
+    """Before a checkpoint: stop the run rather than save NaN/Inf (model, optimizer state, loss sums in ``named``).
+
+    One fused check and one host sync per save (never per step); every process learns the verdict (one all-reduce:
+    the loss sums differ between processes).
+
+    Raises:
+        NonFiniteLossError: naming the tensors and the newest good checkpoint (``last``, kept as it was).
+    """
+    bad = nonfinite_names(named)
+    flag = torch.tensor([float(len(bad))], dtype=torch.float64)
+    if not float(all_reduce_mean(flag, env)[0]):
+        return
+    cause: NonFiniteLossError | None = None
+    if any(name.startswith("loss sums") for name in bad):
+        try:  # the non-finite policy names the first bad step and saves its batch, when it kept the losses
+            nonfinite.check([math.nan], None, step, describe=env.is_main)
+        except NonFiniteLossError as err:
+            cause = err
+    error = nonfinite_state_error(
+        bad or ["another process's state"],
+        step,
+        last if last.is_file() else None,
+        last_saved_step,
+        str(cause) if cause else None,
+    )
+    nonfinite.finding = (cause.finding if cause else None) or error.finding
+    raise error

@@ -23,6 +23,7 @@ import torch
 from trainwell.engine import distributed as D
 from trainwell.engine.checkpoint.files import CheckpointError, atomic_write_text
 from trainwell.engine.checkpoint.manager import CheckpointManager
+from trainwell.engine.checkpoint.state import upgrade_payload
 
 #: Config sections whose changes do not matter for continuing a run.
 _IGNORED_CONFIG_KEYS = ("run.", "train.progress_bar", "train.device", "data.num_workers", "data.pin_memory")
@@ -156,3 +157,11 @@ def find_resumable(
     if error is not None:
         raise CheckpointError(error)
     return found, payload
+
+
+def upgrade_checked(path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload in the current format, or a :class:`CheckpointError` saying which version wrote it."""
+    try:
+        return upgrade_payload(payload)
+    except (ValueError, KeyError) as err:
+        raise CheckpointError(f"Cannot resume from '{path}': {err}.") from None
