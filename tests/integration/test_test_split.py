@@ -14,7 +14,8 @@ from trainwell.engine.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 REGRESSION = str(ROOT / "configs/examples/regression.yaml")
-SMALL = ["data.train_size=64", "train.batch_size=16", "train.epochs=1", "train.progress_bar=off"]
+SMALL = ["data.train_size=64", "train.batch_size=16", "train.epochs=1", "schedule.warmup_steps=0"]
+SMALL += ["train.progress_bar=off"]
 
 
 def test_trainwell_test_scores_the_test_split_once(tmp_path: Path) -> None:
@@ -75,7 +76,7 @@ def test_a_task_without_a_test_split_says_so(tmp_path: Path, capsys: pytest.Capt
     sys.path.insert(0, str(example))
     try:
         config = str(example / "config.yaml")
-        args = ["train.epochs=1", "data.train_size=32", "data.val_size=8", "train.amp=off"]
+        args = ["train.epochs=1", "data.train_size=32", "data.val_size=8", "train.amp=off", "schedule.warmup_steps=0"]
         assert main(["train", config, f"run.dir={run}", "train.progress_bar=off", *args]) == 0
         code = main(["test", config, "--checkpoint", str(run / "checkpoints" / "last.pt"), *args])
     finally:

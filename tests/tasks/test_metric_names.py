@@ -50,6 +50,9 @@ def test_declared_metric_names_equal_what_compute_returns(
         autocast=contextlib.nullcontext,
         progress_mode="off",
     )
-    assert set(result.metrics) == declared
+    # Every key compute() returned is declared; what is declared but absent can only be a data-dependent group
+    # (a view-angle bin the few validation samples do not reach).
+    assert set(result.metrics) <= declared
+    assert all("_by_view/" in name for name in declared - set(result.metrics)), declared - set(result.metrics)
     # The config's own best_metric uses only declared names (the check the engine runs at startup passes).
     assert parse_metric_expression(cfg.eval.best_metric).names <= declared

@@ -44,14 +44,14 @@ def test_val_caption_none_is_named_too(tmp_path: Path) -> None:
     (tmp_path / "train.pickle").write_bytes(pickle.dumps(_entries(3)))
     cfg = CaptioningDataConfig(root=str(tmp_path), train_pickle="train.pickle", val_pickle="val.pickle")
     assert records_from_config(cfg, "train")[1].captions == ("A dog number 1.",)
-    with pytest.raises(DataError, match=r"val\.pickle entry 2: the caption .* got None"):
+    with pytest.raises(DataError, match=r"val\.pickle entry 2: .*NoneType"):
         records_from_config(cfg, "val")
 
 
 def test_truncated_pickle_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "train.pickle"
     path.write_bytes(pickle.dumps(_entries(4))[:-40])
-    with pytest.raises(DataError, match=rf"'{path}' is not a readable pickle"):
+    with pytest.raises(DataError, match=rf"{path} is not a readable pickle"):
         read_viecap_pickle(path)
 
 

@@ -112,10 +112,11 @@ def test_the_log_and_eval_json_say_which_metric_was_skipped_and_why(tmp_path: Pa
     no_java = {**env, "PATH": str(tmp_path)}  # python is called by its full path; java cannot be found
     config = str(ROOT / "configs/captioning/tiny.yaml")
     small = [f"run.dir={tmp_path}", "train.epochs=1", "data.train_size=64", "data.val_size=8", "task.max_new_tokens=8"]
+    small += ["schedule.warmup_steps=1"]
     train = _run_cli(["train", config, *small, "task.meteor=true"], no_java)
     assert train.returncode == 0, train.stderr[-2000:]
     log = next(tmp_path.rglob("train.log")).read_text()
-    assert "captioning.meteor_skipped: METEOR was not computed: java is not on PATH" in log
+    assert "captioning.meteor_skipped (step 2): METEOR was not computed: java is not on PATH" in log
     checkpoint = next(tmp_path.rglob("last.pt"))
     out = tmp_path / "eval.json"
     result = _run_cli(

@@ -195,14 +195,22 @@ def read_viecap_pickle(path: Path) -> list[tuple[list[str], Any, np.ndarray]]:
 def read_coco_captions(path: Path) -> dict[int, list[str]]:
     """COCO caption annotations ``{"images": [{"id"}], "annotations": [{"image_id", "caption"}]}`` →
     ``{image_id: [captions]}`` (every listed image, in file order)."""
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict) or "annotations" not in data:
-        raise ValueError(f"{path}: expected a COCO captions file with an 'annotations' list.")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CaptionDataError(f"'{path}' is not valid JSON ({err}); expected COCO caption annotations.") from None
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise CaptionDataError(f"{path}: expected a COCO captions file with an 'annotations' list.")
     references: dict[int, list[str]] = {int(image["id"]): [] for image in data.get("images", [])}
     for index, annotation in enumerate(data["annotations"]):
-        if "image_id" not in annotation or not isinstance(annotation.get("caption"), str):
-            raise ValueError(f"{path}: annotations[{index}] needs 'image_id' and a string 'caption'.")
-        references.setdefault(int(annotation["image_id"]), []).append(annotation["caption"])
+        caption = annotation.get("caption") if isinstance(annotation, dict) else None
+        if (
+            not isinstance(annotation, dict)
+            or "image_id" not in annotation
+            or not (isinstance(caption, str) and caption.strip())
+        ):
+            raise CaptionDataError(f"{path}: annotations[{index}] needs 'image_id' and a non-empty string 'caption'.")
+        references.setdefault(int(annotation["image_id"]), []).append(caption)
     return references
 
 

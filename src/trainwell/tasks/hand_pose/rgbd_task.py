@@ -115,6 +115,15 @@ class RGBDHandEvaluator(HandPoseEvaluator):
         extra = {"joints_cam_mm", "vertices_cam_mm", "root_error", "view_angle_deg"}
         return super()._expected_keys() | extra | server_result_keys(absolute=True, vertices=True)
 
+    def metric_names(self) -> set[str]:
+        """The keys :meth:`compute` can return: a view bin appears only when the validation set has views in it."""
+        bins = {
+            f"{name}_by_view/{lo}_{hi}deg"
+            for lo, hi in itertools.pairwise(VIEW_BINS_DEG)
+            for name in ("mpjpe", "pa_mpjpe", "root_error")
+        }
+        return super().metric_names() | {"root_error", "mpjpe_cam"} | set(SERVER_METRIC_NAMES) | bins
+
     def compute(self) -> dict[str, float]:
         """The root-relative metrics, ``root_error`` and ``mpjpe_cam`` (mm), the servers' metrics, the view bins."""
         metrics = super().compute()

@@ -26,7 +26,12 @@ from trainwell.tasks.hand_pose.losses import (
     reprojection_errors,
 )
 from trainwell.tasks.hand_pose.model import HandLiftingNet, LiftingNetConfig, lifting_features
-from trainwell.tasks.hand_pose.server_metrics import server_metrics, server_result_keys, server_sample_results
+from trainwell.tasks.hand_pose.server_metrics import (
+    SERVER_METRIC_NAMES,
+    server_metrics,
+    server_result_keys,
+    server_sample_results,
+)
 from trainwell.tasks.hand_pose.skeleton import JOINT_NAMES, ROOT
 from trainwell.tasks.hand_pose.synthetic import SyntheticHandsConfig
 
@@ -111,6 +116,13 @@ class LiftingEvaluator(HandPoseEvaluator):
 
     def _expected_keys(self) -> set[str]:
         return super()._expected_keys() | server_result_keys(absolute=False, vertices=False)
+
+    def metric_names(self) -> set[str]:
+        """The hand-pose names and the servers' translation-free ones (Procrustes- and scale/translation-aligned)."""
+        free = {
+            n for n in SERVER_METRIC_NAMES if ("/pa_" in n or "/sc_tr_" in n) and "mpvpe" not in n and "_f_" not in n
+        }
+        return super().metric_names() | free
 
     def compute(self) -> dict[str, float]:
         metrics = super().compute()
