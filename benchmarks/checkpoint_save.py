@@ -4,8 +4,8 @@ For each size a real :class:`~trainwell.engine.loop.Trainer` (the regression tas
 AdamW step, so the checkpoint holds the model plus the optimizer's two moment buffers, as in a run. Then,
 alternating (A, B, A, B, …) and reporting medians:
 
-* ``torch.save``  — ``torch.save(trainer.run_state.state_dict(), path)``: no checksum, no fsync, no rename;
-* ``last.pt``     — ``trainer.checkpoints.save(trainer.run_state.state_dict())``: sha256 of the content,
+* ``torch.save``  — ``torch.save(trainer.run.run_state.state_dict(), path)``: no checksum, no fsync, no rename;
+* ``last.pt``     — ``trainer.run.checkpoints.save(trainer.run.run_state.state_dict())``: sha256 of the content,
   temp file, flush + fsync, atomic rename, fsync of the directory (what the loop does);
 * ``load``        — ``load_checkpoint`` (weights-only load + checksum verification) against ``torch.load``.
 
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from trainwell.api import build_run
 from trainwell.config.loader import build_task, load_config
 from trainwell.engine.checkpoint import load_checkpoint
 from trainwell.engine.checkpoint.files import content_digest
@@ -54,7 +55,7 @@ def build_trainer(hidden: int, run_dir: Path) -> Trainer:
         "checkpoint.every_epochs=0",
     ]
     cfg = load_config(CONFIG, overrides)
-    trainer = Trainer(cfg, build_task(cfg))
+    trainer = Trainer(build_run(cfg, build_task(cfg)))
     trainer.fit()  # one step: AdamW's moment buffers exist, as in a real checkpoint
     return trainer
 
@@ -80,26 +81,26 @@ def main() -> None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, writing to {root.resolve()}")
         for label, hidden in SIZES.items():
             trainer = build_trainer(hidden, root / f"h{hidden}")
-            assert trainer.checkpoints is not None
+            assert trainer.run.checkpoints is not None
             plain = root / f"plain-{hidden}.pt"
-            params = sum(p.numel() for p in trainer.model.parameters())
+            params = sum(p.numel() for p in trainer.run.model.parameters())
 
             def save_plain(trainer: Trainer = trainer, plain: Path = plain) -> None:
-                torch.save(trainer.run_state.state_dict(), plain)
+                torch.save(trainer.run.run_state.state_dict(), plain)
 
             def save_last(trainer: Trainer = trainer) -> None:
-                assert trainer.checkpoints is not None
-                trainer.checkpoints.save(trainer.run_state.state_dict())
+                assert trainer.run.checkpoints is not None
+                trainer.run.checkpoints.save(trainer.run.run_state.state_dict())
 
             save_plain(), save_last()  # warm-up (page cache, allocator)
             plain_s, last_s = [], []
             for _ in range(args.repeats):
                 plain_s.append(median_seconds(save_plain, 1))
                 last_s.append(median_seconds(save_last, 1))
-            last_path = trainer.checkpoints.directory / "last.pt"
+            last_path = trainer.run.checkpoints.directory / "last.pt"
             size_mb = last_path.stat().st_size / 1e6
             digest_s = median_seconds(
-                lambda trainer=trainer: content_digest(trainer.run_state.state_dict()), args.repeats
+                lambda trainer=trainer: content_digest(trainer.run.run_state.state_dict()), args.repeats
             )
             load_plain = median_seconds(lambda p=plain: torch.load(p, weights_only=True), args.repeats)
             load_verified = median_seconds(lambda p=last_path: load_checkpoint(p), args.repeats)

@@ -15,7 +15,7 @@ checkpoint falls in a window; what remains is the per-step path whose "no host s
 Syncs are counted with ``torch.cuda.set_sync_debug_mode("warn")`` inside the window (each synchronising
 CUDA call raises a Python warning there, recorded with its Python call site), which is the "error" mode's
 proof without aborting the run at the first offender. Uses trainwell's public API only: ``load_config``,
-``build_task``, ``Trainer(cfg, task).fit()``, the task contract.
+``build_task``, ``Trainer(build_run(cfg, task)).fit()``, the task contract.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from trainwell import Trainer, build_task, load_config
+from trainwell import Trainer, build_run, build_task, load_config
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -148,7 +148,7 @@ def trainwell_run(
         task = build_task(cfg)
         probe = StepProbe(device, **probe_args)
         probe.install(task)
-        result = Trainer(cfg, task).fit()
+        result = Trainer(build_run(cfg, task)).fit()
         probe.close()
     return probe.result, result
 
@@ -300,7 +300,7 @@ def killed(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, list(args.overrides))
     kill_at = args.kill_at
     task = build_task(cfg)
-    trainer = Trainer(cfg, task)
+    trainer = Trainer(build_run(cfg, task))
     if kill_at == "auto":  # one and a half epochs: mid-epoch, after an epoch boundary was crossed
         per_epoch = getattr(trainer, "batches_per_epoch", None) or _steps_per_epoch(args.config, args.overrides)
         kill_at = per_epoch + max(1, per_epoch // 2)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from trainwell.api import build_run
 from trainwell.config.schema import ExperimentConfig, ScheduleConfig
 from trainwell.engine.distributed import DistEnv
 from trainwell.engine.loop import Trainer
@@ -138,7 +139,7 @@ def with_trainwell(size: Size, data: TensorDataset, val: TensorDataset) -> float
         cfg.optim.lr, cfg.schedule = 1e-3, _schedule()
         cfg.eval.every_epochs, cfg.eval.batch_size = 0, 64
         cfg.run.dir = run_dir
-        trainer = Trainer(cfg, BenchTask(size, data, val), env=DistEnv())
+        trainer = Trainer(build_run(cfg, BenchTask(size, data, val), env=DistEnv()))
         logging.getLogger("trainwell").setLevel(logging.WARNING)  # keep the benchmark's output readable
         started = time.perf_counter()
         result = trainer.fit()

@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from overhead import SIZES, BenchTask, make_data
 
+from trainwell.api import build_run
 from trainwell.config.schema import ExperimentConfig
 from trainwell.engine.distributed import DistEnv
 from trainwell.engine.loop import Trainer
@@ -41,7 +42,7 @@ def steps_per_s(threads: int, steps: int) -> float:
         cfg = ExperimentConfig()
         cfg.train.epochs, cfg.train.batch_size, cfg.train.progress_bar = 1, size.batch, "off"
         cfg.train.num_threads, cfg.eval.every_epochs, cfg.run.dir = threads, 0, run_dir
-        trainer = Trainer(cfg, BenchTask(size, data, make_data(size, 1)), env=DistEnv())
+        trainer = Trainer(build_run(cfg, BenchTask(size, data, make_data(size, 1)), env=DistEnv()))
         logging.getLogger("trainwell").setLevel(logging.WARNING)
         started = time.perf_counter()
         trainer.fit()

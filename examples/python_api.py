@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from trainwell import ExperimentConfig, Trainer, validate_config
+from trainwell import ExperimentConfig, Trainer, build_run, validate_config
 from trainwell.config.schema import EvalConfig, OptimConfig, RunConfig, ScheduleConfig, TrainConfig
 from trainwell.tasks.hand_pose import HandPoseDataConfig, HandPoseTask, HandPoseTaskConfig
 
@@ -30,7 +30,7 @@ def main() -> None:
         run=RunConfig(name="python_api", dir=args.run_dir),
     )
     validate_config(cfg)  # the range checks `trainwell train` applies to YAML files
-    result = Trainer(cfg, HandPoseTask(cfg.task, cfg.data)).fit()
+    result = Trainer(build_run(cfg, HandPoseTask(cfg.task, cfg.data))).fit()
     print(f"MPJPE {result.metrics['mpjpe']:.2f} mm, PA-MPJPE {result.metrics['pa_mpjpe']:.2f} mm → {result.run_dir}")
 
 

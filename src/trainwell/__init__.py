@@ -2,8 +2,8 @@
 
 The Python API in a few names (the CLI, ``trainwell train CONFIG``, wires the same pieces)::
 
-    from trainwell import ExperimentConfig, Trainer
-    result = Trainer(cfg, MyTask(cfg.task, cfg.data)).fit()
+    from trainwell import ExperimentConfig, Trainer, build_run
+    result = Trainer(build_run(cfg, MyTask(cfg.task, cfg.data))).fit()
 
 Names are imported lazily, so ``import trainwell.metrics`` loads the metrics and nothing of the engine.
 """
@@ -20,7 +20,8 @@ _EXPORTS = {
     "load_config": "trainwell.config.loader",
     "validate_config": "trainwell.config.loader",
     "ExperimentConfig": "trainwell.config.schema",
-    "FitResult": "trainwell.engine.loop",
+    "FitResult": "trainwell.engine.run",
+    "build_run": "trainwell.api",
     "Trainer": "trainwell.engine.loop",
     "build_task": "trainwell.config.loader",
     "DataConfig": "trainwell.engine.task",

@@ -61,7 +61,9 @@ def _require_device(device: str) -> None:
 
 
 def _train(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> int:
+    from trainwell.api import build_run
     from trainwell.engine.loop import Trainer
+    from trainwell.engine.resuming import init_from, resume
 
     cfg, task = _load(args)
     if args.resume == "auto" and cfg.run.dir is None:
@@ -76,15 +78,15 @@ def _train(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> int:
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in run.dir and --overwrite moves it aside: pass one of them.")
     existing = CONTINUE if args.resume else OVERWRITE if args.overwrite else REFUSE
-    trainer = Trainer(cfg, task, callbacks=callbacks, existing_run=existing, trackers=_trackers(cfg))
+    run = build_run(cfg, task, callbacks=callbacks, existing_run=existing, trackers=_trackers(cfg))
     try:
-        resumed = trainer.resume(args.resume) if args.resume else None
+        resumed = resume(run, args.resume) if args.resume else None
         if resumed is None and args.init_from is not None:  # a resumed run already holds its own weights
-            trainer.init_from(args.init_from, strict=not args.init_from_non_strict)
+            init_from(run, args.init_from, strict=not args.init_from_non_strict)
     except BaseException as err:
-        trainer.fail_setup(err)  # `crashed` in a directory this run writes (a refused resume wrote nothing)
+        run.fail_setup(err)  # `crashed` in a directory this run writes (a refused resume wrote nothing)
         raise
-    trainer.fit()  # records how it ended and gives the run directory's lock back
+    Trainer(run).fit()  # records how it ended and gives the run directory's lock back
     return 0
 
 
@@ -261,7 +263,7 @@ def _without_worker_traceback(err: Exception) -> str:
 def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int:
     """Entry point of the ``trainwell`` console script; returns the exit status.
 
-    ``callbacks``: objects with ``on_step_end(trainer)`` handed to the Trainer of ``train`` (a seam for tools and
+    ``callbacks``: objects with ``on_step_end(run)`` handed to the run of ``train`` (a seam for tools and
     tests that drive the real command, e.g. to stop a run at an exact step).
     """
     parser = build_parser()

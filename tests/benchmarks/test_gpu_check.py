@@ -100,7 +100,7 @@ def test_hand_written_loop_follows_trainwells_loss_trajectory(tmp_path: Path) ->
     keys += ["schedule.decay=constant", "train.log_every=1", "eval.every_epochs=0", "train.progress_bar=off"]
     keys += ["checkpoint.every_epochs=0", "train.device=cpu"]
     cfg = runs.load_config(REGRESSION, [*keys, f"run.dir={tmp_path / 'run'}"])
-    runs.Trainer(cfg, runs.build_task(cfg)).fit()
+    runs.Trainer(runs.build_run(cfg, runs.build_task(cfg))).fit()
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     engine = [r["loss"] for r in rows if r["kind"] == "train"]
     hand = runs.hand_written_run(REGRESSION, keys, torch.device("cpu"), total_steps=4, window=(1, 4))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from trainwell.api import build_run
 from trainwell.cli import main
 from trainwell.config.loader import load_config
 from trainwell.config.schema import ScheduleConfig
@@ -45,7 +46,7 @@ class NaNOnceTask(RegressionTask):
 
 def _trainer(tmp_path: Path, task_cls=RegressionTask, *overrides: str) -> Trainer:
     cfg = load_config(REGRESSION, [f"run.dir={tmp_path}", "train.progress_bar=off", *overrides])
-    return Trainer(cfg, task_cls(cfg.task, cfg.data))
+    return Trainer(build_run(cfg, task_cls(cfg.task, cfg.data)))
 
 
 def _records(run_dir: Path, kind: str = "train") -> list[dict]:
@@ -61,7 +62,7 @@ def test_stop_names_the_step_and_component_and_saves_that_batch(tmp_path: Path) 
     trainer = _trainer(tmp_path, NaNOnceTask)
     with pytest.raises(NonFiniteLossError, match=r"step 7 \(epoch 1, batch 7\).*'mse'"):
         trainer.fit()
-    assert trainer.state.global_step == 10  # detected at the next log line (log_every 5): no per-step sync
+    assert trainer.run.state.global_step == 10  # detected at the next log line (log_every 5): no per-step sync
     found = _findings(tmp_path)
     assert set(found) == {"train.nonfinite"} and found["train.nonfinite"]["step"] == 7
     saved = torch.load(tmp_path / "nonfinite_batch.pt")
@@ -71,7 +72,7 @@ def test_stop_names_the_step_and_component_and_saves_that_batch(tmp_path: Path) 
         and saved["losses"]["mse"] != saved["losses"]["mse"]
     )
     for key in ("x", "y"):  # the re-read batch is the one that went NaN
-        assert torch.equal(saved["batch"][key], trainer.task.bad_batch[key])
+        assert torch.equal(saved["batch"][key], trainer.run.task.bad_batch[key])
     assert "Diagnosis (training doctor): 1 error(s)" in (tmp_path / "train.log").read_text()
 
 
@@ -85,12 +86,12 @@ def test_stop_through_the_cli_exits_with_the_run_error_status(tmp_path: Path, mo
 def test_skip_leaves_the_step_out_and_keeps_training(tmp_path: Path) -> None:
     trainer = _trainer(tmp_path, NaNOnceTask, "diagnostics.nonfinite=skip")
     trainer.fit()
-    assert trainer.state.global_step == 48
+    assert trainer.run.state.global_step == 48
     train = _records(tmp_path)
     assert [r["step"] for r in train if r.get("nonfinite_skipped")] == [10]
     assert all(r["loss"] == r["loss"] for r in train)  # the NaN micro-batch is not in the means
     assert set(_findings(tmp_path)) == {"train.nonfinite_skipped"}
-    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert all(torch.isfinite(p).all() for p in trainer.run.model.parameters())
 
 
 def test_a_skipped_update_changes_nothing() -> None:

@@ -25,8 +25,8 @@ class _AugmentationSeen:
     def __init__(self) -> None:
         self.by_epoch: dict[int, bool] = {}
 
-    def on_step_end(self, trainer: Any) -> None:
-        self.by_epoch[trainer.state.epoch] = trainer.task.train_set.augment_on
+    def on_step_end(self, run: Any) -> None:
+        self.by_epoch[run.state.epoch] = run.task.train_set.augment_on
 
 
 def test_augmentation_is_off_for_the_last_epochs_and_the_switch_is_logged(tmp_path: Path) -> None:
@@ -51,9 +51,9 @@ class _LastAt:
     def __init__(self) -> None:
         self.step: int | None = None
 
-    def on_step_end(self, trainer: Any) -> None:
-        if trainer.state.global_step == 2:
-            last = trainer.checkpoint_dir / "last.pt"
+    def on_step_end(self, run: Any) -> None:
+        if run.state.global_step == 2:
+            last = run.checkpoint_dir / "last.pt"
             self.step = load_checkpoint(last)["train_state"]["global_step"] if last.is_file() else None
 
 

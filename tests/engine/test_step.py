@@ -5,6 +5,7 @@ import warnings
 import torch
 from torch import nn
 
+from trainwell.api import build_run
 from trainwell.config.loader import build_task, load_config
 from trainwell.config.schema import ScheduleConfig
 from trainwell.engine.distributed import DistEnv
@@ -79,9 +80,9 @@ def test_skipped_fp16_step_does_not_advance_schedule_or_warn() -> None:
 
 def _final_weights(overrides: list[str]) -> list[torch.Tensor]:
     cfg = load_config(CONFIG, ["train.epochs=1", "train.max_steps=6", "optim.name=sgd", *overrides])
-    trainer = Trainer(cfg, build_task(cfg), env=DistEnv(), write_outputs=False)
+    trainer = Trainer(build_run(cfg, build_task(cfg), env=DistEnv(), write_outputs=False))
     trainer.fit()
-    return [p.detach().clone() for p in trainer.model.parameters()]
+    return [p.detach().clone() for p in trainer.run.model.parameters()]
 
 
 def test_gradient_accumulation_equals_one_larger_batch() -> None:

@@ -44,8 +44,8 @@ class SignalAtStep:
     def __init__(self, step: int, *signals: signal.Signals) -> None:
         self.step, self.signals = step, signals
 
-    def on_step_end(self, trainer: Any) -> None:
-        if trainer.state.global_step == self.step:
+    def on_step_end(self, run: Any) -> None:
+        if run.state.global_step == self.step:
             for signum in self.signals:
                 os.kill(os.getpid(), signum)
 
@@ -56,8 +56,8 @@ class KillAtStep:
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_step_end(self, trainer: Any) -> None:
-        if trainer.state.global_step == self.step:
+    def on_step_end(self, run: Any) -> None:
+        if run.state.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
 
 

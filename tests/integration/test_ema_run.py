@@ -25,9 +25,9 @@ class RecordWeights:
     def __init__(self) -> None:
         self.weights: dict[int, dict[str, torch.Tensor]] = {}
 
-    def on_step_end(self, trainer: Any) -> None:
-        state = trainer.model.state_dict()
-        self.weights[trainer.state.global_step] = {k: v.detach().clone() for k, v in state.items()}
+    def on_step_end(self, run: Any) -> None:
+        state = run.model.state_dict()
+        self.weights[run.state.global_step] = {k: v.detach().clone() for k, v in state.items()}
 
 
 def reference_ema(weights: dict[int, dict[str, torch.Tensor]], *, decay: float, every: int, start: int, last: int):

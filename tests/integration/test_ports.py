@@ -15,6 +15,7 @@ from port_tasks import EPOCH_LOG, write_plain_loader_script
 from small_run import CONFIG, ROOT, SMALL, SignalAtStep, train
 from test_resume import assert_bitwise_equal, final_state, records, spawn
 
+from trainwell.api import build_run
 from trainwell.cli import main
 from trainwell.config.loader import build_task, load_config
 from trainwell.engine.checkpoint import LAST, load_checkpoint
@@ -64,10 +65,10 @@ def test_param_groups_get_their_lr_and_decay_and_each_lr_is_logged(tmp_path: Pat
     from trainwell.config.schema import ParamGroupConfig
 
     cfg.optim.param_groups = [ParamGroupConfig(match="0.*", name="first", lr_mult=0.1, weight_decay=0.5)]
-    trainer = Trainer(cfg, build_task(cfg))
-    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    trainer = Trainer(build_run(cfg, build_task(cfg)))
+    groups = {g["name"]: g for g in trainer.run.optimizer.param_groups}
     assert set(groups) == {"first", "first/no_decay", "default", "no_decay"}
-    named = dict(trainer.model.named_parameters())
+    named = dict(trainer.run.model.named_parameters())
     assert [id(p) for p in groups["first"]["params"]] == [id(named["0.weight"])]
     assert [id(p) for p in groups["first/no_decay"]["params"]] == [id(named["0.bias"])]
     assert groups["first"]["weight_decay"] == 0.5 and groups["first/no_decay"]["weight_decay"] == 0.0

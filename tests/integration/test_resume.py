@@ -20,10 +20,12 @@ import pytest
 import torch
 from small_run import CONFIG, ROOT, SMALL, SignalAtStep, train
 
+from trainwell.api import build_run
 from trainwell.cli import main
 from trainwell.config.loader import build_task, load_config
 from trainwell.engine.checkpoint import BEST, LAST, atomic_save, load_checkpoint
 from trainwell.engine.loop import Trainer
+from trainwell.engine.resuming import init_from
 
 _TIMING = {"steps_per_s", "data_wait_share"}
 
@@ -170,10 +172,10 @@ def test_init_from_loads_model_weights_only_and_reports_mismatches(
 ) -> None:
     source = reference["off"] / "checkpoints" / LAST
     cfg = load_config(CONFIG, SMALL)
-    trainer = Trainer(cfg, build_task(cfg), write_outputs=False)
-    assert trainer.init_from(source).is_exact
-    assert_bitwise_equal(trainer.model.state_dict(), load_checkpoint(source)["model"])
-    assert trainer.state.global_step == 0 and not trainer.optimizer.state  # weights only
+    trainer = Trainer(build_run(cfg, build_task(cfg), write_outputs=False))
+    assert init_from(trainer.run, source).is_exact
+    assert_bitwise_equal(trainer.run.model.state_dict(), load_checkpoint(source)["model"])
+    assert trainer.run.state.global_step == 0 and not trainer.run.optimizer.state  # weights only
 
     narrow = ["task.hidden=8", "train.epochs=1"]
     assert train(tmp_path / "strict", *narrow, "--init-from", str(source)) == 1

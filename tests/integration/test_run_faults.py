@@ -42,9 +42,9 @@ class SnapshotAtStep:
         self.step = step
         self.taken: dict[str, str] | None = None
 
-    def on_step_end(self, trainer: Any) -> None:
-        if trainer.state.global_step == self.step:
-            self.taken = snapshot(trainer.checkpoint_dir)
+    def on_step_end(self, run: Any) -> None:
+        if run.state.global_step == self.step:
+            self.taken = snapshot(run.checkpoint_dir)
 
 
 # -- 1. non-finite state ------------------------------------------------------------------------------------------

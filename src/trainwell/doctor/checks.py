@@ -14,12 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trainwell.doctor.context import (
-    LOSS_PREFIX,
     RunContext,
     Thresholds,
     _finite,
     loss_components,
-    loss_key,
     split_records,
     val_metrics,
 )
@@ -32,6 +30,7 @@ from trainwell.doctor.divergence import (
 )
 from trainwell.doctor.findings import Finding
 from trainwell.doctor.validation import check_plausible, check_val_diverged
+from trainwell.engine.losses import LOSS_PREFIX, loss_key
 
 __all__ = [
     "LOSS_PREFIX",

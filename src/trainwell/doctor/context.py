@@ -8,17 +8,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from trainwell.engine.losses import split_loss_values
+
 if TYPE_CHECKING:
     from trainwell.config.schema import ExperimentConfig
-
-LOSS_PREFIX = "loss/"
-"""Loss components are logged as ``loss/<name>`` (the total as ``loss``): :func:`loss_key` / :func:`loss_components`
-are the one place that spells it, for the log, the doctor and the plots."""
-
-
-def loss_key(name: str) -> str:
-    """The record key of loss component ``name``."""
-    return LOSS_PREFIX + name
 
 
 @dataclass(frozen=True)
@@ -171,8 +164,8 @@ def split_records(records: Sequence[Mapping[str, Any]]) -> tuple[list[Mapping[st
 
 def loss_components(record: Mapping[str, Any]) -> dict[str, float]:
     """``{name: value}`` of the ``loss/<name>`` entries of a train record."""
-    n = len(LOSS_PREFIX)
-    return {key[n:]: float(value) for key, value in record.items() if key.startswith(LOSS_PREFIX) and _finite(value)}
+    components, _ = split_loss_values(record)
+    return {name: float(value) for name, value in components.items() if _finite(value)}
 
 
 def val_metrics(record: Mapping[str, Any]) -> dict[str, float]:

@@ -15,13 +15,16 @@ non-finite batch can be re-read by index.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from trainwell.config.schema import ExperimentConfig
 from trainwell.engine.distributed import DistEnv, require_same_on_all_ranks
+from trainwell.engine.meters import StepStats
 from trainwell.engine.task import Task, require_capability
 
 BatchPlan = Callable[[int], Sequence[list[int]]]
@@ -153,3 +156,27 @@ def build_train_loader(
         generator=generator,
     )
     return batches, loader, generator
+
+
+def accumulation_groups(
+    loader: Iterable[Any], start: int, accum_steps: int, batches_per_epoch: int, stats: StepStats
+) -> Iterator[list[tuple[int, Any]]]:
+    """The epoch's micro-batches ``(index in epoch, batch)`` from ``start``, grouped by optimizer step.
+
+    A group ends every ``accum_steps`` micro-batches and at the epoch's end (a shorter last group); the time
+    spent waiting for the loader is added to ``stats.data_wait_s``.
+    """
+    group: list[tuple[int, Any]] = []
+    micro = start
+    batches = iter(loader)
+    while True:
+        wait_started = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            return
+        stats.data_wait_s += time.perf_counter() - wait_started
+        group.append((micro, batch))
+        micro += 1
+        if micro % accum_steps == 0 or micro == batches_per_epoch:
+            yield group
+            group = []

@@ -69,6 +69,7 @@ def setup_console_logging(run_dir: Path | None, is_main: bool, *, hold_for_file:
 
 
 def get_logger() -> logging.Logger:
+    """The `trainwell` logger (one object: `setup_console_logging` reconfigures its handlers)."""
     return logging.getLogger(_LOGGER_NAME)
 
 

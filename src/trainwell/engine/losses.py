@@ -11,8 +11,29 @@ from typing import Any
 
 import torch
 
-from trainwell.doctor.checks import loss_key
 from trainwell.engine.task import LossOutput
+
+LOSS_PREFIX = "loss/"
+"""Loss components are recorded as ``loss/<name>`` (the total as ``loss``), and shown in TensorBoard and the
+trackers as ``Train/loss/<name>``. This module is the one place that spells the prefix: :func:`loss_key`,
+:func:`component_name`, :func:`split_loss_values` — for the log, the doctor, the non-finite policy and the report."""
+
+
+def loss_key(name: str) -> str:
+    """The record key of loss component ``name``."""
+    return LOSS_PREFIX + name
+
+
+def component_name(key: str) -> str:
+    """The component name of record key ``key`` (``loss/box`` → ``box``; other keys unchanged)."""
+    return key.removeprefix(LOSS_PREFIX)
+
+
+def split_loss_values(values: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """``(components, logged)``: ``{name: value}`` of the ``loss/<name>`` entries, and every other entry as it is."""
+    components = {component_name(k): v for k, v in values.items() if k.startswith(LOSS_PREFIX)}
+    logged = {k: v for k, v in values.items() if not k.startswith(LOSS_PREFIX)}
+    return components, logged
 
 
 class LossContractError(TypeError):

@@ -29,6 +29,7 @@ from torch.utils.data._utils.collate import default_collate
 from trainwell.doctor.batch import iter_tensors
 from trainwell.doctor.findings import Finding
 from trainwell.engine.data import TrainBatches
+from trainwell.engine.losses import component_name
 
 NONFINITE_BATCH_FILE = "nonfinite_batch.pt"
 
@@ -144,7 +145,7 @@ class NonFinitePolicy:
             )
             return Finding("train.nonfinite", "error", "Non-finite values in training", evidence, fix, step), None
         values = bad.values.tolist()
-        names = [n.removeprefix("loss/") for n in bad.names]
+        names = [component_name(n) for n in bad.names]
         first = next(n for n, v in zip(names, values, strict=True) if not math.isfinite(v))
         shown = ", ".join(f"{n} = {v:.4g}" for n, v in zip(names, values, strict=True))
         path, inputs = self._save_batch(bad)
@@ -167,7 +168,7 @@ class NonFinitePolicy:
             "step": row.step,
             "epoch": row.epoch + 1,
             "batch_in_epoch": row.micro + 1,
-            "losses": {n.removeprefix("loss/"): v for n, v in zip(row.names, row.values.tolist(), strict=True)},
+            "losses": {component_name(n): v for n, v in zip(row.names, row.values.tolist(), strict=True)},
         }
         try:
             indices = self.batches.batch_indices(row.epoch, row.micro)

@@ -106,6 +106,14 @@ class GroupHyperparameters:
     lrs: dict[str, float]
     momenta: dict[str, float]
 
+    def record(self, with_momentum: bool) -> dict[str, float]:
+        """A train record's ``lr`` (first group's), ``lr/<group>`` when there are several groups, and the momentum
+        entries when ``with_momentum`` (a schedule that moves β1 / momentum, as OneCycle does)."""
+        record = {"lr": next(iter(self.lrs.values()))}
+        if len(self.lrs) > 1:
+            record.update({f"lr/{name}": lr for name, lr in self.lrs.items()})
+        return {**record, **self.momentum_record()} if with_momentum else record
+
     def momentum_record(self) -> dict[str, float]:
         """``{"momentum": first group's}`` plus ``momentum/<group>`` for each group when there are several."""
         if not self.momenta:

@@ -50,6 +50,12 @@ class StepProfiler:
         )
         self._profiler.start()
 
+    def __enter__(self) -> StepProfiler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()  # on every exit path: a run that ends inside the window still reports what it recorded
+
     def step(self) -> None:
         """After an optimizer step: advance the profiler's schedule; report when the window is complete."""
         if self._profiler is None:

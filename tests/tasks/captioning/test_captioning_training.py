@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainwell import Trainer, load_config
+from trainwell import Trainer, build_run, load_config
 from trainwell.cli import main
 from trainwell.config.loader import build_task
 
@@ -17,7 +17,7 @@ METRICS = {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d", "entity
 
 def fit(run_dir: Path, *overrides: str):
     cfg = load_config(ROOT / "configs/captioning/tiny.yaml", [f"run.dir={run_dir}", *overrides])
-    return Trainer(cfg, build_task(cfg)).fit()
+    return Trainer(build_run(cfg, build_task(cfg))).fit()
 
 
 @pytest.mark.slow

@@ -279,8 +279,9 @@ def test_export_refuses_what_is_not_a_captioning_model(tmp_path: Path, capsys: p
 
 
 def test_init_from_a_viecap_file_through_the_trainer(tmp_path: Path) -> None:
-    from trainwell import Trainer, load_config
+    from trainwell import Trainer, build_run, load_config
     from trainwell.config.loader import build_task
+    from trainwell.engine.resuming import init_from
 
     root = Path(__file__).resolve().parents[3]
     cfg = load_config(
@@ -294,10 +295,10 @@ def test_init_from_a_viecap_file_through_the_trainer(tmp_path: Path) -> None:
             parameter.copy_(torch.randn_like(parameter) * 0.1)
     viecap_file = tmp_path / "coco_prefix-014.pt"
     torch.save(ref.state_dict(), viecap_file)
-    trainer = Trainer(cfg, task)
-    report = trainer.init_from(viecap_file)  # what `trainwell train … --init-from FILE` calls
+    trainer = Trainer(build_run(cfg, task))
+    report = init_from(trainer.run, viecap_file)  # what `trainwell train … --init-from FILE` calls
     assert report.is_exact
-    loaded = trainer.model.state_dict()
+    loaded = trainer.run.model.state_dict()
     for name, tensor in ref.state_dict().items():
         if not name.endswith(("attn.bias", "attn.masked_bias")):
             assert torch.equal(loaded[name].cpu(), tensor), name

@@ -161,13 +161,13 @@ def test_a_few_steps_lower_the_loss() -> None:
 
 @pytest.mark.slow
 def test_tiny_config_trains_through_the_engine(tmp_path: Path) -> None:
-    from trainwell import Trainer
+    from trainwell import Trainer, build_run
     from trainwell.config.loader import load_config
 
     # 16 frames, 3 epochs of 4 steps, one evaluation at the end.
     overrides = ["data.train_size=16", "train.epochs=3", "eval.every_epochs=3", "checkpoint.every_epochs=3"]
     cfg = load_config(TINY, [*overrides, f"run.dir={tmp_path}"])
-    result = Trainer(cfg, Detection3DTask(cfg.task, cfg.data)).fit()
+    result = Trainer(build_run(cfg, Detection3DTask(cfg.task, cfg.data))).fit()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_losses = [r["loss"] for r in rows if r["kind"] == "train" and "loss" in r]
     assert train_losses[-1] < train_losses[0]
