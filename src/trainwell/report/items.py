@@ -87,11 +87,12 @@ def plot_pivot(pivot: Pivot, step: int, path: Path) -> Path:
     rows = list(pivot.rows)
     columns = [d for d in DIFFICULTIES if any(d in r for r in pivot.rows.values())]
     height = 0.8 / max(1, len(columns))
-    fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) * max(1, len(columns)) / 1.5 + 1.6))
+    fig, ax = plt.subplots(figsize=(8, 0.16 * len(rows) * max(1, len(columns)) + 1.4))
     for k, difficulty in enumerate(columns):
         positions = [i + (k - (len(columns) - 1) / 2) * height for i in range(len(rows))]
         values = [pivot.rows[r].get(difficulty, float("nan")) * pivot.unit.scale for r in rows]
-        ax.barh(positions, values, height=height, color=_COLOURS[difficulty], label=difficulty)
+        bars = ax.barh(positions, values, height=height, color=_COLOURS[difficulty], label=difficulty)
+        ax.bar_label(bars, labels=[f"{v:.3g}" for v in values], fontsize=6, padding=2)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.invert_yaxis()  # first row on top, as in a table
     ax.set(title=f"{pivot.name}: per class and difficulty (step {step})", xlabel=pivot.unit.axis("value"))
@@ -146,7 +147,7 @@ def item_figures(
             groups.setdefault((group, metric_unit(name, specs)), {})[item] = value
     split = {group for group, _ in groups if sum(1 for g, _ in groups if g == group) > 1}
     for (group, unit), items in groups.items():
-        suffix = f"_{_safe(unit.label) or 'plain'}" if group in split else ""
+        suffix = f"_{_safe(unit.label.replace('%', 'pct')) or 'plain'}" if group in split else ""
         caption = f"Per item: {group}" + (f" ({unit.label or 'no unit'})" if group in split else "")
         shown.append((caption, plot_items(group, items, unit, step, out_dir / f"group_{_safe(group)}{suffix}.png")))
     return shown

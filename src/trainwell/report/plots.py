@@ -19,6 +19,7 @@ matplotlib.use("Agg")  # files only: no display, no GUI toolkit
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from trainwell.doctor.checks import loss_components, split_records, val_metrics
 from trainwell.report.units import metric_unit
@@ -54,6 +55,7 @@ def _steps_axis(ax: Any, steps_per_epoch: float | None) -> None:
     if steps_per_epoch:
         top = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
         top.set_xlabel(EPOCH_LABEL, fontsize=8)
+        top.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, not 1.25
         top.tick_params(labelsize=8)
 
 
