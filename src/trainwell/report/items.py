@@ -135,10 +135,11 @@ def item_figures(
     shown: list[tuple[str, Path | ItemTable]] = []
     pivots = pivot_by_difficulty(metrics, specs)
     for pivot in pivots:
+        caption = f"Per class and difficulty: {pivot.name}"
         if len(pivot.rows) <= MAX_CHART_ROWS:
-            shown.append((f"Per class and difficulty: {pivot.name}", plot_pivot(pivot, step, out_dir / f"pivot_{_safe(pivot.name)}.png")))
+            shown.append((caption, plot_pivot(pivot, step, out_dir / f"pivot_{_safe(pivot.name)}.png")))
         else:
-            shown.append((f"Per class and difficulty: {pivot.name}", pivot_table(pivot, step)))
+            shown.append((caption, pivot_table(pivot, step)))
     pivoted = {name for name in metrics if _difficulty_split(name) is not None}
     groups: dict[tuple[str, Unit], dict[str, float]] = {}
     for name, value in metrics.items():

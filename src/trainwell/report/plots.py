@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from trainwell.doctor.checks import loss_components, split_records, val_metrics
+from trainwell.doctor.checks import loss_components, val_metrics
 from trainwell.report.units import metric_unit
 
 Record = Mapping[str, Any]
@@ -45,8 +45,14 @@ def outside_legend(ax: Any, handles: Sequence[Any] | None = None) -> None:
     for extra in handles or []:
         own, labels = [*own, *extra.get_legend_handles_labels()[0]], [*labels, *extra.get_legend_handles_labels()[1]]
     if own:
-        ax.legend(own, labels, loc="upper left", bbox_to_anchor=(1.02 if not handles else 1.12, 1.0), fontsize=8,
-                  borderaxespad=0.0)
+        ax.legend(
+            own,
+            labels,
+            loc="upper left",
+            bbox_to_anchor=(1.02 if not handles else 1.12, 1.0),
+            fontsize=8,
+            borderaxespad=0.0,
+        )
 
 
 def _steps_axis(ax: Any, steps_per_epoch: float | None) -> None:
@@ -65,6 +71,7 @@ def describe(fig: Figure) -> str:
     parts = []
     for ax in fig.axes:
         labels = [f"{axis} {label}" for axis, label in (("x", ax.get_xlabel()), ("y", ax.get_ylabel())) if label]
+        labels += [f"x {child.get_xlabel()}" for child in ax.child_axes if child.get_xlabel()]  # the epoch axis
         if ax.get_title():
             labels.insert(0, ax.get_title())
         legend = ax.get_legend()
@@ -158,9 +165,7 @@ def plot_gradients(
     return save_figure(fig, path)
 
 
-def plot_updates(
-    train: Sequence[Record], path: Path, high: float, steps_per_epoch: float | None = None
-) -> Path | None:
+def plot_updates(train: Sequence[Record], path: Path, high: float, steps_per_epoch: float | None = None) -> Path | None:
     """‖Δw‖/‖w‖ of the optimizer step at each logging step (the learning rate's effect)."""
     steps, ratio = _series(train, "update_ratio")
     ratio_pairs = [(s, r) for s, r in zip(steps, ratio, strict=True) if r > 0]

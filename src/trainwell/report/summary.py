@@ -100,7 +100,9 @@ def run_rows(status: Mapping[str, Any], described: str, findings: Sequence[Findi
             rows.append((key.capitalize(), str(status[key])))
     counts = {severity: [f for f in findings if f.severity == severity] for severity in ("error", "warning", "info")}
     if not any(counts["error"] + counts["warning"]):
-        rows.append(("Doctor", "no ERROR or WARNING finding" + (f" ({len(counts['info'])} info)" if counts["info"] else "")))
+        rows.append(
+            ("Doctor", "no ERROR or WARNING finding" + (f" ({len(counts['info'])} info)" if counts["info"] else ""))
+        )
     for severity in ("error", "warning", "info"):
         for finding in counts[severity]:
             step = f" (step {finding.step})" if finding.step is not None else ""

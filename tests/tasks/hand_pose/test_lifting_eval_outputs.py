@@ -15,7 +15,13 @@ from trainwell.config.loader import build_task, load_config
 
 ROOT = Path(__file__).resolve().parents[3]
 CONFIG = str(ROOT / "configs/hand_pose/tiny.yaml")
-SHORT = ["train.epochs=2", "data.train_size=256", "data.val_size=48", "schedule.warmup_steps=0", "train.progress_bar=off"]
+SHORT = [
+    "train.epochs=2",
+    "data.train_size=256",
+    "data.val_size=48",
+    "schedule.warmup_steps=0",
+    "train.progress_bar=off",
+]
 
 
 @pytest.mark.slow
