@@ -1,8 +1,8 @@
 """What a metric's numbers are in, for the report's axes and tables: millimetres, pixels, words, percent.
 
 The unit comes from the run's own records: the task's metric specs that the live doctor saved in ``findings.jsonl``
-(kind ``context``), looked up by the metric's full name, then by its group and the group's stems (``mpjpe_joint/thumb_tip`` →
-``mpjpe_joint`` → ``mpjpe``).
+(kind ``context``), looked up by the metric's full name, then by its group and the group's stems
+(``mpjpe_joint/thumb_tip`` → ``mpjpe_joint`` → ``mpjpe``).
 A metric the specs do not name gets its unit from its name (``freihand/pa_mpjpe_mm`` → mm; ``ho3d/pa_auc_0_50``,
 ``pck@20mm``, ``f@5mm`` → a fraction). A fraction (unitless, plausible range 0–1) is drawn and printed as a percentage,
 a unitless metric whose plausible range is 0–100 (KITTI AP) as the percentage it already is.

@@ -101,8 +101,8 @@ class LiftingEvaluator(HandPoseEvaluator):
     scale-and-translation aligned errors (``ho3d/sc_tr_mpjpe_mm``, ``ho3d/sc_tr_auc_0_50``); unaligned errors and
     meshes need an absolute prediction it does not make.
 
-    It keeps each sample's predicted joints, so that :meth:`save_outputs` writes them (``predictions/joints_rel_mm.json``
-    in the run directory, as the other packs write theirs).
+    It keeps each sample's predicted joints, so that :meth:`save_outputs` writes them
+    (``predictions/joints_rel_mm.json`` in the run directory, as the other packs write theirs).
     """
 
     PREDICTIONS_FILE = "joints_rel_mm.json"
