@@ -58,6 +58,7 @@ def outside_legend(ax: Any, handles: Sequence[Any] | None = None) -> None:
 def _steps_axis(ax: Any, steps_per_epoch: float | None) -> None:
     """Optimizer steps below; epochs on a second axis above when the run's steps per epoch are known."""
     ax.set_xlabel(STEP_LABEL)
+    ax.set_xlim(left=0)  # training starts at step 0 (and one evaluation alone gets a readable axis)
     if steps_per_epoch:
         top = ax.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch, lambda e: e * steps_per_epoch))
         top.set_xlabel(EPOCH_LABEL, fontsize=8)
