@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from trainwell.engine.distributed import destroy_process_group
 from trainwell.tasks.regression import RegressionTask, RegressionTaskConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,8 +61,7 @@ def _entry(rank: int, world_size: int, port: int, fn: Callable[..., None], init_
             # see the closed socket and abort its process).
             dist.barrier()
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        destroy_process_group()  # the engine's: garbage collected first (see its docstring)
 
 
 def spawn(fn: Callable[..., None], world_size: int, *args: Any, init_group: bool = True) -> None:

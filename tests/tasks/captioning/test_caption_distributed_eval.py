@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from captioning_helpers import small_model_config
 
-from trainwell.engine.distributed import DistEnv
+from trainwell.engine.distributed import DistEnv, destroy_process_group
 from trainwell.engine.evaluation import evaluate
 from trainwell.tasks.captioning.evaluator import CaptionEvaluator
 from trainwell.tasks.captioning.task import CaptioningDataConfig, CaptioningTask, CaptioningTaskConfig
@@ -77,10 +77,12 @@ def _entry(rank: int, world_size: int, port: int, out_dir: Path) -> None:
     try:
         scenario(rank, world_size, out_dir)
         # Nobody tears its gloo connections down while a peer still uses them (a peer's background thread would
-        # otherwise see the closed socket and abort the process: seen once as SIGABRT in CI).
+        # otherwise see the closed socket and abort the process: seen as SIGABRT in CI).
         dist.barrier()
     finally:
-        dist.destroy_process_group()
+        # The engine's teardown collects garbage first: a group held in a reference cycle and destroyed at
+        # interpreter shutdown aborts the process after a successful run (SIGABRT in CI, twice).
+        destroy_process_group()
 
 
 def _free_port() -> int:
