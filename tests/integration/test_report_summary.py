@@ -182,3 +182,29 @@ def test_detection_metrics_are_pivoted_per_class_and_difficulty(page: tuple[_Pag
     header, *rows = items[0]
     assert header == ["", "easy", "moderate", "hard"] and len(rows) == 60
     assert rows[0] == ["Car 3d R11 50", "1 %", "1 %", "1 %"]
+
+
+def test_reading_a_run_runs_none_of_its_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The run's task module and a checkpoint that would execute code when unpickled: the report touches neither.
+    import pickle
+    import sys
+
+    marker = tmp_path / "executed"
+    code = f"open({str(marker)!r}, 'w').write('imported')\n"
+    (tmp_path / "planted_task_module.py").write_text(code + "class Task: ...\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _write_run(run_dir)
+    config = (run_dir / "config.yaml").read_text()
+    (run_dir / "config.yaml").write_text(config + "task: {class_path: 'planted_task_module:Task'}\n")
+
+    class _Planted:
+        def __reduce__(self):
+            return (exec, (code,))
+
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "best.pt").write_bytes(pickle.dumps(_Planted()))
+    assert main(["report", str(run_dir)]) == 0
+    assert not marker.exists() and "planted_task_module" not in sys.modules
+    assert "planted_task_module:Task" in (run_dir / "report.html").read_text()  # named, as text
