@@ -95,7 +95,22 @@ def _trackers(cfg: ExperimentConfig) -> list[Any]:
     from trainwell.trackers import build_trackers, require_installed
 
     require_installed(cfg.log.trackers)  # every process: the same config error everywhere
-    return build_trackers(cfg) if D.env_from_torchrun().is_main else []
+    return build_trackers(cfg, report=_tracker_report) if D.env_from_torchrun().is_main else []
+
+
+def _tracker_report(run_dir: Path) -> Path | None:
+    """The report the trackers store as an artifact when the run ends; failing to draw it costs the run nothing."""
+    from trainwell.report import write_report
+
+    try:
+        return write_report(run_dir)
+    except Exception as err:  # a report is a view of the run: the run's outcome does not depend on it
+        print(
+            f"warning: the report for log.trackers was not written ({type(err).__name__}: {err}); write it later "
+            f"with `trainwell report {run_dir}`.",
+            file=sys.stderr,
+        )
+        return None
 
 
 def _require_file(path: str, flag: str) -> None:

@@ -1,6 +1,7 @@
 """``log.trackers`` through the real ``trainwell train``: one run with MLflow, W&B (offline) and trackio, killed after
 step 11 and resumed; every tracker's own store is read back and must hold exactly the scalars of ``metrics.jsonl``
-(the TensorBoard tags, at the same steps, each step once), the config as parameters, and the final and best metrics.
+(the TensorBoard tags, at the same steps, each step once), the config as parameters, the final and best metrics, and
+the run's report (``report.html`` and its figures) as an artifact.
 
 Both runs are subprocesses (tracker packages are slow to import and keep process-wide state), with ``TRACKIO_DIR`` in
 the test's directory.
@@ -104,6 +105,29 @@ def test_mlflow_store_holds_the_run(tracked_run: Path) -> None:
     assert run.data.metrics["final/mse"] == pytest.approx(expected["Val/mse"][-1][1])
 
 
+def _report_rows(html: str) -> dict[str, str]:
+    """The first two cells of each row of the report's summary tables (``<tr><th|td>label</…><td>value</td>``)."""
+    import re
+
+    cells = re.findall(r"<tr><t[hd]>([^<]*)</t[hd]><td>([^<]*)</td>", html)
+    return dict(cells)
+
+
+def test_mlflow_store_holds_the_report(tracked_run: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tracked_run / 'mlflow.db'}")
+    run_id = ids(tracked_run)["mlflow"]
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"report.html", "report_files"}
+    figures = {Path(a.path).name for a in client.list_artifacts(run_id, "report_files")}
+    assert {"losses.png", "lr.png", "validation.png"} <= figures  # the page's relative links resolve in the store
+    html = Path(client.download_artifacts(run_id, "report.html", dst_path=str(tmp_path))).read_text()
+    rows = _report_rows(html)
+    assert rows["Status"] == "finished" and rows["Last step"] == "18"  # written when the resumed run ended
+    mse = [value for _, value in expected_series(tracked_run)["Val/mse"]]
+    assert rows["best_metric: mse"] == "lower is better" and f"<td>{min(mse):.4g}</td>" in html
+
+
 def wandb_records(path: str) -> list[Any]:
     """The protobuf records of a ``.wandb`` file (a LevelDB-style log: 32 KiB blocks of checksummed chunks)."""
     from wandb.proto import wandb_internal_pb2
@@ -152,6 +176,10 @@ def test_wandb_offline_files_hold_the_run(tracked_run: Path) -> None:
     assert_same_series(got, expected_series(tracked_run), after=10)
     assert config["optim"]["lr"] == resolved_config(tracked_run)["optim"]["lr"] and config["eval"]["every"] == 4
     assert summary["best/value"] == pytest.approx(min(v for _, v in expected_series(tracked_run)["Val/mse"]))
+    artifacts = [r.artifact for path in files for r in wandb_records(path) if r.WhichOneof("record_type") == "artifact"]
+    assert [(a.name, a.type) for a in artifacts] == [("report", "report")]  # once: when the resumed run ended
+    paths = {entry.path for entry in artifacts[0].manifest.contents}
+    assert {"report.html", "report_files/losses.png", "report_files/validation.png"} <= paths
 
 
 def test_trackio_store_holds_the_run(tracked_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,6 +198,9 @@ def test_trackio_store_holds_the_run(tracked_run: Path, monkeypatch: pytest.Monk
     assert_same_series(got, expected_series(tracked_run))
     config = SQLiteStorage.get_run_config("trainwell", name)
     assert config["optim"]["lr"] == resolved_config(tracked_run)["optim"]["lr"] and config["eval"]["every"] == 4
+    manifest = SQLiteStorage.get_artifact_manifest("trainwell", "report", None)
+    assert manifest is not None, SQLiteStorage.get_artifacts("trainwell")
+    assert {"report.html", "report_files/losses.png"} <= {entry["path"] for entry in manifest["manifest"]}
 
 
 def test_a_tracker_named_but_not_installed_is_a_config_error(

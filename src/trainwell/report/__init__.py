@@ -1,4 +1,5 @@
-"""``trainwell report RUN_DIR``: one HTML page with the run's plots and the training doctor's findings.
+"""``trainwell report RUN_DIR``: one HTML page with a summary (status, doctor, headline metrics), the run's plots
+and per-item charts or tables, and the training doctor's findings.
 
 The page is ``RUN_DIR/report.html``; its PNG figures sit beside it in ``report_files/`` and are referenced
 by relative paths, so the folder can be copied or zipped as a whole. It reads only the run's files (see
@@ -18,6 +19,9 @@ from trainwell.doctor.checks import Thresholds
 from trainwell.doctor.findings import Finding
 from trainwell.doctor.offline import RunDiagnosis, diagnose_run
 from trainwell.engine.best import parse_metric_expression
+from trainwell.engine.rundir import read_status
+from trainwell.report.items import ItemTable
+from trainwell.report.summary import headline_metrics, run_rows, summary_html
 
 __all__ = ["write_report"]
 
@@ -33,6 +37,9 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; border-bottom
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9em; } code, pre { background: #f4f4f4; }
 pre { padding: 0.6em; overflow-x: auto; font-size: 0.85em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; } th { background: #f4f4f4; }
+table.items td:not(:first-child) { text-align: right; }
 """
 
 
@@ -46,7 +53,22 @@ def _finding_html(finding: Finding) -> str:
     )
 
 
-def _page(diagnosis: RunDiagnosis, figures: list[tuple[str, str]]) -> str:
+def _table_html(table: ItemTable) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+    return f'<table class="items"><caption>{html.escape(table.caption)}</caption><tr>{head}</tr>{body}</table>'
+
+
+def _figure_html(caption: str, item: str | ItemTable, alt: str) -> str:
+    if isinstance(item, ItemTable):
+        return _table_html(item)
+    return (
+        f'<figure><img src="{html.escape(item)}" alt="{html.escape(alt or caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def _page(diagnosis: RunDiagnosis, summary: str, figures: list[tuple[str, str | ItemTable, str]]) -> str:
     name = diagnosis.config.run.name
     task = diagnosis.config.task.class_path
     parts = [
@@ -56,6 +78,8 @@ def _page(diagnosis: RunDiagnosis, figures: list[tuple[str, str]]) -> str:
         f"<h1>Run <code>{html.escape(str(name))}</code></h1>",
         f"<p>Task <code>{html.escape(str(task))}</code> · directory <code>{html.escape(str(diagnosis.run_dir))}</code>"
         f" · {html.escape(diagnosis.status)} · report written {datetime.now():%Y-%m-%d %H:%M}</p>",
+        "<h2>Summary</h2>",
+        summary,
         "<h2>Diagnosis</h2>",
     ]
     if diagnosis.findings:
@@ -67,11 +91,7 @@ def _page(diagnosis: RunDiagnosis, figures: list[tuple[str, str]]) -> str:
     parts.append("<h2>Plots</h2>")
     if not figures:
         parts.append("<p>No metrics recorded yet.</p>")
-    for caption, src in figures:
-        parts.append(
-            f'<figure><img src="{html.escape(src)}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        )
+    parts += [_figure_html(caption, item, alt) for caption, item, alt in figures]
     parts += [f"<h2>Configuration</h2><pre>{html.escape(_config_text(diagnosis))}</pre>", "</body></html>"]
     return "\n".join(parts) + "\n"
 
@@ -84,13 +104,29 @@ def _config_text(diagnosis: RunDiagnosis) -> str:
         return json.dumps(config_to_dict(diagnosis.config), indent=2, default=str)
 
 
+def _steps_per_epoch(diagnosis: RunDiagnosis) -> float | None:
+    """Optimizer steps per epoch, from the run's planned total and its ``train.epochs`` (``None``: unknown)."""
+    total, epochs = diagnosis.context.total_steps, getattr(diagnosis.config.train, "epochs", None)
+    if isinstance(total, int) and total > 0 and isinstance(epochs, int) and epochs > 0:
+        return total / epochs
+    return None
+
+
+def _alt_text(path: Path) -> str:
+    """What the figure's axes say, as :func:`trainwell.report.plots.describe` wrote it into the PNG."""
+    from PIL import Image  # matplotlib's own dependency
+
+    with Image.open(path) as image:
+        return str(getattr(image, "text", {}).get("Description", ""))
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write ``report.html`` (default: in ``run_dir``) and its figures; returns the HTML file's path.
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a run directory.
     """
-    from trainwell.report.plots import plot_all  # matplotlib: imported only when a report is drawn
+    from trainwell.report.figures import plot_all  # matplotlib: imported only when a report is drawn
 
     diagnosis = diagnose_run(run_dir)
     path = Path(out) if out is not None else diagnosis.run_dir / "report.html"
@@ -98,6 +134,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     files = path.parent / FILES_DIR
     eval_cfg = diagnosis.config.eval
     best = parse_metric_expression(eval_cfg.best_metric) if eval_cfg.best_metric else None
+    specs = diagnosis.context.metric_specs
     figures = plot_all(
         diagnosis.records,
         files,
@@ -105,8 +142,17 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         best=best,
         best_mode=eval_cfg.best_mode,
         update_ratio_high=Thresholds().update_ratio_high,
-        units={name: str(spec.get("unit") or "") for name, spec in diagnosis.context.metric_specs.items()},
+        specs=specs,
+        steps_per_epoch=_steps_per_epoch(diagnosis),
     )
-    relative = [(caption, f"{FILES_DIR}/{p.name}") for caption, p in figures]
-    path.write_text(_page(diagnosis, relative), encoding="utf-8")
+    shown = [
+        (caption, item, "") if isinstance(item, ItemTable) else (caption, f"{FILES_DIR}/{item.name}", _alt_text(item))
+        for caption, item in figures
+    ]
+    best_rule = (eval_cfg.best_metric, best, eval_cfg.best_mode) if best is not None else None
+    summary = summary_html(
+        run_rows(read_status(diagnosis.run_dir), diagnosis.status, diagnosis.findings),
+        headline_metrics(diagnosis.records, specs, best_rule),
+    )
+    path.write_text(_page(diagnosis, summary, shown), encoding="utf-8")
     return path

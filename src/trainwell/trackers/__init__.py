@@ -3,11 +3,16 @@
 
 Each adapter imports its package only when it is built; a tracker named but not installed is a config error that
 names the extra to install (``pip install 'trainwell[trackers]'``).
+
+Each tracker also gets the run's report (``trainwell report``: ``report.html`` and its ``report_files/``) as an artifact
+when its run ends, if the CLI hands :func:`build_trackers` a report writer (this package may not import the report).
 """
 
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
+from pathlib import Path
 
 from trainwell.config.loader import ConfigError
 from trainwell.config.schema import ExperimentConfig
@@ -27,21 +32,50 @@ def require_installed(names: list[str]) -> None:
         )
 
 
-def build_trackers(cfg: ExperimentConfig) -> list[Tracker]:
-    """The adapters for ``cfg.log.trackers`` other than TensorBoard (which the recorder writes itself)."""
+ReportWriter = Callable[[Path], Path | None]
+"""Writes the report of a run directory and returns its ``report.html`` (``None``: none written)."""
+
+
+class ReportOnce:
+    """A :data:`ReportWriter` that draws the report once per run end (step), however many trackers ask for it."""
+
+    def __init__(self, writer: ReportWriter) -> None:
+        self.writer = writer
+        self._written: dict[tuple[Path, int], Path | None] = {}
+
+    def __call__(self, run_dir: Path, step: int) -> Path | None:
+        key = (run_dir, step)
+        if key not in self._written:
+            self._written[key] = self.writer(run_dir)
+        return self._written[key]
+
+
+def report_files(html: Path) -> list[tuple[Path, str]]:
+    """The report's files as ``(path, path inside the artifact)``: ``report.html`` and ``report_files/*.png``."""
+    files = [(html, html.name)]
+    folder = html.parent / "report_files"
+    if folder.is_dir():
+        files += [(p, f"report_files/{p.name}") for p in sorted(folder.iterdir()) if p.is_file()]
+    return files
+
+
+def build_trackers(cfg: ExperimentConfig, report: ReportWriter | None = None) -> list[Tracker]:
+    """The adapters for ``cfg.log.trackers`` other than TensorBoard (which the recorder writes itself); with
+    ``report``, each one stores the run's report as an artifact when the run ends."""
     require_installed(cfg.log.trackers)
+    once = ReportOnce(report) if report is not None else None
     trackers: list[Tracker] = []
     for name in cfg.log.trackers:
         if name == "mlflow":
             from trainwell.trackers.mlflow_tracker import MlflowTracker
 
-            trackers.append(MlflowTracker(cfg.log.mlflow))
+            trackers.append(MlflowTracker(cfg.log.mlflow, once))
         elif name == "wandb":
             from trainwell.trackers.wandb_tracker import WandbTracker
 
-            trackers.append(WandbTracker(cfg.log.wandb))
+            trackers.append(WandbTracker(cfg.log.wandb, once))
         elif name == "trackio":
             from trainwell.trackers.trackio_tracker import TrackioTracker
 
-            trackers.append(TrackioTracker(cfg.log.trackio))
+            trackers.append(TrackioTracker(cfg.log.trackio, once))
     return trackers

@@ -1,4 +1,5 @@
-"""MLflow: a local SQLite store by default (``sqlite:///<run dir>/mlflow.db``), no server."""
+"""MLflow: a local SQLite store by default (``sqlite:///<run dir>/mlflow.db``), no server; artifacts (the report)
+under ``<run dir>/mlartifacts``."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainwell.config.log import MlflowConfig
 from trainwell.trackers.params import flatten
+
+if TYPE_CHECKING:
+    from trainwell.trackers import ReportOnce
 
 _BATCH = 100
 """MLflow's limit of parameters per ``log_batch`` call."""
@@ -27,15 +31,18 @@ class MlflowTracker:
 
     name = "mlflow"
 
-    def __init__(self, cfg: MlflowConfig) -> None:
+    def __init__(self, cfg: MlflowConfig, report: ReportOnce | None = None) -> None:
         self.cfg = cfg
+        self.report = report
         self.client: Any = None
         self.run_id = ""
+        self.run_dir = Path()
 
     def start(self, run_dir: Path, run_id: str | None, params: Mapping[str, Any]) -> str:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
+        self.run_dir = run_dir
         uri = self.cfg.tracking_uri or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
         self.client = MlflowClient(tracking_uri=uri)
         if run_id is not None:
@@ -68,4 +75,11 @@ class MlflowTracker:
     def finish(self, summary: Mapping[str, float], *, step: int, succeeded: bool) -> None:
         if summary:
             self.log_scalars(summary, step)
+        html = self.report(self.run_dir, step) if self.report is not None else None
+        if html is not None:
+            from trainwell.trackers import report_files
+
+            for path, name in report_files(html):  # the artifact keeps the page's relative links
+                folder = str(Path(name).parent) if "/" in name else None
+                self.client.log_artifact(self.run_id, str(path), artifact_path=folder)
         self.client.set_terminated(self.run_id, status="FINISHED" if succeeded else "FAILED")

@@ -7,9 +7,12 @@ import io
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainwell.config.log import TrackioConfig
+
+if TYPE_CHECKING:
+    from trainwell.trackers import ReportOnce
 
 
 class TrackioTracker:
@@ -17,14 +20,17 @@ class TrackioTracker:
 
     name = "trackio"
 
-    def __init__(self, cfg: TrackioConfig) -> None:
+    def __init__(self, cfg: TrackioConfig, report: ReportOnce | None = None) -> None:
         self.cfg = cfg
+        self.report = report
         self.run: Any = None
         self.name_ = ""
+        self.run_dir = Path()
 
     def start(self, run_dir: Path, run_id: str | None, params: Mapping[str, Any]) -> str:
         import trackio
 
+        self.run_dir = run_dir
         name = run_id or f"{run_dir.name}-{secrets.token_hex(3)}"
         with contextlib.redirect_stdout(io.StringIO()):  # its banner would interleave with trainwell's log
             self.run = trackio.init(
@@ -52,5 +58,16 @@ class TrackioTracker:
     def finish(self, summary: Mapping[str, float], *, step: int, succeeded: bool) -> None:
         if summary:
             self.run.log(dict(summary), step=step)  # trackio has no summary: the final values at the last step
+        html = self.report(self.run_dir, step) if self.report is not None else None
+        if html is not None:
+            import trackio
+
+            from trainwell.trackers import report_files
+
+            artifact = trackio.Artifact("report", type="report")
+            for path, name in report_files(html):
+                artifact.add_file(path, name=name)
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.run.log_artifact(artifact)
         with contextlib.redirect_stdout(io.StringIO()):
             self.run.finish()

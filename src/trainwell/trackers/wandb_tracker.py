@@ -6,9 +6,12 @@ import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainwell.config.log import WandbConfig
+
+if TYPE_CHECKING:
+    from trainwell.trackers import ReportOnce
 
 
 class WandbTracker:
@@ -16,14 +19,17 @@ class WandbTracker:
 
     name = "wandb"
 
-    def __init__(self, cfg: WandbConfig) -> None:
+    def __init__(self, cfg: WandbConfig, report: ReportOnce | None = None) -> None:
         self.cfg = cfg
+        self.report = report
         self.run: Any = None
+        self.run_dir = Path()
 
     def start(self, run_dir: Path, run_id: str | None, params: Mapping[str, Any]) -> str:
         os.environ.setdefault("WANDB_SILENT", "true")  # no banner per run; trainwell's log says where it is
         import wandb
 
+        self.run_dir = run_dir
         self.run = wandb.init(
             project=self.cfg.project,
             entity=self.cfg.entity,
@@ -45,4 +51,14 @@ class WandbTracker:
 
     def finish(self, summary: Mapping[str, float], *, step: int, succeeded: bool) -> None:
         self.run.summary.update(dict(summary))
+        html = self.report(self.run_dir, step) if self.report is not None else None
+        if html is not None:
+            import wandb
+
+            from trainwell.trackers import report_files
+
+            artifact = wandb.Artifact("report", type="report", description="trainwell report RUN_DIR")
+            for path, name in report_files(html):
+                artifact.add_file(str(path), name=name)
+            self.run.log_artifact(artifact)
         self.run.finish(exit_code=0 if succeeded else 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -99,7 +100,15 @@ class LiftingEvaluator(HandPoseEvaluator):
     Procrustes-aligned (``freihand/pa_mpjpe_mm``, ``freihand/pa_auc_0_50``, the same under ``ho3d/``) and HO3D's
     scale-and-translation aligned errors (``ho3d/sc_tr_mpjpe_mm``, ``ho3d/sc_tr_auc_0_50``); unaligned errors and
     meshes need an absolute prediction it does not make.
+
+    It keeps each sample's predicted joints, so that :meth:`save_outputs` writes them
+    (``predictions/joints_rel_mm.json`` in the run directory, as the other packs write theirs).
     """
+
+    PREDICTIONS_FILE = "joints_rel_mm.json"
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(save_predictions=True, **options)
 
     def update(
         self,
@@ -128,6 +137,16 @@ class LiftingEvaluator(HandPoseEvaluator):
         metrics = super().compute()
         metrics.update(server_metrics(self._sorted()[1]))
         return metrics
+
+    def save_outputs(self, out_dir: Path) -> list[Path]:
+        """``out_dir/joints_rel_mm.json``: ``[{"index": i, "joints_rel_mm": 21×3}, …]`` in dataset-index order,
+        root-relative camera axes in mm (what ``trainwell predict`` returns for one input)."""
+        indices, joints = self.predictions()
+        rows = [{"index": int(i), "joints_rel_mm": j.tolist()} for i, j in zip(indices, joints.float(), strict=True)]
+        path = Path(out_dir) / self.PREDICTIONS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows), encoding="utf-8")
+        return [path]
 
 
 class HandPoseTask(Task):
