@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from trainwell.cli import EXIT_CONFIG_ERROR, main
-from trainwell.config.loader import ConfigError, load_config
+from trainwell.config.loader import ConfigError
 from trainwell.config.yaml_checks import MAX_ALIAS_COPIES
+from trainwell.experiment import load_config
 
 CONFIG = Path("configs/examples/regression.yaml")
 

@@ -11,6 +11,7 @@ import pytest
 
 from trainwell.cli import main
 from trainwell.engine.checkpoint import load_checkpoint
+from trainwell.records.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 REGRESSION = str(ROOT / "configs/examples/regression.yaml")
@@ -80,10 +81,10 @@ def test_eval_all_checkpoints_in_step_order_once(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "all.json").read_text())
     assert [(r["checkpoint"], r["step"]) for r in rows] == [(n, int(n[5:13])) for n in names]
     # The metrics of the step-16 checkpoint are the run's own final evaluation (the same exactly-once path).
-    val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = read_metrics(run / "metrics.jsonl")
     final = [r for r in val if r["kind"] == "val" and r["step"] == 16][-1]
     assert rows[-1]["metrics"]["mse"] == pytest.approx(final["mse"], rel=1e-6)
-    records = [json.loads(line) for line in (run / "eval_all" / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run / "eval_all" / "metrics.jsonl")
     assert [(r["kind"], r["step"], r["checkpoint"]) for r in records] == [("val", int(n[5:13]), n) for n in names]
     assert any((run / "eval_all" / "tb").iterdir())
     # A second pass evaluates nothing again.

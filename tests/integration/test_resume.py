@@ -22,10 +22,10 @@ from small_run import CONFIG, ROOT, SMALL, SignalAtStep, train
 
 from trainwell.api import build_run
 from trainwell.cli import main
-from trainwell.config.loader import build_task, load_config
 from trainwell.engine.checkpoint import BEST, LAST, atomic_save, load_checkpoint
 from trainwell.engine.loop import Trainer
 from trainwell.engine.resuming import init_from
+from trainwell.experiment import build_task, load_config
 
 _TIMING = {"steps_per_s", "data_wait_share"}
 

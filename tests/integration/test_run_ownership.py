@@ -18,6 +18,7 @@ from small_run import ROOT, train
 
 from trainwell.engine.checkpoint import LAST, load_checkpoint
 from trainwell.engine.runlock import LOCK_FILE
+from trainwell.records.metrics import read_metrics
 
 ONE_EPOCH = ("train.epochs=1",)
 
@@ -60,7 +61,7 @@ def test_overwrite_moves_the_old_run_aside_and_keeps_it(
     (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert f"moved the previous run in '{run_dir}' to '{aside}'" in capsys.readouterr().out
     assert snapshot(aside) == before  # the old run, whole and unchanged, under its new name
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records if r["kind"] == "val"] == [6]  # one run's records, not two
     assert not (run_dir / LOCK_FILE).exists() and not (aside / LOCK_FILE).exists()
 

@@ -21,6 +21,7 @@ import yaml
 from test_resume import spawn
 
 from trainwell.cli import main
+from trainwell.records.metrics import read_metrics
 
 pytest.importorskip("mlflow")
 pytest.importorskip("wandb")
@@ -50,7 +51,7 @@ _TIMING = {"Train/steps_per_s", "Train/data_wait_share"}
 def expected_series(run_dir: Path) -> Series:
     """The TensorBoard tags of ``metrics.jsonl``'s train and val records: ``Train/<key>``, ``Val/<key>``."""
     series: Series = {}
-    for record in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
+    for record in read_metrics(run_dir / "metrics.jsonl"):
         prefix = {"train": "Train", "val": "Val"}.get(record["kind"])
         for key, value in record.items():
             if prefix and key not in ("kind", "epoch", "step") and isinstance(value, int | float):

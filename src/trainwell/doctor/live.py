@@ -46,9 +46,11 @@ from trainwell.doctor.findings import (
     format_diagnosis,
     format_finding,
     read_findings,
-    read_jsonl,
 )
 from trainwell.engine.distributed import DistEnv
+from trainwell.records.findings import FINDINGS_VERSION, findings_line
+from trainwell.records.jsonl import open_for_append
+from trainwell.records.metrics import METRICS_FILE, read_metrics
 
 DEBUG_LOSS_ENV = "TRAINWELL_DEBUG_LOSS"
 """``TRAINWELL_DEBUG_LOSS=1`` turns ``diagnostics.debug_loss`` on; the CLI records it in ``config.yaml``."""
@@ -118,11 +120,11 @@ class TrainingDoctor:
         if not self.reports or self.run_dir is None:
             return
         if resumed:
-            self.records = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("kind") in ("train", "val")]
+            self.records = read_metrics(self.run_dir / METRICS_FILE)
             for finding in read_findings(self.run_dir / FINDINGS_FILE, keep_merged=True).values():
                 self.findings.add(finding)
                 self._written[finding.id] = finding
-        self._append({"kind": "context", **self.context.__dict__})
+        self._append(findings_line("context", self.context.__dict__))
 
     # -- the first batches ------------------------------------------------------------------------
     def maybe_inspect_batch(self, batch: Any, epoch: int, micro: int) -> None:
@@ -331,14 +333,14 @@ class TrainingDoctor:
         self._flush_batch_report()
         self._raise_history(final=True)
         if self.context.reference:  # what `trainwell doctor RUN_DIR` judges against (the last line wins)
-            self._append({"kind": "reference", **self.context.reference})
+            self._append(findings_line("reference", self.context.reference))
         findings, merged = consolidate(self.findings.all())
         for finding in findings:  # refined versions: the reader keeps the last line of each id
             if self._written.get(finding.id) != finding:
-                self._append({"kind": "finding", **finding.to_dict()})
+                self._append(findings_line("finding", finding))
         for symptom, cause in merged.items():  # announced before its cause was known: now part of the cause
             if symptom in self._written:
-                self._append({"kind": "merged", "id": symptom, "into": cause})
+                self._append(findings_line("merged", {"id": symptom, "into": cause}))
         lines = format_diagnosis(findings, summarize_history(self.records, self.context))
         emit = self.log.warning if any(f.is_severe for f in findings) else self.log.info
         self.log.info("=" * 80)
@@ -391,7 +393,7 @@ class TrainingDoctor:
             return
         step = self.records[-1].get("step") if self.records else None
         if self._written.pop(finding_id, None) is not None:
-            self._append({"kind": "resolved", "id": finding_id, "step": step, "why": why})
+            self._append(findings_line("resolved", {"id": finding_id, "step": step, "why": why}))
             self.log.info(f"doctor: resolved: {finding_id} (step {finding.step}) — {why} (step {step})")
 
     def _raise(self, finding: Finding, *, update: bool = False, announce: bool = True, quiet: bool = False) -> None:
@@ -408,7 +410,7 @@ class TrainingDoctor:
         if quiet:
             return
         self._written[finding.id] = finding
-        self._append({"kind": "finding", **finding.to_dict()})
+        self._append(findings_line("finding", finding))
         if announce:
             emit = self.log.warning if finding.severity != "info" else self.log.info
             for line in format_finding(finding, indent="    "):
@@ -417,7 +419,7 @@ class TrainingDoctor:
     def _append(self, data: Mapping[str, Any]) -> None:
         if self.run_dir is None:
             return
-        with open(self.run_dir / FINDINGS_FILE, "a", encoding="utf-8") as f:
+        with open_for_append(self.run_dir / FINDINGS_FILE, FINDINGS_VERSION) as f:
             f.write(json.dumps(data) + "\n")
 
 

@@ -111,15 +111,15 @@ def _open_outputs(
 class _Core(NamedTuple):
     """The parts training needs first: data, model, optimizer, loader, plan, schedule, precision."""
 
-    train_set: Dataset
-    val_set: Dataset
+    train_set: Dataset[Any]
+    val_set: Dataset[Any]
     model: nn.Module
     ddp_model: nn.Module
     train_model: nn.Module
     optimizer: Optimizer
     group_names: list[str]
     batches: TrainBatches
-    loader: DataLoader
+    loader: DataLoader[Any]
     loader_generator: torch.Generator
     plan: RunPlan
     scheduler: Any
@@ -172,7 +172,7 @@ def _build_model(
     # torch.compile wraps the training forward only: checkpoints keep the bare module's parameter names.
     compile_ = cfg.train.compile
     backend = compile_ if isinstance(compile_, str) else "inductor"
-    train_model: nn.Module = torch.compile(ddp_model, backend=backend) if compile_ else ddp_model
+    train_model: nn.Module = torch.compile(ddp_model, backend=backend) if compile_ else ddp_model  # type: ignore[assignment]
     return model, ddp_model, train_model
 
 

@@ -139,7 +139,7 @@ def wrap_model(
                 "distributed.sync_batchnorm=true needs CUDA devices (PyTorch's SyncBatchNorm does not run on "
                 "CPU); set distributed.sync_batchnorm=false for CPU runs."
             )
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
     # DDP broadcasts rank 0's parameters and buffers here, so every process starts from the same weights.
     ddp_model = DistributedDataParallel(
         model,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from trainwell.records.metrics import read_metrics
 from trainwell.tasks.detection3d import kitti
 from trainwell.tasks.detection3d.datasets import collate_frames
 from trainwell.tasks.detection3d.scenes import CLASS_NAMES, SceneConfig
@@ -141,7 +142,7 @@ def test_predict_writes_kitti_text_and_returns_json(tmp_path: Path) -> None:
 
 def test_a_few_steps_lower_the_loss() -> None:
     torch.manual_seed(0)
-    from trainwell.config.loader import load_config
+    from trainwell.experiment import load_config
 
     cfg = load_config(TINY)
     task = Detection3DTask(cfg.task, cfg.data)
@@ -162,13 +163,13 @@ def test_a_few_steps_lower_the_loss() -> None:
 @pytest.mark.slow
 def test_tiny_config_trains_through_the_engine(tmp_path: Path) -> None:
     from trainwell import Trainer, build_run
-    from trainwell.config.loader import load_config
+    from trainwell.experiment import load_config
 
     # 16 frames, 3 epochs of 4 steps, one evaluation at the end.
     overrides = ["data.train_size=16", "train.epochs=3", "eval.every_epochs=3", "checkpoint.every_epochs=3"]
     cfg = load_config(TINY, [*overrides, f"run.dir={tmp_path}"])
     result = Trainer(build_run(cfg, Detection3DTask(cfg.task, cfg.data))).fit()
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path / "metrics.jsonl")
     train_losses = [r["loss"] for r in rows if r["kind"] == "train" and "loss" in r]
     assert train_losses[-1] < train_losses[0]
     assert "Car_bev_moderate_R40_50" in result.metrics

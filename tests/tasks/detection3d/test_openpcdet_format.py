@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from trainwell.cli import main
-from trainwell.config.loader import build_task, load_config
 from trainwell.engine.checkpoint import load_checkpoint
 from trainwell.engine.checkpoint.files import atomic_save
 from trainwell.engine.checkpoint.weights import load_model_weights
+from trainwell.experiment import build_task, load_config
 from trainwell.tasks.detection3d.anchors import AnchorClassConfig, AnchorConfig
 from trainwell.tasks.detection3d.datasets import collate_frames
 from trainwell.tasks.detection3d.model import PillarsConfig, PointPillars

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from trainwell.cli import main
-from trainwell.config.loader import build_task, load_config
 from trainwell.engine.checkpoint import load_checkpoint
+from trainwell.experiment import build_task, load_config
 
 ROOT = Path(__file__).resolve().parents[3]
 CONFIG = str(ROOT / "configs/hand_pose/tiny.yaml")

@@ -40,11 +40,6 @@ _PERIODIC = re.compile(r"^(epoch|step)_(\d+)\.pt$")
 _TEMP = re.compile(r"^\..+\.tmp-\d+$")
 
 
-def periodic_name(epoch: int | None = None, step: int | None = None) -> str:
-    """File name of a periodic checkpoint: ``epoch_NNNN.pt`` after ``epoch`` epochs, else ``step_NNNNNNNN.pt``."""
-    return f"epoch_{epoch:04d}.pt" if epoch is not None else f"step_{step:08d}.pt"
-
-
 @dataclass(frozen=True)
 class Rejected:
     """A checkpoint that could not be used, and why."""
