@@ -19,7 +19,7 @@ import torch
 
 from trainwell.engine.task import DataError, MissingDataError
 from trainwell.tasks.detection3d.ap import FrameDetections, FrameLabels
-from trainwell.tasks.detection3d.boxes import corners_3d, limit_period, points_in_boxes
+from trainwell.tasks.detection3d.boxes import limit_period, points_in_boxes
 from trainwell.tasks.detection3d.scenes import CX_PX, CY_PX, FOCAL_PX
 
 POINT_BYTES = 16
@@ -72,9 +72,11 @@ class Calib:
         return np.linalg.solve(r0 @ tr, hom.T).T[:, :3]
 
     def rect_to_image(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Pixel coordinates ``(N, 2)`` and depth ``(N,)`` of rectified points."""
+        """Pixel coordinates ``(N, 2)`` and depth ``(N,)`` of rectified points, as OpenPCDet's ``rect_to_img``: ``P2``
+        applied, then divided by the rectified depth ``z`` (not by ``z + P2[2, 3]``, KITTI's 0.0027 m: a quirk that
+        moves pixels by < 0.1 px, kept so that projected 2D boxes are OpenPCDet's)."""
         hom = np.concatenate([xyz, np.ones((xyz.shape[0], 1))], 1) @ self.P2.T
-        depth = hom[:, 2]
+        depth = np.asarray(xyz, dtype=np.float64)[:, 2]
         return hom[:, :2] / np.where(np.abs(depth) < 1e-6, 1e-6, depth)[:, None], depth
 
 
@@ -173,14 +175,28 @@ def lidar_to_camera_boxes(boxes: np.ndarray, calib: Calib) -> tuple[np.ndarray, 
     return location, boxes[:, [5, 4, 3]], ry
 
 
+def camera_corners(location: np.ndarray, dims_hwl: np.ndarray, rotation_y: np.ndarray) -> np.ndarray:
+    """The 8 corners ``(N, 8, 3)`` of KITTI camera boxes (bottom-centre ``location``, ``h w l``, ``rotation_y`` about
+    the camera's y axis), in OpenPCDet's ``boxes3d_to_corners3d_kitti_camera`` order: bottom face, then top."""
+    loc = np.asarray(location, dtype=np.float64).reshape(-1, 3)
+    h, w, l = (np.asarray(dims_hwl, dtype=np.float64).reshape(-1, 3)[:, i : i + 1] for i in range(3))  # noqa: E741
+    x = np.array([1, 1, -1, -1, 1, 1, -1, -1]) * l / 2
+    z = np.array([1, -1, -1, 1, 1, -1, -1, 1]) * w / 2
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1]) * -h
+    ry = np.asarray(rotation_y, dtype=np.float64).reshape(-1, 1)
+    c, s = np.cos(ry), np.sin(ry)
+    return np.stack([x * c + z * s + loc[:, :1], y + loc[:, 1:2], -x * s + z * c + loc[:, 2:3]], -1)
+
+
 def image_boxes(boxes: np.ndarray, calib: Calib, image_size_px: tuple[int, int] = IMAGE_SIZE_PX) -> np.ndarray:
-    """2D boxes ``(N, 4)`` (left, top, right, bottom px) of LiDAR boxes, clipped to the image (OpenPCDet's
-    ``boxes3d_kitti_camera_to_imageboxes``)."""
+    """2D boxes ``(N, 4)`` (left, top, right, bottom px) of LiDAR boxes, as OpenPCDet's ``generate_prediction_dicts``
+    makes them: the box converted to the camera (yaw only, :func:`lidar_to_camera_boxes`), the corners of that camera
+    box projected (``boxes3d_kitti_camera_to_imageboxes``), clipped to the image. On a real rig this differs from
+    projecting the LiDAR box's own corners by the ~1° the LiDAR axes are tilted against the camera's."""
     if len(boxes) == 0:
         return np.zeros((0, 4))
-    corners = corners_3d(torch.from_numpy(np.asarray(boxes, dtype=np.float64))).numpy().reshape(-1, 3)
-    uv, _ = calib.rect_to_image(calib.lidar_to_rect(corners))
-    uv = uv.reshape(-1, 8, 2)
+    corners = camera_corners(*lidar_to_camera_boxes(boxes, calib))
+    uv = calib.rect_to_image(corners.reshape(-1, 3))[0].reshape(-1, 8, 2)
     out = np.concatenate([uv.min(1), uv.max(1)], 1)
     out[:, [0, 2]] = out[:, [0, 2]].clip(0, image_size_px[0] - 1)
     out[:, [1, 3]] = out[:, [1, 3]].clip(0, image_size_px[1] - 1)
