@@ -174,6 +174,33 @@ def test_detections_2d_boxes_are_openpcdets_projection_of_the_camera_box() -> No
     np.testing.assert_allclose([o.bbox for o in objects], want, atol=1e-8, rtol=0)
 
 
+def test_a_frames_own_image_size_sets_its_fov_and_its_2d_clip(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from trainwell.engine.task import DataError
+
+    calib = kitti.Calib(P2, R0, TR)
+    # Two points 20 m ahead: one seen at u = 600 px, one at u = 1230 px (inside 1242 px, outside 1224 px).
+    u = np.array([600.0, 1230.0])
+    rect = np.stack([(u * 20.0 - P2[0, 2] * 20.0 - P2[0, 3]) / P2[0, 0], np.full(2, 0.5), np.full(2, 20.0)], 1)
+    points = np.c_[calib.rect_to_lidar(rect), np.zeros(2)].astype(np.float32)
+    _write_frame(tmp_path, "000000", points, LABEL)
+    assert len(kitti.load_kitti_frame(tmp_path, "000000")["points"]) == 2  # no image: KITTI's usual 1242 × 375
+    (tmp_path / "training" / "image_2").mkdir()
+    Image.new("RGB", (1224, 370)).save(tmp_path / "training" / "image_2" / "000000.png")  # a narrower KITTI frame
+    frame = kitti.load_kitti_frame(tmp_path, "000000")
+    assert frame["calib"].image_size_px == (1224, 370)
+    np.testing.assert_allclose(frame["points"], points[:1])  # OpenPCDet's get_fov_flag with this image's shape
+    # A box reaching past the right edge is clipped at 1223 px, as OpenPCDet clips to image_shape[1] - 1.
+    box = kitti.camera_to_lidar_boxes(np.array([[16.0, 1.6, 20.0]]), np.array([[1.5, 1.6, 3.9]]), np.zeros(1), calib)
+    (line,) = kitti.result_objects(box, np.ones(1), ["Car"], frame["calib"])
+    np.testing.assert_allclose(line.bbox, _openpcdet_image_boxes(box, (370, 1224))[0], atol=1e-8, rtol=0)
+    assert line.bbox[2] == 1223.0 and kitti.image_boxes(box, calib)[0, 2] > 1223.0
+    (tmp_path / "training" / "image_2" / "000000.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"image_2/000000\.png' is not a PNG"):
+        kitti.load_kitti_frame(tmp_path, "000000")
+
+
 def test_a_kitti_directory_trains_the_same_model(tmp_path: Path) -> None:
     from trainwell.tasks.detection3d.datasets import collate_frames
     from trainwell.tasks.detection3d.scenes import SceneConfig, generate_frame
