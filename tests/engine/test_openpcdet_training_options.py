@@ -53,6 +53,7 @@ class _StopAt(_AugmentationSeen):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+@pytest.mark.slow
 def test_a_run_resumed_within_the_last_epochs_trains_them_without_augmentation(tmp_path: Path) -> None:
     # 4 epochs of 6 steps; stopped after step 20 (inside the last epoch), resumed there: the resumed part of the epoch
     # must not augment either, and the log says so again.
