@@ -437,6 +437,9 @@ def _metric_specs(task: Any) -> dict[str, dict[str, Any]]:
             "higher_is_better": bool(getattr(spec, "higher_is_better", False)),
             "plausible": [float(plausible[0]), float(plausible[1])] if plausible is not None else None,
         }
+        description = str(getattr(spec, "description", "") or "")
+        if description:
+            out[str(name)]["description"] = description
     return out
 
 

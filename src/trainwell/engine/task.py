@@ -128,11 +128,14 @@ class MetricSpec:
         unit: printed after the value (``"mm"``, ``""``).
         higher_is_better: ``True`` for AP, CIDEr, PCK; ``False`` for errors.
         plausible: ``(low, high)`` a healthy run stays within (a hand's MPJPE below 1 000 mm); ``None``: no bound.
+        description: one line on which protocol the value follows (``trainwell report`` shows it beside the metric's
+            group, so that, e.g., a server's ``freihand/pa_mpjpe_mm`` is not read as the root-relative ``pa_mpjpe``).
     """
 
     unit: str = ""
     higher_is_better: bool = False
     plausible: tuple[float, float] | None = None
+    description: str = ""
 
 
 Batch = Any
