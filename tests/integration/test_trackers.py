@@ -219,3 +219,32 @@ def test_a_tracker_named_but_not_installed_is_a_config_error(
     assert "log.trackers names wandb" in err and "pip install 'trainwell[trackers]'" in err
     assert main(["train", CONFIG, "log.trackers=[neptune]"]) == 2
     assert "log.trackers[0]" in capsys.readouterr().err
+
+
+def test_only_rank_0_builds_and_feeds_trackers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun the CLI builds no tracker on ranks > 0, and the engine's recorder of a process that writes no
+    run directory (every rank but 0) starts none and sends nothing."""
+    from small_run import CONFIG
+
+    from trainwell import cli
+    from trainwell.config.loader import load_config
+    from trainwell.engine.trackers import TrackerRecorder
+
+    cfg = load_config(CONFIG, ["log.trackers=[tensorboard,mlflow]"])
+    for rank, expected in ((1, []), (0, ["mlflow"])):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        assert [t.name for t in cli._trackers(cfg)] == expected, rank
+
+    class Loud:
+        name = "loud"
+
+        def __getattr__(self, attribute: str) -> Any:
+            raise AssertionError(f"a rank without a run directory called tracker.{attribute}")
+
+    recorder = TrackerRecorder([Loud()], None)  # type: ignore[list-item]
+    recorder.start({"optim.lr": 0.1}, resumed=False)
+    recorder.write("train", 2, {"loss": 1.0})
+    recorder.finish("finished", {"final/mse": 1.0}, 2)
+    assert recorder.trackers == [] and recorder.ids == {}
