@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -193,7 +193,7 @@ class _WritingEvaluator:
 class PredictingTask(RegressionTask):
     """Writes per-sample predictions after evaluation and implements ``predict`` on a JSON list of inputs."""
 
-    eval_modes: list[tuple[bool, bool]] = []
+    eval_modes: ClassVar[list[tuple[bool, bool]]] = []
     """``(grad enabled, model.training)`` at every ``eval_step`` call of this process (docs/porting.md's promise)."""
 
     def build_evaluator(self) -> Any:
