@@ -23,7 +23,7 @@ TINY = [
 ]
 
 
-# What each pack's evaluation leaves in <run>/predictions (its evaluator's save_outputs; the regression example has none).
+# What each pack's evaluation leaves in <run>/predictions (its evaluator's save_outputs; regression has none).
 PREDICTIONS = {
     "configs/hand_pose/tiny.yaml": ["joints_rel_mm.json"],
     "configs/hand_pose/rgbd_tiny.yaml": ["freihand/pred.json", "ho3d/pred.json"],
