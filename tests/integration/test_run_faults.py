@@ -144,6 +144,26 @@ def test_disk_full_before_the_first_write_is_an_error(
     assert snapshot(run_dir) == {}  # nothing half-written, no lock file left
 
 
+def test_disk_full_at_the_first_config_write_is_an_error_and_leaves_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainwell.engine import outputs
+
+    run_dir = tmp_path / "run"
+
+    def full(path: Path, text: str) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(outputs, "atomic_write_text", full)  # the lock was written; config.yaml does not fit
+    assert train(run_dir, *ONE_EPOCH) == 1
+    out = capsys.readouterr()
+    assert f"Cannot write into the run directory '{run_dir}': No space left on device" in out.err
+    assert f"'{run_dir / 'config.yaml'}'" in out.err and "Traceback" not in out.out + out.err
+    assert snapshot(run_dir) == {}  # no lock file left behind
+    monkeypatch.undo()
+    assert train(run_dir, *ONE_EPOCH) == 0  # the directory is free and holds no run: used as is
+
+
 def test_a_checkpoint_without_write_permission_crashes_the_run_by_name_and_the_doctor_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
