@@ -93,6 +93,10 @@ def test_a_run_directory_locked_by_a_live_process_is_refused_naming_its_host_and
         assert f"'{run_dir}' is in use by process {holder.pid} on host {socket.gethostname()}" in err
         assert "Traceback" not in err
         assert snapshot(run_dir) == before
+        # --overwrite never moves a live run aside.
+        assert train(run_dir, *ONE_EPOCH, "--overwrite") == 1
+        assert f"is in use by process {holder.pid}" in capsys.readouterr().err
+        assert snapshot(run_dir) == before and [p.name for p in tmp_path.iterdir()] == ["run"]
     finally:
         holder.communicate("\n", timeout=30)
     # Released by its holder: the next run takes the directory (and deletes the lock file when it ends).
