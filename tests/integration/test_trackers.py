@@ -176,6 +176,7 @@ def test_wandb_offline_files_hold_the_run(tracked_run: Path) -> None:
     assert_same_series(got, expected_series(tracked_run), after=10)
     assert config["optim"]["lr"] == resolved_config(tracked_run)["optim"]["lr"] and config["eval"]["every"] == 4
     assert summary["best/value"] == pytest.approx(min(v for _, v in expected_series(tracked_run)["Val/mse"]))
+    assert summary["final/mse"] == pytest.approx(expected_series(tracked_run)["Val/mse"][-1][1])
     artifacts = [r.artifact for path in files for r in wandb_records(path) if r.WhichOneof("record_type") == "artifact"]
     assert [(a.name, a.type) for a in artifacts] == [("report", "report")]  # once: when the resumed run ended
     paths = {entry.path for entry in artifacts[0].manifest.contents}
@@ -191,11 +192,17 @@ def test_trackio_store_holds_the_run(tracked_run: Path, monkeypatch: pytest.Monk
     name = ids(tracked_run)["trackio"]
     assert SQLiteStorage.get_runs("trainwell") == [name]
     got: Series = {}
+    summary: dict[str, tuple[int, float]] = {}
     for row in SQLiteStorage.get_logs("trainwell", name):
         for tag, value in row.items():
-            if tag not in ("step", "timestamp") and not tag.startswith(("final/", "best/")):
+            if tag.startswith(("final/", "best/")):
+                summary[tag] = (row["step"], float(value))  # trackio has no summary: logged at the last step
+            elif tag not in ("step", "timestamp"):
                 got.setdefault(tag, []).append((row["step"], float(value)))
-    assert_same_series(got, expected_series(tracked_run))
+    expected = expected_series(tracked_run)
+    assert_same_series(got, expected)
+    assert summary["best/value"] == (18, pytest.approx(min(v for _, v in expected["Val/mse"])))
+    assert summary["final/mse"] == (18, pytest.approx(expected["Val/mse"][-1][1]))
     config = SQLiteStorage.get_run_config("trainwell", name)
     assert config["optim"]["lr"] == resolved_config(tracked_run)["optim"]["lr"] and config["eval"]["every"] == 4
     manifest = SQLiteStorage.get_artifact_manifest("trainwell", "report", None)
