@@ -35,9 +35,10 @@ class MetricExpression:
     def __call__(self, metrics: Mapping[str, float]) -> float:
         missing = sorted(self.names - set(metrics))
         if missing:
-            raise KeyError(
+            raise BestMetricError(  # a task without metric_names(): found at the first evaluation, not before
                 f"eval.best_metric '{self.text}' uses {', '.join(missing)}, which the evaluator does not "
-                f"report; available metrics: {', '.join(sorted(metrics))}."
+                f"report; available metrics: {', '.join(sorted(metrics))}. Set eval.best_metric to one of them "
+                f"(a task's metric_names() lets trainwell check this before training starts)."
             )
         return float(_evaluate(self.tree, metrics))
 
