@@ -67,4 +67,8 @@ def test_the_tracker_run_ends_as_the_run_ended(state: str, tmp_path: Path) -> No
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_steps = sorted(r["step"] for r in logged if r["kind"] == "train")
     assert sorted(s for s, v in tracker.scalars.items() if "Train/loss" in v) == train_steps
+    val = [r for r in logged if r["kind"] == "val"]
+    if succeeded:  # the final and best metrics of the validation records
+        assert summary["final/mse"] == pytest.approx(val[-1]["mse"])
+        assert summary["best/value"] == pytest.approx(min(r["mse"] for r in val))
     assert not (tmp_path / "tb").exists()  # tensorboard not in log.trackers
