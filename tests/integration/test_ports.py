@@ -192,14 +192,21 @@ def test_export_loads_into_a_plain_model_with_identical_outputs(tmp_path: Path) 
 def test_eval_export_and_predict_use_the_task_without_a_trainer(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from port_tasks import PredictingTask
+
+    PredictingTask.eval_modes.clear()
     extra = ["task.class_path=port_tasks:PredictingTask", "train.epochs=1"]
     assert train(tmp_path / "run", *extra) == 0
+    assert PredictingTask.eval_modes and set(PredictingTask.eval_modes) == {(False, False)}  # no_grad, eval mode
     assert (tmp_path / "run" / "predictions" / "per_sample.json").is_file()  # written after the run's evaluation
     findings = read_finding_lines(tmp_path / "run" / "findings.jsonl")
     assert any(f.get("id") == "eval.example" for f in findings)  # the evaluator's finding reached the doctor
     best = tmp_path / "run" / "checkpoints" / "best.pt"
     base = [CONFIG, *SMALL, *extra, f"--checkpoint={best}"]
+    during_training = len(PredictingTask.eval_modes)
     assert main(["eval", *base, "--export", str(tmp_path / "export"), "--out", str(tmp_path / "eval.json")]) == 0
+    assert len(PredictingTask.eval_modes) > during_training
+    assert set(PredictingTask.eval_modes) == {(False, False)}  # `trainwell eval` too
     rows = json.loads((tmp_path / "export" / "per_sample.json").read_text())
     assert [r["index"] for r in rows] == list(range(32))  # the whole validation set, in index order
     summary = json.loads((tmp_path / "eval.json").read_text())

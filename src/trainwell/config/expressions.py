@@ -20,6 +20,10 @@ _BINARY: dict[type, Callable[[float, float], float]] = {
 _FUNCTIONS: dict[str, Callable[..., float]] = {"min": min, "max": max}
 
 
+class BestMetricError(ValueError):
+    """``eval.best_metric`` names a metric the task's evaluator does not report."""
+
+
 @dataclass(frozen=True)
 class MetricExpression:
     """A parsed ``eval.best_metric``; evaluate it on a ``{name: value}`` dict."""
@@ -31,9 +35,10 @@ class MetricExpression:
     def __call__(self, metrics: Mapping[str, float]) -> float:
         missing = sorted(self.names - set(metrics))
         if missing:
-            raise KeyError(
+            raise BestMetricError(  # a task without metric_names(): found at the first evaluation, not before
                 f"eval.best_metric '{self.text}' uses {', '.join(missing)}, which the evaluator does not "
-                f"report; available metrics: {', '.join(sorted(metrics))}."
+                f"report; available metrics: {', '.join(sorted(metrics))}. Set eval.best_metric to one of them "
+                f"(a task's metric_names() lets trainwell check this before training starts)."
             )
         return float(_evaluate(self.tree, metrics))
 

@@ -6,15 +6,11 @@ import difflib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from trainwell.config.expressions import is_better, parse_metric_expression
+from trainwell.config.expressions import BestMetricError, is_better, parse_metric_expression
 from trainwell.engine.checkpoint.state import TrainState
 
 if TYPE_CHECKING:
     from trainwell.engine.stopping import EarlyStopping
-
-
-class BestMetricError(ValueError):
-    """``eval.best_metric`` names a metric the task's evaluator does not report."""
 
 
 def check_best_metric(expression: str | None, declared: set[str] | None, task_name: str) -> None:

@@ -104,7 +104,11 @@ def _open_outputs(
     if moved is not None:
         log.info(f"--overwrite: moved the previous run in '{out.run_dir}' to '{moved}'")
     if out.is_writer and not out.continuing:
-        commit_outputs(out, cfg, env, recorder)
+        try:
+            commit_outputs(out, cfg, env, recorder)
+        except BaseException:
+            out.close()  # the first write failed (disk full, permissions): give the lock back, delete its file
+            raise
     return out, recorder
 
 

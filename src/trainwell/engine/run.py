@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +157,9 @@ class Run:
             raise
         except NonFiniteLossError as err:
             self.status("nonfinite_stop", error=str(err))
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C: the user's abort, not a crash
+            self.status("stopped_by_signal", signal=int(signal.SIGINT), aborted=True)
             raise
         except BaseException as err:
             self.status("crashed", error=f"{type(err).__name__}: {err}")

@@ -143,7 +143,8 @@ def resume_config_name(run_dir: Path) -> str:
 
 def write_status(run_dir: Path | None, state: RunStateName, **details: Any) -> None:
     """Record the run's state: ``running``, ``finished``, ``early_stopped`` / ``time_budget`` (``reason``),
-    ``stopped_by_signal`` (``signal``), ``nonfinite_stop``, ``crashed`` (``error``); with the step and the time.
+    ``stopped_by_signal`` (``signal``; ``aborted`` after a second Ctrl-C: its last checkpoint is older than the step),
+    ``nonfinite_stop``, ``crashed`` (``error``); with the step and the time.
     Durable (atomic replace), rank 0 only."""
     if run_dir is None:
         return
@@ -160,6 +161,8 @@ def describe_status(status: StatusRecord) -> str:
     if state == "stopped_by_signal":
         number = status.get("signal")
         name = signal.Signals(number).name if isinstance(number, int) else "a signal"
+        if status.get("aborted"):  # a second Ctrl-C: the newest checkpoint is older than the step
+            return f"aborted by a second Ctrl-C{step}; resumable from its last checkpoint with --resume auto"
         return f"stopped by {name}{step}; resumable with --resume auto"
     if state in ("early_stopped", "time_budget"):
         return f"{state.replace('_', ' ')}{step}: {status.get('reason', '')}; last.pt holds that step"

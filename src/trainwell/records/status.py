@@ -32,6 +32,8 @@ class StatusRecord(TypedDict, total=False):
     """``crashed``: ``<exception type>: <message>``."""
     signal: int
     """``stopped_by_signal``: the signal's number."""
+    aborted: bool
+    """``stopped_by_signal``: a second Ctrl-C aborted the run (nothing was saved at the stop)."""
     reason: str
     """``early_stopped`` / ``time_budget``: why, in words."""
 
