@@ -55,6 +55,7 @@ from trainwell.records.metrics import METRICS_FILE, read_metrics
 DEBUG_LOSS_ENV = "TRAINWELL_DEBUG_LOSS"
 """``TRAINWELL_DEBUG_LOSS=1`` turns ``diagnostics.debug_loss`` on; the CLI records it in ``config.yaml``."""
 UPDATE_PROBE_MAX_ELEMENTS = 1 << 24
+_NOT_MEASURED = contextlib.nullcontext()
 """The update-size probe copies at most this many parameter elements (the first tensors, in order)."""
 
 
@@ -224,19 +225,22 @@ class TrainingDoctor:
             for module, training in modes.items():
                 module.training = training
 
-    @contextlib.contextmanager
-    def watch_update(self, model: nn.Module, *, step: int, log_step: bool) -> Iterator[None]:
+    def watch_update(self, model: nn.Module, *, step: int, log_step: bool) -> contextlib.AbstractContextManager[None]:
         """Around an optimizer step: measure ‖Δw‖/‖w‖ on the device, read at the next log line.
 
         Measured on logging steps and on the step where warmup ends (the peak learning rate, where a
         too-high rate shows most); the log line reports the largest value since the previous one. Costs a
-        copy of (at most :data:`UPDATE_PROBE_MAX_ELEMENTS` of) the parameters on those steps only.
+        copy of (at most :data:`UPDATE_PROBE_MAX_ELEMENTS` of) the parameters on those steps only; the other
+        steps get a shared do-nothing context (no generator per step: this runs on every optimizer step).
         """
         first = step == 1 and not self._resumed
         self._stepped = True
         if not (self.reports and (log_step or first or step == max(1, self.context.warmup_steps))):
-            yield
-            return
+            return _NOT_MEASURED
+        return self._measure_update(model, first=first, log_step=log_step)
+
+    @contextlib.contextmanager
+    def _measure_update(self, model: nn.Module, *, first: bool, log_step: bool) -> Iterator[None]:
         if self._probe is None:
             self._probe, total, frozen, everything = [], 0, 0, 0
             for p in model.parameters():

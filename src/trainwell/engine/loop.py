@@ -188,19 +188,24 @@ class Trainer:
         if logged:
             self._log_train(epoch, bar)
         at_epoch_end = run.state.batch_in_epoch >= run.plan.batches_per_epoch
-        if not at_epoch_end and not self.budget_spent():
+        spent = self.budget_spent()
+        if not at_epoch_end and not spent:
             evaluate_now = self._fires(run.plan.eval_every)
             periodic = self._fires(run.plan.periodic)
             if evaluate_now or periodic:
                 self._evaluate_and_save(
                     epoch, evaluate=evaluate_now, periodic=f"step_{run.state.global_step:08d}.pt" if periodic else None
                 )
+                spent = self.budget_spent()  # an evaluation may have decided an early stop; saves take time
             elif self._fires(run.plan.latest) or (logged and run.wall_clock.due()):
                 self.run.save_checkpoint()
+                spent = self.budget_spent()
         for callback in run.callbacks:
             callback.on_step_end(run)
+        if run.callbacks:
+            spent = self.budget_spent()
         # Processes agree on a signal only on logging steps (they sync there anyway).
-        return self.budget_spent() or run.stop_request.should_stop(global_step=run.state.global_step, sync=logged)
+        return spent or run.stop_request.should_stop(global_step=run.state.global_step, sync=logged)
 
     def budget_spent(self) -> bool:
         """Whether the plan's steps are all taken, or early stopping / ``train.max_time`` ends the run here."""
