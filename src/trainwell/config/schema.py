@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from trainwell.config.distributed import DistributedConfig
 from trainwell.config.log import LogConfig
 from trainwell.config.training import EarlyStopConfig, EmaConfig, ProfileConfig, parse_duration_s
 
@@ -365,24 +366,6 @@ class DiagnosticsConfig:
 
 
 @dataclass
-class DistributedConfig:
-    """``distributed:`` — multi-process training under torchrun (ignored for one process)."""
-
-    backend: Literal["auto", "nccl", "gloo"] = "auto"
-    """``auto``: NCCL on CUDA, gloo on CPU."""
-    timeout_s: float = 600.0
-    """A collective that waits longer than this ends the job with an error instead of a hang."""
-    find_unused_parameters: bool = False
-    """DDP option for models whose forward skips some parameters."""
-    sync_batchnorm: bool = False
-    """Convert BatchNorm layers to SyncBatchNorm."""
-
-    def problems(self) -> Iterator[Problem]:
-        if self.timeout_s <= 0:
-            yield "distributed.timeout_s", "must be > 0"
-
-
-@dataclass
 class RunConfig:
     """``run:`` — where outputs go."""
 
@@ -426,11 +409,22 @@ class ExperimentConfig:
         yield from self.log.problems()
         if self.checkpoint.keep_best and self.eval.best_metric is None:
             yield "checkpoint.keep_best", "needs eval.best_metric (the value the checkpoints are ranked by)"
+        if self.distributed.strategy == "fsdp":
+            yield from _fsdp_problems(self)
         if self.eval.use_ema and self.train.ema is None:
             yield "eval.use_ema", "needs train.ema (the average to evaluate): set train.ema or eval.use_ema=false"
         task_problems = getattr(self.task, "problems", None)
         if callable(task_problems):
             yield from task_problems()
+
+
+def _fsdp_problems(cfg: ExperimentConfig) -> Iterator[Problem]:
+    """What ``distributed.strategy: fsdp`` does not combine with (yet)."""
+    if cfg.train.amp == "fp16":
+        # GradScaler's inf check would see only this process's gradient shard: processes could disagree on a skip.
+        yield "train.amp", "fp16 is not supported with distributed.strategy=fsdp: use train.amp=bf16 (no loss scaling)"
+    if cfg.train.ema is not None:
+        yield "train.ema", "is not supported with distributed.strategy=fsdp yet: set train.ema=null or strategy=ddp"
 
 
 def _nonfinite_problems(value: Any, key: str) -> Iterator[Problem]:

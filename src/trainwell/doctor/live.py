@@ -49,6 +49,7 @@ from trainwell.doctor.findings import (
     read_jsonl,
 )
 from trainwell.engine.distributed import DistEnv
+from trainwell.engine.fsdp import is_sharded, local_value
 
 DEBUG_LOSS_ENV = "TRAINWELL_DEBUG_LOSS"
 """``TRAINWELL_DEBUG_LOSS=1`` turns ``diagnostics.debug_loss`` on; the CLI records it in ``config.yaml``."""
@@ -94,7 +95,7 @@ class TrainingDoctor:
         self._batch_stats: list[list[TensorStats]] = []
         self._inspecting = True
         self._debugged = 0
-        self._probe: list[nn.Parameter] | None = None
+        self._probe: list[torch.Tensor] | None = None
         self._update_ratio: torch.Tensor | None = None
         self._weight_norm: torch.Tensor | None = None
         self._first_step: dict[str, float] = {}  # step 1's update size and ‖w‖, the frozen share (host values)
@@ -167,6 +168,10 @@ class TrainingDoctor:
             self._probe_initial_loss(model, batch)
         if not (self.debug_loss and self.env.is_main and self._debugged < self.th.first_batches):
             return
+        if self.env.world_size > 1 and is_sharded(model):  # a forward on rank 0 alone would wait for the others
+            self.log.info("debug_loss: not available under distributed.strategy=fsdp on several processes")
+            self._debugged = self.th.first_batches
+            return
         self._debugged += 1
         buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
@@ -193,11 +198,12 @@ class TrainingDoctor:
         It is the reference of ``loss.diverged``: what predicting with the initial weights costs. RNG streams,
         buffers (BatchNorm statistics) and every module's train/eval flag are restored, and the calls go to a
         shallow copy of the task (a counter it keeps in an attribute — steps seen, an annealing schedule — does
-        not move), so the run trains as it would without it. Skipped where it cannot run alone: SyncBatchNorm on
+        not move), so the run trains as it would without it. Skipped where it cannot run alone: SyncBatchNorm or FSDP on
         several processes (it would wait for the other processes' statistics). A task whose compute_losses fails
         is left to fail in the real step, with the engine's message.
         """
-        if self.env.world_size > 1 and any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
+        alone = is_sharded(model) or any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+        if self.env.world_size > 1 and alone:  # a forward on rank 0 alone would wait for the other processes
             return
         buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
         modes = {m: m.training for m in model.modules()}
@@ -240,8 +246,9 @@ class TrainingDoctor:
             for p in model.parameters():
                 everything += p.numel()
                 frozen += 0 if p.requires_grad else p.numel()
+                # FSDP: this process's shard (a sample of the weights, like the size cap), never a collective
                 if p.requires_grad and (total == 0 or total + p.numel() <= UPDATE_PROBE_MAX_ELEMENTS):
-                    self._probe.append(p)
+                    self._probe.append(local_value(p))
                     total += p.numel()
             self._first_step["frozen_share"] = frozen / max(1, everything)
         if not self._probe:

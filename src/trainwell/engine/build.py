@@ -27,6 +27,7 @@ from trainwell.engine.checkpoint.state import RngPart, ScalerPart
 from trainwell.engine.checkpoint.topk import TopKCheckpoints
 from trainwell.engine.data import TrainBatches, build_train_loader
 from trainwell.engine.ema import ModelEma, build_ema
+from trainwell.engine.fsdp import FullModelState, FullOptimizerState, is_sharded, select_units
 from trainwell.engine.logging import get_logger, setup_console_logging
 from trainwell.engine.losses import LossCollector
 from trainwell.engine.meters import DeviceMeter, StepStats
@@ -165,10 +166,18 @@ def _build_model(
     cfg: ExperimentConfig, task: Task, device: torch.device, env: D.DistEnv
 ) -> tuple[nn.Module, nn.Module, nn.Module]:
     """``(model, ddp_model, train_model)``: the bare module is optimised, saved and evaluated; the DDP one runs
-    training forwards (its ``no_sync`` skips all-reduces); ``train_model`` is it compiled under ``train.compile``."""
-    model, ddp_model = D.wrap_model(task.build_model().to(device), device, env, cfg.distributed)
-    if cfg.train.channels_last:
+    training forwards (its ``no_sync`` skips all-reduces); ``train_model`` is it compiled under ``train.compile``.
+    Under ``distributed.strategy=fsdp`` the model and the "DDP" one are the same module, sharded by FSDP2."""
+    model = task.build_model().to(device)
+    if cfg.train.channels_last:  # before wrapping: DDP's buckets and FSDP's shards see the final layout
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    patterns = cfg.distributed.fsdp.units
+
+    def units(module: nn.Module) -> Sequence[nn.Module]:
+        chosen = task.shard_units(module) if patterns is None else None
+        return chosen if chosen is not None else select_units(module, patterns)
+
+    model, ddp_model = D.wrap_model(model, device, env, cfg.distributed, units, amp_dtype(cfg.train.amp))
     # torch.compile wraps the training forward only: checkpoints keep the bare module's parameter names.
     compile_ = cfg.train.compile
     backend = compile_ if isinstance(compile_, str) else "inductor"
@@ -281,6 +290,9 @@ def _run_state(
     parts = run_state.parts
     parts["model"] = core.model  # the bare module: no DDP "module." prefix
     parts["optimizer"] = core.optimizer
+    if is_sharded(core.model):  # FSDP: the full state, gathered on rank 0, in the same layout as DDP's
+        parts["model"] = FullModelState(core.model)
+        parts["optimizer"] = FullOptimizerState(core.model, core.optimizer)
     parts["scheduler"] = core.scheduler
     parts["scaler"] = ScalerPart(core.scaler)
     parts["train_state"] = state

@@ -22,6 +22,7 @@ from trainwell.engine.checkpoint import BEST, LAST
 from trainwell.engine.checkpoint.rng import loader_seed
 from trainwell.engine.data import accumulation_groups
 from trainwell.engine.evaluation import EvalResult, evaluate
+from trainwell.engine.fsdp import gradient_sync_paused
 from trainwell.engine.logging import ProgressBar
 from trainwell.engine.losses import split_loss_values
 from trainwell.engine.optim import GroupHyperparameters, group_hyperparameters
@@ -135,8 +136,8 @@ class Trainer:
             if run.device.type != "cpu":
                 batch = move_to_device(batch, run.device, channels_last=run.cfg.train.channels_last)
             run.doctor.maybe_debug_losses(run.model, batch)  # only under diagnostics.debug_loss
-            # Skip DDP's gradient all-reduce on micro-batches that do not end the group.
-            no_sync = run.ddp_model.no_sync() if run.env.is_distributed and k < size - 1 else _NO_OP  # type: ignore[operator]
+            # No gradient all-reduce (DDP) / reduce-scatter (FSDP) on micro-batches that do not end the group.
+            no_sync = gradient_sync_paused(run.ddp_model) if run.env.is_distributed and k < size - 1 else _NO_OP
             with no_sync:
                 names, total, stacked = self._forward(batch)
                 if size > 1:

@@ -18,21 +18,26 @@ from torch import nn
 
 from trainwell.doctor.findings import Finding
 from trainwell.engine.distributed import DistEnv, all_reduce_mean
+from trainwell.engine.fsdp import local_value
 from trainwell.engine.nonfinite import NonFiniteLossError, NonFinitePolicy
 
 
 def state_tensors(
     model: nn.Module, optimizer: torch.optim.Optimizer, meter_tensors: Iterable[torch.Tensor]
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(name, tensor)`` of every floating tensor a checkpoint would hold of the model, optimizer and loss sums."""
+    """``(name, tensor)`` of every floating tensor a checkpoint would hold of the model, optimizer and loss sums.
+
+    Sharded (FSDP) tensors are given as this process's shard: every process checks its own, and the verdict is
+    reduced over the processes (:func:`refuse_nonfinite_state`), so together they check every element once.
+    """
     names = {id(p): name for name, p in model.named_parameters()}
     for name, tensor in model.state_dict().items():
-        yield f"model.{name}", tensor
+        yield f"model.{name}", local_value(tensor)
     for param, state in optimizer.state.items():
         owner = names.get(id(param), "a parameter outside the model")
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
-                yield f"optimizer state '{key}' of {owner}", value
+                yield f"optimizer state '{key}' of {owner}", local_value(value)
     for i, tensor in enumerate(meter_tensors):
         yield f"loss sums ({i})", tensor
 

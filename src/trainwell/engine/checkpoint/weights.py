@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from trainwell.engine.checkpoint.files import CheckpointError, atomic_write, atomic_write_text, load_checkpoint
+from trainwell.engine.fsdp import load_full_model_state
 
 
 @dataclass
@@ -143,7 +144,7 @@ def load_model_weights(
             f"The weights in '{path}' do not match the model: {report.describe()}. Fix the model config, or "
             f"load only the matching tensors (trainwell train … --init-from-non-strict)."
         )
-    model.load_state_dict(matched, strict=False)
+    load_full_model_state(model, matched, strict=False)  # an FSDP-sharded model takes its slice of each tensor
     return report
 
 
