@@ -69,11 +69,11 @@ def _train(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> int:
     if args.resume == "auto" and cfg.run.dir is None:
         raise ConfigError("--resume auto continues the run in run.dir: pass run.dir=DIR (the directory to continue).")
     if args.resume not in (None, "auto"):
-        if not Path(args.resume).is_file():
+        if not Path(args.resume).exists():
             raise ConfigError(f"--resume '{args.resume}' does not exist (pass a checkpoint file or 'auto').")
         if cfg.run.dir is None and run_dir_of_checkpoint(args.resume) is not None:
             cfg.run.dir = str(run_dir_of_checkpoint(args.resume))  # continue that run, in its directory
-    if args.init_from is not None and not Path(args.init_from).is_file():
+    if args.init_from is not None and not Path(args.init_from).exists():
         raise ConfigError(f"--init-from '{args.init_from}' does not exist.")
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in run.dir and --overwrite moves it aside: pass one of them.")
@@ -114,7 +114,7 @@ def _tracker_report(run_dir: Path) -> Path | None:
 
 
 def _require_file(path: str, flag: str) -> None:
-    if not Path(path).is_file():
+    if not Path(path).exists():  # a file, or a sharded checkpoint directory
         raise ConfigError(f"{flag} '{path}' does not exist.")
 
 

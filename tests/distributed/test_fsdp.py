@@ -33,6 +33,7 @@ COMMON = [
     "train.device=cpu",
     "checkpoint.every=3",
     "checkpoint.keep=all",
+    "checkpoint.format=single",  # the gathered full state (sharded checkpoints: test_sharded_checkpoints.py)
 ]
 # Float32 sums taken in another order differ in the last bits (~1e-7 relative): DDP all-reduces whole gradients,
 # FSDP reduce-scatters shards, one process sums the batch in one go; six Adam steps keep that at the 1e-7 level.
@@ -106,6 +107,8 @@ def test_evaluation_of_the_sharded_model_matches(runs: dict[str, Path]) -> None:
 def test_resume_from_an_fsdp_checkpoint_continues_exactly(runs: dict[str, Path]) -> None:
     resumed, uninterrupted = _last(runs["resumed"]), _last(runs["fsdp"])
     assert resumed["train_state"]["global_step"] == 6
+    # It did continue from step 3 (a fresh run would reach the same weights too).
+    assert [r["step"] for r in _records(runs["resumed"], "train")] == [4, 6]
     for name, weight in uninterrupted["model"].items():
         # The same processes, shards and reduction order as the run that was not stopped: bit for bit.
         assert torch.equal(resumed["model"][name], weight), name

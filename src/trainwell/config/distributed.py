@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Problem = tuple[str, str]
 """``(key, what is wrong)`` for a value out of range (as in ``schema``)."""
@@ -49,3 +49,16 @@ class DistributedConfig:
         if self.timeout_s <= 0:
             yield "distributed.timeout_s", "must be > 0"
         yield from self.fsdp.problems()
+
+
+def combination_problems(strategy: str, sharded: bool, amp: str, ema: Any, checkpoint: Any) -> Iterator[Problem]:
+    """What ``strategy: fsdp`` and sharded checkpoints do not combine with (yet)."""
+    if strategy == "fsdp" and amp == "fp16":
+        # GradScaler's inf check would see only this process's gradient shard: processes could disagree on a skip.
+        yield "train.amp", "fp16 is not supported with distributed.strategy=fsdp: use train.amp=bf16 (no loss scaling)"
+    if strategy == "fsdp" and ema is not None:
+        yield "train.ema", "is not supported with distributed.strategy=fsdp yet: set train.ema=null or strategy=ddp"
+    if sharded and checkpoint.keep_best:
+        yield "checkpoint.keep_best", "is not supported with sharded checkpoints yet: set it to 0 or format=single"
+    if checkpoint.async_save and not sharded:
+        yield "checkpoint.async_save", "needs sharded checkpoints (checkpoint.format=sharded, or auto under fsdp)"

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-from trainwell.config.distributed import DistributedConfig
+from trainwell.config.distributed import DistributedConfig, combination_problems
 from trainwell.config.log import LogConfig
 from trainwell.config.training import EarlyStopConfig, EmaConfig, ProfileConfig, parse_duration_s
 
@@ -326,6 +326,17 @@ class CheckpointConfig:
     (OpenPCDet's ``--ckpt_save_time_interval`` in seconds / 60). Checked at logging steps, where the processes
     already synchronise, so a save can come up to ``train.log_every`` steps after the time is up. null = off."""
 
+    format: Literal["auto", "single", "sharded"] = "auto"
+    """``single``: one file per checkpoint, written by rank 0. ``sharded``: a directory (``last.dcp/``…) in which
+    every process writes its shards (``torch.distributed.checkpoint``). ``auto``: sharded under FSDP, else single."""
+    async_save: bool = False
+    """Sharded checkpoints only: write the shards in the background (``dcp.async_save``); training goes on while
+    they are written, and a checkpoint is published (renamed into place) once complete."""
+
+    def in_shards(self, strategy: str) -> bool:
+        """Whether checkpoints are sharded directories under ``distributed.strategy`` = ``strategy``."""
+        return self.format == "sharded" or (self.format == "auto" and strategy == "fsdp")
+
     @property
     def keep_count(self) -> int | None:
         """``keep`` as a number; ``None`` = keep all."""
@@ -409,22 +420,15 @@ class ExperimentConfig:
         yield from self.log.problems()
         if self.checkpoint.keep_best and self.eval.best_metric is None:
             yield "checkpoint.keep_best", "needs eval.best_metric (the value the checkpoints are ranked by)"
-        if self.distributed.strategy == "fsdp":
-            yield from _fsdp_problems(self)
+        sharded = self.checkpoint.in_shards(self.distributed.strategy)
+        yield from combination_problems(
+            self.distributed.strategy, sharded, self.train.amp, self.train.ema, self.checkpoint
+        )
         if self.eval.use_ema and self.train.ema is None:
             yield "eval.use_ema", "needs train.ema (the average to evaluate): set train.ema or eval.use_ema=false"
         task_problems = getattr(self.task, "problems", None)
         if callable(task_problems):
             yield from task_problems()
-
-
-def _fsdp_problems(cfg: ExperimentConfig) -> Iterator[Problem]:
-    """What ``distributed.strategy: fsdp`` does not combine with (yet)."""
-    if cfg.train.amp == "fp16":
-        # GradScaler's inf check would see only this process's gradient shard: processes could disagree on a skip.
-        yield "train.amp", "fp16 is not supported with distributed.strategy=fsdp: use train.amp=bf16 (no loss scaling)"
-    if cfg.train.ema is not None:
-        yield "train.ema", "is not supported with distributed.strategy=fsdp yet: set train.ema=null or strategy=ddp"
 
 
 def _nonfinite_problems(value: Any, key: str) -> Iterator[Problem]:

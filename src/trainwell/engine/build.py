@@ -23,11 +23,12 @@ from trainwell.engine import distributed as D
 from trainwell.engine.amp import amp_dtype
 from trainwell.engine.best import BestTracker, check_best_metric
 from trainwell.engine.checkpoint import CheckpointManager, RunState, TrainState
+from trainwell.engine.checkpoint.parts import ModelState, OptimizerState
 from trainwell.engine.checkpoint.state import RngPart, ScalerPart
 from trainwell.engine.checkpoint.topk import TopKCheckpoints
 from trainwell.engine.data import TrainBatches, build_train_loader
 from trainwell.engine.ema import ModelEma, build_ema
-from trainwell.engine.fsdp import FullModelState, FullOptimizerState, is_sharded, select_units
+from trainwell.engine.fsdp import is_sharded, select_units
 from trainwell.engine.logging import get_logger, setup_console_logging
 from trainwell.engine.losses import LossCollector
 from trainwell.engine.meters import DeviceMeter, StepStats
@@ -205,9 +206,15 @@ def _assemble(
     best, stopping = _build_stopping(cfg, env, state, core.plan, built_at_s, log)
     checkpoint_dir = out.run_dir / "checkpoints" if out.run_dir is not None else Path("checkpoints")
     top_k = _top_k(cfg, best, checkpoint_dir, log)
+    in_shards = cfg.checkpoint.in_shards(cfg.distributed.strategy)
     checkpoints = (
-        CheckpointManager(checkpoint_dir, cfg.checkpoint, log=log.warning, top_k=top_k) if out.run_dir else None
+        CheckpointManager(checkpoint_dir, cfg.checkpoint, log=log.warning, top_k=top_k, sharded=in_shards)
+        if out.run_dir
+        else None
     )
+    if checkpoints is not None and in_shards and cfg.checkpoint.async_save and env.is_distributed:
+        # Background saves run collectives in their own thread: on a group of their own (every process creates it).
+        checkpoints.process_group = torch.distributed.new_group(backend="gloo")
     rng_part = RngPart(env, device)
     ema = build_ema(core.model, cfg.train.ema)  # after channels_last: the copy keeps the layout
     curve = getattr(core.scheduler, "curve", None)
@@ -235,7 +242,7 @@ def _assemble(
         checkpoint_dir=checkpoint_dir,
         checkpoints=checkpoints,
         rng_part=rng_part,
-        run_state=_run_state(core, state, meter, ema, task, rng_part),
+        run_state=_run_state(core, state, meter, ema, task, rng_part, in_shards),
         ema=ema,
         stop_request=StopRequest(env),
         nonfinite=_nonfinite_policy(cfg, out, log, core, task),
@@ -284,15 +291,16 @@ def _run_state(
     ema: ModelEma | None,
     task: Task,
     rng_part: RngPart,
+    in_shards: bool,
 ) -> RunState:
     """The checkpoint's parts, each saving and loading itself (``engine/checkpoint/state.py``)."""
     run_state = RunState()
     parts = run_state.parts
     parts["model"] = core.model  # the bare module: no DDP "module." prefix
     parts["optimizer"] = core.optimizer
-    if is_sharded(core.model):  # FSDP: the full state, gathered on rank 0, in the same layout as DDP's
-        parts["model"] = FullModelState(core.model)
-        parts["optimizer"] = FullOptimizerState(core.model, core.optimizer)
+    if is_sharded(core.model) or in_shards:  # FSDP or checkpoint.format=sharded: torch.distributed.checkpoint's API
+        parts["model"] = ModelState(core.model, full=not in_shards)
+        parts["optimizer"] = OptimizerState(core.model, core.optimizer, full=not in_shards)
     parts["scheduler"] = core.scheduler
     parts["scaler"] = ScalerPart(core.scaler)
     parts["train_state"] = state

@@ -6,8 +6,8 @@ parameters (DTensors) need the engine's care.
 * gradient accumulation without communication (:func:`gradient_sync_paused`, DDP's ``no_sync`` for DDP);
 * evaluation without collectives inside the loop (:func:`gathered_parameters`: the whole model everywhere first);
 * norms that are global (:func:`full_value`) and checks that look at this process's shard (:func:`local_value`);
-* checkpoint parts holding the *full* state (:class:`FullModelState`, :class:`FullOptimizerState`), in the same
-  layout as a DDP checkpoint, so resume (at any strategy), ``export`` and ``trainwell eval`` read them alike.
+* loading a full state dict into a sharded model (:func:`load_full_model_state`); the checkpoint parts of a sharded
+  model are in ``engine/checkpoint/parts.py``.
 
 Nothing here shards by hand: the sharding, gathers and reduce-scatters are FSDP2's.
 """
@@ -17,17 +17,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from fnmatch import fnmatch
-from typing import Any
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
@@ -140,52 +133,6 @@ def full_value(tensor: torch.Tensor) -> torch.Tensor:
 def local_value(tensor: torch.Tensor) -> torch.Tensor:
     """This process's part of ``tensor`` (its shard for a DTensor): for checks whose verdict is reduced afterwards."""
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
-
-
-_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-class FullModelState:
-    """The sharded model as a checkpoint part: the full state dict, gathered on rank 0 (CPU; other processes get
-    ``{}``: only rank 0 writes); loaded from a full state dict that every process holds."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def state_dict(self) -> dict[str, Any]:
-        return get_model_state_dict(self.model, options=_FULL)  # collective
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        set_model_state_dict(self.model, state, options=StateDictOptions(full_state_dict=True, strict=True))
-
-
-class FullOptimizerState:
-    """The optimizer of a sharded model as a checkpoint part, in ``torch.optim``'s own layout (state keyed by the
-    parameter's position in ``param_groups``) — the layout a DDP checkpoint has, so either strategy resumes it."""
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        self.model = model
-        self.optimizer = optimizer
-        names = {id(param): name for name, param in model.named_parameters()}
-        self.order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-        """Parameter names in the optimizer's order: position ``i`` is the key ``i`` of the native layout."""
-
-    def state_dict(self) -> dict[str, Any]:
-        full = get_optimizer_state_dict(self.model, self.optimizer, options=_FULL)  # collective
-        if not full:
-            return {}
-        index = {name: i for i, name in enumerate(self.order)}
-        return {
-            "state": {index[name]: value for name, value in full["state"].items()},
-            "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in full["param_groups"]],
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        by_name = {
-            "state": {self.order[int(i)]: value for i, value in state["state"].items()},
-            "param_groups": [{**g, "params": [self.order[int(i)] for i in g["params"]]} for g in state["param_groups"]],
-        }
-        set_optimizer_state_dict(self.model, self.optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
 
 def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor], *, strict: bool) -> None:

@@ -20,6 +20,7 @@ from trainwell.engine.checkpoint.resume import (
     trim_metrics_log,
     upgrade_checked,
 )
+from trainwell.engine.checkpoint.sharded import is_sharded_checkpoint, read_sharded
 from trainwell.engine.checkpoint.weights import WeightsReport, compare_model_state, load_model_weights, model_state_of
 from trainwell.engine.run import Run, metrics_writer
 from trainwell.engine.runtime import seed_everything
@@ -40,7 +41,10 @@ def resume(run: Run, source: str | Path) -> Path | None:
             trim_metrics_log(run.out.run_dir / "metrics.jsonl", 0)
         run.commit_outputs()
         return None
-    payload = upgrade_checked(path, payload if payload is not None else load_checkpoint(path))
+    if payload is None:  # a sharded directory: read at this run's world size (a collective), or one file
+        sharded = is_sharded_checkpoint(path)
+        payload = read_sharded(path, run.model, run.optimizer) if sharded else load_checkpoint(path)
+    payload = upgrade_checked(path, payload)
     current_layout = dict(run.state.data_layout)
     _load_checked(run, path, payload)
     run.commit_outputs()  # the checkpoint fits: only now does this run write into the directory

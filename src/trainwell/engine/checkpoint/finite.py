@@ -139,7 +139,7 @@ def refuse_nonfinite_state(
     error = nonfinite_state_error(
         bad or ["another process's state"],
         step,
-        last if last.is_file() else None,
+        last if last.exists() else None,
         last_saved_step,
         str(cause) if cause else None,
     )

@@ -151,8 +151,8 @@ def find_resumable(
         except CheckpointError as err:
             error = str(err)
         else:
-            if hit is not None:
-                found, payload = str(hit[0]), hit[1]
+            if hit is not None:  # a sharded checkpoint: every process reads its shards (resuming.resume)
+                found, payload = str(hit[0]), (hit[1] if hit[0].is_file() else None)
     found, error = D.broadcast_object((found, error), env)
     if error is not None:
         raise CheckpointError(error)
