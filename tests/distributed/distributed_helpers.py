@@ -157,3 +157,41 @@ class FailingTask(RegressionTask):
                 time.sleep(300)
             raise RuntimeError(f"injected failure on rank {self.cfg.fail_rank}")
         return super().compute_losses(model, batch)
+
+
+@dataclass
+class RecordingTaskConfig(RegressionTaskConfig):
+    """The regression task, plus where to record the training sample indices."""
+
+    class_path: str = "distributed_helpers:RecordingTask"
+    record_dir: str = ""
+    """Each process appends the dataset indices of every training micro-batch to ``<record_dir>/rank<R>.txt``."""
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, base: Any) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.base[index], "index": index}
+
+
+class RecordingTask(RegressionTask):
+    """Regression task that records which training samples each process's backward-bound forwards saw."""
+
+    Config = RecordingTaskConfig
+    cfg: RecordingTaskConfig
+
+    def build_datasets(self) -> tuple[Any, Any]:
+        train, val = super().build_datasets()
+        return _Indexed(train), val
+
+    def compute_losses(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if torch.is_grad_enabled() and "index" in batch:  # training steps only (not the doctor's no_grad probes)
+            path = Path(self.cfg.record_dir) / f"rank{os.environ.get('RANK', '0')}.txt"
+            with open(path, "a") as handle:
+                handle.write(" ".join(str(int(i)) for i in batch["index"]) + "\n")
+        return super().compute_losses(model, batch)

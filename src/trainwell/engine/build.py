@@ -207,14 +207,7 @@ def _assemble(
     checkpoint_dir = out.run_dir / "checkpoints" if out.run_dir is not None else Path("checkpoints")
     top_k = _top_k(cfg, best, checkpoint_dir, log)
     in_shards = cfg.checkpoint.in_shards(cfg.distributed.strategy)
-    checkpoints = (
-        CheckpointManager(checkpoint_dir, cfg.checkpoint, log=log.warning, top_k=top_k, sharded=in_shards)
-        if out.run_dir
-        else None
-    )
-    if checkpoints is not None and in_shards and cfg.checkpoint.async_save and env.is_distributed:
-        # Background saves run collectives in their own thread: on a group of their own (every process creates it).
-        checkpoints.process_group = torch.distributed.new_group(backend="gloo")
+    checkpoints = _checkpoints(cfg, env, checkpoint_dir, top_k, log) if out.run_dir else None
     rng_part = RngPart(env, device)
     ema = build_ema(core.model, cfg.train.ema)  # after channels_last: the copy keeps the layout
     curve = getattr(core.scheduler, "curve", None)
@@ -271,6 +264,18 @@ def _top_k(
         return None
     k, mode = cfg.checkpoint.keep_best, cfg.eval.best_mode
     return TopKCheckpoints(checkpoint_dir, k, best.metric, mode, log=log.warning)
+
+
+def _checkpoints(
+    cfg: ExperimentConfig, env: D.DistEnv, directory: Path, top_k: TopKCheckpoints | None, log: logging.Logger
+) -> CheckpointManager:
+    """The run's checkpoint files (``engine/checkpoint/manager.py``): single files, or sharded directories."""
+    sharded = cfg.checkpoint.in_shards(cfg.distributed.strategy)
+    checkpoints = CheckpointManager(directory, cfg.checkpoint, log=log.warning, top_k=top_k, sharded=sharded)
+    if sharded and cfg.checkpoint.async_save and env.is_distributed:
+        # Background saves run collectives in their own thread: on a group of their own (every process creates it).
+        checkpoints.process_group = torch.distributed.new_group(backend="gloo")
+    return checkpoints
 
 
 def _data_layout(cfg: ExperimentConfig, env: D.DistEnv, train_size: int) -> dict[str, int]:
