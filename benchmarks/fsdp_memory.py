@@ -5,7 +5,8 @@ AdamW, sharded the way the engine shards it (``engine.fsdp.select_units`` + ``sh
 or wrapped in DDP. Each process reports, after the first optimizer step (when AdamW's two moments exist):
 
 * parameters + optimizer state it holds: the sum of its *local* tensor sizes (a DTensor's shard, else the tensor);
-* its peak RSS (``ru_maxrss``), which also counts torch itself, the gradients and the all-gather buffers;
+* how much its peak RSS (``ru_maxrss``) grew over the baseline after imports: the model as built (whole, on every
+  process, before FSDP shards it), gradients, communication buffers, and what the allocator keeps;
 * the median time of ``--steps`` training steps (forward, backward, clip by the global norm, AdamW).
 
 Each strategy runs in a fresh pair of processes (peak RSS only grows), one after the other.
@@ -32,6 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from trainwell.config.distributed import FsdpConfig
+from trainwell.engine.distributed import destroy_process_group
 from trainwell.engine.fsdp import local_value, select_units, shard_model
 from trainwell.engine.step import total_grad_norm
 
@@ -71,15 +73,17 @@ def _worker(rank: int, port: int, args: argparse.Namespace, strategy: str, out: 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     result = _measure(strategy, args)
-    result["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    # Growth of the peak RSS over the baseline (Linux: KiB): what building and training the model added.
+    result["rss"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline) * 1024
     results: list = [None, None]
     dist.all_gather_object(results, result)
     if rank == 0:
         with open(out, "w") as handle:
             json.dump(results, handle)
     dist.barrier()
-    dist.destroy_process_group()
+    destroy_process_group()  # garbage collected first, or gloo aborts at exit
 
 
 def _run(strategy: str, args: argparse.Namespace, out: str) -> list[dict[str, float]]:
@@ -105,7 +109,7 @@ def main() -> None:
     for rank, (f, d) in enumerate(zip(fsdp, ddp, strict=True)):
         print(
             f"rank {rank}: params+optimizer {f['bytes'] / 2**20:.1f} MiB (fsdp) vs {d['bytes'] / 2**20:.1f} MiB (ddp) "
-            f"= {f['bytes'] / d['bytes']:.3f}x | peak RSS {f['rss'] / 2**20:.0f} vs {d['rss'] / 2**20:.0f} MiB "
+            f"= {f['bytes'] / d['bytes']:.3f}x | peak RSS growth {f['rss'] / 2**20:.0f} vs {d['rss'] / 2**20:.0f} MiB "
             f"= {f['rss'] / d['rss']:.2f}x | step {f['step_s'] * 1e3:.1f} vs {d['step_s'] * 1e3:.1f} ms "
             f"= {f['step_s'] / d['step_s']:.2f}x"
         )
