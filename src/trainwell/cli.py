@@ -20,6 +20,7 @@ from trainwell.engine.best import BestMetricError
 from trainwell.engine.checkpoint import CheckpointError
 from trainwell.engine.checkpoint.resume import run_dir_of_checkpoint
 from trainwell.engine.evaluation import CoverageError
+from trainwell.engine.fsdp import ShardingError
 from trainwell.engine.losses import LossContractError
 from trainwell.engine.nonfinite import NonFiniteLossError
 from trainwell.engine.optim import OptimConfigError
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
         if args.command == "train":
             return _train(args, callbacks)
         return handlers[args.command](args)
-    except (ConfigError, PlanError, BestMetricError, TaskCapabilityError) as err:
+    except (ConfigError, PlanError, BestMetricError, TaskCapabilityError, ShardingError) as err:
         print(f"trainwell: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     except (

@@ -27,6 +27,11 @@ from torch.distributed.tensor import DTensor
 
 from trainwell.config.distributed import FsdpConfig
 
+
+class ShardingError(ValueError):
+    """The FSDP units cannot be chosen as configured (``distributed.fsdp.units``, ``Task.shard_units``)."""
+
+
 UnitChooser = Callable[[nn.Module], Sequence[nn.Module]]
 """``model → the modules to shard as units`` (the root is always sharded last)."""
 
@@ -40,7 +45,7 @@ def select_units(model: nn.Module, patterns: Sequence[str] | None) -> list[nn.Mo
     """The modules whose names match one of ``patterns`` (``fnmatch``); ``None``: every direct child with parameters.
 
     Raises:
-        ValueError: the patterns match no module (naming a few of the model's module names).
+        ShardingError: the patterns match no module (naming a few of the model's module names).
     """
     if patterns is None:
         return [child for child in model.children() if any(True for _ in child.parameters())]
@@ -48,7 +53,7 @@ def select_units(model: nn.Module, patterns: Sequence[str] | None) -> list[nn.Mo
     units = [module for name, module in named if any(fnmatch(name, p) for p in patterns)]
     if not units:
         sample = ", ".join(name for name, _ in named[:8]) or "(none: the model has no submodules)"
-        raise ValueError(
+        raise ShardingError(
             f"distributed.fsdp.units {list(patterns)} matches no module of the model; its module names begin: "
             f"{sample}. Fix the patterns (fnmatch, e.g. 'blocks.*'), or set distributed.fsdp.units=null."
         )
@@ -67,7 +72,7 @@ def shard_model(
     names = {id(module): name for name, module in model.named_modules()}
     foreign = [type(unit).__name__ for unit in units if id(unit) not in names]
     if foreign:
-        raise ValueError(f"Task.shard_units returned modules that are not in the model: {', '.join(foreign)}.")
+        raise ShardingError(f"Task.shard_units returned modules that are not in the model: {', '.join(foreign)}.")
     policy = MixedPrecisionPolicy(param_dtype=amp, reduce_dtype=torch.float32) if amp else MixedPrecisionPolicy()
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
     # Children before parents: a unit's parameters are those no inner unit took.

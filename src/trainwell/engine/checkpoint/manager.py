@@ -38,6 +38,7 @@ from trainwell.engine.checkpoint.files import (
     load_checkpoint,
 )
 from trainwell.engine.checkpoint.sharded import (
+    META,
     SUFFIX,
     PendingSave,
     link_directory,
@@ -60,6 +61,12 @@ _TEMP = re.compile(r"^\..+\.tmp-\d+$")
 def periodic_name(epoch: int | None = None, step: int | None = None) -> str:
     """File name of a periodic checkpoint: ``epoch_NNNN.pt`` after ``epoch`` epochs, else ``step_NNNNNNNN.pt``."""
     return f"epoch_{epoch:04d}.pt" if epoch is not None else f"step_{step:08d}.pt"
+
+
+def _written_ns(path: Path) -> int:
+    """When a checkpoint was written: a directory's ``trainwell.pt`` (shared by its links, like a file's inode)."""
+    meta = path / META
+    return (meta if path.is_dir() and meta.exists() else path).stat().st_mtime_ns
 
 
 @dataclass(frozen=True)
@@ -167,7 +174,7 @@ class CheckpointManager:
         found = []
         for path in self.directory.glob("*_*"):
             if _PERIODIC.match(path.name):
-                found.append((path.stat().st_mtime_ns, path))
+                found.append((_written_ns(path), path))
         return sorted(found)
 
     def rotate(self) -> list[Path]:
@@ -202,7 +209,7 @@ class CheckpointManager:
         def newest_first(path: Path) -> tuple[int, int, int]:
             match = _PERIODIC.match(path.name)
             rank = 2 if path.name in (LAST, LAST_SHARDED) else 1 if match else 0
-            return (-path.stat().st_mtime_ns, -rank, -(int(match.group(2)) if match else 0))
+            return (-_written_ns(path), -rank, -(int(match.group(2)) if match else 0))
 
         return sorted(present, key=newest_first)
 
