@@ -67,6 +67,8 @@ def _train(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> int:
     from trainwell.engine.resuming import init_from, resume
 
     cfg, task = _load(args)
+    if args.resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and cfg.run.dir:
+        args.resume = "auto"  # torchrun restarted the group after a failure: continue from the newest valid checkpoint
     if args.resume == "auto" and cfg.run.dir is None:
         raise ConfigError("--resume auto continues the run in run.dir: pass run.dir=DIR (the directory to continue).")
     if args.resume not in (None, "auto"):

@@ -134,6 +134,8 @@ class FailingTaskConfig(RegressionTaskConfig):
     """Training forward (counted from 1) at which it fails."""
     fail_mode: str = "raise"
     """``raise`` an exception, or ``hang`` (sleep far longer than the distributed timeout)."""
+    fail_first_attempt_only: bool = False
+    """Fail only before torchrun's first restart (``TORCHELASTIC_RESTART_COUNT`` 0): an elastic job then recovers."""
 
 
 class FailingTask(RegressionTask):
@@ -148,6 +150,9 @@ class FailingTask(RegressionTask):
 
     def compute_losses(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.num_forwards += 1
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        if self.cfg.fail_first_attempt_only and restarted:
+            return super().compute_losses(model, batch)
         if int(os.environ.get("RANK", "0")) == self.cfg.fail_rank and self.num_forwards == self.cfg.fail_at_batch:
             if self.cfg.fail_mode == "hang":
                 # A stuck process that torchrun's SIGTERM ends at once. (The trainer's own handler would
