@@ -1,5 +1,5 @@
 """Sharded checkpoints (``checkpoint.format: sharded``, the default under FSDP) on 2 gloo processes: what the directory
-holds, a resume from one that continues bit for bit (written in the background, ``checkpoint.async_save``), the
+holds, a resume from one written in the background (``checkpoint.async_save``) that continues bit for bit, the
 newest-valid fallback past a damaged shard, and ``export`` / ``eval`` consolidating one in a single process."""
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ def _train(rank: int, world_size: int, run_dir: Path, extra: tuple[str, ...] = (
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     dirs = {name: tmp_path_factory.mktemp(name) for name in ("one", "fsdp", "resumed")}
     _train(0, 1, dirs["one"])
-    spawn(_train, 2, dirs["fsdp"], ("distributed.strategy=fsdp",), init_group=False)
+    # Written in the background: steps 4-6 train while step 3's shards are written (from a copy in CPU memory).
+    spawn(_train, 2, dirs["fsdp"], ("distributed.strategy=fsdp", "checkpoint.async_save=true"), init_group=False)
     resume = ("--resume", str(dirs["fsdp"] / "checkpoints/step_00000003.dcp"))
-    extra = ("distributed.strategy=fsdp", "checkpoint.async_save=true", *resume)
-    spawn(_train, 2, dirs["resumed"], extra, init_group=False)
+    spawn(_train, 2, dirs["resumed"], ("distributed.strategy=fsdp", *resume), init_group=False)
     return dirs
 
 
