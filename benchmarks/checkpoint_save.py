@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 from trainwell.api import build_run
-from trainwell.config.loader import build_task, load_config
 from trainwell.engine.checkpoint import load_checkpoint
 from trainwell.engine.checkpoint.files import content_digest
 from trainwell.engine.loop import Trainer
+from trainwell.experiment import build_task, load_config
 
 CONFIG = "configs/examples/regression.yaml"
 SIZES = {

@@ -17,13 +17,13 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ConfigError": "trainwell.config.loader",
-    "load_config": "trainwell.config.loader",
+    "load_config": "trainwell.experiment",
     "validate_config": "trainwell.config.loader",
     "ExperimentConfig": "trainwell.config.schema",
     "FitResult": "trainwell.engine.run",
     "build_run": "trainwell.api",
     "Trainer": "trainwell.engine.loop",
-    "build_task": "trainwell.config.loader",
+    "build_task": "trainwell.experiment",
     "DataConfig": "trainwell.engine.task",
     "Evaluator": "trainwell.engine.task",
     "Task": "trainwell.engine.task",

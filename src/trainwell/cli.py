@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trainwell.cli_args import build_parser
-from trainwell.config.loader import ConfigError, load_experiment
+from trainwell.config.loader import ConfigError
 from trainwell.config.schema import ExperimentConfig
 from trainwell.engine import distributed as D
 from trainwell.engine.best import BestMetricError
@@ -28,6 +28,8 @@ from trainwell.engine.plan import PlanError
 from trainwell.engine.rundir import CONTINUE, OVERWRITE, REFUSE, RunDirError
 from trainwell.engine.signals import EXIT_SIGNAL_BASE, TrainingInterrupted
 from trainwell.engine.task import DataError, Task, TaskCapabilityError, require_capability
+from trainwell.experiment import load_experiment
+from trainwell.records.jsonl import RecordVersionError
 
 EXIT_CONFIG_ERROR = 2
 """Exit status for a bad config file, override or argument (nothing was built)."""
@@ -143,6 +145,7 @@ def _score_checkpoint(args: argparse.Namespace, split: Literal["val", "test"]) -
     """``eval`` / ``test``: one checkpoint scored once on the validation or test split; metrics printed (and --out)."""
     from trainwell.doctor.findings import Finding, format_finding
     from trainwell.engine.standalone import evaluate_checkpoint
+    from trainwell.records.evaluation import eval_output
 
     cfg, task = _load(args)
     _require_file(args.checkpoint, "--checkpoint")
@@ -160,15 +163,15 @@ def _score_checkpoint(args: argparse.Namespace, split: Literal["val", "test"]) -
         for finding in findings:  # what the evaluator noticed, e.g. a metric it could not compute and why
             print(format_finding(finding)[0])
         if args.out:
-            payload = {
-                "split": split,
-                "num_samples": result.num_samples,
-                "world_size": result.world_size,
-                "metrics": result.metrics,
-                "checkpoint": str(args.checkpoint),
-                "outputs": [str(p) for p in result.outputs],
-                "findings": [f.to_dict() for f in findings],
-            }
+            payload = eval_output(
+                split=split,
+                num_samples=result.num_samples,
+                world_size=result.world_size,
+                metrics=result.metrics,
+                checkpoint=str(args.checkpoint),
+                outputs=[str(p) for p in result.outputs],
+                findings=[f.to_dict() for f in findings],
+            )
             Path(args.out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return 0
 
@@ -316,6 +319,7 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
         NonFiniteLossError,
         LossContractError,
         OptimConfigError,
+        RecordVersionError,
         RunDirError,
     ) as err:
         print(f"trainwell: error: {err}", file=sys.stderr)

@@ -22,6 +22,8 @@ from types import ModuleType
 import pytest
 import torch
 
+from trainwell.records.metrics import read_metrics
+
 ROOT = Path(__file__).resolve().parents[2]
 REGRESSION = "configs/examples/regression.yaml"
 
@@ -101,7 +103,7 @@ def test_hand_written_loop_follows_trainwells_loss_trajectory(tmp_path: Path) ->
     keys += ["checkpoint.every_epochs=0", "train.device=cpu"]
     cfg = runs.load_config(REGRESSION, [*keys, f"run.dir={tmp_path / 'run'}"])
     runs.Trainer(runs.build_run(cfg, runs.build_task(cfg))).fit()
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     engine = [r["loss"] for r in rows if r["kind"] == "train"]
     hand = runs.hand_written_run(REGRESSION, keys, torch.device("cpu"), total_steps=4, window=(1, 4))
     assert len(engine) == len(hand.losses) == 4

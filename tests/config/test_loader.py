@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from trainwell.cli import EXIT_CONFIG_ERROR, main
-from trainwell.config.loader import ConfigError, config_to_yaml, load_config
+from trainwell.config.loader import ConfigError, config_to_yaml
+from trainwell.experiment import load_config
 from trainwell.tasks.regression import RegressionDataConfig, RegressionTaskConfig
 
 CONFIG = "configs/examples/regression.yaml"

@@ -3,7 +3,6 @@ loader length, and every sample of a bucketing sampler's epoch taken exactly onc
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from trainwell.engine.distributed import DistEnv
 
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 from port_tasks import BucketTask
+
+from trainwell.records.metrics import read_metrics
 
 CONFIG = str(REPO / "configs/examples/regression.yaml")
 SMALL = ["data.train_size=96", "data.val_size=16", "train.epochs=2", "task.dropout=0", "train.progress_bar=off"]
@@ -31,7 +32,7 @@ def test_fraction_intervals_follow_the_loader_at_one_and_two_processes(tmp_path:
     _train(0, 1, tmp_path / "w1", 8)
     spawn(_train, 2, tmp_path / "w2", 8, init_group=False)
     for name, expected in (("w1", [6, 12, 18, 24]), ("w2", [3, 6, 9, 12])):
-        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(tmp_path / name / "metrics.jsonl")
         assert [r["step"] for r in records if r["kind"] == "train"] == expected, name
         assert [r["step"] for r in records if r["kind"] == "val"] == expected, name
     assert "0.5ep = every 3 of 6 steps per epoch" in (tmp_path / "w2" / "train.log").read_text()

@@ -57,6 +57,22 @@ def test_train_batches_start_continues_mid_epoch_and_drop_last_drops_only_the_ta
     assert list(dropping) == full[:-1]
 
 
+def test_a_batch_sampler_may_leave_an_epoch_to_the_default_shuffle() -> None:
+    """``Task.build_batch_sampler`` may return ``None`` (documented): that epoch gets shuffled fixed-size batches."""
+    env = DistEnv(rank=1, world_size=2)
+    fixed = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]  # 5 global batches: the 5th is dropped, rank 1 takes 1 and 3
+
+    def plan(epoch: int) -> list[list[int]] | None:
+        return fixed if epoch % 2 == 0 else None
+
+    planned = TrainBatches(10, batch_size=2, seed=3, env=env, plan=plan)
+    default = TrainBatches(10, batch_size=2, seed=3, env=env)
+    assert planned.batches(0) == [[2, 3], [6, 7]] and planned.dropped_tail(0) == 1
+    assert planned.batches(1) == default.batches(1) and planned.dropped_tail(1) == 0
+    planned.set_epoch(1)
+    assert list(planned) == default.batches(1)
+
+
 @pytest.mark.parametrize(("num_samples", "world_size"), [(101, 1), (101, 2), (101, 3), (2, 3), (0, 2), (7, 7)])
 def test_shard_range_tiles_the_dataset(num_samples: int, world_size: int) -> None:
     shards = [shard_range(num_samples, DistEnv(rank=r, world_size=world_size)) for r in range(world_size)]

@@ -3,7 +3,6 @@ without any effect on the training itself."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ import torch
 
 from trainwell.cli import main
 from trainwell.doctor.offline import diagnose_run
+from trainwell.records.metrics import read_metrics
 
 SMALL = [
     "configs/examples/regression.yaml",
@@ -30,7 +30,7 @@ def test_loss_init_is_the_loss_of_the_first_step_and_trainwell_doctor_reads_it(t
     # With log_every=1 the first log line is the loss of step 1, computed on the untrained model: the doctor's
     # probe (same batch, before any update, dropout off) must find the same number.
     assert train(tmp_path, "train.log_every=1", "task.dropout=0") == 0
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(tmp_path / "metrics.jsonl")
     first = next(r for r in lines if r["kind"] == "train")
     reference = diagnose_run(tmp_path).context.reference
     assert reference["loss_init"] == pytest.approx(first["loss"], rel=1e-5)

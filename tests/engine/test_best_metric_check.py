@@ -64,3 +64,27 @@ def test_undeclared_names_skip_the_check() -> None:
     check_best_metric("min(mse, 2 * mae)", {"mse", "mae"}, "RegressionTask")
     with pytest.raises(BestMetricError, match=r"no metric 'mae_' \(did you mean 'mae'\?\)"):
         check_best_metric("min(mse, mae_)", {"mse", "mae"}, "RegressionTask")
+
+
+UNDECLARED = """
+from trainwell.tasks.regression import RegressionTask
+
+class UndeclaredTask(RegressionTask):
+    def metric_names(self):
+        return None  # an older or minimal task: nothing to check before training
+"""
+
+
+def test_a_task_without_declared_names_fails_at_the_first_evaluation_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    (tmp_path / "undeclared.py").write_text(UNDECLARED)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "run"
+    args = ["train", REGRESSION, *SMALL, f"run.dir={run}", "task.class_path=undeclared:UndeclaredTask"]
+    err = _refused([*args, "eval.best_metric=msee", "train.progress_bar=off"], capsys)
+    assert "eval.best_metric 'msee' uses msee, which the evaluator does not report; available metrics: mae, mse" in err
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "crashed" and "msee" in status["error"]

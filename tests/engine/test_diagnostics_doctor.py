@@ -10,7 +10,6 @@ from torch import nn
 
 from trainwell.api import build_run
 from trainwell.cli import main
-from trainwell.config.loader import load_config
 from trainwell.config.schema import ScheduleConfig
 from trainwell.doctor.checks import RunContext
 from trainwell.doctor.live import TrainingDoctor
@@ -20,6 +19,9 @@ from trainwell.engine.meters import StepStats
 from trainwell.engine.nonfinite import NonFiniteLossError
 from trainwell.engine.schedule import build_scheduler
 from trainwell.engine.step import optimizer_step
+from trainwell.experiment import load_config
+from trainwell.records.findings import read_finding_lines
+from trainwell.records.metrics import read_metrics
 from trainwell.tasks.regression import RegressionTask
 
 REGRESSION = "configs/examples/regression.yaml"
@@ -50,7 +52,7 @@ def _trainer(tmp_path: Path, task_cls=RegressionTask, *overrides: str) -> Traine
 
 
 def _records(run_dir: Path, kind: str = "train") -> list[dict]:
-    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == kind]
 
 
 def _findings(run_dir: Path) -> dict[str, dict]:
@@ -172,7 +174,7 @@ def test_first_batch_report_and_update_ratio_in_the_outputs(tmp_path: Path) -> N
     assert "Diagnosis (training doctor): no problems found" in log
     train = _records(tmp_path)
     assert all(0 < r["update_ratio"] < 0.1 for r in train)
-    context = json.loads((tmp_path / "findings.jsonl").read_text().splitlines()[0])
+    context = read_finding_lines(tmp_path / "findings.jsonl")[0]
     assert context["kind"] == "context" and context["total_steps"] == 48 and context["clip_grad_norm"] == 1.0
     assert main(["doctor", str(tmp_path)]) == 0
 

@@ -43,3 +43,33 @@ def test_onecycle_logs_the_beta1_each_update_used(tmp_path: Path) -> None:
         assert record["lr"] == pytest.approx(anneal(3e-4, 3e-3, t / 4), rel=1e-12)
         assert record["momentum"] == pytest.approx(anneal(0.95, 0.85, t / 4), rel=1e-12)
     assert records[0]["momentum"] == pytest.approx(0.95)
+
+
+def test_with_several_param_groups_each_groups_lr_and_beta1_are_logged(tmp_path: Path) -> None:
+    from trainwell import Trainer, build_run
+    from trainwell.config.schema import ParamGroupConfig
+    from trainwell.experiment import build_task, load_config
+
+    def anneal(start: float, end: float, pct: float) -> float:
+        return end + (start - end) / 2 * (math.cos(math.pi * pct) + 1)
+
+    overrides = [*SHORT, f"run.dir={tmp_path}", "schedule.decay=onecycle", "schedule.pct_start=0.5"]
+    cfg = load_config(CONFIG, [*overrides, "schedule.div_factor=10", "optim.no_decay_norm_bias=false"])
+    cfg.optim.param_groups = [ParamGroupConfig(match="0.*", name="first", lr_mult=0.1)]
+    Trainer(build_run(cfg, build_task(cfg))).fit()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    records = [r for r in map(json.loads, lines) if r["kind"] == "train"]
+    assert {k for k in records[0] if k.startswith(("lr", "momentum"))} == {
+        "lr",
+        "lr/first",
+        "lr/default",
+        "momentum",
+        "momentum/first",
+        "momentum/default",
+    }
+    for record in records[:4]:  # the rising half, as above; the group's LR scaled by its lr_mult, β1 shared
+        t = record["step"] - 1
+        assert record["lr/default"] == pytest.approx(anneal(3e-4, 3e-3, t / 4), rel=1e-12)
+        assert record["lr/first"] == pytest.approx(0.1 * anneal(3e-4, 3e-3, t / 4), rel=1e-12)
+        for name in ("momentum/first", "momentum/default"):
+            assert record[name] == pytest.approx(anneal(0.95, 0.85, t / 4), rel=1e-12)

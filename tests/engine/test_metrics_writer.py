@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from trainwell.engine.logging import MetricsWriter
+from trainwell.records.metrics import read_metrics
 
 
 def test_one_record_lands_in_jsonl_and_tensorboard(tmp_path: Path) -> None:
@@ -16,7 +16,7 @@ def test_one_record_lands_in_jsonl_and_tensorboard(tmp_path: Path) -> None:
     writer.write("train", 1, 10, {"loss": 1.5, "loss/mse": 1.25, "lr/backbone": 1e-4, "flag": True}, "Train")
     writer.write("train", 1, 20, {"loss": 0.5, "loss/mse": 0.25, "lr/backbone": 2e-4}, "Train")
     writer.close()
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(tmp_path / "metrics.jsonl")
     assert records[0] == {
         "kind": "train",
         "epoch": 1,

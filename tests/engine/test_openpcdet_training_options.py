@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ import pytest
 
 from trainwell.cli import main
 from trainwell.engine.checkpoint import load_checkpoint
+from trainwell.records.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 REGRESSION = str(ROOT / "configs/examples/regression.yaml")
@@ -36,6 +39,36 @@ def test_augmentation_is_off_for_the_last_epochs_and_the_switch_is_logged(tmp_pa
     assert seen.by_epoch == {0: True, 1: True, 2: True, 3: False}  # 4 epochs, the last one without augmentation
     log = (tmp_path / "train.log").read_text()
     assert "Augmentation off from epoch 4 of 4 (data.disable_augmentation_last_epochs=1)" in log
+
+
+class _StopAt(_AugmentationSeen):
+    """Also sends this process SIGTERM right after optimizer step ``step`` (through the run's own handlers)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def on_step_end(self, run: Any) -> None:
+        super().on_step_end(run)
+        if run.state.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_a_run_resumed_within_the_last_epochs_trains_them_without_augmentation(tmp_path: Path) -> None:
+    # 4 epochs of 6 steps; stopped after step 20 (inside the last epoch), resumed there: the resumed part of the epoch
+    # must not augment either, and the log says so again.
+    args = ["train", DETECTION, f"run.dir={tmp_path}", "data.augment.disable_from_epoch=null", "eval.every_epochs=0"]
+    args += ["data.disable_augmentation_last_epochs=1", "train.log_every=1"]
+    stopped = _StopAt(20)
+    assert main(args, callbacks=[stopped]) == 143
+    assert stopped.by_epoch == {0: True, 1: True, 2: True, 3: False}
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["train_state"]["global_step"] == 20
+    resumed = _AugmentationSeen()
+    assert main([*args, "--resume", "auto"], callbacks=[resumed]) == 0
+    assert resumed.by_epoch == {3: False}
+    log = (tmp_path / "train.log").read_text()
+    assert log.count("Augmentation off from epoch 4 of 4 (data.disable_augmentation_last_epochs=1)") == 2
 
 
 def test_a_task_without_set_augmentation_is_refused_by_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -80,10 +113,10 @@ def test_eval_all_checkpoints_in_step_order_once(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "all.json").read_text())
     assert [(r["checkpoint"], r["step"]) for r in rows] == [(n, int(n[5:13])) for n in names]
     # The metrics of the step-16 checkpoint are the run's own final evaluation (the same exactly-once path).
-    val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = read_metrics(run / "metrics.jsonl")
     final = [r for r in val if r["kind"] == "val" and r["step"] == 16][-1]
     assert rows[-1]["metrics"]["mse"] == pytest.approx(final["mse"], rel=1e-6)
-    records = [json.loads(line) for line in (run / "eval_all" / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run / "eval_all" / "metrics.jsonl")
     assert [(r["kind"], r["step"], r["checkpoint"]) for r in records] == [("val", int(n[5:13]), n) for n in names]
     assert any((run / "eval_all" / "tb").iterdir())
     # A second pass evaluates nothing again.

@@ -37,3 +37,33 @@ def test_a_holder_dropped_without_release_gives_the_lock_back(tmp_path: Path) ->
     RunLock.acquire(tmp_path)  # not kept: collected at once
     gc.collect()
     RunLock.acquire(tmp_path).release()
+
+
+def test_a_forked_child_that_outlives_its_killed_parent_does_not_keep_the_lock(tmp_path: Path) -> None:
+    """A DataLoader worker (a forked child) still alive after its trainer was SIGKILLed holds nothing."""
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, sys, time; from pathlib import Path; from trainwell.engine.runlock import RunLock\n"
+        f"lock = RunLock.acquire(Path({str(tmp_path)!r}))\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"  # the fork handlers have run by the time the child's code goes on
+        "    print('child ready', flush=True); time.sleep(60); os._exit(0)\n"
+        "print(child, flush=True); os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    assert parent.stdout is not None
+    lines = sorted(parent.stdout.readline().strip() for _ in range(2))  # the child's pid, and the child is running
+    assert lines[1] == "child ready", lines
+    child = int(lines[0])
+    assert parent.wait(timeout=30) == -signal.SIGKILL
+    try:
+        os.kill(child, 0)  # the child is alive (it would raise ProcessLookupError otherwise)
+        lock = RunLock.acquire(tmp_path)  # and yet the lock is free: the child closed its inherited copy
+        lock.release()
+    finally:
+        os.kill(child, signal.SIGKILL)

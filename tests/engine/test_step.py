@@ -6,13 +6,13 @@ import torch
 from torch import nn
 
 from trainwell.api import build_run
-from trainwell.config.loader import build_task, load_config
 from trainwell.config.schema import ScheduleConfig
 from trainwell.engine.distributed import DistEnv
 from trainwell.engine.loop import Trainer
 from trainwell.engine.meters import StepStats
 from trainwell.engine.schedule import build_scheduler
 from trainwell.engine.step import optimizer_step
+from trainwell.experiment import build_task, load_config
 
 CONFIG = "configs/examples/regression.yaml"
 

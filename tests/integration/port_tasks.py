@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -193,8 +193,15 @@ class _WritingEvaluator:
 class PredictingTask(RegressionTask):
     """Writes per-sample predictions after evaluation and implements ``predict`` on a JSON list of inputs."""
 
+    eval_modes: ClassVar[list[tuple[bool, bool]]] = []
+    """``(grad enabled, model.training)`` at every ``eval_step`` call of this process (docs/porting.md's promise)."""
+
     def build_evaluator(self) -> Any:
         return _WritingEvaluator()
+
+    def eval_step(self, model: nn.Module, batch: Any, indices: torch.Tensor, evaluator: Any) -> None:
+        PredictingTask.eval_modes.append((torch.is_grad_enabled(), model.training))
+        super().eval_step(model, batch, indices, evaluator)
 
     def predict(self, model: nn.Module, input_path: Path, out_dir: Path | None) -> Any:
         x = torch.tensor(__import__("json").loads(input_path.read_text()), dtype=torch.float32)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from trainwell.cli import main
+from trainwell.records.metrics import read_metrics
 
 CONFIG = "configs/examples/regression.yaml"
 
@@ -36,7 +37,7 @@ def test_loss_breakdown_lines(run_dir: Path) -> None:
 
 
 def test_metrics_jsonl_records(run_dir: Path) -> None:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
     val = [r for r in records if r["kind"] == "val"]
     assert [r["step"] for r in train] == list(range(4, 33, 4))
@@ -60,7 +61,7 @@ def test_eval_reproduces_best_metrics(run_dir: Path, tmp_path: Path) -> None:
     assert main(["eval", CONFIG, "--checkpoint", str(best), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["num_samples"] == 101 and result["world_size"] == 1 and result["checkpoint"] == str(best)
-    val = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    val = read_metrics(run_dir / "metrics.jsonl")
     best_val = min((r for r in val if r["kind"] == "val"), key=lambda r: r["mse"])
     assert result["metrics"]["mse"] == pytest.approx(best_val["mse"], rel=1e-9)
 

@@ -23,6 +23,15 @@ TINY = [
 ]
 
 
+# What each pack's evaluation leaves in <run>/predictions (its evaluator's save_outputs; regression has none).
+PREDICTIONS = {
+    "configs/hand_pose/tiny.yaml": ["joints_rel_mm.json"],
+    "configs/hand_pose/rgbd_tiny.yaml": ["freihand/pred.json", "ho3d/pred.json"],
+    "configs/captioning/tiny.yaml": ["captions.json"],
+    "configs/detection3d/tiny.yaml": ["result.txt"],
+}
+
+
 def assert_doctor_quiet(run_dir: Path) -> None:
     """No ERROR or WARNING finding left in the run's records, and ``trainwell doctor`` exits 0."""
     loud = {f.id: f.evidence for f in read_findings(run_dir / "findings.jsonl").values() if f.severity != "info"}
@@ -35,6 +44,8 @@ def assert_doctor_quiet(run_dir: Path) -> None:
 def test_a_shipped_tiny_config_ends_without_findings(config: str, tmp_path: Path) -> None:
     assert main(["train", str(ROOT / config), f"run.dir={tmp_path}", "train.progress_bar=off"]) == 0
     assert_doctor_quiet(tmp_path)
+    for name in PREDICTIONS.get(config, []):
+        assert (tmp_path / "predictions" / name).stat().st_size > 0, name
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from test_resume import assert_bitwise_equal, spawn
 
 from trainwell.cli import main
 from trainwell.engine.checkpoint import LAST, load_checkpoint
+from trainwell.records.metrics import read_metrics
 
 EMA = ["train.ema.decay=0.8", "train.ema.every=2", "train.ema.start_step=3"]
 
@@ -77,7 +78,7 @@ def test_use_ema_evaluates_the_average_and_export_writes_it(tmp_path: Path) -> N
     assert train(run_dir, *EMA, "eval.use_ema=true", "train.epochs=2") == 0
     last = run_dir / "checkpoints" / LAST
     payload = load_checkpoint(last)
-    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = read_metrics(run_dir / "metrics.jsonl")
     val = [r for r in logged if r["kind"] == "val"][-1]
 
     scores = {}

@@ -20,6 +20,7 @@ from fault_table import FAULTS, HAND_POSE, REGRESSION, check_fault, run_training
 
 from trainwell.cli import main  # noqa: E402
 from trainwell.doctor.offline import diagnose_run  # noqa: E402
+from trainwell.records.metrics import read_metrics  # noqa: E402
 
 # One fault per new rule (the older rules have unit tests in tests/engine, the hand-pose label checks in
 # tests/doctor/test_hand_pose_checks.py); `make doctor-eval` runs every row of the library.
@@ -95,7 +96,7 @@ def test_an_evaluation_that_sees_one_shard_is_refused_by_the_engine(tmp_path: Pa
     # run before any metric from a partial set is reported.
     assert train([*REGRESSION, "task.class_path=fault_tasks:OneShardEvalRegressionTask"], tmp_path) == 1
     assert "did not see every sample exactly once" in capsys.readouterr().err
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(tmp_path / "metrics.jsonl")
     assert not [r for r in records if r["kind"] == "val"]
 
 

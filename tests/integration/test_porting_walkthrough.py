@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from trainwell.records.metrics import read_metrics
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "porting_walkthrough"
 
@@ -31,7 +33,7 @@ def test_the_port_learns_what_the_handwritten_loop_learns(tmp_path: Path) -> Non
     done = _trainwell("train", "config.yaml", f"run.dir={run}")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "eval.best_metric is not set" not in done.stdout + done.stderr
-    val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    val = read_metrics(run / "metrics.jsonl")
     best = max(r["accuracy"] for r in val if r["kind"] == "val")
     assert handwritten > 0.9 and best > 0.9 and abs(best - handwritten) < 0.05, (handwritten, best)
     # predict: points at the three blob centres come back as their classes.

@@ -17,9 +17,11 @@ from test_resume import assert_bitwise_equal, final_state, records, spawn
 
 from trainwell.api import build_run
 from trainwell.cli import main
-from trainwell.config.loader import build_task, load_config
 from trainwell.engine.checkpoint import LAST, load_checkpoint
 from trainwell.engine.loop import Trainer
+from trainwell.experiment import build_task, load_config
+from trainwell.records.findings import read_finding_lines
+from trainwell.records.metrics import read_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +30,7 @@ def _port_tasks_importable(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _train_records(run_dir: Path) -> list[dict[str, Any]]:
-    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]
 
 
 def test_openpcdet_style_outputs_log_every_tb_item_and_the_summed_parts(tmp_path: Path) -> None:
@@ -104,7 +106,7 @@ def test_max_steps_ends_mid_epoch_with_the_schedule_at_its_floor(tmp_path: Path)
     log = (tmp_path / "train.log").read_text()
     assert "10 optimizer steps = 2 epoch(s) of 6 steps (train.max_steps; the last epoch runs 4 steps" in log
     assert "train.epochs is not used" in log
-    assert [r["kind"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())].count("val") == 2
+    assert [r["kind"] for r in read_metrics(tmp_path / "metrics.jsonl")].count("val") == 2
 
 
 def test_epoch_fraction_intervals_resolve_from_the_loader(tmp_path: Path) -> None:
@@ -113,9 +115,7 @@ def test_epoch_fraction_intervals_resolve_from_the_loader(tmp_path: Path) -> Non
     assert train(tmp_path, *extra) == 0
     steps = [r["step"] for r in _train_records(tmp_path)]
     assert steps == [3, 6, 9, 12, 15, 18]
-    val_steps = [
-        r["step"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "val"
-    ]
+    val_steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "val"]
     assert val_steps == [3, 6, 9, 12, 15, 18]
     log = (tmp_path / "train.log").read_text()
     assert "log 0.5ep = every 3 of 6 steps per epoch" in log and "0.34ep = every 2 of 6 steps per epoch" in log
@@ -192,14 +192,21 @@ def test_export_loads_into_a_plain_model_with_identical_outputs(tmp_path: Path) 
 def test_eval_export_and_predict_use_the_task_without_a_trainer(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from port_tasks import PredictingTask
+
+    PredictingTask.eval_modes.clear()
     extra = ["task.class_path=port_tasks:PredictingTask", "train.epochs=1"]
     assert train(tmp_path / "run", *extra) == 0
+    assert PredictingTask.eval_modes and set(PredictingTask.eval_modes) == {(False, False)}  # no_grad, eval mode
     assert (tmp_path / "run" / "predictions" / "per_sample.json").is_file()  # written after the run's evaluation
-    findings = [json.loads(line) for line in (tmp_path / "run" / "findings.jsonl").read_text().splitlines()]
+    findings = read_finding_lines(tmp_path / "run" / "findings.jsonl")
     assert any(f.get("id") == "eval.example" for f in findings)  # the evaluator's finding reached the doctor
     best = tmp_path / "run" / "checkpoints" / "best.pt"
     base = [CONFIG, *SMALL, *extra, f"--checkpoint={best}"]
+    during_training = len(PredictingTask.eval_modes)
     assert main(["eval", *base, "--export", str(tmp_path / "export"), "--out", str(tmp_path / "eval.json")]) == 0
+    assert len(PredictingTask.eval_modes) > during_training
+    assert set(PredictingTask.eval_modes) == {(False, False)}  # `trainwell eval` too
     rows = json.loads((tmp_path / "export" / "per_sample.json").read_text())
     assert [r["index"] for r in rows] == list(range(32))  # the whole validation set, in index order
     summary = json.loads((tmp_path / "eval.json").read_text())

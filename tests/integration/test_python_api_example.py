@@ -1,9 +1,10 @@
 """examples/python_api.py runs (tiny sizes) and trains through the public Python API."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
+
+from trainwell.records.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,7 +19,7 @@ def test_python_api_example_runs(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "PA-MPJPE" in run.stdout
-    val = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    val = read_metrics(tmp_path / "metrics.jsonl")
     val = [r for r in val if r["kind"] == "val"]
     assert len(val) == 2 and val[-1]["mpjpe"] < val[0]["mpjpe"]
     assert (tmp_path / "checkpoints" / "best.pt").exists()

@@ -9,7 +9,7 @@ import matplotlib.image
 import pytest
 
 from trainwell.cli import main
-from trainwell.engine.best import parse_metric_expression
+from trainwell.config.expressions import parse_metric_expression
 from trainwell.report.plots import plot_validation
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

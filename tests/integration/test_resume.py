@@ -22,10 +22,10 @@ from small_run import CONFIG, ROOT, SMALL, SignalAtStep, train
 
 from trainwell.api import build_run
 from trainwell.cli import main
-from trainwell.config.loader import build_task, load_config
 from trainwell.engine.checkpoint import BEST, LAST, atomic_save, load_checkpoint
 from trainwell.engine.loop import Trainer
 from trainwell.engine.resuming import init_from
+from trainwell.experiment import build_task, load_config
 
 _TIMING = {"steps_per_s", "data_wait_share"}
 
@@ -112,6 +112,20 @@ def test_killed_run_resumes_to_bitwise_equal_weights(
     # Every train/val record once, with the values of the uninterrupted run (loss meters restored).
     assert records(run_dir) == records(expected)
     assert "Resumed from" in (run_dir / "train.log").read_text()
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_afresh_without_its_old_records(
+    tmp_path: Path, reference: dict[str, Path]
+) -> None:
+    run_dir = tmp_path / "run"
+    assert spawn(run_dir, [], {"kill_at_step": 3}) == -signal.SIGKILL  # step 2 logged, the first last.pt is step 4
+    assert not list((run_dir / "checkpoints").glob("*.pt"))
+    assert [r["step"] for r in records(run_dir)] == [2]
+
+    assert train(run_dir, "--resume", "auto") == 0
+    assert "no checkpoint in" in (run_dir / "train.log").read_text()
+    assert records(run_dir) == records(reference["off"])  # step 2 once, not the killed attempt's copy too
+    assert_bitwise_equal(final_state(run_dir), final_state(reference["off"]))
 
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(

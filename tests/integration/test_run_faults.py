@@ -64,6 +64,7 @@ def test_a_nonfinite_state_is_never_checkpointed_and_resume_continues_from_the_l
     assert payload["train_state"]["global_step"] == 2
     assert all(torch.isfinite(t).all() for t in payload["model"].values())
     assert (status(run_dir)["state"], status(run_dir)["step"]) == ("nonfinite_stop", 4)
+    assert not (run_dir / runlock.LOCK_FILE).exists()  # given back on the non-finite stop
 
     # Fixed (no more NaN batch), the run continues from that state and says which file it took.
     assert train(run_dir, *NAN_AT_STEP_4[:1], "task.nan_at_batch=0", "--resume", "auto") == 0
@@ -143,6 +144,26 @@ def test_disk_full_before_the_first_write_is_an_error(
     assert snapshot(run_dir) == {}  # nothing half-written, no lock file left
 
 
+def test_disk_full_at_the_first_config_write_is_an_error_and_leaves_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainwell.engine import outputs
+
+    run_dir = tmp_path / "run"
+
+    def full(path: Path, text: str) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(outputs, "atomic_write_text", full)  # the lock was written; config.yaml does not fit
+    assert train(run_dir, *ONE_EPOCH) == 1
+    out = capsys.readouterr()
+    assert f"Cannot write into the run directory '{run_dir}': No space left on device" in out.err
+    assert f"'{run_dir / 'config.yaml'}'" in out.err and "Traceback" not in out.out + out.err
+    assert snapshot(run_dir) == {}  # no lock file left behind
+    monkeypatch.undo()
+    assert train(run_dir, *ONE_EPOCH) == 0  # the directory is free and holds no run: used as is
+
+
 def test_a_checkpoint_without_write_permission_crashes_the_run_by_name_and_the_doctor_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -176,6 +197,7 @@ from trainwell.tasks.regression import RegressionTask, RegressionTaskConfig
 class UserTaskConfig(RegressionTaskConfig):
     class_path: str = "user_task:UserTask"
     data_file: str = ""
+    backbone_file: str = ""
 
 class UserTask(RegressionTask):
     Config = UserTaskConfig
@@ -184,6 +206,12 @@ class UserTask(RegressionTask):
         if self.cfg.data_file and not Path(self.cfg.data_file).is_file():
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), self.cfg.data_file)
         return super().build_datasets()
+
+    def build_model(self):
+        if self.cfg.backbone_file:  # pretrained weights the model starts from
+            with open(self.cfg.backbone_file, "rb"):
+                pass
+        return super().build_model()
 """
 
 
@@ -213,6 +241,22 @@ def test_a_setup_failure_leaves_a_crashed_status_that_the_doctor_reports(
     assert str(missing) in result.stdout and "Traceback" not in result.stdout
 
 
+def test_a_model_that_cannot_be_built_leaves_a_crashed_status_that_the_doctor_reports(
+    tmp_path: Path, user_task: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir, missing = tmp_path / "run", tmp_path / "weights" / "backbone.pt"
+    assert train(run_dir, "task.class_path=user_task:UserTask", f"task.backbone_file={missing}", *ONE_EPOCH) == 1
+    out = capsys.readouterr()
+    assert f"No such file or directory '{missing}'" in out.err and "Traceback" not in out.out + out.err
+    recorded = status(run_dir)
+    assert (recorded["state"], recorded["step"]) == ("crashed", 0) and str(missing) in recorded["error"]
+    assert not (run_dir / runlock.LOCK_FILE).exists() and not list(run_dir.glob("checkpoints/*"))
+
+    assert main(["doctor", str(run_dir)]) == 1
+    text = capsys.readouterr().out
+    assert "run.crashed" in text and "before training started" in text and str(missing) in text
+
+
 def test_an_optimizer_that_cannot_be_built_leaves_a_crashed_status(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -225,9 +269,12 @@ def test_an_optimizer_that_cannot_be_built_leaves_a_crashed_status(
 
 
 # -- 6. a second Ctrl-C during the signal-save ----------------------------------------------------------------------
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM])
 def test_a_second_ctrl_c_during_the_signal_save_lets_the_save_finish(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+    first: signal.Signals, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    """Ctrl-C (or SIGTERM from a scheduler), then Ctrl-C while ``last.pt`` is written: the file completes and the
+    run ends as its first signal asked, 128 + N (130 / 143), without a traceback."""
     real = files.serialize
 
     class CtrlCMidWrite:
@@ -250,13 +297,14 @@ def test_a_second_ctrl_c_during_the_signal_save_lets_the_save_finish(
         real(content, CtrlCMidWrite(handle) if step == 9 else handle)  # type: ignore[arg-type]
 
     monkeypatch.setattr(files, "serialize", second_ctrl_c_in_the_step_9_save)
-    assert train(tmp_path, callbacks=(SignalAtStep(9, signal.SIGINT),)) == 130
+    assert train(tmp_path, callbacks=(SignalAtStep(9, first),)) == 128 + first
     out = capfd.readouterr()  # the handler writes to fd 2 directly
     assert "finishing the checkpoint being written first" in out.err
     assert "Traceback" not in out.out + out.err
     assert load_checkpoint(tmp_path / "checkpoints" / LAST)["train_state"]["global_step"] == 9  # complete, verified
     assert not list((tmp_path / "checkpoints").glob(".*.tmp-*"))
-    assert (status(tmp_path)["state"], status(tmp_path)["signal"]) == ("stopped_by_signal", signal.SIGINT)
+    assert (status(tmp_path)["state"], status(tmp_path)["signal"]) == ("stopped_by_signal", first)
+    assert not (tmp_path / runlock.LOCK_FILE).exists()  # the lock is given back on a signal stop too
 
 
 # -- 13. reading a run never runs its code --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from small_run import ROOT, train
 
 from trainwell.engine.checkpoint import LAST, load_checkpoint
 from trainwell.engine.runlock import LOCK_FILE
+from trainwell.records.metrics import read_metrics
 
 ONE_EPOCH = ("train.epochs=1",)
 
@@ -60,7 +61,7 @@ def test_overwrite_moves_the_old_run_aside_and_keeps_it(
     (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert f"moved the previous run in '{run_dir}' to '{aside}'" in capsys.readouterr().out
     assert snapshot(aside) == before  # the old run, whole and unchanged, under its new name
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records if r["kind"] == "val"] == [6]  # one run's records, not two
     assert not (run_dir / LOCK_FILE).exists() and not (aside / LOCK_FILE).exists()
 
@@ -93,6 +94,10 @@ def test_a_run_directory_locked_by_a_live_process_is_refused_naming_its_host_and
         assert f"'{run_dir}' is in use by process {holder.pid} on host {socket.gethostname()}" in err
         assert "Traceback" not in err
         assert snapshot(run_dir) == before
+        # --overwrite never moves a live run aside.
+        assert train(run_dir, *ONE_EPOCH, "--overwrite") == 1
+        assert f"is in use by process {holder.pid}" in capsys.readouterr().err
+        assert snapshot(run_dir) == before and [p.name for p in tmp_path.iterdir()] == ["run"]
     finally:
         holder.communicate("\n", timeout=30)
     # Released by its holder: the next run takes the directory (and deletes the lock file when it ends).
@@ -167,3 +172,26 @@ def test_a_crashed_setup_is_continued_with_resume_auto_and_keeps_its_config(
     assert snapshot(run_dir)["config.yaml"] == crashed["config.yaml"]  # the first attempt's config, kept
     assert "match: backbone.*" not in (run_dir / "config.resume-1.yaml").read_text()
     assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+
+
+def test_the_python_api_refuses_a_used_directory_and_continues_it_on_request(finished: Path, tmp_path: Path) -> None:
+    """``trainwell.build_run`` keeps the same rule as the CLI (docs/run_directory.md)."""
+    from small_run import CONFIG, SMALL
+
+    from trainwell import Trainer, build_run, build_task, load_config
+    from trainwell.engine.resuming import resume
+    from trainwell.engine.rundir import RunDirError
+
+    run_dir = copy_run(finished, tmp_path / "run")
+    before = snapshot(run_dir)
+    cfg = load_config(CONFIG, [*SMALL, f"run.dir={run_dir}", "train.epochs=2"])
+    with pytest.raises(RunDirError, match="already holds a run"):
+        build_run(cfg, build_task(cfg))
+    assert snapshot(run_dir) == before  # refused: nothing written, no lock file left
+
+    run = build_run(cfg, build_task(cfg), existing_run="continue")
+    assert resume(run, "auto") == run_dir / "checkpoints" / LAST
+    Trainer(run).fit()
+    assert load_checkpoint(run_dir / "checkpoints" / LAST)["train_state"]["global_step"] == 12  # 6 more steps
+    assert snapshot(run_dir)["config.yaml"] == before["config.yaml"] and (run_dir / "config.resume-1.yaml").exists()
+    assert not (run_dir / LOCK_FILE).exists()

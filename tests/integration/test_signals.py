@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,8 +14,10 @@ import pytest
 import torch
 from small_run import CONFIG, ROOT, SMALL, SignalAtStep, train
 
+from trainwell.cli import main
 from trainwell.engine.checkpoint import LAST, load_checkpoint
 from trainwell.engine.distributed import DistEnv
+from trainwell.engine.runlock import LOCK_FILE
 from trainwell.engine.signals import StopRequest
 
 
@@ -61,6 +64,14 @@ def test_second_ctrl_c_aborts_without_writing(tmp_path: Path, capsys: pytest.Cap
     assert "aborted (second Ctrl-C)" in capsys.readouterr().err
     assert last_state(tmp_path)["train_state"]["global_step"] == 8  # the periodic save before, not step 9
     assert not list((tmp_path / "checkpoints").glob(".*.tmp-*"))
+    # The user's abort, recorded as such (not "crashed" with an empty KeyboardInterrupt): the doctor says so.
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert (status["state"], status["signal"], status["aborted"], status["step"]) == ("stopped_by_signal", 2, True, 9)
+    assert main(["doctor", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "aborted by a second Ctrl-C at step 9; resumable from its last checkpoint" in out
+    assert "run.crashed" not in out
+    assert not (tmp_path / LOCK_FILE).exists()
 
 
 def test_external_sigusr1_stops_a_real_process_with_exit_138(tmp_path: Path) -> None:

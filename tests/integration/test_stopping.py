@@ -102,6 +102,7 @@ def test_time_budget_stops_before_it_and_counts_the_time_of_every_resume(
     # 18 steps planned. At step k 10·k s are used and a step takes 10 s: 95 s allow 9 steps (a 10th would end at 100).
     assert train(run_dir, "train.max_time=95s") == 0
     assert status(run_dir)["state"] == "time_budget" and status(run_dir)["step"] == 9
+    assert status(run_dir)["reason"].startswith("train.max_time: 90 s of 95 s used; the next step would pass it")
     saved = load_checkpoint(run_dir / "checkpoints" / LAST)["train_state"]
     assert saved["global_step"] == 9 and saved["elapsed_s"] == 90.0
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from trainwell.cli import main
-from trainwell.config.loader import build_task, load_config
 from trainwell.engine.checkpoint import load_checkpoint
+from trainwell.experiment import build_task, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 REGRESSION = str(ROOT / "configs/examples/regression.yaml")
@@ -18,14 +18,18 @@ SMALL = ["data.train_size=64", "train.batch_size=16", "train.epochs=1", "schedul
 SMALL += ["train.progress_bar=off"]
 
 
-def test_trainwell_test_scores_the_test_split_once(tmp_path: Path) -> None:
+def test_trainwell_test_scores_the_test_split_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     assert main(["train", REGRESSION, f"run.dir={run}", *SMALL, "data.test_size=37"]) == 0
     best = run / "checkpoints" / "best.pt"
     out = tmp_path / "test.json"
+    capsys.readouterr()
     assert main(["test", REGRESSION, "--checkpoint", str(best), "--out", str(out), "data.test_size=37"]) == 0
     result = json.loads(out.read_text())
     assert result["split"] == "test" and result["num_samples"] == 37
+    printed = capsys.readouterr().out.splitlines()  # printed as `eval` prints: one `name: value` line per metric
+    assert "Evaluated on 37 samples from all 1 processes" in printed  # each test sample once
+    assert printed[-2:] == [f"{name}: {value:.4f}" for name, value in result["metrics"].items()]
     # Independent reference: the checkpoint's model on the test samples, mean squared error computed here.
     cfg = load_config(REGRESSION, ["data.test_size=37"])
     task = build_task(cfg)

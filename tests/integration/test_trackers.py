@@ -21,6 +21,7 @@ import yaml
 from test_resume import spawn
 
 from trainwell.cli import main
+from trainwell.records.metrics import read_metrics
 
 pytest.importorskip("mlflow")
 pytest.importorskip("wandb")
@@ -50,7 +51,7 @@ _TIMING = {"Train/steps_per_s", "Train/data_wait_share"}
 def expected_series(run_dir: Path) -> Series:
     """The TensorBoard tags of ``metrics.jsonl``'s train and val records: ``Train/<key>``, ``Val/<key>``."""
     series: Series = {}
-    for record in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
+    for record in read_metrics(run_dir / "metrics.jsonl"):
         prefix = {"train": "Train", "val": "Val"}.get(record["kind"])
         for key, value in record.items():
             if prefix and key not in ("kind", "epoch", "step") and isinstance(value, int | float):
@@ -176,6 +177,7 @@ def test_wandb_offline_files_hold_the_run(tracked_run: Path) -> None:
     assert_same_series(got, expected_series(tracked_run), after=10)
     assert config["optim"]["lr"] == resolved_config(tracked_run)["optim"]["lr"] and config["eval"]["every"] == 4
     assert summary["best/value"] == pytest.approx(min(v for _, v in expected_series(tracked_run)["Val/mse"]))
+    assert summary["final/mse"] == pytest.approx(expected_series(tracked_run)["Val/mse"][-1][1])
     artifacts = [r.artifact for path in files for r in wandb_records(path) if r.WhichOneof("record_type") == "artifact"]
     assert [(a.name, a.type) for a in artifacts] == [("report", "report")]  # once: when the resumed run ended
     paths = {entry.path for entry in artifacts[0].manifest.contents}
@@ -191,11 +193,17 @@ def test_trackio_store_holds_the_run(tracked_run: Path, monkeypatch: pytest.Monk
     name = ids(tracked_run)["trackio"]
     assert SQLiteStorage.get_runs("trainwell") == [name]
     got: Series = {}
+    summary: dict[str, tuple[int, float]] = {}
     for row in SQLiteStorage.get_logs("trainwell", name):
         for tag, value in row.items():
-            if tag not in ("step", "timestamp") and not tag.startswith(("final/", "best/")):
+            if tag.startswith(("final/", "best/")):
+                summary[tag] = (row["step"], float(value))  # trackio has no summary: logged at the last step
+            elif tag not in ("step", "timestamp"):
                 got.setdefault(tag, []).append((row["step"], float(value)))
-    assert_same_series(got, expected_series(tracked_run))
+    expected = expected_series(tracked_run)
+    assert_same_series(got, expected)
+    assert summary["best/value"] == (18, pytest.approx(min(v for _, v in expected["Val/mse"])))
+    assert summary["final/mse"] == (18, pytest.approx(expected["Val/mse"][-1][1]))
     config = SQLiteStorage.get_run_config("trainwell", name)
     assert config["optim"]["lr"] == resolved_config(tracked_run)["optim"]["lr"] and config["eval"]["every"] == 4
     manifest = SQLiteStorage.get_artifact_manifest("trainwell", "report", None)
@@ -219,3 +227,32 @@ def test_a_tracker_named_but_not_installed_is_a_config_error(
     assert "log.trackers names wandb" in err and "pip install 'trainwell[trackers]'" in err
     assert main(["train", CONFIG, "log.trackers=[neptune]"]) == 2
     assert "log.trackers[0]" in capsys.readouterr().err
+
+
+def test_only_rank_0_builds_and_feeds_trackers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun the CLI builds no tracker on ranks > 0, and the engine's recorder of a process that writes no
+    run directory (every rank but 0) starts none and sends nothing."""
+    from small_run import CONFIG
+
+    from trainwell import cli
+    from trainwell.engine.trackers import TrackerRecorder
+    from trainwell.experiment import load_config
+
+    cfg = load_config(CONFIG, ["log.trackers=[tensorboard,mlflow]"])
+    for rank, expected in ((1, []), (0, ["mlflow"])):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        assert [t.name for t in cli._trackers(cfg)] == expected, rank
+
+    class Loud:
+        name = "loud"
+
+        def __getattr__(self, attribute: str) -> Any:
+            raise AssertionError(f"a rank without a run directory called tracker.{attribute}")
+
+    recorder = TrackerRecorder([Loud()], None)  # type: ignore[list-item]
+    recorder.start({"optim.lr": 0.1}, resumed=False)
+    recorder.write("train", 2, {"loss": 1.0})
+    recorder.finish("finished", {"final/mse": 1.0}, 2)
+    assert recorder.trackers == [] and recorder.ids == {}

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainwell.config.loader import load_experiment
-from trainwell.engine.best import parse_metric_expression
+from trainwell.config.expressions import parse_metric_expression
 from trainwell.engine.distributed import DistEnv
 from trainwell.engine.evaluation import evaluate
+from trainwell.experiment import load_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = [

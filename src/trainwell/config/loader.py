@@ -1,4 +1,4 @@
-"""Load an experiment: YAML file + ``KEY=VALUE`` overrides, validated against the typed schema.
+"""Read a config: YAML file + ``KEY=VALUE`` overrides, validated against the typed schema.
 
 OmegaConf does the merging and type validation (structured configs from dataclasses); this module
 adds what people need when something is wrong: the key, the file (or the override) and, for a typo,
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBas
 
 from trainwell.config.schema import DataConfig, ExperimentConfig, config_to_dict, config_to_yaml
 from trainwell.config.yaml_checks import YamlShapeError, check_no_alias_bomb, check_no_duplicate_keys
-from trainwell.engine.task import Task
 
 
 class ConfigError(Exception):
@@ -112,34 +111,6 @@ def _nested(dotted: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def import_task_class(class_path: str, source: str) -> type[Task]:
-    """Import ``package.module:ClassName`` and check it is a :class:`Task`."""
-    module_name, sep, attr = class_path.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(
-            f"task.class_path '{class_path}' (in {source}) must look like 'package.module:ClassName', "
-            f"e.g. trainwell.tasks.hand_pose:HandPoseTask."
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ConfigError(
-            f"task.class_path '{class_path}' (in {source}): cannot import module '{module_name}': {err}. "
-            f"Check the spelling and that the package is installed in this environment."
-        ) from None
-    cls = getattr(module, attr, None)
-    if cls is None:
-        names = [n for n in dir(module) if not n.startswith("_")]
-        hint = difflib.get_close_matches(attr, names, n=1)
-        raise ConfigError(
-            f"task.class_path '{class_path}' (in {source}): module '{module_name}' has no '{attr}'"
-            + (f" — did you mean '{hint[0]}'?" if hint else ".")
-        )
-    if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise ConfigError(f"task.class_path '{class_path}' (in {source}) is not a subclass of trainwell Task.")
-    return cls
-
-
 def _valid_keys(node: Any, prefix: str = "") -> list[str]:
     keys = []
     for name in node.keys() if hasattr(node, "keys") else []:
@@ -191,36 +162,54 @@ def _check_ranges(cfg: ExperimentConfig, source_of: Any) -> None:
         raise ConfigError(f"Config key '{key}' in {source_of(key)} {what} (got {value!r}).")
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read ``path``, apply ``KEY=VALUE`` overrides, validate, and return the typed config."""
-    return load_experiment(path, overrides)[0]
+@dataclass(frozen=True)
+class ConfigSource:
+    """A config file read as YAML and its parsed ``KEY=VALUE`` overrides, not yet typed or validated."""
+
+    path: Path
+    raw: dict[str, Any]
+    overrides: list[tuple[str, Any, str]]
+    """``(dotted key, value, the override's text)`` in command-line order."""
+
+    def task_class_path(self) -> tuple[str, str]:
+        """``task.class_path`` (an override wins over the file) and where it came from, for messages.
+
+        Raises:
+            ConfigError: neither the file nor an override names the task.
+        """
+        class_path, source = (self.raw.get("task") or {}).get("class_path"), f"'{self.path}'"
+        for key, value, text in self.overrides:
+            if key == "task.class_path":
+                class_path, source = value, f"command-line override '{text}'"
+        if not class_path:
+            raise ConfigError(
+                f"Config file '{self.path}' has no task.class_path: add a 'task:' section naming the task "
+                f"class, e.g. 'class_path: trainwell.tasks.hand_pose:HandPoseTask'."
+            )
+        return str(class_path), source
 
 
-def load_experiment(path: str | Path, overrides: list[str] | None = None) -> tuple[ExperimentConfig, type[Task]]:
-    """Read ``path``, apply ``KEY=VALUE`` overrides, validate; return the typed config and the task class.
+def read_config_source(path: str | Path, overrides: list[str] | None = None) -> ConfigSource:
+    """Read ``path`` (duplicate keys and alias bombs refused) and parse ``overrides``.
 
-    The task class is imported here, once: its ``Config``/``DataConfig`` type the task/data sections.
+    Raises:
+        ConfigError: naming the file or the override.
+    """
+    path = Path(path)
+    return ConfigSource(path=path, raw=_read_yaml(path), overrides=_parse_overrides(overrides or []))
+
+
+def typed_config(source: ConfigSource, task_section: Any, data_section: Any) -> ExperimentConfig:
+    """Merge ``source`` into the schema whose task/data sections are the task's own dataclasses, then validate.
+
+    ``task_section``/``data_section`` are instances of the task's ``Config``/``DataConfig`` (see
+    :func:`trainwell.experiment.load_experiment`, which imports the task class to get them).
 
     Raises:
         ConfigError: with a message naming the key, the file or override, and a suggestion.
     """
-    path = Path(path)
-    raw = _read_yaml(path)
-    parsed = _parse_overrides(overrides or [])
-
-    # The task class types the task/data sections, so it must be known before validation.
-    class_path, source = (raw.get("task") or {}).get("class_path"), f"'{path}'"
-    for key, value, text in parsed:
-        if key == "task.class_path":
-            class_path, source = value, f"command-line override '{text}'"
-    if not class_path:
-        raise ConfigError(
-            f"Config file '{path}' has no task.class_path: add a 'task:' section naming the task "
-            f"class, e.g. 'class_path: trainwell.tasks.hand_pose:HandPoseTask'."
-        )
-    task_cls = import_task_class(str(class_path), source)
-
-    schema = OmegaConf.structured(ExperimentConfig(task=task_cls.Config(), data=task_cls.DataConfig()))
+    path, raw, parsed = source.path, source.raw, source.overrides
+    schema = OmegaConf.structured(ExperimentConfig(task=task_section, data=data_section))
     try:
         cfg = OmegaConf.merge(schema, OmegaConf.create(raw))
     except OmegaConfBaseException as err:
@@ -249,7 +238,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None) -> tup
         return f"command-line override '{overridden[plain]}'" if plain in overridden else f"'{path}'"
 
     _check_ranges(obj, source_of)
-    return obj, task_cls
+    return obj
 
 
 def read_run_config(path: str | Path) -> ExperimentConfig:
@@ -278,19 +267,12 @@ def read_run_config(path: str | Path) -> ExperimentConfig:
     return obj
 
 
-def build_task(cfg: ExperimentConfig) -> Task:
-    """Instantiate the task named by ``task.class_path`` with its typed sections (Python API; the CLI uses the
-    class :func:`load_experiment` returned)."""
-    return import_task_class(cfg.task.class_path, "the config")(cfg.task, cfg.data)
-
-
 __all__ = [
     "ConfigError",
-    "build_task",
     "config_to_dict",
     "config_to_yaml",
-    "load_config",
-    "load_experiment",
+    "read_config_source",
     "read_run_config",
+    "typed_config",
     "validate_config",
 ]

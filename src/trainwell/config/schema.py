@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 
 from trainwell.config.distributed import DistributedConfig, combination_problems
+from trainwell.config.expressions import parse_metric_expression
 from trainwell.config.log import LogConfig
 from trainwell.config.training import EarlyStopConfig, EmaConfig, ProfileConfig, parse_duration_s
 
@@ -294,8 +295,6 @@ class EvalConfig:
             if self.best_metric is None:
                 yield "eval.early_stop", "needs eval.best_metric (the value whose improvement it watches)"
         if self.best_metric is not None:
-            from trainwell.engine.best import parse_metric_expression
-
             try:
                 parse_metric_expression(self.best_metric)
             except ValueError as err:
@@ -448,7 +447,7 @@ def _nonfinite_problems(value: Any, key: str) -> Iterator[Problem]:
 
 def config_to_yaml(cfg: ExperimentConfig) -> str:
     """The fully resolved config as YAML (written to ``<run>/config.yaml``; loadable again)."""
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return str(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from trainwell.doctor.findings import Finding
+from trainwell.engine.tensors import iter_tensors
 
 
 @dataclass(frozen=True)
@@ -28,21 +28,6 @@ class TensorStats:
     std: float
     num_nan: int
     num_inf: int
-
-
-def iter_tensors(batch: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """``(dotted name, tensor)`` for every tensor in a nested dict / list / tuple batch."""
-    if isinstance(batch, torch.Tensor):
-        yield prefix or "batch", batch
-    elif isinstance(batch, np.ndarray) and batch.dtype.kind in "biuf":
-        # NumPy batches (a collate that keeps arrays) get the same report and NaN checks as tensors.
-        yield prefix or "batch", torch.from_numpy(np.ascontiguousarray(batch))
-    elif isinstance(batch, Mapping):
-        for key, value in batch.items():
-            yield from iter_tensors(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(batch, list | tuple):
-        for i, value in enumerate(batch):
-            yield from iter_tensors(value, f"{prefix}[{i}]" if prefix else f"[{i}]")
 
 
 @torch.no_grad()

@@ -113,7 +113,8 @@ class RunContext:
     world_size: int = 1
     weight_decay: float = 0.0
     metric_specs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """``{metric: {"unit", "higher_is_better", "plausible": [lo, hi] | None}}`` from ``Task.metric_specs()``,
+    """``{metric: {"unit", "higher_is_better", "plausible": [lo, hi] | None[, "description"]}}`` from
+    ``Task.metric_specs()``,
     recorded by the live doctor so that ``trainwell doctor RUN_DIR`` judges the metrics the same way."""
     reference: dict[str, float] = field(default_factory=dict)
     """The run's own reference values, measured by the live doctor and written to ``findings.jsonl``

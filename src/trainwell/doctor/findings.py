@@ -3,50 +3,12 @@ of a run's findings (the first report of an id wins; ignored ids are dropped).""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-FINDINGS_FILE = "findings.jsonl"
-"""Every finding of a run, one JSON object per line (and the run context, ``kind: context``)."""
-
-Severity = Literal["info", "warning", "error"]
-SEVERITY_ORDER: dict[str, int] = {"error": 0, "warning": 1, "info": 2}
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One diagnosed problem: what, how sure (severity), the numbers that show it, and what to do.
-
-    Attributes:
-        id: stable dotted name, e.g. ``"loss.not_decreasing"`` (``diagnostics.ignore`` takes these).
-        severity: ``"error"`` (the run is broken), ``"warning"`` (probably wrong), ``"info"``.
-        title: one line saying what is wrong.
-        evidence: the numbers and steps that show it.
-        fix: the suggested fix.
-        step: optimizer step at which it was detected (``None``: before training / not tied to a step).
-    """
-
-    id: str
-    severity: Severity
-    title: str
-    evidence: str
-    fix: str
-    step: int | None = None
-
-    @property
-    def is_severe(self) -> bool:
-        """Errors are severe: ``trainwell doctor`` exits non-zero when one exists."""
-        return self.severity == "error"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Finding:
-        return cls(**{key: data.get(key) for key in ("id", "severity", "title", "evidence", "fix", "step")})
+# The record itself (and reading it back) is defined in trainwell.records; the doctor adds how findings print.
+from trainwell.records.findings import FINDINGS_FILE, SEVERITY_ORDER, Finding, Severity, read_findings
+from trainwell.records.jsonl import read_jsonl
 
 
 # -- presentation ---------------------------------------------------------------------------------------
@@ -101,30 +63,15 @@ class FindingSet:
         return sort_findings(list(self.items.values()))
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a ``.jsonl`` file; a torn last line (a running or killed run) is skipped."""
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            out.append(value)
-    return out
-
-
-def read_findings(path: Path, *, keep_merged: bool = False) -> dict[str, Finding]:
-    """The findings a run wrote to ``findings.jsonl`` (the last line of each id), minus those that later resolved
-    (``{"kind": "resolved", "id", "step", "why"}``: the condition no longer held) and, unless ``keep_merged``, the
-    symptoms the run folded into their cause (``{"kind": "merged", "id", "into"}``)."""
-    found: dict[str, Finding] = {}
-    for data in read_jsonl(path):
-        kind = data.get("kind")
-        if kind == "finding":
-            found[data["id"]] = Finding.from_dict(data)
-        elif kind == "resolved" or (kind == "merged" and not keep_merged):
-            found.pop(str(data.get("id")), None)
-    return found
+__all__ = [
+    "FINDINGS_FILE",
+    "SEVERITY_ORDER",
+    "Finding",
+    "FindingSet",
+    "Severity",
+    "format_diagnosis",
+    "format_finding",
+    "read_findings",
+    "read_jsonl",
+    "sort_findings",
+]

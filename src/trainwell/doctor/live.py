@@ -46,10 +46,12 @@ from trainwell.doctor.findings import (
     format_diagnosis,
     format_finding,
     read_findings,
-    read_jsonl,
 )
 from trainwell.engine.distributed import DistEnv
 from trainwell.engine.fsdp import is_sharded, local_value
+from trainwell.records.findings import FINDINGS_VERSION, findings_line
+from trainwell.records.jsonl import open_for_append
+from trainwell.records.metrics import METRICS_FILE, read_metrics
 
 DEBUG_LOSS_ENV = "TRAINWELL_DEBUG_LOSS"
 """``TRAINWELL_DEBUG_LOSS=1`` turns ``diagnostics.debug_loss`` on; the CLI records it in ``config.yaml``."""
@@ -119,11 +121,11 @@ class TrainingDoctor:
         if not self.reports or self.run_dir is None:
             return
         if resumed:
-            self.records = [r for r in read_jsonl(self.run_dir / "metrics.jsonl") if r.get("kind") in ("train", "val")]
+            self.records = read_metrics(self.run_dir / METRICS_FILE)
             for finding in read_findings(self.run_dir / FINDINGS_FILE, keep_merged=True).values():
                 self.findings.add(finding)
                 self._written[finding.id] = finding
-        self._append({"kind": "context", **self.context.__dict__})
+        self._append(findings_line("context", self.context.__dict__))
 
     # -- the first batches ------------------------------------------------------------------------
     def maybe_inspect_batch(self, batch: Any, epoch: int, micro: int) -> None:
@@ -166,11 +168,8 @@ class TrainingDoctor:
         if self._probe_loss_next:
             self._probe_loss_next = False
             self._probe_initial_loss(model, batch)
-        if not (self.debug_loss and self.env.is_main and self._debugged < self.th.first_batches):
-            return
-        if self.env.world_size > 1 and is_sharded(model):  # a forward on rank 0 alone would wait for the others
-            self.log.info("debug_loss: not available under distributed.strategy=fsdp on several processes")
-            self._debugged = self.th.first_batches
+        sharded = self.env.world_size > 1 and is_sharded(model)  # a forward on rank 0 alone would wait for the others
+        if sharded or not (self.debug_loss and self.env.is_main and self._debugged < self.th.first_batches):
             return
         self._debugged += 1
         buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
@@ -246,9 +245,8 @@ class TrainingDoctor:
             for p in model.parameters():
                 everything += p.numel()
                 frozen += 0 if p.requires_grad else p.numel()
-                # FSDP: this process's shard (a sample of the weights, like the size cap), never a collective
                 if p.requires_grad and (total == 0 or total + p.numel() <= UPDATE_PROBE_MAX_ELEMENTS):
-                    self._probe.append(local_value(p))
+                    self._probe.append(local_value(p))  # FSDP: this process's shard (a sample), no collective
                     total += p.numel()
             self._first_step["frozen_share"] = frozen / max(1, everything)
         if not self._probe:
@@ -338,14 +336,14 @@ class TrainingDoctor:
         self._flush_batch_report()
         self._raise_history(final=True)
         if self.context.reference:  # what `trainwell doctor RUN_DIR` judges against (the last line wins)
-            self._append({"kind": "reference", **self.context.reference})
+            self._append(findings_line("reference", self.context.reference))
         findings, merged = consolidate(self.findings.all())
         for finding in findings:  # refined versions: the reader keeps the last line of each id
             if self._written.get(finding.id) != finding:
-                self._append({"kind": "finding", **finding.to_dict()})
+                self._append(findings_line("finding", finding))
         for symptom, cause in merged.items():  # announced before its cause was known: now part of the cause
             if symptom in self._written:
-                self._append({"kind": "merged", "id": symptom, "into": cause})
+                self._append(findings_line("merged", {"id": symptom, "into": cause}))
         lines = format_diagnosis(findings, summarize_history(self.records, self.context))
         emit = self.log.warning if any(f.is_severe for f in findings) else self.log.info
         self.log.info("=" * 80)
@@ -398,7 +396,7 @@ class TrainingDoctor:
             return
         step = self.records[-1].get("step") if self.records else None
         if self._written.pop(finding_id, None) is not None:
-            self._append({"kind": "resolved", "id": finding_id, "step": step, "why": why})
+            self._append(findings_line("resolved", {"id": finding_id, "step": step, "why": why}))
             self.log.info(f"doctor: resolved: {finding_id} (step {finding.step}) — {why} (step {step})")
 
     def _raise(self, finding: Finding, *, update: bool = False, announce: bool = True, quiet: bool = False) -> None:
@@ -415,7 +413,7 @@ class TrainingDoctor:
         if quiet:
             return
         self._written[finding.id] = finding
-        self._append({"kind": "finding", **finding.to_dict()})
+        self._append(findings_line("finding", finding))
         if announce:
             emit = self.log.warning if finding.severity != "info" else self.log.info
             for line in format_finding(finding, indent="    "):
@@ -424,7 +422,7 @@ class TrainingDoctor:
     def _append(self, data: Mapping[str, Any]) -> None:
         if self.run_dir is None:
             return
-        with open(self.run_dir / FINDINGS_FILE, "a", encoding="utf-8") as f:
+        with open_for_append(self.run_dir / FINDINGS_FILE, FINDINGS_VERSION) as f:
             f.write(json.dumps(data) + "\n")
 
 
@@ -442,6 +440,9 @@ def _metric_specs(task: Any) -> dict[str, dict[str, Any]]:
             "higher_is_better": bool(getattr(spec, "higher_is_better", False)),
             "plausible": [float(plausible[0]), float(plausible[1])] if plausible is not None else None,
         }
+        description = str(getattr(spec, "description", "") or "")
+        if description:
+            out[str(name)]["description"] = description
     return out
 
 

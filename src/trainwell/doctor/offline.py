@@ -18,8 +18,11 @@ from trainwell.config.loader import read_run_config
 from trainwell.config.schema import ExperimentConfig
 from trainwell.doctor.checks import RunContext, check_history, summarize_history
 from trainwell.doctor.divergence import consolidate
-from trainwell.doctor.findings import FINDINGS_FILE, Finding, FindingSet, format_diagnosis, read_findings, read_jsonl
-from trainwell.engine.rundir import describe_status, read_status
+from trainwell.doctor.findings import FINDINGS_FILE, Finding, FindingSet, format_diagnosis, read_findings
+from trainwell.engine.rundir import describe_status
+from trainwell.records.findings import read_finding_lines
+from trainwell.records.metrics import METRICS_FILE, read_metrics
+from trainwell.records.status import read_status
 
 
 @dataclass
@@ -55,7 +58,7 @@ def diagnose_run(run_dir: str | Path) -> RunDiagnosis:
             "directory a run printed as 'run directory: ...'."
         )
     config = read_run_config(run_dir / "config.yaml")
-    saved = read_jsonl(run_dir / FINDINGS_FILE)
+    saved = read_finding_lines(run_dir / FINDINGS_FILE)
     contexts = [r for r in saved if r.get("kind") == "context"]
     fields_known = RunContext.__dataclass_fields__
     context = RunContext(**{k: v for k, v in contexts[-1].items() if k in fields_known}) if contexts else RunContext()
@@ -64,7 +67,7 @@ def diagnose_run(run_dir: str | Path) -> RunDiagnosis:
         reference = {k: float(v) for k, v in references[-1].items() if k != "kind" and isinstance(v, int | float)}
         context = dataclasses.replace(context, reference=reference)
     run_status = read_status(run_dir)
-    records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("kind") in ("train", "val")]
+    records = read_metrics(run_dir / METRICS_FILE)
     status = describe_status(run_status)
     findings = FindingSet(ignore=tuple(config.diagnostics.ignore))
     for finding in read_findings(run_dir / FINDINGS_FILE, keep_merged=True).values():

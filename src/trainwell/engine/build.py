@@ -106,22 +106,26 @@ def _open_outputs(
     if moved is not None:
         log.info(f"--overwrite: moved the previous run in '{out.run_dir}' to '{moved}'")
     if out.is_writer and not out.continuing:
-        commit_outputs(out, cfg, env, recorder)
+        try:
+            commit_outputs(out, cfg, env, recorder)
+        except BaseException:
+            out.close()  # the first write failed (disk full, permissions): give the lock back, delete its file
+            raise
     return out, recorder
 
 
 class _Core(NamedTuple):
     """The parts training needs first: data, model, optimizer, loader, plan, schedule, precision."""
 
-    train_set: Dataset
-    val_set: Dataset
+    train_set: Dataset[Any]
+    val_set: Dataset[Any]
     model: nn.Module
     ddp_model: nn.Module
     train_model: nn.Module
     optimizer: Optimizer
     group_names: list[str]
     batches: TrainBatches
-    loader: DataLoader
+    loader: DataLoader[Any]
     loader_generator: torch.Generator
     plan: RunPlan
     scheduler: Any
@@ -182,7 +186,7 @@ def _build_model(
     # torch.compile wraps the training forward only: checkpoints keep the bare module's parameter names.
     compile_ = cfg.train.compile
     backend = compile_ if isinstance(compile_, str) else "inductor"
-    train_model: nn.Module = torch.compile(ddp_model, backend=backend) if compile_ else ddp_model
+    train_model: nn.Module = torch.compile(ddp_model, backend=backend) if compile_ else ddp_model  # type: ignore[assignment]
     return model, ddp_model, train_model
 
 

@@ -27,8 +27,9 @@ from trainwell.engine.distributed import DistEnv, require_same_on_all_ranks
 from trainwell.engine.meters import StepStats
 from trainwell.engine.task import Task, require_capability
 
-BatchPlan = Callable[[int], Sequence[list[int]]]
-"""``epoch → all micro-batches of the epoch (every process's)``: a task's batch sampler."""
+BatchPlan = Callable[[int], Sequence[list[int]] | None]
+"""``epoch → all micro-batches of the epoch (every process's)``: a task's batch sampler; ``None`` for an epoch means
+shuffled fixed-size batches (as :meth:`Task.build_batch_sampler` documents)."""
 
 
 class TrainBatches(Sampler[list[int]]):
@@ -65,7 +66,8 @@ class TrainBatches(Sampler[list[int]]):
         """All of this process's batches of ``epoch`` (cached for the current epoch)."""
         if self._cache is not None and self._cache[0] == epoch:
             return self._cache[1]
-        mine = self._planned(epoch) if self.plan is not None else self._default(epoch)
+        everyone = self.plan(epoch) if self.plan is not None else None
+        mine = self._deal(epoch, everyone) if everyone is not None else self._default(epoch)
         self._cache = (epoch, mine)
         return mine
 
@@ -83,9 +85,8 @@ class TrainBatches(Sampler[list[int]]):
             batches.pop()
         return batches
 
-    def _planned(self, epoch: int) -> list[list[int]]:
-        assert self.plan is not None
-        everyone = [list(map(int, batch)) for batch in self.plan(epoch)]
+    def _deal(self, epoch: int, planned: Sequence[list[int]]) -> list[list[int]]:
+        everyone = [list(map(int, batch)) for batch in planned]
         usable = len(everyone) - len(everyone) % self.env.world_size
         for i, batch in enumerate(everyone):
             bad = [j for j in batch if not 0 <= j < self.num_samples]
@@ -96,7 +97,8 @@ class TrainBatches(Sampler[list[int]]):
 
     def dropped_tail(self, epoch: int) -> int:
         """How many planned batches of ``epoch`` no process takes (task batch samplers only)."""
-        return 0 if self.plan is None else len(self.plan(epoch)) % self.env.world_size
+        everyone = self.plan(epoch) if self.plan is not None else None
+        return 0 if everyone is None else len(everyone) % self.env.world_size
 
     def batch_indices(self, epoch: int, batch: int) -> list[int]:
         """Dataset indices of this process's batch ``batch`` of ``epoch`` (to re-read a bad batch)."""
@@ -109,19 +111,9 @@ class TrainBatches(Sampler[list[int]]):
         return max(0, len(self.batches(self.epoch)) - self.start)
 
 
-def require_equal_lengths(per_rank: Sequence[int]) -> None:
-    """Every process must take the same number of batches per epoch (else the DDP all-reduce hangs)."""
-    if len(set(per_rank)) > 1:
-        raise ValueError(
-            f"The processes would take different numbers of batches this epoch ({list(per_rank)}): "
-            "Task.build_batch_sampler must return the same batches on every process (a pure function of its "
-            "arguments)."
-        )
-
-
 def build_train_loader(
-    cfg: ExperimentConfig, task: Task, train_set: Dataset, env: DistEnv, device: torch.device
-) -> tuple[TrainBatches, DataLoader, torch.Generator]:
+    cfg: ExperimentConfig, task: Task, train_set: Dataset[Any], env: DistEnv, device: torch.device
+) -> tuple[TrainBatches, DataLoader[Any], torch.Generator]:
     """The training batches of this process (:class:`TrainBatches`), the DataLoader over them and its generator
     (re-seeded every epoch by ``rng.loader_seed``, so a resumed epoch draws the same worker seeds)."""
     # Different lengths would give the processes different step counts: a hang, not an error.
@@ -138,7 +130,7 @@ def build_train_loader(
         seed=cfg.train.seed,
         env=env,
         drop_last=cfg.data.drop_last,
-        plan=plan,  # type: ignore[arg-type]
+        plan=plan,
     )
     # Workers hold copies of the dataset: with on_epoch_start the task changes it each epoch, so fresh workers.
     switches_augmentation = cfg.data.disable_augmentation_last_epochs > 0

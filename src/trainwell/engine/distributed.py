@@ -148,7 +148,7 @@ def wrap_model(
                 "distributed.sync_batchnorm=true needs CUDA devices (PyTorch's SyncBatchNorm does not run on "
                 "CPU); set distributed.sync_batchnorm=false for CPU runs."
             )
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
     if cfg.strategy == "fsdp":
         # Rank 0's weights everywhere (as DDP does), then each process keeps its slice of them.
         for tensor in [*model.parameters(), *model.buffers()]:

@@ -10,7 +10,6 @@ run trains and the second is a copy of a periodic or last checkpoint. ``--watch`
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable
@@ -25,7 +24,8 @@ from trainwell.engine.checkpoint import CheckpointError, load_checkpoint
 from trainwell.engine.checkpoint.weights import model_state_of
 from trainwell.engine.evaluation import EvalResult
 from trainwell.engine.logging import MetricsWriter
-from trainwell.engine.rundir import read_status
+from trainwell.records.metrics import METRICS_FILE, read_metrics
+from trainwell.records.status import read_status
 
 EVAL_ALL_DIR = "eval_all"
 _PERIODIC = re.compile(r"^(epoch|step)_(\d+)\.pt$")
@@ -51,16 +51,10 @@ def periodic_checkpoints(checkpoint_dir: Path) -> list[Path]:
 
 def recorded(out_dir: Path) -> set[str]:
     """Names of the checkpoints already evaluated into ``out_dir/metrics.jsonl``."""
-    path = out_dir / "metrics.jsonl"
-    if not path.is_file():
-        return set()
-    names = set()
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            names.add(str(json.loads(line)["checkpoint"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a torn last line of an interrupted run: that checkpoint is evaluated again
-    return names
+    # A torn last line of an interrupted run is not read: that checkpoint is evaluated again.
+    return {
+        str(line["checkpoint"]) for line in read_metrics(out_dir / METRICS_FILE, kinds=("val",)) if "checkpoint" in line
+    }
 
 
 def evaluate_all(

@@ -37,7 +37,7 @@ from trainwell.engine.distributed import (
 )
 from trainwell.engine.fsdp import gathered_parameters
 from trainwell.engine.logging import ProgressBar
-from trainwell.engine.task import Evaluator, PerSample, Task
+from trainwell.engine.task import Evaluator, PerSample, ReportsFindings, Task, WritesOutputs
 from trainwell.engine.tensors import move_to_device
 
 INDEX_KEY = "trainwell/index"
@@ -138,7 +138,7 @@ def _score_shard(
     *,
     task: Task,
     model: nn.Module,
-    dataset: Dataset,
+    dataset: Dataset[Any],
     evaluator: Evaluator,
     shard: range,
     batch_size: int,
@@ -170,7 +170,7 @@ def evaluate(
     *,
     task: Task,
     model: nn.Module,
-    dataset: Dataset,
+    dataset: Dataset[Any],
     evaluator: Evaluator,
     batch_size: int,
     device: torch.device,
@@ -226,11 +226,10 @@ def evaluate(
             verify_coverage(all_indices, num_samples)
             evaluator.load_results(all_indices, all_results)
             metrics = evaluator.compute()
-            noticed = list(getattr(evaluator, "findings", None) or [])
-            save_outputs = getattr(evaluator, "save_outputs", None)
-            if outputs_dir is not None and callable(save_outputs):
+            noticed = list(evaluator.findings) if isinstance(evaluator, ReportsFindings) else []
+            if outputs_dir is not None and isinstance(evaluator, WritesOutputs):
                 outputs_dir.mkdir(parents=True, exist_ok=True)
-                written = list(save_outputs(outputs_dir) or [])
+                written = list(evaluator.save_outputs(outputs_dir) or [])
         except Exception as err:  # reported to every process below, then re-raised here
             failure = err
     # Every process learns the outcome, so that all of them stop together on an error.

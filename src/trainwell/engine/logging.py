@@ -17,11 +17,13 @@ from typing import Any
 from tqdm import tqdm
 
 from trainwell.engine.trackers import TrackerRecorder
+from trainwell.records.jsonl import open_for_append
+from trainwell.records.metrics import METRICS_FILE, METRICS_VERSION, MetricsKind, metrics_line
 
 _LOGGER_NAME = "trainwell"
 
 
-class _TqdmAwareHandler(logging.StreamHandler):
+class _TqdmAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes log lines through ``tqdm.write`` so they do not tear an active progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -102,22 +104,21 @@ class MetricsWriter:
         self.trackers = trackers
         self._jsonl = None
         self._tb: Any = None
-        if self.enabled and not tensorboard:
+        if self.enabled:
             assert run_dir is not None
-            self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-        elif self.enabled:
+            self._jsonl = open_for_append(run_dir / METRICS_FILE, METRICS_VERSION)
+        if self.enabled and tensorboard:
             assert run_dir is not None
-            self._jsonl = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
             from torch.utils.tensorboard import SummaryWriter  # slow import: only where it is used
 
             self._tb = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
 
-    def write(self, kind: str, epoch: int, step: int, values: dict[str, float], tb_prefix: str) -> None:
+    def write(self, kind: MetricsKind, epoch: int, step: int, values: dict[str, Any], tb_prefix: str) -> None:
         """Append one record ``{"kind", "epoch", "step", **values}`` and the TensorBoard scalars."""
         if not self.enabled:
             return
         assert self._jsonl is not None
-        record = {"kind": kind, "epoch": epoch, "step": step, **values}
+        record = metrics_line(kind, epoch, step, values)
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
         scalars = {

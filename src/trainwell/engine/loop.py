@@ -22,6 +22,7 @@ from trainwell.engine.checkpoint.rng import loader_seed
 from trainwell.engine.data import accumulation_groups
 from trainwell.engine.evaluation import EvalResult, evaluate
 from trainwell.engine.fsdp import gradient_sync_paused
+from trainwell.engine.intervals import Interval
 from trainwell.engine.logging import ProgressBar
 from trainwell.engine.losses import split_loss_values
 from trainwell.engine.optim import GroupHyperparameters, group_hyperparameters
@@ -141,7 +142,7 @@ class Trainer:
                 names, total, stacked = self._forward(batch)
                 if size > 1:
                     total = total / size  # k micro-batches must give the gradient of one k-times larger batch
-                run.scaler.scale(total).backward()
+                run.scaler.scale(total).backward()  # type: ignore[no-untyped-call]
             if run.nonfinite.observe(names, stacked, epoch=epoch, micro=micro, step=run.state.global_step + 1):
                 run.meter.add(names, stacked)
             run.state.batch_in_epoch = micro + 1
@@ -171,7 +172,7 @@ class Trainer:
             output = run.task.compute_losses(run.train_model, batch)
         return run.losses.collect(output)
 
-    def _fires(self, interval: Any, ahead: int = 0) -> bool:
+    def _fires(self, interval: Interval, ahead: int = 0) -> bool:
         """Whether ``interval`` fires after the step ``ahead`` steps from now (0: the step just taken)."""
         run = self.run
         # Optimizer steps done in this epoch once the current group is applied (its last group may be shorter).
@@ -181,7 +182,8 @@ class Trainer:
     def _after_step(self, epoch: int, bar: ProgressBar) -> bool:
         """Logging, mid-epoch evaluation and checkpoints, callbacks, signals; ``True`` ends the epoch now."""
         run = self.run
-        self.profiler.step()
+        if self.profiler is not None:
+            self.profiler.step()
         logged = self._fires(run.plan.log_every)
         if logged:
             self._log_train(epoch, bar)

@@ -139,9 +139,10 @@ class LossCollector:
                     self._host_sums[name] = self._host_sums.get(name, 0.0) + float(value)
         # One fp32 component: a view, no kernel at all; several: one cat.
         stacked = kept[0] if len(kept) == 1 else torch.cat(kept)
-        names = self._record_names.get((key, *tensor_logs))
+        names_key = (key, *tensor_logs)
+        names = self._record_names.get(names_key)
         if names is None:  # built once per set of names
-            names = self._record_names[(key, *tensor_logs)] = record_names(losses, tensor_logs)
+            names = self._record_names[names_key] = record_names(losses, tensor_logs)
         return names, total, stacked
 
     def host_interval_sums(self) -> dict[str, float]:

@@ -26,10 +26,10 @@ import torch
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from trainwell.doctor.batch import iter_tensors
-from trainwell.doctor.findings import Finding
 from trainwell.engine.data import TrainBatches
 from trainwell.engine.losses import component_name
+from trainwell.engine.tensors import iter_tensors
+from trainwell.records.findings import Finding
 
 NONFINITE_BATCH_FILE = "nonfinite_batch.pt"
 
@@ -62,7 +62,7 @@ class NonFinitePolicy:
         enabled: bool,
         run_dir: Path | None,
         warn: Callable[[str], None],
-        dataset: Dataset,
+        dataset: Dataset[Any],
         batches: TrainBatches,
         collate_fn: Callable[[list[Any]], Any] | None,
     ) -> None:

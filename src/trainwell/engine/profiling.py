@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from trainwell.config.schema import ProfileConfig
+from trainwell.config.training import ProfileConfig
 
 PROFILE_DIR = "profile"
 TOP_OPERATORS = 15

@@ -38,7 +38,7 @@ def resume(run: Run, source: str | Path) -> Path | None:
     )
     if path is None:
         run.log.info(f"--resume auto: no checkpoint in {run.out.run_dir}; starting afresh")
-        if run.out.is_writer and not run.out.committed:  # records of an attempt that saved nothing
+        if run.out.is_writer and run.out.run_dir is not None and not run.out.committed:  # an attempt that saved nothing
             trim_metrics_log(run.out.run_dir / "metrics.jsonl", 0)
         run.commit_outputs()
         return None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,7 @@ from trainwell.engine.stopping import RunStopping
 from trainwell.engine.switches import AugmentationSwitch, WallClockCheckpoints
 from trainwell.engine.task import Task
 from trainwell.engine.trackers import TrackerRecorder
+from trainwell.records.status import RunStateName
 
 
 class Callback(Protocol):
@@ -93,8 +95,8 @@ class Run:
     log: logging.Logger
     trackers: TrackerRecorder
     callbacks: list[Callback]
-    train_set: Dataset
-    val_set: Dataset
+    train_set: Dataset[Any]
+    val_set: Dataset[Any]
     model: nn.Module
     """The bare module: optimised, saved and evaluated."""
     ddp_model: nn.Module
@@ -104,7 +106,7 @@ class Run:
     optimizer: Optimizer
     group_names: list[str]
     batches: TrainBatches
-    loader: DataLoader
+    loader: DataLoader[Any]
     loader_generator: torch.Generator
     plan: RunPlan
     augmentation: AugmentationSwitch
@@ -133,7 +135,7 @@ class Run:
         """Start writing the run directory, once (see :func:`commit_outputs`)."""
         commit_outputs(self.out, self.cfg, self.env, self.trackers)
 
-    def status(self, state: str, **details: Any) -> None:
+    def status(self, state: RunStateName, **details: Any) -> None:
         """Write ``status.json`` (rank 0) and tell the trackers: ``running`` starts them, any other state ends them."""
         if self.out.is_writer:
             self.commit_outputs()  # a run continuing its directory without resume() starts writing at fit()
@@ -155,6 +157,9 @@ class Run:
             raise
         except NonFiniteLossError as err:
             self.status("nonfinite_stop", error=str(err))
+            raise
+        except KeyboardInterrupt:  # a second Ctrl-C: the user's abort, not a crash
+            self.status("stopped_by_signal", signal=int(signal.SIGINT), aborted=True)
             raise
         except BaseException as err:
             self.status("crashed", error=f"{type(err).__name__}: {err}")

@@ -17,8 +17,7 @@ from typing import Any
 
 from trainwell.engine.checkpoint.files import atomic_write_text
 from trainwell.engine.runlock import RunLock, RunLockedError
-
-STATUS_FILE = "status.json"
+from trainwell.records.status import STATUS_FILE, RunStateName, StatusRecord, status_record
 
 
 class RunDirError(RuntimeError):
@@ -142,27 +141,18 @@ def resume_config_name(run_dir: Path) -> str:
     return f"config.resume-{n}.yaml"
 
 
-def write_status(run_dir: Path | None, state: str, **details: Any) -> None:
+def write_status(run_dir: Path | None, state: RunStateName, **details: Any) -> None:
     """Record the run's state: ``running``, ``finished``, ``early_stopped`` / ``time_budget`` (``reason``),
-    ``stopped_by_signal`` (``signal``), ``nonfinite_stop``, ``crashed`` (``error``); with the step and the time.
+    ``stopped_by_signal`` (``signal``; ``aborted`` after a second Ctrl-C: its last checkpoint is older than the step),
+    ``nonfinite_stop``, ``crashed`` (``error``); with the step and the time.
     Durable (atomic replace), rank 0 only."""
     if run_dir is None:
         return
-    record = {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **details}
+    record = status_record(state, **details)
     atomic_write_text(run_dir / STATUS_FILE, json.dumps(record, default=str) + "\n")
 
 
-def read_status(run_dir: Path) -> dict[str, Any]:
-    """The recorded status, or ``{}`` when the run wrote none (an older trainwell, or not started)."""
-    path = run_dir / STATUS_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def describe_status(status: dict[str, Any]) -> str:
+def describe_status(status: StatusRecord) -> str:
     """One phrase for a status record (what ``trainwell doctor`` prints after the run directory)."""
     state = status.get("state")
     step = f" at step {status['step']}" if "step" in status else ""
@@ -171,6 +161,8 @@ def describe_status(status: dict[str, Any]) -> str:
     if state == "stopped_by_signal":
         number = status.get("signal")
         name = signal.Signals(number).name if isinstance(number, int) else "a signal"
+        if status.get("aborted"):  # a second Ctrl-C: the newest checkpoint is older than the step
+            return f"aborted by a second Ctrl-C{step}; resumable from its last checkpoint with --resume auto"
         return f"stopped by {name}{step}; resumable with --resume auto"
     if state in ("early_stopped", "time_budget"):
         return f"{state.replace('_', ' ')}{step}: {status.get('reason', '')}; last.pt holds that step"

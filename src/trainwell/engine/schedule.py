@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
@@ -90,9 +91,9 @@ class CurveScheduler(LRScheduler):
                 elif "momentum" in group:
                     group["momentum"] = momentum
         factor = self.curve.lr_factor(step)
-        return [base * factor for base in self.base_lrs]
+        return [float(base) * factor for base in self.base_lrs]
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         return {key: value for key, value in super().state_dict().items() if key != "curve"}
 
 

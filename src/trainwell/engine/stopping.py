@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from trainwell.config.training import EarlyStopConfig
 from trainwell.engine import distributed as D
@@ -139,7 +139,7 @@ class RunStopping:
         log: Callable[[str], None],
     ) -> None:
         self.early_stop, self.budget, self.rule, self.log = early_stop, budget, rule, log
-        self.reason: str | None = None
+        self.reason: Literal["early_stopped", "time_budget"] | None = None
         """``early_stopped`` or ``time_budget`` once decided."""
         self.message = ""
         self._first_step: int | None = None

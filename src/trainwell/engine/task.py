@@ -24,19 +24,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 # The typed task:/data: sections live with the schema; a task imports them from here or from there.
-from trainwell.config.schema import DataConfig, TaskConfig
+from trainwell.config.schema import DataConfig, OptimConfig, ScheduleConfig, TaskConfig
 from trainwell.engine.checkpoint.weights import ForeignWeights
+from trainwell.records.findings import Finding
 
-if TYPE_CHECKING:
-    from trainwell.config.schema import OptimConfig, ScheduleConfig
-    from trainwell.doctor.findings import Finding
+BaseDataConfig = DataConfig
+"""The ``data:`` base section under a name ``Task``'s own ``DataConfig`` attribute does not shadow."""
 
 
 class DataError(ValueError):
@@ -81,8 +81,25 @@ class Evaluator(Protocol):
 
     def compute(self) -> dict[str, float]: ...
 
-    # Optional: ``save_outputs(self, out_dir: Path) -> list[Path]`` writes prediction files (COCO ``captions.json``,
-    # KITTI result ``.txt`` files, FreiHAND ``pred.json``) after ``compute`` on rank 0; returns the paths written.
+
+@runtime_checkable
+class WritesOutputs(Protocol):
+    """Optional evaluator capability: prediction files in the benchmark's format (COCO ``captions.json``, KITTI
+    result ``.txt`` files, FreiHAND/HO3D ``pred.json``), written after ``compute`` on rank 0 into the run's
+    ``predictions/`` (or ``eval --export DIR``)."""
+
+    def save_outputs(self, out_dir: Path) -> list[Path]:
+        """Write the files into ``out_dir`` (it exists); return the paths written."""
+        ...
+
+
+@runtime_checkable
+class ReportsFindings(Protocol):
+    """Optional evaluator capability: what ``compute`` noticed about the predictions (empty or constant captions, a
+    metric it could not compute and why), as findings; the engine hands them to the doctor and to ``eval --out``.
+    Set ``findings`` in ``compute``; the engine reads it right after."""
+
+    findings: list[Finding]
 
 
 @dataclass
@@ -111,11 +128,14 @@ class MetricSpec:
         unit: printed after the value (``"mm"``, ``""``).
         higher_is_better: ``True`` for AP, CIDEr, PCK; ``False`` for errors.
         plausible: ``(low, high)`` a healthy run stays within (a hand's MPJPE below 1 000 mm); ``None``: no bound.
+        description: one line on which protocol the value follows (``trainwell report`` shows it beside the metric's
+            group, so that, e.g., a server's ``freihand/pa_mpjpe_mm`` is not read as the root-relative ``pa_mpjpe``).
     """
 
     unit: str = ""
     higher_is_better: bool = False
     plausible: tuple[float, float] | None = None
+    description: str = ""
 
 
 Batch = Any
@@ -155,9 +175,9 @@ class Task:
     """
 
     Config: ClassVar[type[TaskConfig]] = TaskConfig
-    DataConfig: ClassVar[type[DataConfig]] = DataConfig
+    DataConfig: ClassVar[type[BaseDataConfig]] = BaseDataConfig
 
-    def __init__(self, cfg: TaskConfig, data_cfg: DataConfig) -> None:
+    def __init__(self, cfg: TaskConfig, data_cfg: BaseDataConfig) -> None:
         self.cfg = cfg
         self.data_cfg = data_cfg
         self.run_dir: Path | None = None
@@ -168,11 +188,11 @@ class Task:
         """Return the model (on CPU; the engine moves it to the device)."""
         raise NotImplementedError
 
-    def build_datasets(self) -> tuple[Dataset, Dataset]:
+    def build_datasets(self) -> tuple[Dataset[Any], Dataset[Any]]:
         """Return ``(train_dataset, val_dataset)``; both map-style with ``__len__``."""
         raise NotImplementedError
 
-    def build_val_dataset(self) -> Dataset:
+    def build_val_dataset(self) -> Dataset[Any]:
         """The validation set alone (``trainwell eval``); override when building the training set is costly."""
         return self.build_datasets()[1]
 
@@ -180,7 +200,7 @@ class Task:
         """Return a fresh evaluator (e.g. :class:`trainwell.metrics.PoseAccumulator`)."""
         raise NotImplementedError
 
-    def build_test_dataset(self) -> Dataset:
+    def build_test_dataset(self) -> Dataset[Any]:
         """The test split, scored only by ``trainwell test`` (never during training, never to choose ``best.pt``).
         A task without one keeps this default: ``trainwell test`` then says so."""
         raise NotImplementedError(
@@ -188,7 +208,7 @@ class Task:
             "(docs/porting.md), or score a held-out set with `trainwell eval` by pointing the validation data at it."
         )
 
-    def build_test_evaluator(self, dataset: Dataset) -> Evaluator:
+    def build_test_evaluator(self, dataset: Dataset[Any]) -> Evaluator:
         """A fresh evaluator for the test split ``dataset``. Default: :meth:`build_evaluator`; override it when the
         evaluator reads its references from the dataset it scores (detection labels, caption references)."""
         return self.build_evaluator()
@@ -255,7 +275,7 @@ class Task:
         return None
 
     def build_batch_sampler(
-        self, dataset: Dataset, batch_size: int, epoch: int, seed: int
+        self, dataset: Dataset[Any], batch_size: int, epoch: int, seed: int
     ) -> Sequence[list[int]] | None:
         """The *global* training batches of ``epoch`` (e.g. length buckets); ``None`` = shuffled fixed-size batches.
 

@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from trainwell.engine.checkpoint.state import TrainState
+from trainwell.records.metrics import METRICS_FILE, line_values, read_metrics
+from trainwell.records.status import FINISHED_STATES
 
 TRACKERS_FILE = "trackers.json"
 
 _PREFIXES = {"train": "Train", "val": "Val"}
 """``metrics.jsonl`` kinds → TensorBoard tag prefixes (as the loop writes them)."""
-
-FINISHED_STATES = ("finished", "early_stopped", "time_budget")
-"""Final statuses of a run that ended as planned (the others: stopped by a signal, non-finite, crashed)."""
 
 
 class Tracker(Protocol):
@@ -125,14 +124,9 @@ class TrackerRecorder:
         """Send ``tracker`` the records of ``metrics.jsonl`` (trimmed to the resumed checkpoint's step) its store does
         not hold: what its process lost when it was killed and the resumed run will not log again."""
         assert self.run_dir is not None
-        path = self.run_dir / "metrics.jsonl"
-        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-        for record in map(json.loads, lines):
-            prefix = _PREFIXES.get(record.get("kind"))
-            if prefix is None:
-                continue
-            numbers = {k: v for k, v in record.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-            scalars = {f"{prefix}/{k}": float(v) for k, v in numbers.items() if k not in ("epoch", "step")}
+        for record in read_metrics(self.run_dir / METRICS_FILE):
+            prefix = _PREFIXES[record["kind"]]
+            scalars = {f"{prefix}/{k}": v for k, v in line_values(record).items()}
             if scalars and self._should_send(tracker.name, record["kind"], record["step"], scalars):
                 tracker.log_scalars(scalars, record["step"])
 

@@ -97,7 +97,8 @@ def _norms(diff: Tensor, mask: Tensor | None, factor: float) -> Tensor:
     err = torch.linalg.vector_norm(diff, dim=-1)
     if mask is not None:
         err = err.masked_fill(~mask, 0.0)  # masked points may hold NaN; keep it out of every sum
-    return err * factor if factor != 1.0 else err
+    scaled: Tensor = err * factor if factor != 1.0 else err
+    return scaled
 
 
 def masked_mean(errors: Tensor, mask: Tensor | None = None) -> Tensor:

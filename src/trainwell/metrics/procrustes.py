@@ -51,7 +51,8 @@ _MAX_ASYMMETRY = 1e-12
 
 def _det3(m: Tensor) -> Tensor:
     """Determinants ``(B,)`` of ``(B, 3, 3)`` matrices by the triple product (LU would cost a LAPACK call each)."""
-    return (torch.linalg.cross(m[:, 0], m[:, 1]) * m[:, 2]).sum(dim=-1)
+    det: Tensor = (torch.linalg.cross(m[:, 0], m[:, 1]) * m[:, 2]).sum(dim=-1)
+    return det
 
 
 def _det3_entries(k: list[Tensor]) -> Tensor:
@@ -116,7 +117,8 @@ def svd_rotation(cov: Tensor, allow_reflection: bool) -> Tensor:
     if not allow_reflection:
         # A proper rotation: flip the weakest axis when U V^T would be a reflection (det = -1).
         u[:, :, 2] *= torch.where(_det3(u) * _det3(vh) < 0, -1.0, 1.0).unsqueeze(1)
-    return u @ vh
+    rotation: Tensor = u @ vh
+    return rotation
 
 
 def _proper_rotation(cov: list[Tensor]) -> tuple[Tensor, Tensor]:

@@ -14,12 +14,12 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+from trainwell.config.expressions import parse_metric_expression
 from trainwell.config.loader import config_to_dict
 from trainwell.doctor.checks import Thresholds
-from trainwell.doctor.findings import Finding
 from trainwell.doctor.offline import RunDiagnosis, diagnose_run
-from trainwell.engine.best import parse_metric_expression
-from trainwell.engine.rundir import read_status
+from trainwell.records.findings import Finding
+from trainwell.records.status import read_status
 from trainwell.report.items import ItemTable
 from trainwell.report.summary import headline_metrics, run_rows, summary_html
 

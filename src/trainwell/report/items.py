@@ -124,6 +124,16 @@ def plot_items(group: str, items: Mapping[str, float], unit: Unit, step: int, pa
     return save_figure(fig, path)
 
 
+def group_description(group: str, items: Mapping[str, float], specs: Mapping[str, Mapping[str, Any]]) -> str:
+    """The task's one-line description of a group's protocol: from the spec of one of its metrics (``group/item``)
+    or of the group itself; ``""`` when the task gave none."""
+    for name in (*(f"{group}/{item}" for item in items), group):
+        description = specs.get(name, {}).get("description")
+        if description:
+            return str(description)
+    return ""
+
+
 def item_figures(
     val: Sequence[Record], out_dir: Path, specs: Mapping[str, Mapping[str, Any]]
 ) -> list[tuple[str, Path | ItemTable]]:
@@ -150,5 +160,6 @@ def item_figures(
     for (group, unit), items in groups.items():
         suffix = f"_{_safe(unit.label.replace('%', 'pct')) or 'plain'}" if group in split else ""
         caption = f"Per item: {group}" + (f" ({unit.label or 'no unit'})" if group in split else "")
+        caption += f" — {described}" if (described := group_description(group, items, specs)) else ""
         shown.append((caption, plot_items(group, items, unit, step, out_dir / f"group_{_safe(group)}{suffix}.png")))
     return shown

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainwell.doctor.checks import split_records, val_metrics
-from trainwell.doctor.findings import Finding
+from trainwell.records.findings import Finding
 from trainwell.report.units import Unit, metric_unit
 
 __all__ = ["Headline", "headline_metrics", "run_rows", "summary_html"]

@@ -11,12 +11,11 @@ when its run ends, if the CLI hands :func:`build_trackers` a report writer (this
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
-from pathlib import Path
 
 from trainwell.config.loader import ConfigError
 from trainwell.config.schema import ExperimentConfig
 from trainwell.engine.trackers import Tracker
+from trainwell.trackers.artifacts import ReportOnce, ReportWriter
 
 _PACKAGES = {"mlflow": "mlflow", "wandb": "wandb", "trackio": "trackio"}
 """Tracker name → the package it needs (all in the ``trackers`` extra)."""
@@ -30,33 +29,6 @@ def require_installed(names: list[str]) -> None:
             f"log.trackers names {', '.join(missing)}, but the package(s) {', '.join(_PACKAGES[m] for m in missing)} "
             f"are not installed: pip install 'trainwell[trackers]' (or remove them from log.trackers)."
         )
-
-
-ReportWriter = Callable[[Path], Path | None]
-"""Writes the report of a run directory and returns its ``report.html`` (``None``: none written)."""
-
-
-class ReportOnce:
-    """A :data:`ReportWriter` that draws the report once per run end (step), however many trackers ask for it."""
-
-    def __init__(self, writer: ReportWriter) -> None:
-        self.writer = writer
-        self._written: dict[tuple[Path, int], Path | None] = {}
-
-    def __call__(self, run_dir: Path, step: int) -> Path | None:
-        key = (run_dir, step)
-        if key not in self._written:
-            self._written[key] = self.writer(run_dir)
-        return self._written[key]
-
-
-def report_files(html: Path) -> list[tuple[Path, str]]:
-    """The report's files as ``(path, path inside the artifact)``: ``report.html`` and ``report_files/*.png``."""
-    files = [(html, html.name)]
-    folder = html.parent / "report_files"
-    if folder.is_dir():
-        files += [(p, f"report_files/{p.name}") for p in sorted(folder.iterdir()) if p.is_file()]
-    return files
 
 
 def build_trackers(cfg: ExperimentConfig, report: ReportWriter | None = None) -> list[Tracker]:

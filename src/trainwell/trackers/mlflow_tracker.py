@@ -13,7 +13,7 @@ from trainwell.config.log import MlflowConfig
 from trainwell.trackers.params import flatten
 
 if TYPE_CHECKING:
-    from trainwell.trackers import ReportOnce
+    from trainwell.trackers.artifacts import ReportOnce
 
 _BATCH = 100
 """MLflow's limit of parameters per ``log_batch`` call."""
@@ -77,7 +77,7 @@ class MlflowTracker:
             self.log_scalars(summary, step)
         html = self.report(self.run_dir, step) if self.report is not None else None
         if html is not None:
-            from trainwell.trackers import report_files
+            from trainwell.trackers.artifacts import report_files
 
             for path, name in report_files(html):  # the artifact keeps the page's relative links
                 folder = str(Path(name).parent) if "/" in name else None

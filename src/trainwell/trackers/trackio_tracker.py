@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from trainwell.config.log import TrackioConfig
 
 if TYPE_CHECKING:
-    from trainwell.trackers import ReportOnce
+    from trainwell.trackers.artifacts import ReportOnce
 
 
 class TrackioTracker:
@@ -62,7 +62,7 @@ class TrackioTracker:
         if html is not None:
             import trackio
 
-            from trainwell.trackers import report_files
+            from trainwell.trackers.artifacts import report_files
 
             artifact = trackio.Artifact("report", type="report")
             for path, name in report_files(html):

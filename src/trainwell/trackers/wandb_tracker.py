@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from trainwell.config.log import WandbConfig
 
 if TYPE_CHECKING:
-    from trainwell.trackers import ReportOnce
+    from trainwell.trackers.artifacts import ReportOnce
 
 
 class WandbTracker:
@@ -55,7 +55,7 @@ class WandbTracker:
         if html is not None:
             import wandb
 
-            from trainwell.trackers import report_files
+            from trainwell.trackers.artifacts import report_files
 
             artifact = wandb.Artifact("report", type="report", description="trainwell report RUN_DIR")
             for path, name in report_files(html):

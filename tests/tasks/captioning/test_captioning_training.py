@@ -9,7 +9,8 @@ import pytest
 
 from trainwell import Trainer, build_run, load_config
 from trainwell.cli import main
-from trainwell.config.loader import build_task
+from trainwell.experiment import build_task
+from trainwell.records.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[3]
 METRICS = {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider_d", "entity_recall"}
@@ -23,7 +24,7 @@ def fit(run_dir: Path, *overrides: str):
 @pytest.mark.slow
 def test_tiny_config_trains_and_the_loss_falls(tmp_path: Path) -> None:
     result = fit(tmp_path / "run")
-    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
     val = [r for r in records if r["kind"] == "val"]
     epochs = load_config(ROOT / "configs/captioning/tiny.yaml").train.epochs

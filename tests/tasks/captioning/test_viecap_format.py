@@ -280,8 +280,8 @@ def test_export_refuses_what_is_not_a_captioning_model(tmp_path: Path, capsys: p
 
 def test_init_from_a_viecap_file_through_the_trainer(tmp_path: Path) -> None:
     from trainwell import Trainer, build_run, load_config
-    from trainwell.config.loader import build_task
     from trainwell.engine.resuming import init_from
+    from trainwell.experiment import build_task
 
     root = Path(__file__).resolve().parents[3]
     cfg = load_config(

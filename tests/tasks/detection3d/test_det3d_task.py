@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from trainwell.records.metrics import read_metrics
 from trainwell.tasks.detection3d import kitti
 from trainwell.tasks.detection3d.datasets import collate_frames
 from trainwell.tasks.detection3d.scenes import CLASS_NAMES, SceneConfig
@@ -141,7 +142,7 @@ def test_predict_writes_kitti_text_and_returns_json(tmp_path: Path) -> None:
 
 def test_a_few_steps_lower_the_loss() -> None:
     torch.manual_seed(0)
-    from trainwell.config.loader import load_config
+    from trainwell.experiment import load_config
 
     cfg = load_config(TINY)
     task = Detection3DTask(cfg.task, cfg.data)
@@ -162,13 +163,13 @@ def test_a_few_steps_lower_the_loss() -> None:
 @pytest.mark.slow
 def test_tiny_config_trains_through_the_engine(tmp_path: Path) -> None:
     from trainwell import Trainer, build_run
-    from trainwell.config.loader import load_config
+    from trainwell.experiment import load_config
 
     # 16 frames, 3 epochs of 4 steps, one evaluation at the end.
     overrides = ["data.train_size=16", "train.epochs=3", "eval.every_epochs=3", "checkpoint.every_epochs=3"]
     cfg = load_config(TINY, [*overrides, f"run.dir={tmp_path}"])
     result = Trainer(build_run(cfg, Detection3DTask(cfg.task, cfg.data))).fit()
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path / "metrics.jsonl")
     train_losses = [r["loss"] for r in rows if r["kind"] == "train" and "loss" in r]
     assert train_losses[-1] < train_losses[0]
     assert "Car_bev_moderate_R40_50" in result.metrics
@@ -213,3 +214,30 @@ def test_exported_result_files_score_the_same_as_the_run(tmp_path: Path) -> None
             o.score = round(float(o.score), 4)
     rounded = kitti_eval(labels, [kitti.frame_detections(objs) for objs in read])
     assert max(abs(rounded[k] - in_run[k]) for k in names) > 0.01
+
+
+@pytest.mark.slow
+def test_the_table_is_printed_logged_and_in_eval_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Training logs the whole table (metrics.jsonl); ``trainwell eval --export --out`` prints OpenPCDet's result
+    string, writes it as result.txt beside the KITTI result files, and puts every AP in eval.json — the same values."""
+    from trainwell.cli import main
+    from trainwell.tasks.detection3d.table import metric_names, result_string
+
+    small = ["data.train_size=8", "data.val_size=4", "train.epochs=1", "eval.every_epochs=1", f"run.dir={tmp_path}"]
+    assert main(["train", str(TINY), *small]) == 0
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in logged if r["kind"] == "val"][-1]
+    capsys.readouterr()
+    checkpoint = str(tmp_path / "checkpoints" / "last.pt")
+    out, export = tmp_path / "eval.json", tmp_path / "export"
+    assert main(["eval", str(TINY), *small, f"--checkpoint={checkpoint}", f"--export={export}", f"--out={out}"]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads(out.read_text())["metrics"]
+    assert set(metric_names()) <= set(metrics) and set(metric_names()) <= set(val)
+    table = [n for n in metric_names() if n.startswith("kitti/")]
+    # 3 classes × (bbox 1 IoU, bev 2, 3d 2, aos 1: the devkit's two sets share the 2D threshold) × 3 difficulties × 2
+    assert len(table) == 3 * (1 + 2 + 2 + 1) * 3 * 2
+    assert all(metrics[n] == pytest.approx(val[n], abs=1e-9) for n in table)  # the run's last evaluation, again
+    text = result_string(metrics)
+    assert text in printed and (export / "result.txt").read_text() == text
+    assert len(list((export / "final_result" / "data").glob("*.txt"))) == 4

@@ -117,6 +117,90 @@ def test_camera_lidar_conversion_matches_kitti_geometry_and_round_trips() -> Non
     assert text == "".join(line + "\n" for line in LABEL.splitlines()[:3])
 
 
+def _openpcdet_image_boxes(boxes_lidar: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """OpenPCDet's 2D boxes of predictions, re-expressed: ``boxes3d_lidar_to_kitti_camera`` (bottom centre through
+    ``lidar_to_rect``, ``r = -heading - π/2``), ``boxes3d_to_corners3d_kitti_camera`` (corners @ its ``R_list``),
+    ``Calibration.rect_to_img`` (``P2``, then divided by the rectified z) and the clip to ``image_shape``."""
+    xyz = boxes_lidar[:, :3].copy()
+    l, w, h = boxes_lidar[:, 3], boxes_lidar[:, 4], boxes_lidar[:, 5]  # noqa: E741
+    xyz[:, 2] -= h / 2
+    hom = np.concatenate([xyz, np.ones((len(xyz), 1))], 1)
+    loc = hom @ (np.vstack([TR, [0, 0, 0, 1]]).T[:, :3] @ R0.T)
+    r = -boxes_lidar[:, 6] - np.pi / 2
+    x_c = np.array([l / 2, l / 2, -l / 2, -l / 2, l / 2, l / 2, -l / 2, -l / 2]).T
+    z_c = np.array([w / 2, -w / 2, -w / 2, w / 2, w / 2, -w / 2, -w / 2, w / 2]).T
+    y_c = np.zeros((len(r), 8))
+    y_c[:, 4:8] = -h[:, None]
+    zeros, ones = np.zeros(len(r)), np.ones(len(r))
+    rot = np.transpose(np.array([[np.cos(r), zeros, -np.sin(r)], [zeros, ones, zeros], [np.sin(r), zeros, np.cos(r)]]))
+    rot = np.transpose(rot, (0, 2, 1))  # (N, 3, 3) as np.transpose(rot_list, (2, 0, 1))
+    corners = np.matmul(np.stack([x_c, y_c, z_c], -1), rot) + loc[:, None]
+    pts = corners.reshape(-1, 3)
+    img = (np.concatenate([pts, np.ones((len(pts), 1))], 1) @ P2.T)[:, :2] / pts[:, 2:3]
+    img = img.reshape(-1, 8, 2)
+    out = np.concatenate([img.min(1), img.max(1)], 1)
+    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, image_hw[1] - 1)
+    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, image_hw[0] - 1)
+    return out
+
+
+def test_detections_2d_boxes_are_openpcdets_projection_of_the_camera_box() -> None:
+    calib = kitti.Calib(P2, R0, TR)
+    rows = [line.split() for line in LABEL.splitlines()[:3]]
+    labelled = kitti.camera_to_lidar_boxes(
+        np.array([[float(v) for v in r[11:14]] for r in rows]),
+        np.array([[float(v) for v in r[8:11]] for r in rows]),
+        np.array([float(r[14]) for r in rows]),
+        calib,
+    )
+    rng = np.random.default_rng(3)  # boxes ahead of the camera, some reaching past the image's edges
+    random = np.concatenate(
+        [rng.uniform([3, -25, -2], [60, 25, 0], (40, 3)), rng.uniform([0.5, 0.5, 1], [5, 2.5, 3], (40, 3))], 1
+    )
+    boxes = np.concatenate([labelled, np.c_[random, rng.uniform(-4, 4, 40)]])
+    ours = kitti.image_boxes(boxes, calib)
+    want = _openpcdet_image_boxes(boxes, (375, 1242))
+    np.testing.assert_allclose(ours, want, atol=1e-8, rtol=0)
+    inside = (want[:, 0] > 0) & (want[:, 2] < 1241) & (want[:, 1] > 0) & (want[:, 3] < 374)
+    assert ((want[:, 0] == 0) | (want[:, 2] == 1241)).any() and inside.sum() >= 10  # clipped boxes and whole ones
+    # Not a vacuous check: projecting the LiDAR box's own corners (the tilted axes) gives other boxes on this rig.
+    pts = calib.lidar_to_rect(corners_3d(torch.from_numpy(boxes)).numpy().reshape(-1, 3))
+    hom = np.concatenate([pts, np.ones((len(pts), 1))], 1) @ P2.T
+    uv = (hom[:, :2] / hom[:, 2:3]).reshape(-1, 8, 2)
+    lidar_corner_boxes = np.concatenate([uv.min(1), uv.max(1)], 1)
+    assert np.abs(lidar_corner_boxes - want)[inside].max() > 0.5
+    # The exported result lines carry these boxes.
+    objects = kitti.result_objects(boxes, np.linspace(0.9, 0.1, len(boxes)), ["Car"] * len(boxes), calib)
+    np.testing.assert_allclose([o.bbox for o in objects], want, atol=1e-8, rtol=0)
+
+
+def test_a_frames_own_image_size_sets_its_fov_and_its_2d_clip(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from trainwell.engine.task import DataError
+
+    calib = kitti.Calib(P2, R0, TR)
+    # Two points 20 m ahead: one seen at u = 600 px, one at u = 1230 px (inside 1242 px, outside 1224 px).
+    u = np.array([600.0, 1230.0])
+    rect = np.stack([(u * 20.0 - P2[0, 2] * 20.0 - P2[0, 3]) / P2[0, 0], np.full(2, 0.5), np.full(2, 20.0)], 1)
+    points = np.c_[calib.rect_to_lidar(rect), np.zeros(2)].astype(np.float32)
+    _write_frame(tmp_path, "000000", points, LABEL)
+    assert len(kitti.load_kitti_frame(tmp_path, "000000")["points"]) == 2  # no image: KITTI's usual 1242 × 375
+    (tmp_path / "training" / "image_2").mkdir()
+    Image.new("RGB", (1224, 370)).save(tmp_path / "training" / "image_2" / "000000.png")  # a narrower KITTI frame
+    frame = kitti.load_kitti_frame(tmp_path, "000000")
+    assert frame["calib"].image_size_px == (1224, 370)
+    np.testing.assert_allclose(frame["points"], points[:1])  # OpenPCDet's get_fov_flag with this image's shape
+    # A box reaching past the right edge is clipped at 1223 px, as OpenPCDet clips to image_shape[1] - 1.
+    box = kitti.camera_to_lidar_boxes(np.array([[16.0, 1.6, 20.0]]), np.array([[1.5, 1.6, 3.9]]), np.zeros(1), calib)
+    (line,) = kitti.result_objects(box, np.ones(1), ["Car"], frame["calib"])
+    np.testing.assert_allclose(line.bbox, _openpcdet_image_boxes(box, (370, 1224))[0], atol=1e-8, rtol=0)
+    assert line.bbox[2] == 1223.0 and kitti.image_boxes(box, calib)[0, 2] > 1223.0
+    (tmp_path / "training" / "image_2" / "000000.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"image_2/000000\.png' is not a PNG"):
+        kitti.load_kitti_frame(tmp_path, "000000")
+
+
 def test_a_kitti_directory_trains_the_same_model(tmp_path: Path) -> None:
     from trainwell.tasks.detection3d.datasets import collate_frames
     from trainwell.tasks.detection3d.scenes import SceneConfig, generate_frame

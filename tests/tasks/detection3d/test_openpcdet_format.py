@@ -8,6 +8,7 @@ here without trainwell's key map or model code.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,10 @@ import torch
 from torch import nn
 
 from trainwell.cli import main
-from trainwell.config.loader import build_task, load_config
 from trainwell.engine.checkpoint import load_checkpoint
 from trainwell.engine.checkpoint.files import atomic_save
 from trainwell.engine.checkpoint.weights import load_model_weights
+from trainwell.experiment import build_task, load_config
 from trainwell.tasks.detection3d.anchors import AnchorClassConfig, AnchorConfig
 from trainwell.tasks.detection3d.datasets import collate_frames
 from trainwell.tasks.detection3d.model import PillarsConfig, PointPillars
@@ -351,6 +352,27 @@ def test_init_from_reads_openpcdets_container_through_the_cli(tmp_path: Path) ->
     with torch.no_grad():
         for e, g in zip(ref(batch["points"], 2), ours.predict_maps(batch["points"], 2), strict=True):
             torch.testing.assert_close(g, e, atol=1e-5, rtol=0)
+
+
+def test_eval_scores_an_openpcdet_container_directly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # `trainwell eval CONFIG --checkpoint checkpoint_epoch_80.pth` (examples/openpcdet_style/README.md): the container's
+    # weights are what is scored — the same detections (result files) and metrics as the equal trainwell checkpoint.
+    ref = RefPointPillar(TINY_MODEL)
+    _randomise(ref, seed=5)
+    pth = tmp_path / "checkpoint_epoch_80.pth"
+    _save_openpcdet(ref, pth)
+    ours = PointPillars(_tiny_cfg())
+    ours.load_state_dict({k: v for k, v in ref.state_dict().items() if k != "global_step"})
+    atomic_save({"model": ours.state_dict()}, tmp_path / "same.pt")
+    scored, files = {}, {}
+    for name, checkpoint in (("container", pth), ("trainwell", tmp_path / "same.pt")):
+        out, export = tmp_path / f"{name}.json", tmp_path / name
+        args = [f"--checkpoint={checkpoint}", f"--out={out}", f"--export={export}"]
+        assert main(["eval", TINY, *OVERRIDES, *args]) == 0
+        scored[name] = json.loads(out.read_text())["metrics"]
+        files[name] = [p.read_text() for p in sorted((export / "final_result" / "data").glob("*.txt"))]
+    assert scored["container"] == scored["trainwell"] and "Car AP_R40@0.70, 0.70, 0.70:" in capsys.readouterr().out
+    assert files["container"] == files["trainwell"] and any(files["container"])  # detections, the same lines
 
 
 def test_init_from_a_mismatched_openpcdet_model_names_the_container_and_keys(

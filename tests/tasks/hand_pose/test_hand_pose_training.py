@@ -1,11 +1,12 @@
 """End to end through the CLI: the tiny hand-pose config trains, and its val MPJPE at least halves."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from trainwell.records.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -17,7 +18,7 @@ def test_tiny_config_trains_and_val_mpjpe_halves(tmp_path: Path) -> None:
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir / "metrics.jsonl")
     val = [r for r in records if r["kind"] == "val"]
     train = [r for r in records if r["kind"] == "train"]
     assert [r["epoch"] for r in val] == list(range(1, 17))

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from trainwell.cli import main
-from trainwell.config.loader import build_task, load_config
+from trainwell.experiment import build_task, load_config
+from trainwell.records.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[3]
 CONFIG = str(ROOT / "configs/hand_pose/tiny.yaml")
@@ -36,6 +37,6 @@ def test_evaluation_writes_the_evaluated_predictions(tmp_path: Path) -> None:
     target = np.stack([val_set[i]["joints_rel_mm"].numpy() for i in range(48)]).astype(np.float64)
     # MPJPE with both skeletons moved to their wrist (joint 0), every joint visible in the synthetic val set.
     errors = np.linalg.norm((pred - pred[:, :1]) - (target - target[:, :1]), axis=-1)
-    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = read_metrics(tmp_path / "metrics.jsonl")
     last_val = [r for r in logged if r["kind"] == "val"][-1]
     assert errors.mean() == pytest.approx(last_val["mpjpe"], rel=1e-4)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from trainwell.records.metrics import read_metrics
+
 ROOT = Path(__file__).resolve().parents[3]
 PARTS = ("keypoint_2d", "joint_3d", "vertex", "shape_prior", "pose_prior", "aux", "heatmap", "root")
 
@@ -17,7 +19,7 @@ def test_tiny_rgbd_config_trains_and_the_loss_falls(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "trainwell", "train", "configs/hand_pose/rgbd_tiny.yaml", f"run.dir={run_dir}"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
     val = [r for r in records if r["kind"] == "val"]
     for record in train:  # every UTNet part logged by name; their sum is the loss

@@ -203,3 +203,37 @@ def test_per_view_bins_split_palm_and_back_views() -> None:
         for metric in ("mpjpe", "pa_mpjpe", "root_error"):
             assert logged[f"{metric}_by_view/{name}"] == pytest.approx(alone[metric], rel=1e-9)
     assert logged["mpjpe_by_view/150_180deg"] > logged["mpjpe_by_view/0_30deg"]
+
+
+@pytest.mark.slow
+def test_the_report_says_which_numbers_are_the_servers(tmp_path: Path) -> None:
+    """The task's specs describe each server's protocol; the run records them and ``trainwell report`` prints the
+    description under the ``freihand`` / ``ho3d`` charts (not under the pack's own groups)."""
+    import re
+
+    from trainwell.cli import main
+    from trainwell.tasks.hand_pose.rgbd_task import RGBDHandPoseTask
+    from trainwell.tasks.hand_pose.server_metrics import SERVER_PROTOCOLS
+    from trainwell.tasks.hand_pose.task import HandPoseTask
+
+    specs = RGBDHandPoseTask.__new__(RGBDHandPoseTask).metric_specs()  # the specs read nothing of the config
+    for name in SERVER_METRIC_NAMES:
+        assert "root-relative" in specs[name].description and name.split("/")[0] in ("freihand", "ho3d")
+    assert specs["freihand/pa_mpjpe_mm"].description.startswith("FreiHAND's eval.py")
+    assert "sc_tr_" in specs["ho3d/sc_tr_mpjpe_mm"].description and not specs["pa_mpjpe"].description
+
+    config = str(Path(__file__).resolve().parents[3] / "configs/hand_pose/tiny.yaml")
+    small = ["data.train_size=256", "data.val_size=64", "train.epochs=1", "train.batch_size=32", f"run.dir={tmp_path}"]
+    assert main(["train", config, *small]) == 0
+    assert main(["report", str(tmp_path)]) == 0
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    captions = dict(re.findall(r"<figcaption>Per item: ([^<( ]+)[^<]*?(?: — ([^<]*))?</figcaption>", page))
+    assert {"freihand", "ho3d", "mpjpe_joint"} <= set(captions)
+    # The lifting task's translation-free server metrics are described too, and the run recorded the descriptions.
+    lifting = {n for n in HandPoseTask.__new__(HandPoseTask).build_evaluator().metric_names() if "/pa_" in n}
+    context = next(json.loads(line) for line in (tmp_path / "findings.jsonl").open() if '"context"' in line)
+    recorded = context["metric_specs"]
+    assert lifting and all(recorded[n]["description"] == SERVER_PROTOCOLS[n.split("/")[0]] for n in lifting)
+    for server, protocol in SERVER_PROTOCOLS.items():
+        assert captions[server] == protocol.replace("'", "&#x27;")
+    assert captions["mpjpe_joint"] == ""  # the pack's own per-joint errors carry no server description

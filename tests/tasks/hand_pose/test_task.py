@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from trainwell.config.loader import ConfigError, load_config
+from trainwell.config.loader import ConfigError
 from trainwell.engine.task import Task
+from trainwell.experiment import load_config
 from trainwell.metrics import PoseAccumulator
 from trainwell.tasks.hand_pose import HandPoseDataConfig, HandPoseTask, HandPoseTaskConfig
 from trainwell.tasks.hand_pose.datasets import SAMPLE_KEYS

@@ -62,7 +62,7 @@ def _feed(digest: Any, obj: Any, where: str) -> None:
         tensor = tensor.cpu().contiguous()
         digest.update(f"tensor|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         if tensor.numel():
-            digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     elif isinstance(obj, Mapping):
         digest.update(f"dict|{len(obj)}|".encode())
         for key, value in obj.items():
@@ -103,7 +103,7 @@ def to_plain(obj: Any) -> Any:
 # -- writing ------------------------------------------------------------------------------------
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     """Write a file so that a crash leaves the old content or the new one, never a mix.
 
     ``write(handle)`` fills a temp file in the same directory → flush + fsync → atomic rename → fsync of the

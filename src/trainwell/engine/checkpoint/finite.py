@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainwell.doctor.findings import Finding
 from trainwell.engine.distributed import DistEnv, all_reduce_mean
 from trainwell.engine.fsdp import local_value
 from trainwell.engine.nonfinite import NonFiniteLossError, NonFinitePolicy
+from trainwell.records.findings import Finding
 
 
 def state_tensors(

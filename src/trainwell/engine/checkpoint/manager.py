@@ -58,11 +58,6 @@ _PERIODIC = re.compile(r"^(epoch|step)_(\d+)\.(pt|dcp)$")
 _TEMP = re.compile(r"^\..+\.tmp-\d+$")
 
 
-def periodic_name(epoch: int | None = None, step: int | None = None) -> str:
-    """File name of a periodic checkpoint: ``epoch_NNNN.pt`` after ``epoch`` epochs, else ``step_NNNNNNNN.pt``."""
-    return f"epoch_{epoch:04d}.pt" if epoch is not None else f"step_{step:08d}.pt"
-
-
 def _written_ns(path: Path) -> int:
     """When a checkpoint was written: a directory's ``trainwell.pt`` (shared by its links, like a file's inode)."""
     meta = path / META

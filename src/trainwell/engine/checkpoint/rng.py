@@ -25,7 +25,7 @@ from trainwell.engine import distributed as D
 def capture_rng_state(device: torch.device) -> dict[str, Any]:
     """This process's python, NumPy, torch CPU and (if used) CUDA generator states."""
     version, internal, gauss_next = random.getstate()
-    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)  # type: ignore[misc]
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     return {
         "python": {
             "version": version,

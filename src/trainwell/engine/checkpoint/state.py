@@ -19,10 +19,11 @@ import torch
 
 from trainwell.engine.checkpoint.rng import gather_rng_states, restore_own_rng_state
 from trainwell.engine.distributed import DistEnv
+from trainwell.records.checkpoint import CHECKPOINT_FORMAT
 
-FORMAT_VERSION = 2
-"""Written into every checkpoint; format 1 (no ``format`` key, trainwell 0.1 before the engine redesign) is
-converted on load by :func:`upgrade_payload`."""
+FORMAT_VERSION = CHECKPOINT_FORMAT
+"""Written into every checkpoint (its keys: :class:`trainwell.records.CheckpointMeta`); format 1 is converted on load by
+:func:`upgrade_payload`."""
 
 
 class Stateful(Protocol):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainwell.engine.best import MetricExpression, is_better
+from trainwell.config.expressions import MetricExpression, is_better
 from trainwell.engine.checkpoint.files import CheckpointError, fsync_directory, link_or_copy, load_checkpoint
 
 _TOP_K = re.compile(r"^best_step_(\d{8,})_.+\.pt$")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from trainwell.config.loader import build_task, load_config
+from trainwell.experiment import build_task, load_config
 from trainwell.tasks.captioning.scoring import best_constant_caption, caption_metrics
 from trainwell.tasks.captioning.task import CaptioningTask
 

@@ -15,16 +15,14 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from trainwell.engine.task import DataError
+from trainwell.tasks.captioning.data_config import CaptioningDataConfig
 from trainwell.tasks.captioning.datasets import CaptionRecord
-
-if TYPE_CHECKING:
-    from trainwell.tasks.captioning.task import CaptioningDataConfig
 
 
 class CaptionDataError(DataError):

@@ -19,14 +19,15 @@ import torch
 
 from trainwell.engine.task import DataError, MissingDataError
 from trainwell.tasks.detection3d.ap import FrameDetections, FrameLabels
-from trainwell.tasks.detection3d.boxes import corners_3d, limit_period, points_in_boxes
+from trainwell.tasks.detection3d.boxes import limit_period, points_in_boxes
 from trainwell.tasks.detection3d.scenes import CX_PX, CY_PX, FOCAL_PX
 
 POINT_BYTES = 16
 """Bytes of one KITTI LiDAR point (4 × float32)."""
 
 IMAGE_SIZE_PX = (1242, 375)
-"""KITTI's usual image width and height (the 2D boxes of projected detections are clipped to it)."""
+"""KITTI's usual image width and height: the image size of a frame without ``image_2/<frame>.png``."""
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def read_velodyne(path: Path) -> np.ndarray:
@@ -52,11 +53,13 @@ def write_velodyne(path: Path, points: np.ndarray) -> None:
 
 @dataclass
 class Calib:
-    """A frame's calibration: ``P2 (3, 4)``, ``R0_rect (3, 3)``, ``Tr_velo_to_cam (3, 4)``."""
+    """A frame's calibration: ``P2 (3, 4)``, ``R0_rect (3, 3)``, ``Tr_velo_to_cam (3, 4)``, and the camera image's
+    ``(width, height)`` in pixels (OpenPCDet's ``image_shape``: the FOV filter and the 2D boxes' clip use it)."""
 
     P2: np.ndarray
     R0_rect: np.ndarray
     Tr_velo_to_cam: np.ndarray
+    image_size_px: tuple[int, int] = IMAGE_SIZE_PX
 
     def lidar_to_rect(self, xyz: np.ndarray) -> np.ndarray:
         """LiDAR points ``(N, 3)`` to rectified camera coordinates."""
@@ -72,9 +75,11 @@ class Calib:
         return np.linalg.solve(r0 @ tr, hom.T).T[:, :3]
 
     def rect_to_image(self, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Pixel coordinates ``(N, 2)`` and depth ``(N,)`` of rectified points."""
+        """Pixel coordinates ``(N, 2)`` and depth ``(N,)`` of rectified points, as OpenPCDet's ``rect_to_img``: ``P2``
+        applied, then divided by the rectified depth ``z`` (not by ``z + P2[2, 3]``, KITTI's 0.0027 m: a quirk that
+        moves pixels by < 0.1 px, kept so that projected 2D boxes are OpenPCDet's)."""
         hom = np.concatenate([xyz, np.ones((xyz.shape[0], 1))], 1) @ self.P2.T
-        depth = hom[:, 2]
+        depth = np.asarray(xyz, dtype=np.float64)[:, 2]
         return hom[:, :2] / np.where(np.abs(depth) < 1e-6, 1e-6, depth)[:, None], depth
 
 
@@ -93,6 +98,27 @@ def read_calib(path: Path) -> Calib:
         raise DataError(
             f"{path}: missing calibration key {err.args[0]!r} (need P2, R0_rect, Tr_velo_to_cam)."
         ) from None
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of a PNG from its header (KITTI's ``image_2`` frames are 1224–1242 × 370–376 px).
+
+    Raises:
+        DataError: the file is not a PNG.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(24)
+    if len(head) < 24 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
+        raise DataError(f"'{path}' is not a PNG image (KITTI's image_2 frames are PNGs); replace or remove it.")
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def frame_calib(calib_path: Path, image_path: Path) -> Calib:
+    """A frame's calibration with its image's size when ``image_path`` exists (else KITTI's usual size)."""
+    calib = read_calib(calib_path)
+    if Path(image_path).is_file():
+        calib.image_size_px = read_image_size(image_path)
+    return calib
 
 
 def write_calib(path: Path, calib: Calib) -> None:
@@ -173,14 +199,30 @@ def lidar_to_camera_boxes(boxes: np.ndarray, calib: Calib) -> tuple[np.ndarray, 
     return location, boxes[:, [5, 4, 3]], ry
 
 
-def image_boxes(boxes: np.ndarray, calib: Calib, image_size_px: tuple[int, int] = IMAGE_SIZE_PX) -> np.ndarray:
-    """2D boxes ``(N, 4)`` (left, top, right, bottom px) of LiDAR boxes, clipped to the image (OpenPCDet's
-    ``boxes3d_kitti_camera_to_imageboxes``)."""
+def camera_corners(location: np.ndarray, dims_hwl: np.ndarray, rotation_y: np.ndarray) -> np.ndarray:
+    """The 8 corners ``(N, 8, 3)`` of KITTI camera boxes (bottom-centre ``location``, ``h w l``, ``rotation_y`` about
+    the camera's y axis), in OpenPCDet's ``boxes3d_to_corners3d_kitti_camera`` order: bottom face, then top."""
+    loc = np.asarray(location, dtype=np.float64).reshape(-1, 3)
+    h, w, l = (np.asarray(dims_hwl, dtype=np.float64).reshape(-1, 3)[:, i : i + 1] for i in range(3))  # noqa: E741
+    x = np.array([1, 1, -1, -1, 1, 1, -1, -1]) * l / 2
+    z = np.array([1, -1, -1, 1, 1, -1, -1, 1]) * w / 2
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1]) * -h
+    ry = np.asarray(rotation_y, dtype=np.float64).reshape(-1, 1)
+    c, s = np.cos(ry), np.sin(ry)
+    return np.stack([x * c + z * s + loc[:, :1], y + loc[:, 1:2], -x * s + z * c + loc[:, 2:3]], -1)
+
+
+def image_boxes(boxes: np.ndarray, calib: Calib) -> np.ndarray:
+    """2D boxes ``(N, 4)`` (left, top, right, bottom px) of LiDAR boxes, as OpenPCDet's ``generate_prediction_dicts``
+    makes them: the box converted to the camera (yaw only, :func:`lidar_to_camera_boxes`), the corners of that camera
+    box projected (``boxes3d_kitti_camera_to_imageboxes``), clipped to the frame's image (``calib.image_size_px``).
+    On a real rig this differs from projecting the LiDAR box's own corners by the ~1° the LiDAR axes are tilted
+    against the camera's."""
     if len(boxes) == 0:
         return np.zeros((0, 4))
-    corners = corners_3d(torch.from_numpy(np.asarray(boxes, dtype=np.float64))).numpy().reshape(-1, 3)
-    uv, _ = calib.rect_to_image(calib.lidar_to_rect(corners))
-    uv = uv.reshape(-1, 8, 2)
+    image_size_px = calib.image_size_px
+    corners = camera_corners(*lidar_to_camera_boxes(boxes, calib))
+    uv = calib.rect_to_image(corners.reshape(-1, 3))[0].reshape(-1, 8, 2)
     out = np.concatenate([uv.min(1), uv.max(1)], 1)
     out[:, [0, 2]] = out[:, [0, 2]].clip(0, image_size_px[0] - 1)
     out[:, [1, 3]] = out[:, [1, 3]].clip(0, image_size_px[1] - 1)
@@ -226,18 +268,19 @@ def result_objects(boxes: np.ndarray, scores: np.ndarray, names: list[str], cali
 
 
 def load_kitti_frame(root: Path, frame_id: str, min_points: int = 5, fov_only: bool = True) -> dict[str, Any]:
-    """One frame of a KITTI object directory (``root/training/{velodyne,label_2,calib}``) as a scene-style frame."""
+    """One frame of a KITTI object directory (``root/training/{velodyne,label_2,calib}``, and ``image_2`` for the
+    image's size when present) as a scene-style frame."""
     base = Path(root) / "training"
     names = (f"calib/{frame_id}.txt", f"velodyne/{frame_id}.bin", f"label_2/{frame_id}.txt")
     for path in (base / name for name in names):
         if not path.is_file():
             raise MissingDataError(f"KITTI frame '{frame_id}' (listed in ImageSets) has no file '{path}'.")
-    calib = read_calib(base / "calib" / f"{frame_id}.txt")
+    calib = frame_calib(base / "calib" / f"{frame_id}.txt", base / "image_2" / f"{frame_id}.png")
     points = read_velodyne(base / "velodyne" / f"{frame_id}.bin")
     if fov_only:  # OpenPCDet's FOV_POINTS_ONLY: keep the points the camera sees
         rect = calib.lidar_to_rect(points[:, :3].astype(np.float64))
         uv, depth = calib.rect_to_image(rect)
-        w, h = IMAGE_SIZE_PX
+        w, h = calib.image_size_px
         points = points[(depth > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)]
     objects = [o for o in read_label(base / "label_2" / f"{frame_id}.txt")]
     boxes = camera_to_lidar_boxes(

@@ -287,13 +287,14 @@ class Detection3DTask(Task):
     def predict(self, model: nn.Module, input_path: Path, out_dir: Path | None) -> Any:
         """Detect in one ``.bin`` point cloud; write ``out_dir/<frame>.txt`` (KITTI result lines) and return JSON.
 
-        The calibration is ``<kitti>/calib/<frame>.txt`` beside ``<kitti>/velodyne/<frame>.bin`` when it exists,
-        else the synthetic scenes' camera.
+        The calibration is ``<kitti>/calib/<frame>.txt`` beside ``<kitti>/velodyne/<frame>.bin`` when it exists
+        (with the size of ``<kitti>/image_2/<frame>.png`` when that exists), else the synthetic scenes' camera.
         """
         path = Path(input_path)
         points = kitti.read_velodyne(path)
         calib_path = path.parent.parent / "calib" / f"{path.stem}.txt"
-        calib = kitti.read_calib(calib_path) if calib_path.is_file() else kitti.synthetic_calib()
+        image_path = path.parent.parent / "image_2" / f"{path.stem}.png"
+        calib = kitti.frame_calib(calib_path, image_path) if calib_path.is_file() else kitti.synthetic_calib()
         empty = np.zeros((0, 7), np.float32)
         frame = {
             "points": points,

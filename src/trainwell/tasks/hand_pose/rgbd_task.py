@@ -26,6 +26,7 @@ from trainwell.tasks.hand_pose.rgbd_data import RenderedHandDataset
 from trainwell.tasks.hand_pose.rgbd_losses import RGBDLossWeights, rgbd_losses
 from trainwell.tasks.hand_pose.server_metrics import (
     SERVER_METRIC_NAMES,
+    server_metric_specs,
     server_metrics,
     server_result_keys,
     server_sample_results,
@@ -203,18 +204,18 @@ class RGBDHandPoseTask(Task):
 
     def metric_specs(self) -> dict[str, MetricSpec]:
         errors = ("mpjpe", "pa_mpjpe", "mpjpe_sc_tr", "n_mpjpe", "mpvpe", "pa_mpvpe", "root_error", "mpjpe_cam")
-        # The per-view groups too: `trainwell report` labels a group's bars with the group's unit.
-        errors += ("mpjpe_by_view", "pa_mpjpe_by_view", "root_error_by_view")
         # A hand is ~200 mm long: a mean error beyond 1 m means wrong units or a broken prediction.
         specs = {name: MetricSpec(unit="mm", higher_is_better=False, plausible=(0.0, 1000.0)) for name in errors}
         for name in ("pck@20mm", "pa_pck@20mm", "auc_0_50mm", "pa_auc_0_50mm", "f@5mm", "f@15mm", "pa_f@5mm"):
             specs[name] = MetricSpec(unit="", higher_is_better=True, plausible=(0.0, 1.0))
         specs["pa_f@15mm"] = MetricSpec(unit="", higher_is_better=True, plausible=(0.0, 1.0))
-        for name in SERVER_METRIC_NAMES:  # freihand/…, ho3d/…: errors in mm, AUCs and F-scores fractions
-            error = name.endswith("_mm")
-            specs[name] = MetricSpec(
-                unit="mm" if error else "", higher_is_better=not error, plausible=(0.0, 1000.0 if error else 1.0)
-            )
+        views = (
+            "by the angle between the palm's normal and the direction to the camera (0-30deg: the palm faces it, "
+            "150-180deg: the back); root-relative, root_error_by_view the absolute wrist"
+        )
+        for name in ("mpjpe_by_view", "pa_mpjpe_by_view", "root_error_by_view"):  # groups: the report's bar charts
+            specs[name] = MetricSpec(unit="mm", higher_is_better=False, plausible=(0.0, 1000.0), description=views)
+        specs.update(server_metric_specs())  # freihand/…, ho3d/…, with their protocols for the report
         return specs
 
     def metric_units(self) -> dict[str, str]:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from trainwell.engine.task import MetricSpec
 from trainwell.metrics import (
     SERVER_NORM_GUARD_M,
     f_score,
@@ -50,7 +51,35 @@ SERVER_METRIC_NAMES: tuple[str, ...] = tuple(
 )
 """Every name :func:`server_metrics` can log (errors end in ``_mm``; the rest are fractions in [0, 1])."""
 
+SERVER_PROTOCOLS = {
+    "freihand": (
+        "FreiHAND's eval.py on absolute camera-frame joints and mesh: unprefixed = unaligned (the wrist's error "
+        "included), pa_ = similarity alignment with scale and mirrors allowed; not the root-relative mpjpe / pa_mpjpe "
+        "(proper rotations)"
+    ),
+    "ho3d": (
+        "HO3D's eval.py: FreiHAND's protocol plus sc_tr_ (scaled by the wrist-to-middle-MCP bone, moved onto the true "
+        "wrist); not the root-relative mpjpe / pa_mpjpe (proper rotations)"
+    ),
+}
+"""One line per server on its protocol, the :class:`~trainwell.engine.task.MetricSpec` description of its metrics."""
+
 _JOINT_KEYS = {"srv_joint_err": "", "srv_pa_joint_err": "pa_", "srv_sc_tr_joint_err": "sc_tr_"}
+
+
+def server_metric_specs(names: tuple[str, ...] | set[str] = SERVER_METRIC_NAMES) -> dict[str, MetricSpec]:
+    """Specs of server metrics: errors (``_mm``) lower is better below 1 m, AUCs and F-scores fractions, each with
+    its server's protocol as the description (what ``trainwell report`` prints beside the group)."""
+    specs = {}
+    for name in sorted(names):
+        error = name.endswith("_mm")
+        specs[name] = MetricSpec(
+            unit="mm" if error else "",
+            higher_is_better=not error,
+            plausible=(0.0, 1000.0 if error else 1.0),
+            description=SERVER_PROTOCOLS[name.split("/", 1)[0]],
+        )
+    return specs
 
 
 def server_sample_results(

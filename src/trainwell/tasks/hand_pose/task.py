@@ -29,6 +29,8 @@ from trainwell.tasks.hand_pose.losses import (
 from trainwell.tasks.hand_pose.model import HandLiftingNet, LiftingNetConfig, lifting_features
 from trainwell.tasks.hand_pose.server_metrics import (
     SERVER_METRIC_NAMES,
+    SERVER_PROTOCOLS,
+    server_metric_specs,
     server_metrics,
     server_result_keys,
     server_sample_results,
@@ -236,6 +238,7 @@ class HandPoseTask(Task):
         specs = {name: MetricSpec(unit, plausible=(0.0, 1000.0)) for name, unit in self.metric_units().items()}
         for name in ("pck@20mm", "auc_0_50mm", "pa_pck@20mm", "pa_auc_0_50mm"):
             specs[name] = MetricSpec("", higher_is_better=True, plausible=(0.0, 1.0))
+        specs.update(server_metric_specs({n for n in self.metric_names() if n.split("/")[0] in SERVER_PROTOCOLS}))
         return specs
 
     def check_batch(self, batch: Batch) -> list[Any]:
