@@ -35,6 +35,7 @@ from trainwell.engine.distributed import (
     require_same_on_all_ranks,
     shard_range,
 )
+from trainwell.engine.fsdp import gathered_parameters
 from trainwell.engine.logging import ProgressBar
 from trainwell.engine.task import Evaluator, PerSample, ReportsFindings, Task, WritesOutputs
 from trainwell.engine.tensors import move_to_device
@@ -183,7 +184,8 @@ def evaluate(
     """Score ``dataset`` exactly once across all processes; every process gets the same metrics.
 
     ``model`` must be the bare module (not DDP-wrapped): a DDP forward would run collectives inside
-    the loop, and shards of different sizes would then deadlock. Every process must call this.
+    the loop, and shards of different sizes would then deadlock. Every process must call this. An FSDP-sharded
+    model is gathered whole before the loop (``engine/fsdp.py``), for the same reason.
 
     Raises:
         CoverageError: the gathered indices are not ``0 … len(dataset)-1`` once each (on every process).
@@ -197,18 +199,19 @@ def evaluate(
     shard = shard_range(num_samples, env)
     # Rank 0's shard is the largest: its bar tells when the evaluation ends (a terminal only, rank 0 only).
     progress = ProgressBar(total=len(shard), description="eval", mode=progress_mode, enabled=env.is_main, unit="sample")
-    _score_shard(
-        task=task,
-        model=model,
-        dataset=dataset,
-        evaluator=evaluator,
-        shard=shard,
-        batch_size=batch_size,
-        device=device,
-        autocast=autocast,
-        num_workers=num_workers,
-        progress=progress,
-    )
+    with gathered_parameters(model):  # FSDP: the whole model on every process first, so no forward gathers
+        _score_shard(
+            task=task,
+            model=model,
+            dataset=dataset,
+            evaluator=evaluator,
+            shard=shard,
+            batch_size=batch_size,
+            device=device,
+            autocast=autocast,
+            num_workers=num_workers,
+            progress=progress,
+        )
     progress.close()
 
     local_indices, local_results = evaluator.local_results()

@@ -18,10 +18,10 @@ import torch
 
 from trainwell.engine import distributed as D
 from trainwell.engine.amp import autocast
-from trainwell.engine.checkpoint import BEST, LAST
 from trainwell.engine.checkpoint.rng import loader_seed
 from trainwell.engine.data import accumulation_groups
 from trainwell.engine.evaluation import EvalResult, evaluate
+from trainwell.engine.fsdp import gradient_sync_paused
 from trainwell.engine.intervals import Interval
 from trainwell.engine.logging import ProgressBar
 from trainwell.engine.losses import split_loss_values
@@ -136,8 +136,8 @@ class Trainer:
             if run.device.type != "cpu":
                 batch = move_to_device(batch, run.device, channels_last=run.cfg.train.channels_last)
             run.doctor.maybe_debug_losses(run.model, batch)  # only under diagnostics.debug_loss
-            # Skip DDP's gradient all-reduce on micro-batches that do not end the group.
-            no_sync = run.ddp_model.no_sync() if run.env.is_distributed and k < size - 1 else _NO_OP  # type: ignore[operator]
+            # No gradient all-reduce (DDP) / reduce-scatter (FSDP) on micro-batches that do not end the group.
+            no_sync = gradient_sync_paused(run.ddp_model) if run.env.is_distributed and k < size - 1 else _NO_OP
             with no_sync:
                 names, total, stacked = self._forward(batch)
                 if size > 1:
@@ -276,14 +276,14 @@ class Trainer:
         self.run.save_checkpoint(periodic=periodic, best=best)
         if best and run.out.is_writer:
             run.log.info(
-                f"Saved best model ({run.best.rule} = {run.state.best_value:.6g}) to {run.checkpoint_dir / BEST}"
+                f"Saved best model ({run.best.rule} = {run.state.best_value:.6g}) to {run.written_checkpoint('best')}"
             )
         return result.metrics if result is not None else None
 
     def _stop_on_signal(self, *, save: bool) -> NoReturn:
         """Write ``last.pt`` at this step boundary (unless the epoch end just did) and stop every process."""
         run = self.run
-        path = self.run.save_checkpoint() if save else (run.checkpoint_dir / LAST if run.out.is_writer else None)
+        path = self.run.save_checkpoint() if save else run.written_checkpoint("last")
         run.stop_request.wait_for_all()  # no process exits (and gets the others killed) while rank 0 writes
         assert run.stop_request.agreed is not None
         stop = TrainingInterrupted(run.stop_request.agreed, path, run.position(), run.state.global_step)
