@@ -229,13 +229,9 @@ class TrainingDoctor:
                 module.training = training
 
     def watch_update(self, model: nn.Module, *, step: int, log_step: bool) -> contextlib.AbstractContextManager[None]:
-        """Around an optimizer step: measure ‖Δw‖/‖w‖ on the device, read at the next log line.
-
-        Measured on logging steps and on the step where warmup ends (the peak learning rate, where a
-        too-high rate shows most); the log line reports the largest value since the previous one. Costs a
-        copy of (at most :data:`UPDATE_PROBE_MAX_ELEMENTS` of) the parameters on those steps only; the other
-        steps get a shared do-nothing context (no generator per step: this runs on every optimizer step).
-        """
+        """Around an optimizer step: ‖Δw‖/‖w‖ on the device (read at the next log line), on logging steps and where
+        warmup ends (the peak LR); the largest since the last line is logged. Costs a copy of (at most
+        :data:`UPDATE_PROBE_MAX_ELEMENTS` of) the parameters then; other steps get a shared no-op context."""
         first = step == 1 and not self._resumed
         self._stepped = True
         if not (self.reports and (log_step or first or step == max(1, self.context.warmup_steps))):

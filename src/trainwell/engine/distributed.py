@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainwell.config.schema import DistributedConfig
+from trainwell.config.distributed import DistributedConfig
 from trainwell.engine.fsdp import UnitChooser, select_units, shard_model
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from fnmatch import fnmatch
+from typing import Any
 
 import torch
 from torch import nn
@@ -140,7 +141,7 @@ def local_value(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor], *, strict: bool) -> None:
+def load_full_model_state(model: nn.Module, state: dict[str, Any], *, strict: bool) -> None:
     """Copy a full (unsharded) state dict into ``model``, sharded or not (``--init-from``)."""
     if is_sharded(model):
         set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=strict))

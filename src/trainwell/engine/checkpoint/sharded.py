@@ -75,12 +75,12 @@ def write_shards(payload: dict[str, Any], tmp: Path, process_group: Any = None, 
     """Every process writes its shards of the model and optimizer into ``tmp`` (a collective); returns the
     ``dcp.async_save`` future when ``background``, else ``None``. Nothing is published here (:func:`publish`)."""
     shards = {name: payload[name] for name in SHARDED_PARTS}
-    writer = dcp.FileSystemWriter(tmp, sync_files=True)  # every file fsynced before the save completes
+    writer = dcp.FileSystemWriter(tmp, sync_files=True)  # type: ignore[attr-defined]  # each file fsynced before done
     try:
         if background:
-            return dcp.async_save(shards, storage_writer=writer, process_group=process_group)
+            return dcp.async_save(shards, storage_writer=writer, process_group=process_group)  # type: ignore[attr-defined]
         with _one_process_is_fine():
-            dcp.save(shards, storage_writer=writer, process_group=process_group)
+            dcp.save(shards, storage_writer=writer, process_group=process_group)  # type: ignore[attr-defined]
     except OSError as err:
         raise CheckpointError(f"Could not write the checkpoint shards to '{tmp}': {err}.") from err
     return None
@@ -160,7 +160,7 @@ def read_sharded(directory: str | Path, model: torch.nn.Module, optimizer: torch
         "optimizer": OptimizerState(model, optimizer, full=False).state_dict(),
     }
     with _one_process_is_fine():
-        dcp.load(template, checkpoint_id=str(directory))
+        dcp.load(template, checkpoint_id=str(directory))  # type: ignore[attr-defined]
     template["optimizer"] = optimizer_by_position(template["optimizer"], parameter_order(model, optimizer))
     return {**meta, **template}
 
@@ -176,7 +176,7 @@ def read_model_weights(directory: str | Path) -> dict[str, Any]:
 class PendingSave:
     """A sharded checkpoint being written in the background (``checkpoint.async_save``), published when done."""
 
-    def __init__(self, future: Future, publish: Callable[[], None]) -> None:
+    def __init__(self, future: Future[Any], publish: Callable[[], None]) -> None:
         self.future = future
         self.publish = publish
 
