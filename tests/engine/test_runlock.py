@@ -44,22 +44,26 @@ def test_a_forked_child_that_outlives_its_killed_parent_does_not_keep_the_lock(t
     import signal
     import subprocess
     import sys
+    import time
 
     code = (
         "import os, signal, sys, time; from pathlib import Path; from trainwell.engine.runlock import RunLock\n"
         f"lock = RunLock.acquire(Path({str(tmp_path)!r}))\n"
         "child = os.fork()\n"
         "if child == 0:\n"  # the fork handlers have run by the time the child's code goes on
-        "    print('child ready', flush=True); time.sleep(60); os._exit(0)\n"
+        f"    Path({str(tmp_path / 'child.ready')!r}).write_text('ready'); time.sleep(60); os._exit(0)\n"
         "print(child, flush=True); os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     src = str(Path(__file__).resolve().parents[2] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     assert parent.stdout is not None
-    lines = sorted(parent.stdout.readline().strip() for _ in range(2))  # the child's pid, and the child is running
-    assert lines[1] == "child ready", lines
-    child = int(lines[0])
+    child = int(parent.stdout.readline())
+    # The child says it runs through a file of its own: two processes printing to one pipe may interleave.
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "child.ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (tmp_path / "child.ready").exists(), "the forked child never started"
     assert parent.wait(timeout=30) == -signal.SIGKILL
     try:
         os.kill(child, 0)  # the child is alive (it would raise ProcessLookupError otherwise)
