@@ -218,6 +218,7 @@ def _share_outcome(outcome: _Outcome, env: DistEnv) -> dict[str, float]:
     """
     failure = outcome.failure
     message = (outcome.metrics, None if failure is None else (type(failure).__name__, str(failure)))
+    metrics: dict[str, float] | None
     metrics, error = broadcast_object(message, env)
     if failure is not None:
         raise failure
