@@ -47,8 +47,8 @@ def test_onecycle_logs_the_beta1_each_update_used(tmp_path: Path) -> None:
 
 def test_with_several_param_groups_each_groups_lr_and_beta1_are_logged(tmp_path: Path) -> None:
     from trainwell import Trainer, build_run
-    from trainwell.config.loader import build_task, load_config
     from trainwell.config.schema import ParamGroupConfig
+    from trainwell.experiment import build_task, load_config
 
     def anneal(start: float, end: float, pct: float) -> float:
         return end + (start - end) / 2 * (math.cos(math.pi * pct) + 1)

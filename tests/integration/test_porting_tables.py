@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from trainwell.config.loader import load_config
+from trainwell.experiment import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PORTING = ROOT / "docs" / "porting.md"

@@ -235,8 +235,8 @@ def test_only_rank_0_builds_and_feeds_trackers(monkeypatch: pytest.MonkeyPatch) 
     from small_run import CONFIG
 
     from trainwell import cli
-    from trainwell.config.loader import load_config
     from trainwell.engine.trackers import TrackerRecorder
+    from trainwell.experiment import load_config
 
     cfg = load_config(CONFIG, ["log.trackers=[tensorboard,mlflow]"])
     for rank, expected in ((1, []), (0, ["mlflow"])):
