@@ -29,18 +29,18 @@ def _unscale_and_measure(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     clip_grad_norm: float | None,
-    measure_norm: bool,
+    norm_wanted: bool,
 ) -> torch.Tensor | None:
     """The total grad norm before clipping, on the device (no sync), or ``None`` when nobody needs it.
 
     Unscaling comes first so that clipping and the measured norm see the true gradients (comparable across
-    precisions); clipping measures the norm anyway, otherwise the norm's kernels run only when asked for.
+    precisions); clipping measures the norm anyway, otherwise the norm's kernels run only when ``norm_wanted``.
     """
     if scaler.is_enabled():
         scaler.unscale_(optimizer)  # clip and measure true gradients, not scaled ones
     if clip_grad_norm is not None:
         return torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-    if measure_norm:
+    if norm_wanted:
         return total_grad_norm(model)
     return None
 
