@@ -20,6 +20,7 @@ from trainwell.engine.best import BestMetricError
 from trainwell.engine.checkpoint import CheckpointError
 from trainwell.engine.checkpoint.resume import run_dir_of_checkpoint
 from trainwell.engine.evaluation import CoverageError
+from trainwell.engine.fsdp import ShardingError
 from trainwell.engine.losses import LossContractError
 from trainwell.engine.nonfinite import NonFiniteLossError
 from trainwell.engine.optim import OptimConfigError
@@ -68,14 +69,16 @@ def _train(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> int:
     from trainwell.engine.resuming import init_from, resume
 
     cfg, task = _load(args)
+    if args.resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 and cfg.run.dir:
+        args.resume = "auto"  # torchrun restarted the group after a failure: continue from the newest valid checkpoint
     if args.resume == "auto" and cfg.run.dir is None:
         raise ConfigError("--resume auto continues the run in run.dir: pass run.dir=DIR (the directory to continue).")
     if args.resume not in (None, "auto"):
-        if not Path(args.resume).is_file():
+        if not Path(args.resume).exists():
             raise ConfigError(f"--resume '{args.resume}' does not exist (pass a checkpoint file or 'auto').")
         if cfg.run.dir is None and run_dir_of_checkpoint(args.resume) is not None:
             cfg.run.dir = str(run_dir_of_checkpoint(args.resume))  # continue that run, in its directory
-    if args.init_from is not None and not Path(args.init_from).is_file():
+    if args.init_from is not None and not Path(args.init_from).exists():
         raise ConfigError(f"--init-from '{args.init_from}' does not exist.")
     if args.resume and args.overwrite:
         raise ConfigError("--resume continues the run in run.dir and --overwrite moves it aside: pass one of them.")
@@ -116,7 +119,7 @@ def _tracker_report(run_dir: Path) -> Path | None:
 
 
 def _require_file(path: str, flag: str) -> None:
-    if not Path(path).is_file():
+    if not Path(path).exists():  # a file, or a sharded checkpoint directory
         raise ConfigError(f"{flag} '{path}' does not exist.")
 
 
@@ -307,7 +310,7 @@ def _run_command(args: argparse.Namespace, callbacks: Sequence[Any]) -> int:
         if args.command == "train":
             return _train(args, callbacks)
         return handlers[args.command](args)
-    except (ConfigError, PlanError, BestMetricError, TaskCapabilityError) as err:
+    except (ConfigError, PlanError, BestMetricError, TaskCapabilityError, ShardingError) as err:
         print(f"trainwell: config error: {err}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
     except (

@@ -138,7 +138,7 @@ def _export_command(sub: argparse._SubParsersAction) -> None:
         "FILE.pt (torch.load(f, weights_only=True) -> model.load_state_dict), plus FILE.json with the run's config "
         "and metrics. Loadable by code that knows nothing of trainwell.",
     )
-    ex.add_argument("checkpoint", help="a trainwell checkpoint")
+    ex.add_argument("checkpoint", help="a trainwell checkpoint: a file, or a sharded directory (consolidated)")
     ex.add_argument("--out", required=True, help="output file: *.safetensors or *.pt")
     ex.add_argument(
         "--format",

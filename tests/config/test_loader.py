@@ -108,3 +108,13 @@ def test_range_errors_name_the_override_that_set_the_value(override: str, expect
 def test_keep_all_and_epoch_intervals_are_accepted() -> None:
     cfg = load_config(CONFIG, ["checkpoint.keep=all", "train.log_every=0.2ep", "eval.every=500"])
     assert cfg.checkpoint.keep_count is None and cfg.train.log_every == "0.2ep" and cfg.eval.every == 500
+
+
+def test_distributed_strategy_is_typed_and_checked() -> None:
+    cfg = load_config(CONFIG, ["distributed.strategy=fsdp", "distributed.fsdp.units=[net.*]"])
+    assert cfg.distributed.strategy == "fsdp" and cfg.distributed.fsdp.units == ["net.*"]
+    assert load_config(CONFIG).distributed.strategy == "ddp"  # the default
+    with pytest.raises(ConfigError, match=r"distributed\.strategy.*distributed\.strategy=zero3"):
+        load_config(CONFIG, ["distributed.strategy=zero3"])
+    with pytest.raises(ConfigError, match=r"'train\.amp'.*bf16"):  # loss scaling would judge one shard only
+        load_config(CONFIG, ["distributed.strategy=fsdp", "train.amp=fp16"])

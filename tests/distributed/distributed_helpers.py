@@ -134,6 +134,8 @@ class FailingTaskConfig(RegressionTaskConfig):
     """Training forward (counted from 1) at which it fails."""
     fail_mode: str = "raise"
     """``raise`` an exception, or ``hang`` (sleep far longer than the distributed timeout)."""
+    fail_first_attempt_only: bool = False
+    """Fail only before torchrun's first restart (``TORCHELASTIC_RESTART_COUNT`` 0): an elastic job then recovers."""
 
 
 class FailingTask(RegressionTask):
@@ -148,6 +150,9 @@ class FailingTask(RegressionTask):
 
     def compute_losses(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.num_forwards += 1
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        if self.cfg.fail_first_attempt_only and restarted:
+            return super().compute_losses(model, batch)
         if int(os.environ.get("RANK", "0")) == self.cfg.fail_rank and self.num_forwards == self.cfg.fail_at_batch:
             if self.cfg.fail_mode == "hang":
                 # A stuck process that torchrun's SIGTERM ends at once. (The trainer's own handler would
@@ -156,4 +161,42 @@ class FailingTask(RegressionTask):
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 time.sleep(300)
             raise RuntimeError(f"injected failure on rank {self.cfg.fail_rank}")
+        return super().compute_losses(model, batch)
+
+
+@dataclass
+class RecordingTaskConfig(RegressionTaskConfig):
+    """The regression task, plus where to record the training sample indices."""
+
+    class_path: str = "distributed_helpers:RecordingTask"
+    record_dir: str = ""
+    """Each process appends the dataset indices of every training micro-batch to ``<record_dir>/rank<R>.txt``."""
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, base: Any) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.base[index], "index": index}
+
+
+class RecordingTask(RegressionTask):
+    """Regression task that records which training samples each process's backward-bound forwards saw."""
+
+    Config = RecordingTaskConfig
+    cfg: RecordingTaskConfig
+
+    def build_datasets(self) -> tuple[Any, Any]:
+        train, val = super().build_datasets()
+        return _Indexed(train), val
+
+    def compute_losses(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if torch.is_grad_enabled() and "index" in batch:  # training steps only (not the doctor's no_grad probes)
+            path = Path(self.cfg.record_dir) / f"rank{os.environ.get('RANK', '0')}.txt"
+            with open(path, "a") as handle:
+                handle.write(" ".join(str(int(i)) for i in batch["index"]) + "\n")
         return super().compute_losses(model, batch)

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
+from trainwell.config.distributed import DistributedConfig, combination_problems
 from trainwell.config.expressions import parse_metric_expression
 from trainwell.config.log import LogConfig
 from trainwell.config.training import EarlyStopConfig, EmaConfig, ProfileConfig, parse_duration_s
@@ -324,6 +325,17 @@ class CheckpointConfig:
     (OpenPCDet's ``--ckpt_save_time_interval`` in seconds / 60). Checked at logging steps, where the processes
     already synchronise, so a save can come up to ``train.log_every`` steps after the time is up. null = off."""
 
+    format: Literal["auto", "single", "sharded"] = "auto"
+    """``single``: one file per checkpoint, written by rank 0. ``sharded``: a directory (``last.dcp/``…) in which
+    every process writes its shards (``torch.distributed.checkpoint``). ``auto``: sharded under FSDP, else single."""
+    async_save: bool = False
+    """Sharded checkpoints only: write the shards in the background (``dcp.async_save``); training goes on while
+    they are written, and a checkpoint is published (renamed into place) once complete."""
+
+    def in_shards(self, strategy: str) -> bool:
+        """Whether checkpoints are sharded directories under ``distributed.strategy`` = ``strategy``."""
+        return self.format == "sharded" or (self.format == "auto" and strategy == "fsdp")
+
     @property
     def keep_count(self) -> int | None:
         """``keep`` as a number; ``None`` = keep all."""
@@ -361,24 +373,6 @@ class DiagnosticsConfig:
 
     def problems(self) -> Iterator[Problem]:
         return iter(())
-
-
-@dataclass
-class DistributedConfig:
-    """``distributed:`` — multi-process training under torchrun (ignored for one process)."""
-
-    backend: Literal["auto", "nccl", "gloo"] = "auto"
-    """``auto``: NCCL on CUDA, gloo on CPU."""
-    timeout_s: float = 600.0
-    """A collective that waits longer than this ends the job with an error instead of a hang."""
-    find_unused_parameters: bool = False
-    """DDP option for models whose forward skips some parameters."""
-    sync_batchnorm: bool = False
-    """Convert BatchNorm layers to SyncBatchNorm."""
-
-    def problems(self) -> Iterator[Problem]:
-        if self.timeout_s <= 0:
-            yield "distributed.timeout_s", "must be > 0"
 
 
 @dataclass
@@ -425,6 +419,10 @@ class ExperimentConfig:
         yield from self.log.problems()
         if self.checkpoint.keep_best and self.eval.best_metric is None:
             yield "checkpoint.keep_best", "needs eval.best_metric (the value the checkpoints are ranked by)"
+        sharded = self.checkpoint.in_shards(self.distributed.strategy)
+        yield from combination_problems(
+            self.distributed.strategy, sharded, self.train.amp, self.train.ema, self.checkpoint
+        )
         if self.eval.use_ema and self.train.ema is None:
             yield "eval.use_ema", "needs train.ema (the average to evaluate): set train.ema or eval.use_ema=false"
         task_problems = getattr(self.task, "problems", None)

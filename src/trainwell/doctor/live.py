@@ -48,6 +48,7 @@ from trainwell.doctor.findings import (
     read_findings,
 )
 from trainwell.engine.distributed import DistEnv
+from trainwell.engine.fsdp import is_sharded, local_value
 from trainwell.records.findings import FINDINGS_VERSION, findings_line
 from trainwell.records.jsonl import open_for_append
 from trainwell.records.metrics import METRICS_FILE, read_metrics
@@ -55,6 +56,7 @@ from trainwell.records.metrics import METRICS_FILE, read_metrics
 DEBUG_LOSS_ENV = "TRAINWELL_DEBUG_LOSS"
 """``TRAINWELL_DEBUG_LOSS=1`` turns ``diagnostics.debug_loss`` on; the CLI records it in ``config.yaml``."""
 UPDATE_PROBE_MAX_ELEMENTS = 1 << 24
+_NOT_MEASURED = contextlib.nullcontext()
 """The update-size probe copies at most this many parameter elements (the first tensors, in order)."""
 
 
@@ -96,7 +98,7 @@ class TrainingDoctor:
         self._batch_stats: list[list[TensorStats]] = []
         self._inspecting = True
         self._debugged = 0
-        self._probe: list[nn.Parameter] | None = None
+        self._probe: list[torch.Tensor] | None = None
         self._update_ratio: torch.Tensor | None = None
         self._weight_norm: torch.Tensor | None = None
         self._first_step: dict[str, float] = {}  # step 1's update size and ‖w‖, the frozen share (host values)
@@ -167,7 +169,8 @@ class TrainingDoctor:
         if self._probe_loss_next:
             self._probe_loss_next = False
             self._probe_initial_loss(model, batch)
-        if not (self.debug_loss and self.env.is_main and self._debugged < self.th.first_batches):
+        sharded = self.env.world_size > 1 and is_sharded(model)  # a forward on rank 0 alone would wait for the others
+        if sharded or not (self.debug_loss and self.env.is_main and self._debugged < self.th.first_batches):
             return
         self._debugged += 1
         buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
@@ -195,11 +198,12 @@ class TrainingDoctor:
         It is the reference of ``loss.diverged``: what predicting with the initial weights costs. RNG streams,
         buffers (BatchNorm statistics) and every module's train/eval flag are restored, and the calls go to a
         shallow copy of the task (a counter it keeps in an attribute — steps seen, an annealing schedule — does
-        not move), so the run trains as it would without it. Skipped where it cannot run alone: SyncBatchNorm on
+        not move), so the run trains as it would without it. Skipped where it cannot run alone: SyncBatchNorm or FSDP on
         several processes (it would wait for the other processes' statistics). A task whose compute_losses fails
         is left to fail in the real step, with the engine's message.
         """
-        if self.env.world_size > 1 and any(isinstance(m, nn.SyncBatchNorm) for m in model.modules()):
+        alone = is_sharded(model) or any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
+        if self.env.world_size > 1 and alone:  # a forward on rank 0 alone would wait for the other processes
             return
         buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
         modes = {m: m.training for m in model.modules()}
@@ -224,26 +228,25 @@ class TrainingDoctor:
             for module, training in modes.items():
                 module.training = training
 
-    @contextlib.contextmanager
-    def watch_update(self, model: nn.Module, *, step: int, log_step: bool) -> Iterator[None]:
-        """Around an optimizer step: measure ‖Δw‖/‖w‖ on the device, read at the next log line.
-
-        Measured on logging steps and on the step where warmup ends (the peak learning rate, where a
-        too-high rate shows most); the log line reports the largest value since the previous one. Costs a
-        copy of (at most :data:`UPDATE_PROBE_MAX_ELEMENTS` of) the parameters on those steps only.
-        """
+    def watch_update(self, model: nn.Module, *, step: int, log_step: bool) -> contextlib.AbstractContextManager[None]:
+        """Around an optimizer step: ‖Δw‖/‖w‖ on the device (read at the next log line), on logging steps and where
+        warmup ends (the peak LR); the largest since the last line is logged. Costs a copy of (at most
+        :data:`UPDATE_PROBE_MAX_ELEMENTS` of) the parameters then; other steps get a shared no-op context."""
         first = step == 1 and not self._resumed
         self._stepped = True
         if not (self.reports and (log_step or first or step == max(1, self.context.warmup_steps))):
-            yield
-            return
+            return _NOT_MEASURED
+        return self._measure_update(model, first=first, log_step=log_step)
+
+    @contextlib.contextmanager
+    def _measure_update(self, model: nn.Module, *, first: bool, log_step: bool) -> Iterator[None]:
         if self._probe is None:
             self._probe, total, frozen, everything = [], 0, 0, 0
             for p in model.parameters():
                 everything += p.numel()
                 frozen += 0 if p.requires_grad else p.numel()
                 if p.requires_grad and (total == 0 or total + p.numel() <= UPDATE_PROBE_MAX_ELEMENTS):
-                    self._probe.append(p)
+                    self._probe.append(local_value(p))  # FSDP: this process's shard (a sample), no collective
                     total += p.numel()
             self._first_step["frozen_share"] = frozen / max(1, everything)
         if not self._probe:

@@ -23,10 +23,12 @@ from trainwell.engine import distributed as D
 from trainwell.engine.amp import amp_dtype
 from trainwell.engine.best import BestTracker, check_best_metric
 from trainwell.engine.checkpoint import CheckpointManager, RunState, TrainState
+from trainwell.engine.checkpoint.parts import ModelState, OptimizerState
 from trainwell.engine.checkpoint.state import RngPart, ScalerPart
 from trainwell.engine.checkpoint.topk import TopKCheckpoints
 from trainwell.engine.data import TrainBatches, build_train_loader
 from trainwell.engine.ema import ModelEma, build_ema
+from trainwell.engine.fsdp import is_sharded, select_units
 from trainwell.engine.logging import get_logger, setup_console_logging
 from trainwell.engine.losses import LossCollector
 from trainwell.engine.meters import DeviceMeter, StepStats
@@ -169,10 +171,18 @@ def _build_model(
     cfg: ExperimentConfig, task: Task, device: torch.device, env: D.DistEnv
 ) -> tuple[nn.Module, nn.Module, nn.Module]:
     """``(model, ddp_model, train_model)``: the bare module is optimised, saved and evaluated; the DDP one runs
-    training forwards (its ``no_sync`` skips all-reduces); ``train_model`` is it compiled under ``train.compile``."""
-    model, ddp_model = D.wrap_model(task.build_model().to(device), device, env, cfg.distributed)
-    if cfg.train.channels_last:
+    training forwards (its ``no_sync`` skips all-reduces); ``train_model`` is it compiled under ``train.compile``.
+    Under ``distributed.strategy=fsdp`` the model and the "DDP" one are the same module, sharded by FSDP2."""
+    model = task.build_model().to(device)
+    if cfg.train.channels_last:  # before wrapping: DDP's buckets and FSDP's shards see the final layout
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    patterns = cfg.distributed.fsdp.units
+
+    def units(module: nn.Module) -> Sequence[nn.Module]:
+        chosen = task.shard_units(module) if patterns is None else None
+        return chosen if chosen is not None else select_units(module, patterns)
+
+    model, ddp_model = D.wrap_model(model, device, env, cfg.distributed, units, amp_dtype(cfg.train.amp))
     # torch.compile wraps the training forward only: checkpoints keep the bare module's parameter names.
     compile_ = cfg.train.compile
     backend = compile_ if isinstance(compile_, str) else "inductor"
@@ -200,9 +210,8 @@ def _assemble(
     best, stopping = _build_stopping(cfg, env, state, core.plan, built_at_s, log)
     checkpoint_dir = out.run_dir / "checkpoints" if out.run_dir is not None else Path("checkpoints")
     top_k = _top_k(cfg, best, checkpoint_dir, log)
-    checkpoints = (
-        CheckpointManager(checkpoint_dir, cfg.checkpoint, log=log.warning, top_k=top_k) if out.run_dir else None
-    )
+    in_shards = cfg.checkpoint.in_shards(cfg.distributed.strategy)
+    checkpoints = _checkpoints(cfg, env, checkpoint_dir, top_k, log) if out.run_dir else None
     rng_part = RngPart(env, device)
     ema = build_ema(core.model, cfg.train.ema)  # after channels_last: the copy keeps the layout
     curve = getattr(core.scheduler, "curve", None)
@@ -230,7 +239,7 @@ def _assemble(
         checkpoint_dir=checkpoint_dir,
         checkpoints=checkpoints,
         rng_part=rng_part,
-        run_state=_run_state(core, state, meter, ema, task, rng_part),
+        run_state=_run_state(core, state, meter, ema, task, rng_part, in_shards),
         ema=ema,
         stop_request=StopRequest(env),
         nonfinite=_nonfinite_policy(cfg, out, log, core, task),
@@ -261,6 +270,18 @@ def _top_k(
     return TopKCheckpoints(checkpoint_dir, k, best.metric, mode, log=log.warning)
 
 
+def _checkpoints(
+    cfg: ExperimentConfig, env: D.DistEnv, directory: Path, top_k: TopKCheckpoints | None, log: logging.Logger
+) -> CheckpointManager:
+    """The run's checkpoint files (``engine/checkpoint/manager.py``): single files, or sharded directories."""
+    sharded = cfg.checkpoint.in_shards(cfg.distributed.strategy)
+    checkpoints = CheckpointManager(directory, cfg.checkpoint, log=log.warning, top_k=top_k, sharded=sharded)
+    if sharded and cfg.checkpoint.async_save and env.is_distributed:
+        # Background saves run collectives in their own thread: on a group of their own (every process creates it).
+        checkpoints.process_group = torch.distributed.new_group(backend="gloo")
+    return checkpoints
+
+
 def _data_layout(cfg: ExperimentConfig, env: D.DistEnv, train_size: int) -> dict[str, int]:
     """What ``batch_in_epoch`` counts in: continuing mid-epoch needs all of it unchanged."""
     return {
@@ -279,12 +300,16 @@ def _run_state(
     ema: ModelEma | None,
     task: Task,
     rng_part: RngPart,
+    in_shards: bool,
 ) -> RunState:
     """The checkpoint's parts, each saving and loading itself (``engine/checkpoint/state.py``)."""
     run_state = RunState()
     parts = run_state.parts
     parts["model"] = core.model  # the bare module: no DDP "module." prefix
     parts["optimizer"] = core.optimizer
+    if is_sharded(core.model) or in_shards:  # FSDP or checkpoint.format=sharded: torch.distributed.checkpoint's API
+        parts["model"] = ModelState(core.model, full=not in_shards)
+        parts["optimizer"] = OptimizerState(core.model, core.optimizer, full=not in_shards)
     parts["scheduler"] = core.scheduler
     parts["scaler"] = ScalerPart(core.scaler)
     parts["train_state"] = state

@@ -24,7 +24,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from trainwell.config.schema import DistributedConfig
+from trainwell.config.distributed import DistributedConfig
+from trainwell.engine.fsdp import UnitChooser, select_units, shard_model
 
 
 @dataclass(frozen=True)
@@ -124,12 +125,20 @@ def collective_device() -> torch.device:
 
 
 def wrap_model(
-    model: nn.Module, device: torch.device, env: DistEnv, cfg: DistributedConfig
+    model: nn.Module,
+    device: torch.device,
+    env: DistEnv,
+    cfg: DistributedConfig,
+    units: UnitChooser | None = None,
+    amp: torch.dtype | None = None,
 ) -> tuple[nn.Module, nn.Module]:
     """``(model, ddp_model)``: the (possibly SyncBatchNorm-converted) module and the one to train through.
 
     With one process both are the same module. The bare ``model`` is what the optimizer, checkpoints and
     evaluation use; ``ddp_model`` only runs training forwards (its backward all-reduces the gradients).
+    ``distributed.strategy=fsdp``: both are the model, sharded in place by FSDP2 (``engine/fsdp.py``) over the
+    modules ``units(model)`` names (default: every direct child with parameters), with ``amp`` as its
+    mixed-precision policy.
     """
     if not env.is_distributed:
         return model, model
@@ -140,6 +149,15 @@ def wrap_model(
                 "CPU); set distributed.sync_batchnorm=false for CPU runs."
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[no-untyped-call]
+    if cfg.strategy == "fsdp":
+        # Rank 0's weights everywhere (as DDP does), then each process keeps its slice of them.
+        for tensor in [*model.parameters(), *model.buffers()]:
+            staged = tensor.data.to(collective_device())
+            dist.broadcast(staged, src=0)
+            tensor.data.copy_(staged)
+        chosen = units(model) if units is not None else select_units(model, cfg.fsdp.units)
+        sharded = shard_model(model, chosen, cfg.fsdp, amp, device)
+        return sharded, sharded
     # DDP broadcasts rank 0's parameters and buffers here, so every process starts from the same weights.
     ddp_model = DistributedDataParallel(
         model,

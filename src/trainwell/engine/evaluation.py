@@ -35,6 +35,7 @@ from trainwell.engine.distributed import (
     require_same_on_all_ranks,
     shard_range,
 )
+from trainwell.engine.fsdp import gathered_parameters
 from trainwell.engine.logging import ProgressBar
 from trainwell.engine.task import Evaluator, PerSample, ReportsFindings, Task, WritesOutputs
 from trainwell.engine.tensors import move_to_device
@@ -182,17 +183,14 @@ class _Outcome:
     failure: Exception | None = None
 
 
-def _compute_on_rank0(
-    evaluator: Evaluator,
-    gathered: tuple[torch.Tensor, dict[str, PerSample]] | None,
-    num_samples: int,
-    outputs_dir: Path | None,
-) -> _Outcome:
-    """Verify coverage, compute the metrics, collect findings and write prediction files (rank 0; a no-op elsewhere).
+def _gather_and_compute(evaluator: Evaluator, num_samples: int, outputs_dir: Path | None, env: DistEnv) -> _Outcome:
+    """Gather every process's results on rank 0; there verify coverage, compute the metrics, collect findings and
+    write prediction files (elsewhere only the gather).
 
     A failure is kept, not raised: the other processes are about to wait for the outcome (:func:`_share_outcome`)
     and would hang if rank 0 left without sending it.
     """
+    gathered = gather_results(*evaluator.local_results(), env)
     outcome = _Outcome()
     if gathered is None:  # not rank 0
         return outcome
@@ -249,7 +247,8 @@ def evaluate(
     """Score ``dataset`` exactly once across all processes; every process gets the same metrics.
 
     ``model`` must be the bare module (not DDP-wrapped): a DDP forward would run collectives inside
-    the loop, and shards of different sizes would then deadlock. Every process must call this.
+    the loop, and shards of different sizes would then deadlock. Every process must call this. An FSDP-sharded
+    model is gathered whole before the loop (``engine/fsdp.py``), for the same reason.
 
     Raises:
         CoverageError: the gathered indices are not ``0 … len(dataset)-1`` once each (on every process).
@@ -257,24 +256,23 @@ def evaluate(
     """
     num_samples = len(dataset)  # type: ignore[arg-type]
     require_same_on_all_ranks(num_samples, "len(validation dataset)", env)
-    # Score rank 0's model everywhere (its BatchNorm statistics are the ones the checkpoints hold).
-    broadcast_buffers(model, env)
+    broadcast_buffers(model, env)  # rank 0's BatchNorm statistics everywhere: the ones the checkpoints hold
     evaluator.reset()
-    _score_shard(
-        task=task,
-        model=model,
-        dataset=dataset,
-        evaluator=evaluator,
-        shard=shard_range(num_samples, env),
-        batch_size=batch_size,
-        device=device,
-        autocast=autocast,
-        num_workers=num_workers,
-        progress_mode=progress_mode,
-        show_progress=env.is_main,
-    )
-    gathered = gather_results(*evaluator.local_results(), env)
-    outcome = _compute_on_rank0(evaluator, gathered, num_samples, outputs_dir)
+    with gathered_parameters(model):  # FSDP: the whole model on every process first, so no forward gathers
+        _score_shard(
+            task=task,
+            model=model,
+            dataset=dataset,
+            evaluator=evaluator,
+            shard=shard_range(num_samples, env),
+            batch_size=batch_size,
+            device=device,
+            autocast=autocast,
+            num_workers=num_workers,
+            progress_mode=progress_mode,
+            show_progress=env.is_main,
+        )
+    outcome = _gather_and_compute(evaluator, num_samples, outputs_dir, env)
     metrics = _share_outcome(outcome, env)
     if log is not None:
         log(f"Evaluated on {num_samples} samples from all {env.world_size} processes")

@@ -18,10 +18,10 @@ import torch
 
 from trainwell.engine import distributed as D
 from trainwell.engine.amp import autocast
-from trainwell.engine.checkpoint import BEST, LAST
 from trainwell.engine.checkpoint.rng import loader_seed
 from trainwell.engine.data import accumulation_groups
 from trainwell.engine.evaluation import EvalResult, evaluate
+from trainwell.engine.fsdp import gradient_sync_paused
 from trainwell.engine.intervals import Interval
 from trainwell.engine.logging import ProgressBar
 from trainwell.engine.losses import split_loss_values
@@ -136,8 +136,8 @@ class Trainer:
             if run.device.type != "cpu":
                 batch = move_to_device(batch, run.device, channels_last=run.cfg.train.channels_last)
             run.doctor.maybe_debug_losses(run.model, batch)  # only under diagnostics.debug_loss
-            # Skip DDP's gradient all-reduce on micro-batches that do not end the group.
-            no_sync = run.ddp_model.no_sync() if run.env.is_distributed and k < size - 1 else _NO_OP  # type: ignore[operator]
+            # No gradient all-reduce (DDP) / reduce-scatter (FSDP) on micro-batches that do not end the group.
+            no_sync = gradient_sync_paused(run.ddp_model) if run.env.is_distributed and k < size - 1 else _NO_OP
             with no_sync:
                 names, total, stacked = self._forward(batch)
                 if size > 1:
@@ -188,19 +188,24 @@ class Trainer:
         if logged:
             self._log_train(epoch, bar)
         at_epoch_end = run.state.batch_in_epoch >= run.plan.batches_per_epoch
-        if not at_epoch_end and not self.budget_spent():
+        spent = self.budget_spent()
+        if not at_epoch_end and not spent:
             evaluate_now = self._fires(run.plan.eval_every)
             periodic = self._fires(run.plan.periodic)
             if evaluate_now or periodic:
                 self._evaluate_and_save(
                     epoch, evaluate=evaluate_now, periodic=f"step_{run.state.global_step:08d}.pt" if periodic else None
                 )
+                spent = self.budget_spent()  # an evaluation may have decided an early stop; saves take time
             elif self._fires(run.plan.latest) or (logged and run.wall_clock.due()):
                 self.run.save_checkpoint()
+                spent = self.budget_spent()
         for callback in run.callbacks:
             callback.on_step_end(run)
+        if run.callbacks:
+            spent = self.budget_spent()
         # Processes agree on a signal only on logging steps (they sync there anyway).
-        return self.budget_spent() or run.stop_request.should_stop(global_step=run.state.global_step, sync=logged)
+        return spent or run.stop_request.should_stop(global_step=run.state.global_step, sync=logged)
 
     def budget_spent(self) -> bool:
         """Whether the plan's steps are all taken, or early stopping / ``train.max_time`` ends the run here."""
@@ -271,14 +276,14 @@ class Trainer:
         self.run.save_checkpoint(periodic=periodic, best=best)
         if best and run.out.is_writer:
             run.log.info(
-                f"Saved best model ({run.best.rule} = {run.state.best_value:.6g}) to {run.checkpoint_dir / BEST}"
+                f"Saved best model ({run.best.rule} = {run.state.best_value:.6g}) to {run.written_checkpoint('best')}"
             )
         return result.metrics if result is not None else None
 
     def _stop_on_signal(self, *, save: bool) -> NoReturn:
         """Write ``last.pt`` at this step boundary (unless the epoch end just did) and stop every process."""
         run = self.run
-        path = self.run.save_checkpoint() if save else (run.checkpoint_dir / LAST if run.out.is_writer else None)
+        path = self.run.save_checkpoint() if save else run.written_checkpoint("last")
         run.stop_request.wait_for_all()  # no process exits (and gets the others killed) while rank 0 writes
         assert run.stop_request.agreed is not None
         stop = TrainingInterrupted(run.stop_request.agreed, path, run.position(), run.state.global_step)

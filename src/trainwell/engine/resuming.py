@@ -15,11 +15,13 @@ from trainwell.engine.checkpoint.files import to_plain
 from trainwell.engine.checkpoint.resume import (
     config_changes,
     find_resumable,
+    global_batch_change,
     position_mismatch,
     refuse_mismatch,
     trim_metrics_log,
     upgrade_checked,
 )
+from trainwell.engine.checkpoint.sharded import is_sharded_checkpoint, read_sharded
 from trainwell.engine.checkpoint.weights import WeightsReport, compare_model_state, load_model_weights, model_state_of
 from trainwell.engine.run import Run, metrics_writer
 from trainwell.engine.runtime import seed_everything
@@ -40,7 +42,10 @@ def resume(run: Run, source: str | Path) -> Path | None:
             trim_metrics_log(run.out.run_dir / "metrics.jsonl", 0)
         run.commit_outputs()
         return None
-    payload = upgrade_checked(path, payload if payload is not None else load_checkpoint(path))
+    if payload is None:  # a sharded directory: read at this run's world size (a collective), or one file
+        sharded = is_sharded_checkpoint(path)
+        payload = read_sharded(path, run.model, run.optimizer) if sharded else load_checkpoint(path)
+    payload = upgrade_checked(path, payload)
     current_layout = dict(run.state.data_layout)
     _load_checked(run, path, payload)
     run.commit_outputs()  # the checkpoint fits: only now does this run write into the directory
@@ -56,6 +61,9 @@ def _load_checked(run: Run, path: str, payload: dict[str, Any]) -> None:
         CheckpointError: listing the missing / unexpected / reshaped tensors and the changed config keys.
     """
     changes = config_changes(payload.get("config", {}), to_plain(config_to_dict(run.cfg)))
+    other_batch = global_batch_change(payload.get("train_state", {}).get("data_layout", {}), run.state.data_layout)
+    if other_batch:
+        raise refuse_mismatch(other_batch, path, changes, run.out.run_dir)
     report = compare_model_state(run.model, model_state_of(payload, Path(path)), Path(path))
     if not report.is_exact:
         problem = f"its model does not match this run's model ({report.describe(limit=5)})"
@@ -76,11 +84,19 @@ def _after_resume(run: Run, payload: dict[str, Any], current_layout: dict[str, i
         run.log.warning(changed)
     if run.out.is_writer and run.checkpoints is not None and run.checkpoints.top_k is not None:
         run.checkpoints.top_k.rebuild(up_to_step=run.state.global_step)  # from the files, by the current rule
-    mismatch = position_mismatch(run.state.data_layout, current_layout) if run.state.mid_epoch else None
+    global_order = run.batches.plan is None  # the engine's sampler: positions are global sample counts
+    saved = run.state.data_layout
+    mismatch = position_mismatch(saved, current_layout, global_order=global_order) if run.state.mid_epoch else None
     if mismatch:
         run.log.warning(f"{mismatch} since the checkpoint: epoch {run.state.epoch + 1} restarts from its start.")
         run.state.batch_in_epoch = 0
         run.meter.reset()
+    if not mismatch and run.state.mid_epoch and saved.get("world_size") != current_layout["world_size"]:
+        samples = run.state.batch_in_epoch * current_layout["batch_size"] * current_layout["world_size"]
+        run.log.info(
+            f"Resharded from {saved.get('world_size')} to {current_layout['world_size']} process(es): epoch "
+            f"{run.state.epoch + 1} continues after its first {samples} samples, as the same global batches."
+        )
     run.state.data_layout = current_layout
     if not run.rng_part.restored:
         run.log.warning(

@@ -23,7 +23,7 @@ from trainwell.config.schema import ExperimentConfig, config_to_dict
 from trainwell.engine import distributed as D
 from trainwell.engine.banner import end_lines, start_lines
 from trainwell.engine.best import BestTracker
-from trainwell.engine.checkpoint import LAST, CheckpointManager, RunState, TrainState
+from trainwell.engine.checkpoint import CheckpointManager, RunState, TrainState
 from trainwell.engine.checkpoint.files import to_plain
 from trainwell.engine.checkpoint.finite import refuse_nonfinite_state, state_tensors
 from trainwell.engine.checkpoint.resume import library_versions
@@ -177,11 +177,22 @@ class Run:
             return None
         payload = self.checkpoint_payload()  # refuses a NaN/Inf state: the previous last.pt stays the newest
         self.wall_clock.saved()
+        last = self.checkpoint_dir / self.checkpoints.last_name if self.out.is_writer else None
+        if self.checkpoints.sharded:  # every process writes its shards (engine/checkpoint/sharded.py)
+            with self.stop_request.saving():
+                self.checkpoints.save_sharded(payload, self.env, periodic=periodic, best=best)
+            return last
         if not self.out.is_writer:
             return None
         with self.stop_request.saving():  # a second Ctrl-C waits for the file to be complete
             self.checkpoints.save(payload, periodic=periodic, best=best, scored=self.best.take_scored())
-        return self.checkpoint_dir / LAST
+        return last
+
+    def written_checkpoint(self, which: str) -> Path | None:
+        """Where ``last`` or ``best`` is (``last.pt``, or ``last.dcp`` when sharded) — on the process writing it."""
+        if self.checkpoints is None or not self.out.is_writer:
+            return None
+        return self.checkpoint_dir / (self.checkpoints.last_name if which == "last" else self.checkpoints.best_name)
 
     def fail_setup(self, err: BaseException) -> None:
         """A run that could not start (a refused resume…): ``crashed`` in a directory it writes; the lock goes back."""
@@ -189,8 +200,13 @@ class Run:
         self.close()
 
     def close(self) -> None:
-        """Give the run directory's lock back (every exit path)."""
-        self.out.close()
+        """Publish a checkpoint still being written in the background, then give the run directory's lock back
+        (every exit path)."""
+        try:
+            if self.checkpoints is not None:
+                self.checkpoints.finish_pending()
+        finally:
+            self.out.close()
 
     def checkpoint_payload(self) -> dict[str, Any]:
         """What a checkpoint holds: every part's state and the extras; never a non-finite state (collective)."""
@@ -200,7 +216,7 @@ class Run:
                 env=self.env,
                 nonfinite=self.nonfinite,
                 step=self.state.global_step,
-                last=self.checkpoint_dir / LAST,
+                last=self.checkpoint_dir / self.checkpoints.last_name,
                 last_saved_step=self.checkpoints.last_saved_step,
             )
         return {**self.run_state.state_dict(), **self.payload_extras()}
@@ -256,7 +272,7 @@ class Run:
 
     def end_banner(self, seconds: float) -> list[str]:
         """The end banner's lines: time, steps, the best checkpoint, the final metrics."""
-        best_path = self.checkpoint_dir / "best.pt" if self.checkpoints is not None else None
+        best_path = self.checkpoint_dir / self.checkpoints.best_name if self.checkpoints is not None else None
         return end_lines(self.cfg, self.state, seconds=seconds, best_path=best_path, best_text=self.best.rule)
 
     def format_train_line(

@@ -13,15 +13,20 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
+from trainwell.engine.fsdp import full_value
 from trainwell.engine.meters import StepStats
 
 
 def total_grad_norm(model: nn.Module) -> torch.Tensor:
-    """L2 norm of all gradients together, on the device (no sync)."""
+    """L2 norm of all gradients together, on the device (no sync).
+
+    Under FSDP each process holds a shard of every gradient (DTensors): the norm of the shards' norms is reduced
+    over the processes (one small all-reduce), so every process gets the norm of the whole gradient.
+    """
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    return torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    return full_value(torch.nn.utils.get_total_norm(grads, norm_type=2.0))
 
 
 def _unscale_and_measure(
@@ -39,7 +44,10 @@ def _unscale_and_measure(
     if scaler.is_enabled():
         scaler.unscale_(optimizer)  # clip and measure true gradients, not scaled ones
     if clip_grad_norm is not None:
-        return torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        # clip_grad_norm_'s two halves, with the norm made global in between (FSDP: a norm over shards).
+        norm = total_grad_norm(model)
+        torch.nn.utils.clip_grads_with_norm_(model.parameters(), clip_grad_norm, norm)
+        return norm
     if norm_wanted:
         return total_grad_norm(model)
     return None

@@ -268,6 +268,12 @@ class Task:
         """A custom LR scheduler stepped once per applied optimizer step; ``None`` builds the ``schedule:`` one."""
         return None
 
+    def shard_units(self, model: nn.Module) -> Sequence[nn.Module] | None:
+        """Under ``distributed.strategy=fsdp``: the modules to shard as units (e.g. each transformer block), innermost
+        or not; the root is sharded last. ``None`` (the default): ``distributed.fsdp.units``, else every direct child
+        with parameters. ``distributed.fsdp.units``, when set, takes precedence."""
+        return None
+
     def build_batch_sampler(
         self, dataset: Dataset[Any], batch_size: int, epoch: int, seed: int
     ) -> Sequence[list[int]] | None:

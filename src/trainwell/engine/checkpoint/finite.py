@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from trainwell.engine.distributed import DistEnv, all_reduce_mean
+from trainwell.engine.fsdp import local_value
 from trainwell.engine.nonfinite import NonFiniteLossError, NonFinitePolicy
 from trainwell.records.findings import Finding
 
@@ -24,15 +25,19 @@ from trainwell.records.findings import Finding
 def state_tensors(
     model: nn.Module, optimizer: torch.optim.Optimizer, meter_tensors: Iterable[torch.Tensor]
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """``(name, tensor)`` of every floating tensor a checkpoint would hold of the model, optimizer and loss sums."""
+    """``(name, tensor)`` of every floating tensor a checkpoint would hold of the model, optimizer and loss sums.
+
+    Sharded (FSDP) tensors are given as this process's shard: every process checks its own, and the verdict is
+    reduced over the processes (:func:`refuse_nonfinite_state`), so together they check every element once.
+    """
     names = {id(p): name for name, p in model.named_parameters()}
     for name, tensor in model.state_dict().items():
-        yield f"model.{name}", tensor
+        yield f"model.{name}", local_value(tensor)
     for param, state in optimizer.state.items():
         owner = names.get(id(param), "a parameter outside the model")
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
-                yield f"optimizer state '{key}' of {owner}", value
+                yield f"optimizer state '{key}' of {owner}", local_value(value)
     for i, tensor in enumerate(meter_tensors):
         yield f"loss sums ({i})", tensor
 
@@ -134,7 +139,7 @@ def refuse_nonfinite_state(
     error = nonfinite_state_error(
         bad or ["another process's state"],
         step,
-        last if last.is_file() else None,
+        last if last.exists() else None,
         last_saved_step,
         str(cause) if cause else None,
     )

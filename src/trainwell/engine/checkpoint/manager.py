@@ -9,12 +9,17 @@
 * ``best.pt`` — the best ``eval.best_metric`` so far; never rotated away;
 * ``best_step_NNNNNNNN_<metric>_<value>.pt`` — the ``checkpoint.keep_best`` best (``topk.py``).
 
+Sharded checkpoints (``checkpoint.format: sharded``, ``sharded.py``) are directories with the same names ending in
+``.dcp`` (``last.dcp/``, ``epoch_NNNN.dcp/``, ``best.dcp/``), every process writing its shards; the others are
+directories of hard links to ``last.dcp``'s files. Rotation, ``best`` and finding one to resume work alike.
+
 Files written at the same moment are hard links to one file where the filesystem allows it: one
 serialization, and no file is ever modified in place, so a link never sees a later write.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,20 +29,39 @@ from typing import Any
 import torch
 
 from trainwell.config.schema import CheckpointConfig
+from trainwell.engine import distributed as D
 from trainwell.engine.checkpoint.files import (
     CheckpointError,
-    _remove_quietly,
     atomic_save,
     fsync_directory,
     link_or_copy,
     load_checkpoint,
 )
+from trainwell.engine.checkpoint.sharded import (
+    META,
+    SUFFIX,
+    PendingSave,
+    link_directory,
+    publish,
+    read_meta,
+    remove,
+    write_shards,
+)
 from trainwell.engine.checkpoint.topk import TopKCheckpoints
+from trainwell.engine.distributed import DistEnv
 
 LAST = "last.pt"
 BEST = "best.pt"
-_PERIODIC = re.compile(r"^(epoch|step)_(\d+)\.pt$")
+LAST_SHARDED = "last.dcp"
+BEST_SHARDED = "best.dcp"
+_PERIODIC = re.compile(r"^(epoch|step)_(\d+)\.(pt|dcp)$")
 _TEMP = re.compile(r"^\..+\.tmp-\d+$")
+
+
+def _written_ns(path: Path) -> int:
+    """When a checkpoint was written: a directory's ``trainwell.pt`` (shared by its links, like a file's inode)."""
+    meta = path / META
+    return (meta if path.is_dir() and meta.exists() else path).stat().st_mtime_ns
 
 
 @dataclass(frozen=True)
@@ -61,8 +85,16 @@ class CheckpointManager:
         cfg: CheckpointConfig,
         log: Callable[[str], None] | None = None,
         top_k: TopKCheckpoints | None = None,
+        sharded: bool = False,
     ) -> None:
         self.directory = directory
+        self.sharded = sharded
+        self.last_name, self.best_name = (LAST_SHARDED, BEST_SHARDED) if sharded else (LAST, BEST)
+        self.pending: PendingSave | None = None
+        """A background sharded save not yet published (``checkpoint.async_save``)."""
+        self._saves = 0
+        self.process_group: Any = None
+        """The process group of background saves (their collectives must not mix with training's on one group)."""
         self.cfg = cfg
         self.log = log or (lambda message: None)
         self.top_k = top_k
@@ -96,12 +128,48 @@ class CheckpointManager:
             written += self.top_k.offer(last, *scored)
         return written
 
+    def save_sharded(
+        self, payload: dict[str, Any], env: DistEnv, *, periodic: str | None = None, best: bool = False
+    ) -> None:
+        """Every process: write its shards into a temporary directory (in the background under
+        ``checkpoint.async_save``); rank 0 then publishes ``last.dcp`` and links the periodic and best names to it."""
+        self.finish_pending()  # one save at a time: the previous one is published first
+        self._saves += 1
+        token = D.broadcast_object(os.getpid(), env)  # one temporary name for every process
+        last = self.directory / self.last_name
+        tmp = self.directory / f".{self.last_name}.tmp-{token}{self._saves:06d}"
+        background = self.cfg.async_save and env.is_distributed
+        future = write_shards(payload, tmp, self.process_group if background else None, background=background)
+
+        def publish_all() -> None:
+            if not env.is_main:
+                return
+            publish(tmp, last, payload)
+            train_state = payload.get("train_state")
+            self.last_saved_step = train_state.get("global_step") if isinstance(train_state, Mapping) else None
+            if periodic is not None and self.cfg.keep_count != 0:
+                link_directory(last, self.directory / Path(periodic).with_suffix(SUFFIX))
+                self.rotate()
+            if best:
+                link_directory(last, self.directory / self.best_name)
+
+        if future is None:
+            publish_all()
+        else:
+            self.pending = PendingSave(future, publish_all)
+
+    def finish_pending(self) -> None:
+        """Wait for a background save and publish it (every process; nothing to do without one)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.finish()
+
     def periodic_files(self) -> list[tuple[int, Path]]:
         """``(write time, path)`` of the periodic checkpoints present, oldest first."""
         found = []
-        for path in self.directory.glob("*_*.pt"):
+        for path in self.directory.glob("*_*"):
             if _PERIODIC.match(path.name):
-                found.append((path.stat().st_mtime_ns, path))
+                found.append((_written_ns(path), path))
         return sorted(found)
 
     def rotate(self) -> list[Path]:
@@ -112,7 +180,7 @@ class CheckpointManager:
         files = self.periodic_files()
         doomed = [path for _, path in files[: max(0, len(files) - keep)]]
         for path in doomed:
-            path.unlink(missing_ok=True)
+            remove(path)
         if doomed:
             fsync_directory(self.directory)
         return doomed
@@ -121,20 +189,22 @@ class CheckpointManager:
         """Delete temp files left by a process killed during a save (they were never renamed into place)."""
         stale = [p for p in self.directory.glob(".*.tmp-*") if _TEMP.match(p.name)] if self.directory.is_dir() else []
         for path in stale:
-            _remove_quietly(path)
+            remove(path)
         return stale
 
     def candidates(self) -> list[Path]:
         """Checkpoints to resume from, newest first (by write time; ``last.pt`` first among equals)."""
         if not self.directory.is_dir():
             return []
-        paths = [self.directory / LAST, *(p for _, p in self.periodic_files()), self.directory / BEST]
-        present = [p for p in paths if p.is_file()]
+        lasts = [self.directory / name for name in (LAST, LAST_SHARDED, f".{LAST_SHARDED}.prev")]
+        bests = [self.directory / BEST, self.directory / BEST_SHARDED]
+        paths = [*lasts, *(p for _, p in self.periodic_files()), *bests]
+        present = [p for p in paths if p.exists()]
 
         def newest_first(path: Path) -> tuple[int, int, int]:
             match = _PERIODIC.match(path.name)
-            rank = 2 if path.name == LAST else 1 if match else 0
-            return (-path.stat().st_mtime_ns, -rank, -(int(match.group(2)) if match else 0))
+            rank = 2 if path.name in (LAST, LAST_SHARDED) else 1 if match else 0
+            return (-_written_ns(path), -rank, -(int(match.group(2)) if match else 0))
 
         return sorted(present, key=newest_first)
 
@@ -152,7 +222,7 @@ class CheckpointManager:
         rejected: list[Rejected] = []
         for path in self.candidates():
             try:
-                payload = load_checkpoint(path, map_location=map_location)
+                payload = read_meta(path) if path.is_dir() else load_checkpoint(path, map_location=map_location)
             except CheckpointError as err:
                 rejected.append(Rejected(path, str(err)))
                 self.log(f"Skipping checkpoint '{path}': {err}")

@@ -74,15 +74,44 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return changes
 
 
-def position_mismatch(saved_data: dict[str, Any], current: dict[str, int]) -> str | None:
+def global_batch_change(saved_data: dict[str, Any], current: dict[str, int]) -> str | None:
+    """Why a checkpoint written by another number of processes cannot continue here (``None`` if it can).
+
+    ``train.batch_size`` is per process: on another number of processes the global batch (batch size × processes)
+    must stay what it was, or the optimizer steps and the schedule would not be those of the run.
+    """
+    if not saved_data or saved_data.get("world_size") == current["world_size"]:
+        return None
+    size, world = int(saved_data.get("batch_size", 0)), int(saved_data.get("world_size", 0))
+    before, after = size * world, current["batch_size"] * current["world_size"]
+    if before == after:
+        return None
+    fix = (
+        f"set train.batch_size={before // current['world_size']} to keep it"
+        if before % current["world_size"] == 0
+        else f"run it on a number of processes that divides {before}"
+    )
+    return (
+        f"it was written with a global batch of {before} (train.batch_size {size} × {world} process(es)) and this "
+        f"run's is {after} (train.batch_size {current['batch_size']} × {current['world_size']} process(es)): {fix}"
+    )
+
+
+def position_mismatch(saved_data: dict[str, Any], current: dict[str, int], *, global_order: bool) -> str | None:
     """Why the saved position inside an epoch cannot be continued exactly (``None`` if it can).
 
-    The micro-batches already consumed are counted in units of ``batch_size`` per process, so a change of
-    batch size, accumulation or number of processes mid-epoch makes that count meaningless.
+    The micro-batches already consumed are counted per process. With the engine's sampler (``global_order``: one
+    permutation of ``(seed, epoch)``, dealt over the processes) ``k`` micro-batches of ``batch_size`` on each of
+    ``world_size`` processes are the first ``k × batch_size × world_size`` samples of the permutation, so another
+    number of processes with the same global batch continues at the same sample. Anything else that changed (or
+    another world size under a task's batch sampler) makes the count meaningless.
     """
-    changed = [
-        f"{key} {saved_data.get(key)} → {value}" for key, value in current.items() if saved_data.get(key) != value
-    ]
+    keys = dict(current)
+    if global_order and saved_data.get("batch_size", 0) * saved_data.get("world_size", 0) == (
+        current["batch_size"] * current["world_size"]
+    ):
+        keys.pop("batch_size"), keys.pop("world_size")  # the same global position: resharded, not restarted
+    changed = [f"{key} {saved_data.get(key)} → {value}" for key, value in keys.items() if saved_data.get(key) != value]
     return ", ".join(changed) or None
 
 
@@ -151,8 +180,8 @@ def find_resumable(
         except CheckpointError as err:
             error = str(err)
         else:
-            if hit is not None:
-                found, payload = str(hit[0]), hit[1]
+            if hit is not None:  # a sharded checkpoint: every process reads its shards (resuming.resume)
+                found, payload = str(hit[0]), (hit[1] if hit[0].is_file() else None)
     found, error = D.broadcast_object((found, error), env)
     if error is not None:
         raise CheckpointError(error)

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 from trainwell.engine.checkpoint.files import CheckpointError, atomic_write, atomic_write_text, load_checkpoint
+from trainwell.engine.checkpoint.sharded import is_sharded_checkpoint, read_model_weights
+from trainwell.engine.fsdp import load_full_model_state
 
 
 @dataclass
@@ -112,6 +114,13 @@ def compare_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: 
     return report
 
 
+def _load_any(path: Path, map_location: str | torch.device, *, require_checksum: bool) -> dict[str, Any]:
+    """A checkpoint file, or a sharded directory (verified) with its whole model in one state dict."""
+    if is_sharded_checkpoint(path):
+        return read_model_weights(path)
+    return load_checkpoint(path, map_location=map_location, require_checksum=require_checksum)
+
+
 def load_model_weights(
     model: nn.Module,
     path: str | Path,
@@ -132,7 +141,7 @@ def load_model_weights(
             (nothing is loaded then); also every error of :func:`load_checkpoint`.
     """
     path = Path(path)
-    payload = load_checkpoint(path, map_location=map_location, require_checksum=False)
+    payload = _load_any(path, map_location, require_checksum=False)
     found = foreign(payload) if foreign is not None and not ema else None
     state = found.state if found is not None else model_state_of(payload, path, ema=ema)
     report = compare_model_state(model, state, path)
@@ -143,7 +152,7 @@ def load_model_weights(
             f"The weights in '{path}' do not match the model: {report.describe()}. Fix the model config, or "
             f"load only the matching tensors (trainwell train … --init-from-non-strict)."
         )
-    model.load_state_dict(matched, strict=False)
+    load_full_model_state(model, matched, strict=False)  # an FSDP-sharded model takes its slice of each tensor
     return report
 
 
@@ -159,7 +168,9 @@ def export_weights(checkpoint: str | Path, out: str | Path, *, ema: bool = False
         CheckpointError: unreadable checkpoint, or an output name that is neither ``.pt`` nor ``.safetensors``.
     """
     source, target = Path(checkpoint), Path(out)
-    payload = load_checkpoint(source)
+    payload = _load_any(
+        source, "cpu", require_checksum=True
+    )  # a sharded directory is consolidated into one state dict here
     weights = model_state_of(payload, source, ema=ema)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in weights.items()}
     if target.suffix == ".safetensors":
