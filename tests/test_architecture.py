@@ -205,3 +205,57 @@ def test_test_module_basenames_are_unique() -> None:
     """pytest imports test modules by basename (no packages): two test_model.py files break collection."""
     names = [p.name for p in (SRC.parents[1] / "tests").rglob("*.py")]
     assert sorted({n for n in names if names.count(n) > 1}) == []
+
+
+MAX_FUNCTION_LINES = 60
+"""Issue #23: the longest function or method anywhere in src/trainwell, ``def`` to its last line inclusive."""
+
+
+def _function_lengths(source: str) -> dict[str, tuple[int, int]]:
+    """``{qualified name: (line of its def, lines from the def to its last line inclusive)}`` for every function,
+    method and nested function in ``source`` (decorators are not counted: ``lineno`` is the ``def`` line)."""
+    found: dict[str, tuple[int, int]] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}{child.name}"
+                if not isinstance(child, ast.ClassDef):
+                    assert child.end_lineno is not None
+                    found[name] = (child.lineno, child.end_lineno - child.lineno + 1)
+                visit(child, f"{name}.")
+            else:
+                visit(child, prefix)
+
+    visit(ast.parse(source), "")
+    return found
+
+
+def test_function_lengths_count_def_to_last_line_for_methods_and_nested_functions() -> None:
+    """The counter the limit below relies on: a two-line function is 2, a decorator adds nothing, methods, async
+    and nested functions (even inside an ``if``) are all seen."""
+    source = (
+        "import functools\n"
+        "@functools.cache\n"
+        "def f():\n"
+        "    return 1\n"
+        "class C:\n"
+        "    async def m(self):\n"
+        "        if True:\n"
+        "            def inner():\n"
+        "                pass\n"
+        "\n"
+        "        return 2\n"
+    )
+    assert _function_lengths(source) == {"f": (3, 2), "C.m": (6, 6), "C.m.inner": (8, 2)}
+
+
+def test_no_function_is_longer_than_the_limit() -> None:
+    """A function over the limit does several things: split it into named steps, one docstring each."""
+    offenders = {
+        f"{path.relative_to(SRC)}:{line} {name}": length
+        for path in sorted(SRC.rglob("*.py"))
+        for name, (line, length) in _function_lengths(path.read_text()).items()
+        if length > MAX_FUNCTION_LINES
+    }
+    assert not offenders, f"functions over {MAX_FUNCTION_LINES} lines (def to last line): {offenders}"

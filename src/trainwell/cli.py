@@ -281,23 +281,23 @@ def _without_worker_traceback(err: Exception) -> str:
     return last.partition(f"{type(err).__name__}: ")[2] or last
 
 
-def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int:
-    """Entry point of the ``trainwell`` console script; returns the exit status.
+def _parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse the command line, taking KEY=VALUE words written after an option as overrides too.
 
-    ``callbacks``: objects with ``on_step_end(run)`` handed to the run of ``train`` (a seam for tools and
-    tests that drive the real command, e.g. to stop a run at an exact step).
+    argparse matches all positionals at once, so overrides written after an option
+    (`eval CONFIG --checkpoint X train.device=cpu`) come back unrecognised; anything else unrecognised is an error.
     """
-    parser = build_parser()
-    if not (sys.argv[1:] if argv is None else argv):  # a bare `trainwell`: the help, not an argparse error
-        parser.print_help()
-        return 0
-    # argparse matches all positionals at once, so KEY=VALUE overrides written after an option
-    # (`eval CONFIG --checkpoint X train.device=cpu`) come back unrecognised: take them as overrides.
     args, extra = parser.parse_known_args(argv)
     misplaced = [arg for arg in extra if "=" in arg and not arg.startswith("-")]
     if len(misplaced) != len(extra):
         parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in misplaced)}")
     args.overrides = [*args.overrides, *misplaced]
+    return args
+
+
+def _run_command(args: argparse.Namespace, callbacks: Sequence[Any]) -> int:
+    """Run the chosen command; the errors a user can fix become one message on stderr and an exit status, not a
+    traceback (config errors :data:`EXIT_CONFIG_ERROR`, run errors :data:`EXIT_RUN_ERROR`)."""
     handlers = {
         "eval": _eval,
         "test": _test,
@@ -342,6 +342,19 @@ def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int
         return EXIT_SIGNAL_BASE + 2
     finally:
         D.destroy_process_group()
+
+
+def main(argv: list[str] | None = None, *, callbacks: Sequence[Any] = ()) -> int:
+    """Entry point of the ``trainwell`` console script; returns the exit status.
+
+    ``callbacks``: objects with ``on_step_end(run)`` handed to the run of ``train`` (a seam for tools and
+    tests that drive the real command, e.g. to stop a run at an exact step).
+    """
+    parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # a bare `trainwell`: the help, not an argparse error
+        parser.print_help()
+        return 0
+    return _run_command(_parse_args(parser, argv), callbacks)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,53 @@ def loss_window_end(ctx: RunContext, th: Thresholds) -> int | None:
     return max(int(th.loss_window_fraction * ctx.total_steps), ctx.warmup_steps + int(0.1 * ctx.total_steps))
 
 
+def _early_loss_window(
+    train: Sequence[Mapping[str, Any]], ctx: RunContext, th: Thresholds, final: bool
+) -> list[Mapping[str, Any]] | None:
+    """The log lines of the early window :func:`check_loss_progress` judges, or ``None`` while it is incomplete.
+
+    Judging a window that is still filling would flag every run in its first log lines, so the check waits.
+    """
+    end = loss_window_end(ctx, th)
+    window = [r for r in train if end is not None and r["step"] <= end]
+    if len(window) < th.loss_window_min_records:
+        # Sparse logging, a short run or an unknown length: the first lines, once there are enough.
+        if len(train) < th.loss_window_min_records:
+            return None
+        return list(train[: th.loss_window_min_records])
+    if not final and train[-1]["step"] < end:  # type: ignore[operator]
+        return None  # the window is not complete yet
+    return window
+
+
+def _not_decreasing_fix(ratio: float | None, ctx: RunContext, th: Thresholds) -> str:
+    """What to do about a loss that does not fall, told apart by ``ratio``, the median update ‖Δw‖/‖w‖.
+
+    Tiny updates point at the learning rate, healthy ones at the data; without the ratio (not logged), both.
+    """
+    if ratio is not None and ratio < th.update_ratio_low:
+        return (
+            f"The updates are tiny (‖Δw‖/‖w‖ {ratio:.1e}; healthy runs show about 1e-3–1e-2): the learning rate "
+            f"(optim.lr={ctx.lr}) is probably far too low — try 10–1000× higher, and check schedule.warmup_steps."
+        )
+    if ratio is not None:
+        # The optimizer moves the weights at a healthy rate and the loss still does not fall: the data, not the
+        # learning rate, is the suspect (targets that cannot be predicted from the inputs).
+        return (
+            f"The weights move normally (‖Δw‖/‖w‖ {ratio:.1e} per step), so the learning rate is not the cause: check "
+            "that the targets belong to the inputs (labels shuffled or misaligned against the inputs, an "
+            "augmentation applied to the input but not the label — the first-batch report above), that the loss "
+            "is not detached from the model's output, and the task's check_batch findings. If this run fine-tunes "
+            "an already converged model, this is expected: add 'loss.not_decreasing' to diagnostics.ignore."
+        )
+    return (
+        "Check the learning rate (optim.lr) and warmup first, then that the targets match the inputs "
+        "(the first-batch report above), that the loss is not detached from the model's output, and that "
+        "the parameters are in the optimizer. If this run fine-tunes an already converged model, "
+        "this is expected: add 'loss.not_decreasing' to diagnostics.ignore."
+    )
+
+
 def check_loss_progress(
     train: Sequence[Mapping[str, Any]], ctx: RunContext, th: Thresholds, *, final: bool = False
 ) -> Finding | None:
@@ -79,15 +126,9 @@ def check_loss_progress(
     the total loss over it must fall by ``loss_min_decrease`` of its mean. The check waits until the window
     is complete (``final``: the run has ended).
     """
-    end = loss_window_end(ctx, th)
-    window = [r for r in train if end is not None and r["step"] <= end]
-    if len(window) < th.loss_window_min_records:
-        # Sparse logging, a short run or an unknown length: the first lines, once there are enough.
-        if len(train) < th.loss_window_min_records:
-            return None
-        window = list(train[: th.loss_window_min_records])
-    elif not final and train[-1]["step"] < end:  # type: ignore[operator]
-        return None  # the window is not complete yet
+    window = _early_loss_window(train, ctx, th, final)
+    if window is None:
+        return None
     losses = [float(r["loss"]) for r in window]
     if min(losses) <= 0:
         return None  # a loss that can be negative has no relative scale
@@ -110,35 +151,9 @@ def check_loss_progress(
     )
     if ratio is not None:
         evidence += f"; each optimizer step changed the weights by {ratio:.1e} of their norm (median)"
-    if ratio is not None and ratio < th.update_ratio_low:
-        fix = (
-            f"The updates are tiny (‖Δw‖/‖w‖ {ratio:.1e}; healthy runs show about 1e-3–1e-2): the learning rate "
-            f"(optim.lr={ctx.lr}) is probably far too low — try 10–1000× higher, and check schedule.warmup_steps."
-        )
-    elif ratio is not None:
-        # The optimizer moves the weights at a healthy rate and the loss still does not fall: the data, not the
-        # learning rate, is the suspect (targets that cannot be predicted from the inputs).
-        fix = (
-            f"The weights move normally (‖Δw‖/‖w‖ {ratio:.1e} per step), so the learning rate is not the cause: check "
-            "that the targets belong to the inputs (labels shuffled or misaligned against the inputs, an "
-            "augmentation applied to the input but not the label — the first-batch report above), that the loss "
-            "is not detached from the model's output, and the task's check_batch findings. If this run fine-tunes "
-            "an already converged model, this is expected: add 'loss.not_decreasing' to diagnostics.ignore."
-        )
-    else:
-        fix = (
-            "Check the learning rate (optim.lr) and warmup first, then that the targets match the inputs "
-            "(the first-batch report above), that the loss is not detached from the model's output, and that "
-            "the parameters are in the optimizer. If this run fine-tunes an already converged model, "
-            "this is expected: add 'loss.not_decreasing' to diagnostics.ignore."
-        )
+    fix = _not_decreasing_fix(ratio, ctx, th)
     return Finding(
-        "loss.not_decreasing",
-        "warning",
-        "The loss is not decreasing early in training",
-        evidence,
-        fix,
-        int(steps[-1]),
+        "loss.not_decreasing", "warning", "The loss is not decreasing early in training", evidence, fix, int(steps[-1])
     )
 
 

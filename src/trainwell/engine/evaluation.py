@@ -145,9 +145,16 @@ def _score_shard(
     device: torch.device,
     autocast: Callable[[], Any],
     num_workers: int,
-    progress: ProgressBar | None = None,
+    progress_mode: str,
+    show_progress: bool,
 ) -> None:
-    """Run ``eval_step`` over this process's shard (no collectives: shard sizes differ)."""
+    """Run ``eval_step`` over this process's shard (no collectives: shard sizes differ).
+
+    Rank 0's shard is the largest: its bar (``show_progress`` there only) tells when the evaluation ends.
+    """
+    progress = ProgressBar(
+        total=len(shard), description="eval", mode=progress_mode, enabled=show_progress, unit="sample"
+    )
     batches = [list(shard[i : i + batch_size]) for i in range(0, len(shard), batch_size)]
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers, collate_fn=task.collate_fn())
     was_training = model.training
@@ -160,10 +167,66 @@ def _score_shard(
                 indices = torch.tensor(batch_indices, dtype=torch.int64, device=device)
                 with autocast():
                     task.eval_step(model, move_to_device(batch, device), indices, evaluator)
-                if progress is not None:
-                    progress.update(len(batch_indices))
+                progress.update(len(batch_indices))
     finally:
         model.train(was_training)
+    progress.close()
+
+
+@dataclass
+class _Outcome:
+    """What rank 0 made of the gathered results; the defaults on the other ranks and after a failure."""
+
+    metrics: dict[str, float] | None = None
+    outputs: list[Path] = field(default_factory=list)
+    findings: list[Any] = field(default_factory=list)
+    failure: Exception | None = None
+
+
+def _gather_and_compute(evaluator: Evaluator, num_samples: int, outputs_dir: Path | None, env: DistEnv) -> _Outcome:
+    """Gather every process's results on rank 0; there verify coverage, compute the metrics, collect findings and
+    write prediction files (elsewhere only the gather).
+
+    A failure is kept, not raised: the other processes are about to wait for the outcome (:func:`_share_outcome`)
+    and would hang if rank 0 left without sending it.
+    """
+    gathered = gather_results(*evaluator.local_results(), env)
+    outcome = _Outcome()
+    if gathered is None:  # not rank 0
+        return outcome
+    all_indices, all_results = gathered
+    try:
+        verify_coverage(all_indices, num_samples)
+        evaluator.load_results(all_indices, all_results)
+        outcome.metrics = evaluator.compute()
+        outcome.findings = list(evaluator.findings) if isinstance(evaluator, ReportsFindings) else []
+        if outputs_dir is not None and isinstance(evaluator, WritesOutputs):
+            outputs_dir.mkdir(parents=True, exist_ok=True)
+            outcome.outputs = list(evaluator.save_outputs(outputs_dir) or [])
+    except Exception as err:  # reported to every process by _share_outcome, then re-raised there
+        outcome.failure = err
+    return outcome
+
+
+def _share_outcome(outcome: _Outcome, env: DistEnv) -> dict[str, float]:
+    """Rank 0's metrics on every process, or the same error raised on every process, so that all stop together.
+
+    Rank 0 re-raises its original exception; the others raise :class:`CoverageError` or a ``RuntimeError`` naming
+    it (an exception object need not survive pickling).
+    """
+    failure = outcome.failure
+    message = (outcome.metrics, None if failure is None else (type(failure).__name__, str(failure)))
+    metrics: dict[str, float] | None
+    metrics, error = broadcast_object(message, env)
+    if failure is not None:
+        raise failure
+    if error is not None:
+        kind, text = error
+        if kind == CoverageError.__name__:
+            raise CoverageError(text)
+        raise RuntimeError(f"Evaluation failed on rank 0 with {kind}: {text}")
+    assert metrics is not None
+    return metrics
 
 
 def evaluate(
@@ -193,58 +256,30 @@ def evaluate(
     """
     num_samples = len(dataset)  # type: ignore[arg-type]
     require_same_on_all_ranks(num_samples, "len(validation dataset)", env)
-    # Score rank 0's model everywhere (its BatchNorm statistics are the ones the checkpoints hold).
-    broadcast_buffers(model, env)
+    broadcast_buffers(model, env)  # rank 0's BatchNorm statistics everywhere: the ones the checkpoints hold
     evaluator.reset()
-    shard = shard_range(num_samples, env)
-    # Rank 0's shard is the largest: its bar tells when the evaluation ends (a terminal only, rank 0 only).
-    progress = ProgressBar(total=len(shard), description="eval", mode=progress_mode, enabled=env.is_main, unit="sample")
     with gathered_parameters(model):  # FSDP: the whole model on every process first, so no forward gathers
         _score_shard(
             task=task,
             model=model,
             dataset=dataset,
             evaluator=evaluator,
-            shard=shard,
+            shard=shard_range(num_samples, env),
             batch_size=batch_size,
             device=device,
             autocast=autocast,
             num_workers=num_workers,
-            progress=progress,
+            progress_mode=progress_mode,
+            show_progress=env.is_main,
         )
-    progress.close()
-
-    local_indices, local_results = evaluator.local_results()
-    gathered = gather_results(local_indices, local_results, env)
-    metrics: dict[str, float] | None = None
-    written: list[Path] = []
-    noticed: list[Any] = []
-    failure: Exception | None = None
-    if gathered is not None:  # rank 0
-        all_indices, all_results = gathered
-        try:
-            verify_coverage(all_indices, num_samples)
-            evaluator.load_results(all_indices, all_results)
-            metrics = evaluator.compute()
-            noticed = list(evaluator.findings) if isinstance(evaluator, ReportsFindings) else []
-            if outputs_dir is not None and isinstance(evaluator, WritesOutputs):
-                outputs_dir.mkdir(parents=True, exist_ok=True)
-                written = list(evaluator.save_outputs(outputs_dir) or [])
-        except Exception as err:  # reported to every process below, then re-raised here
-            failure = err
-    # Every process learns the outcome, so that all of them stop together on an error.
-    outcome = (metrics, None if failure is None else (type(failure).__name__, str(failure)))
-    metrics, error = broadcast_object(outcome, env)
-    if failure is not None:
-        raise failure
-    if error is not None:
-        kind, message = error
-        if kind == CoverageError.__name__:
-            raise CoverageError(message)
-        raise RuntimeError(f"Evaluation failed on rank 0 with {kind}: {message}")
-    assert metrics is not None
+    outcome = _gather_and_compute(evaluator, num_samples, outputs_dir, env)
+    metrics = _share_outcome(outcome, env)
     if log is not None:
         log(f"Evaluated on {num_samples} samples from all {env.world_size} processes")
     return EvalResult(
-        metrics=metrics, num_samples=num_samples, world_size=env.world_size, outputs=written, findings=noticed
+        metrics=metrics,
+        num_samples=num_samples,
+        world_size=env.world_size,
+        outputs=outcome.outputs,
+        findings=outcome.findings,
     )

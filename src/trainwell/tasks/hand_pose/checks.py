@@ -147,6 +147,47 @@ def _rotation_aligned(projected: torch.Tensor, keypoints: torch.Tensor, visible:
     return aligned, torch.rad2deg(angle)
 
 
+def _mirrored_error(
+    rel: torch.Tensor, root: torch.Tensor, kp: torch.Tensor, vis: torch.Tensor, k: torch.Tensor
+) -> float:
+    """Median relative reprojection error of the labels mirrored in x about the root (the other hand): a small one
+    names a left/right flip applied to only one side of the sample."""
+    mirrored = rel * torch.tensor([-1.0, 1.0, 1.0], dtype=rel.dtype)
+    return float(_relative_reprojection(project_to_pixels(mirrored + root.unsqueeze(1), k), kp, vis).nanmedian())
+
+
+def _labels_not_projecting(evidence: str, *, mirrored_fits: bool, transformed: bool, turned_deg: float) -> Finding:
+    """The finding for labels that do not land on the inputs, naming the explanation that fits: mirrored labels
+    first, then inputs transformed by an augmentation, else labels that belong to other inputs."""
+    if mirrored_fits:
+        return Finding(
+            "hand_pose.labels_mirrored",
+            "error",
+            "The 3D labels are mirrored (left/right) against the 2D inputs",
+            evidence,
+            "The labels are the other hand: a left/right flip was applied to the image/keypoints but not to the 3D "
+            "joints (or the reverse), or left hands were mirrored in only one of them. Flip both together "
+            "(x → −x in the camera frame and u → width − u), or neither.",
+        )
+    if transformed:
+        return Finding(
+            "hand_pose.inputs_transformed",
+            "error",
+            "The 2D inputs are rotated against the 3D labels: an augmentation changed the input but not the label",
+            f"{evidence}; the inputs are rotated (and/or shifted) by a median {turned_deg:.0f}° per sample",
+            "Apply the same transform to the labels: rotating the image/keypoints in the image plane rotates the "
+            "camera-frame 3D joints about the optical axis by the same angle (and changes root_cam_mm likewise).",
+        )
+    return Finding(
+        "hand_pose.labels_mismatch",
+        "error",
+        "The 3D labels do not belong to the 2D inputs",
+        evidence + "; neither mirroring nor a rotation explains it",
+        "Each sample's label must be the one of its input: check for a shuffle or sort applied to inputs or labels "
+        "alone, an off-by-one between two index lists, or labels read for a different frame or camera.",
+    )
+
+
 def check_labels_project(
     joints_rel_mm: torch.Tensor,
     root_cam_mm: torch.Tensor,
@@ -176,10 +217,7 @@ def check_labels_project(
     rotated = turned >= MIN_ROTATION_DEG and error_rotated <= error / 4
     if error <= REPROJECTION_TOLERANCE and not rotated:
         return None
-    mirrored = rel * torch.tensor([-1.0, 1.0, 1.0], dtype=rel.dtype)
-    error_mirrored = float(
-        _relative_reprojection(project_to_pixels(mirrored + root.unsqueeze(1), k), kp, vis).nanmedian()
-    )
+    error_mirrored = _mirrored_error(rel, root, kp, vis, k)
     fits = REPROJECTION_TOLERANCE / 4  # an explanation must fit like a healthy batch does, not merely better
     evidence = (
         f"rule: median |project(joints_rel_mm + root_cam_mm) − keypoints_2d_px| over visible joints ≤ "
@@ -187,32 +225,8 @@ def check_labels_project(
         f"{int(keep.sum())} samples (with the labels mirrored in x: {error_mirrored:.2f}; after the best "
         f"per-sample 2D rotation: {error_rotated:.2f})"
     )
-    if error_mirrored <= fits:
-        return Finding(
-            "hand_pose.labels_mirrored",
-            "error",
-            "The 3D labels are mirrored (left/right) against the 2D inputs",
-            evidence,
-            "The labels are the other hand: a left/right flip was applied to the image/keypoints but not to the 3D "
-            "joints (or the reverse), or left hands were mirrored in only one of them. Flip both together "
-            "(x → −x in the camera frame and u → width − u), or neither.",
-        )
-    if rotated or error_rotated <= fits:
-        return Finding(
-            "hand_pose.inputs_transformed",
-            "error",
-            "The 2D inputs are rotated against the 3D labels: an augmentation changed the input but not the label",
-            f"{evidence}; the inputs are rotated (and/or shifted) by a median {turned:.0f}° per sample",
-            "Apply the same transform to the labels: rotating the image/keypoints in the image plane rotates the "
-            "camera-frame 3D joints about the optical axis by the same angle (and changes root_cam_mm likewise).",
-        )
-    return Finding(
-        "hand_pose.labels_mismatch",
-        "error",
-        "The 3D labels do not belong to the 2D inputs",
-        evidence + "; neither mirroring nor a rotation explains it",
-        "Each sample's label must be the one of its input: check for a shuffle or sort applied to inputs or labels "
-        "alone, an off-by-one between two index lists, or labels read for a different frame or camera.",
+    return _labels_not_projecting(
+        evidence, mirrored_fits=error_mirrored <= fits, transformed=rotated or error_rotated <= fits, turned_deg=turned
     )
 
 

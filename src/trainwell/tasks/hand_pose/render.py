@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -283,6 +284,105 @@ def _drop_depth_edges(depth: torch.Tensor, edge_u: torch.Tensor, cfg: RenderConf
     return (step > 20.0) & (edge_u.view_as(depth) < cfg.edge_dropout)
 
 
+class _Hits(NamedTuple):
+    """What the ray through each crop pixel meets first, ``(B, P)`` unless noted."""
+
+    clean: torch.Tensor
+    """Noise-free depth, mm; ``inf`` where the ray meets nothing."""
+    on_body: torch.Tensor
+    """The hand or the object is in front of the background plane."""
+    is_hand: torch.Tensor
+    """The nearest capsule is the hand's (not the object); says nothing of the plane (see ``on_body``)."""
+    normal: torch.Tensor
+    """``(B, P, 3)`` unit outward normal of the nearest capsule."""
+    plane_cos: torch.Tensor
+    """Cosine between the background plane's normal and the ray."""
+
+
+def _cast_scene(rays: torch.Tensor, hands: dict[str, torch.Tensor], u: torch.Tensor, cfg: RenderConfig) -> _Hits:
+    """Ray-cast the hand's capsules, the object and the background plane; both depth and RGB read the result.
+
+    The object is cast as one more (zero-length) capsule after the hand's, so a capsule index below the hand's
+    count means the hand.
+    """
+    joints, scale = hands["joints_cam_mm"], hands["hand_scale"]
+    start, end, radius = hand_capsules(joints, scale, forearm=cfg.forearm)
+    num_hand = start.shape[1]
+    occ_centre, occ_radius = _occluder(joints, u, cfg, scale)
+    start, end = torch.cat((start, occ_centre), 1), torch.cat((end, occ_centre), 1)
+    hand_depth, capsule, normal = cast_capsules(rays, start, end, torch.cat((radius, occ_radius), 1))
+    plane_depth, plane_cos = _background_plane(rays, hands["root_cam_mm"][:, 2], u, cfg)
+    on_body = hand_depth <= plane_depth
+    clean = torch.where(on_body, hand_depth, plane_depth)  # (B, P), inf where nothing is hit
+    return _Hits(clean, on_body, capsule < num_hand, normal, plane_cos)
+
+
+def _sensor_depth(hits: _Hits, rays: torch.Tensor, rnd: dict[str, torch.Tensor], cfg: RenderConfig) -> torch.Tensor:
+    """``(B, 1, S, S)`` depth as a sensor returns it: grazing-angle and edge dropouts, range, noise growing with
+    depth², 1 mm quantisation; 0 = no return (a real sensor's holes, which the model has to cope with)."""
+    n, size = rays.shape[0], cfg.crop_size_px
+    view_cos = -_dot(hits.normal, rays) / torch.sqrt(_dot(rays, rays))
+    cos = torch.where(hits.on_body, view_cos, hits.plane_cos)
+    finite = torch.where(torch.isfinite(hits.clean), hits.clean, torch.full_like(hits.clean, cfg.max_range_mm * 2))
+    returns = (cos > cfg.grazing_cos) & (finite < cfg.max_range_mm)
+    returns = returns & ~_drop_depth_edges(finite.view(n, size, size), rnd["edge_u"], cfg).view(n, -1)
+    noisy = torch.round(finite + depth_noise_std_mm(finite, cfg) * rnd["depth_noise"])
+    return torch.where(returns, noisy, torch.zeros_like(noisy)).view(n, 1, size, size)
+
+
+def _albedo(hits: _Hits, joints_cam_mm: torch.Tensor, u: torch.Tensor, cfg: RenderConfig) -> torch.Tensor:
+    """``(B, P, 3)`` surface colour before lighting: the hand's skin tone (lighter towards the palm side with
+    ``palm_tone``, the cue that tells the palm from the back) or the object's colour."""
+    skin = torch.tensor(SKIN_TONES[0]) + u[:, 0:1] * (torch.tensor(SKIN_TONES[1]) - torch.tensor(SKIN_TONES[0]))
+    object_colour = u[:, 13:16]
+    skin_px = skin[:, None].expand(-1, hits.normal.shape[1], -1)  # (B, P, 3)
+    if cfg.palm_tone:
+        palmar = -_dot(hits.normal, S.palm_frame(joints_cam_mm)[..., 2][:, None])  # > 0 on the palm side
+        blend = (cfg.palm_tone * (0.5 + 0.5 * u[:, 21]))[:, None] * (0.5 + 2.0 * palmar).clamp(0.0, 1.0)
+        skin_px = skin_px + blend[..., None] * (torch.tensor(PALM_TONE) - skin_px)
+    return torch.where(hits.is_hand[..., None], skin_px, object_colour[:, None])
+
+
+def _shade(hits: _Hits, albedo: torch.Tensor, rnd: dict[str, torch.Tensor], cfg: RenderConfig) -> torch.Tensor:
+    """``(B, 3, S, S)`` RGB of the scene: the albedo under a random Lambertian light with ambient, in front of the
+    textured background (darker where the plane turns away)."""
+    u = rnd["u"]
+    n, size = u.shape[0], cfg.crop_size_px
+    light = S.normalize(torch.stack((u[:, 1] - 0.5, u[:, 2] - 0.5, -torch.ones_like(u[:, 1])), -1))
+    ambient = 0.25 + 0.25 * u[:, 3]
+    lambert = ambient[:, None] + (1 - ambient[:, None]) * _dot(hits.normal, light[:, None]).clamp_min(0.0)
+    body_rgb = (albedo * lambert[..., None]).transpose(1, 2).reshape(n, 3, size, size)
+    background = _texture(rnd["texture"], size) * (0.6 + 0.4 * hits.plane_cos.view(n, 1, size, size))
+    return torch.where(hits.on_body.view(n, 1, size, size), body_rgb, background)
+
+
+def _camera_response(rgb: torch.Tensor, rnd: dict[str, torch.Tensor], cfg: RenderConfig) -> torch.Tensor:
+    """Colour jitter (contrast about the image mean, brightness, per-channel gain) and pixel noise, clamped to
+    [0, 1]: what differs between cameras and exposures, so the model cannot key on exact colours."""
+    u, jitter = rnd["u"], cfg.color_jitter
+    gains = 1.0 + jitter * (2 * u[:, 16:19] - 1)
+    brightness, contrast = 1.0 + jitter * (2 * u[:, 19] - 1), 1.0 + jitter * (2 * u[:, 20] - 1)
+    mean = rgb.mean(dim=(1, 2, 3), keepdim=True)
+    rgb = ((rgb - mean) * contrast[:, None, None, None] + mean) * brightness[:, None, None, None]
+    return (rgb * gains[:, :, None, None] + cfg.rgb_noise * rnd["rgb_noise"]).clamp(0.0, 1.0)
+
+
+def _keypoint_labels(
+    joints_cam_mm: torch.Tensor, k_crop: torch.Tensor, hits: _Hits, scale: torch.Tensor, size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keypoints ``(B, 21, 2)`` crop px (the joints projected with the crop's intrinsics, as the losses project)
+    and visibility ``(B, 21)`` float: inside the crop, and the noise-free surface at the joint's pixel is the
+    hand's own, at most the thickest capsule's radius (+ 1 mm) in front of the joint."""
+    keypoints = project_to_pixels(joints_cam_mm, k_crop)
+    col, row = keypoints[..., 0].floor().long(), keypoints[..., 1].floor().long()
+    inside = (col >= 0) & (col < size) & (row >= 0) & (row < size)
+    pixel = row.clamp(0, size - 1) * size + col.clamp(0, size - 1)  # (B, 21)
+    surface = torch.gather(hits.clean, 1, pixel)
+    own = torch.gather(hits.on_body & hits.is_hand, 1, pixel)
+    near = surface >= joints_cam_mm[..., 2] - MAX_RADIUS_MM * scale[:, None] - 1.0
+    return keypoints, (inside & own & near).float()
+
+
 def render_rgbd(
     hands_cfg: SyntheticHandsConfig, cfg: RenderConfig, seed: int, split: Split, indices: np.ndarray
 ) -> dict[str, torch.Tensor]:
@@ -299,62 +399,13 @@ def render_rgbd(
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     hands = generate_hands(hands_cfg, seed, split, indices)
     joints, scale = hands["joints_cam_mm"], hands["hand_scale"]
-    size, n = cfg.crop_size_px, indices.shape[0]
     k_crop = crop_intrinsics(joints, hands["intrinsics"], cfg)
-    rnd = _sample_scene(render_keys(seed, split, indices), size)
-    u = rnd["u"]
-
-    rays = pixel_rays(k_crop, size)  # (B, P, 3)
-    start, end, radius = hand_capsules(joints, scale, forearm=cfg.forearm)
-    num_hand = start.shape[1]
-    occ_centre, occ_radius = _occluder(joints, u, cfg, scale)
-    start, end = torch.cat((start, occ_centre), 1), torch.cat((end, occ_centre), 1)
-    hand_depth, capsule, normal = cast_capsules(rays, start, end, torch.cat((radius, occ_radius), 1))
-    plane_depth, plane_cos = _background_plane(rays, hands["root_cam_mm"][:, 2], u, cfg)
-    on_body = hand_depth <= plane_depth
-    clean = torch.where(on_body, hand_depth, plane_depth)  # (B, P), inf where nothing is hit
-    on_hand = on_body & (capsule < num_hand)
-
-    # Depth sensor: grazing-angle and edge dropouts, range, noise growing with depth², 1 mm quantisation.
-    view_cos = -_dot(normal, rays) / torch.sqrt(_dot(rays, rays))
-    cos = torch.where(on_body, view_cos, plane_cos)
-    finite = torch.where(torch.isfinite(clean), clean, torch.full_like(clean, cfg.max_range_mm * 2))
-    returns = (cos > cfg.grazing_cos) & (finite < cfg.max_range_mm)
-    returns = returns & ~_drop_depth_edges(finite.view(n, size, size), rnd["edge_u"], cfg).view(n, -1)
-    noisy = torch.round(finite + depth_noise_std_mm(finite, cfg) * rnd["depth_noise"])
-    depth_mm = torch.where(returns, noisy, torch.zeros_like(noisy)).view(n, 1, size, size)
-
-    # RGB: skin under a Lambertian light, the object, the textured background; jitter and noise.
-    skin = torch.tensor(SKIN_TONES[0]) + u[:, 0:1] * (torch.tensor(SKIN_TONES[1]) - torch.tensor(SKIN_TONES[0]))
-    light = S.normalize(torch.stack((u[:, 1] - 0.5, u[:, 2] - 0.5, -torch.ones_like(u[:, 1])), -1))
-    ambient = 0.25 + 0.25 * u[:, 3]
-    lambert = ambient[:, None] + (1 - ambient[:, None]) * _dot(normal, light[:, None]).clamp_min(0.0)
-    object_colour = u[:, 13:16]
-    skin_px = skin[:, None].expand(-1, rays.shape[1], -1)  # (B, P, 3)
-    if cfg.palm_tone:
-        palmar = -_dot(normal, S.palm_frame(joints)[..., 2][:, None])  # > 0 on the palm side of the hand
-        blend = (cfg.palm_tone * (0.5 + 0.5 * u[:, 21]))[:, None] * (0.5 + 2.0 * palmar).clamp(0.0, 1.0)
-        skin_px = skin_px + blend[..., None] * (torch.tensor(PALM_TONE) - skin_px)
-    albedo = torch.where((capsule < num_hand)[..., None], skin_px, object_colour[:, None])  # (B, P, 3)
-    body_rgb = (albedo * lambert[..., None]).transpose(1, 2).reshape(n, 3, size, size)
-    background = _texture(rnd["texture"], size) * (0.6 + 0.4 * plane_cos.view(n, 1, size, size))
-    rgb = torch.where(on_body.view(n, 1, size, size), body_rgb, background)
-    jitter = cfg.color_jitter
-    gains = 1.0 + jitter * (2 * u[:, 16:19] - 1)
-    brightness, contrast = 1.0 + jitter * (2 * u[:, 19] - 1), 1.0 + jitter * (2 * u[:, 20] - 1)
-    mean = rgb.mean(dim=(1, 2, 3), keepdim=True)
-    rgb = ((rgb - mean) * contrast[:, None, None, None] + mean) * brightness[:, None, None, None]
-    rgb = (rgb * gains[:, :, None, None] + cfg.rgb_noise * rnd["rgb_noise"]).clamp(0.0, 1.0)
-
-    # Labels: the joints projected with the crop's intrinsics; visible = inside and the hand's own surface.
-    keypoints = project_to_pixels(joints, k_crop)
-    col, row = keypoints[..., 0].floor().long(), keypoints[..., 1].floor().long()
-    inside = (col >= 0) & (col < size) & (row >= 0) & (row < size)
-    pixel = row.clamp(0, size - 1) * size + col.clamp(0, size - 1)  # (B, 21)
-    surface = torch.gather(clean, 1, pixel)
-    own = torch.gather(on_hand, 1, pixel)
-    near = surface >= joints[..., 2] - MAX_RADIUS_MM * scale[:, None] - 1.0
-    visibility = (inside & own & near).float()
+    rnd = _sample_scene(render_keys(seed, split, indices), cfg.crop_size_px)
+    rays = pixel_rays(k_crop, cfg.crop_size_px)  # (B, P, 3)
+    hits = _cast_scene(rays, hands, rnd["u"], cfg)
+    depth_mm = _sensor_depth(hits, rays, rnd, cfg)
+    rgb = _camera_response(_shade(hits, _albedo(hits, joints, rnd["u"], cfg), rnd, cfg), rnd, cfg)
+    keypoints, visibility = _keypoint_labels(joints, k_crop, hits, scale, cfg.crop_size_px)
     return {
         "rgb": rgb.float(),
         "depth_mm": depth_mm.float(),

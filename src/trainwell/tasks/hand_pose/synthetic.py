@@ -275,6 +275,82 @@ def _hand_local_mm(u: np.ndarray, cfg: SyntheticHandsConfig) -> tuple[torch.Tens
     return joints, pose
 
 
+def _camera(u: np.ndarray, cfg: SyntheticHandsConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-sample pinhole parameters ``fx, fy, cx, cy`` ``(N,)`` float64 pixels (step 4 of the module doc).
+
+    Drawn before the placement because the centroid is placed by un-projecting an image position through them.
+    """
+    cam = _draw(u, "camera")
+    f_lo, f_hi = cfg.focal_px_range
+    fx = f_lo + cam[:, 0] * (f_hi - f_lo)
+    fy = fx * (1.0 + _symmetric(cam[:, 1], cfg.aspect_jitter))
+    cx = cfg.image_width_px / 2 + _symmetric(cam[:, 2], cfg.principal_point_jitter_px)
+    cy = cfg.image_height_px / 2 + _symmetric(cam[:, 3], cfg.principal_point_jitter_px)
+    return fx, fy, cx, cy
+
+
+def _place_in_camera(
+    u: np.ndarray,
+    local: torch.Tensor,
+    camera: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    cfg: SyntheticHandsConfig,
+) -> torch.Tensor:
+    """Joints ``(N, 21, 3)`` float64 mm in the camera frame (step 3 of the module doc).
+
+    The hand turns about its centroid (not the wrist), so the centroid lands exactly at the drawn depth and image
+    position whatever the rotation; the centroid is a written-out sum so its rounding cannot depend on the batch.
+    """
+    fx, fy, cx, cy = camera
+    place = _draw(u, "placement")
+    d_lo, d_hi = cfg.depth_range_mm
+    depth = d_lo + place[:, 0] * (d_hi - d_lo)
+    u_c = cfg.image_width_px * (0.5 + cfg.centroid_region * (place[:, 1] - 0.5))
+    v_c = cfg.image_height_px * (0.5 + cfg.centroid_region * (place[:, 2] - 0.5))
+    centroid_cam = _to_torch(np.stack(((u_c - cx) / fx * depth, (v_c - cy) / fy * depth, depth), axis=-1))
+    centroid_local = local[:, 0]
+    for joint in range(1, S.NUM_JOINTS):
+        centroid_local = centroid_local + local[:, joint]
+    centroid_local = centroid_local / S.NUM_JOINTS
+    if cfg.view_tilt_deg >= 180.0:
+        rotation = _rotation_matrices(_draw(u, "rotation"))[:, None]  # (N, 1, 3, 3)
+    else:
+        rotation = _view_rotations(_draw(u, "rotation"), _draw(u, "view_back")[:, 0], cfg)[:, None]
+    return S.frame_apply(rotation, local - centroid_local[:, None]) + centroid_cam[:, None]
+
+
+def _intrinsics_matrix(camera: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> torch.Tensor:
+    """``(N, 3, 3)`` float32 ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]``: the matrix the losses project with."""
+    fx, fy, cx, cy = camera
+    intrinsics = torch.zeros(fx.shape[0], 3, 3, dtype=torch.float32)
+    intrinsics[:, 0, 0], intrinsics[:, 1, 1] = _to_torch(fx).float(), _to_torch(fy).float()
+    intrinsics[:, 0, 2], intrinsics[:, 1, 2] = _to_torch(cx).float(), _to_torch(cy).float()
+    intrinsics[:, 2, 2] = 1.0
+    return intrinsics
+
+
+def _observe(
+    u: np.ndarray, joints_cam_mm: torch.Tensor, intrinsics: torch.Tensor, cfg: SyntheticHandsConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Observed keypoints ``(N, 21, 2)`` px and visibility ``(N, 21)`` bool (step 5 of the module doc).
+
+    Projected in float32 with the function the keypoint_2d loss uses, so without noise the labels are exactly
+    what a perfect prediction projects to.
+    """
+    clean_px = project_to_pixels(joints_cam_mm, intrinsics)
+    inside = (
+        (clean_px[..., 0] >= 0)
+        & (clean_px[..., 0] < cfg.image_width_px)
+        & (clean_px[..., 1] >= 0)
+        & (clean_px[..., 1] < cfg.image_height_px)
+    )
+    visible = inside & torch.from_numpy(_draw(u, "occlusion") >= cfg.occlusion_prob)
+    noise_u = _draw(u, "noise")  # Box–Muller: 21 pairs of uniforms → 21 × 2 standard normals
+    radius = np.sqrt(-2.0 * np.log1p(-noise_u[:, :21]))  # log(1 - u) with 1 - u in (0, 1]
+    angle = 2.0 * math.pi * noise_u[:, 21:]
+    noise = _to_torch(cfg.noise_px * np.stack((radius * np.cos(angle), radius * np.sin(angle)), axis=-1)).float()
+    return torch.where(visible[..., None], clean_px + noise, torch.zeros(())), visible
+
+
 def generate_hands(cfg: SyntheticHandsConfig, seed: int, split: Split, indices: np.ndarray) -> dict[str, torch.Tensor]:
     """Generate the samples ``indices`` of ``split`` in one vectorised call.
 
@@ -301,58 +377,16 @@ def generate_hands(cfg: SyntheticHandsConfig, seed: int, split: Split, indices: 
     """
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     u = uniforms(sample_keys(seed, split, indices), NUM_DRAWS)
-    n = indices.shape[0]
     local, pose = _hand_local_mm(u, cfg)
-
-    # Camera.
-    cam = _draw(u, "camera")
-    f_lo, f_hi = cfg.focal_px_range
-    fx = f_lo + cam[:, 0] * (f_hi - f_lo)
-    fy = fx * (1.0 + _symmetric(cam[:, 1], cfg.aspect_jitter))
-    cx = cfg.image_width_px / 2 + _symmetric(cam[:, 2], cfg.principal_point_jitter_px)
-    cy = cfg.image_height_px / 2 + _symmetric(cam[:, 3], cfg.principal_point_jitter_px)
-
-    # Placement: rotate about the centroid, then put the centroid at a random depth and image position.
-    place = _draw(u, "placement")
-    d_lo, d_hi = cfg.depth_range_mm
-    depth = d_lo + place[:, 0] * (d_hi - d_lo)
-    u_c = cfg.image_width_px * (0.5 + cfg.centroid_region * (place[:, 1] - 0.5))
-    v_c = cfg.image_height_px * (0.5 + cfg.centroid_region * (place[:, 2] - 0.5))
-    centroid_cam = _to_torch(np.stack(((u_c - cx) / fx * depth, (v_c - cy) / fy * depth, depth), axis=-1))
-    centroid_local = local[:, 0]
-    for joint in range(1, S.NUM_JOINTS):  # a written-out sum: its rounding cannot depend on the batch
-        centroid_local = centroid_local + local[:, joint]
-    centroid_local = centroid_local / S.NUM_JOINTS
-    if cfg.view_tilt_deg >= 180.0:
-        rotation = _rotation_matrices(_draw(u, "rotation"))[:, None]  # (N, 1, 3, 3)
-    else:
-        rotation = _view_rotations(_draw(u, "rotation"), _draw(u, "view_back")[:, 0], cfg)[:, None]
-    joints_cam = S.frame_apply(rotation, local - centroid_local[:, None]) + centroid_cam[:, None]
+    camera = _camera(u, cfg)
+    joints_cam = _place_in_camera(u, local, camera, cfg)
 
     # float32 outputs; joints_cam is rebuilt from root + relative so the two agree exactly in float32.
     root_cam_mm = joints_cam[:, S.ROOT].float()
     joints_rel_mm = (joints_cam - joints_cam[:, S.ROOT : S.ROOT + 1]).float()
     joints_cam_mm = joints_rel_mm + root_cam_mm[:, None]
-    intrinsics = torch.zeros(n, 3, 3, dtype=torch.float32)
-    intrinsics[:, 0, 0], intrinsics[:, 1, 1] = _to_torch(fx).float(), _to_torch(fy).float()
-    intrinsics[:, 0, 2], intrinsics[:, 1, 2] = _to_torch(cx).float(), _to_torch(cy).float()
-    intrinsics[:, 2, 2] = 1.0
-
-    # Observation (float32, with the projection the keypoint_2d loss uses: no noise => identical values).
-    clean_px = project_to_pixels(joints_cam_mm, intrinsics)
-    inside = (
-        (clean_px[..., 0] >= 0)
-        & (clean_px[..., 0] < cfg.image_width_px)
-        & (clean_px[..., 1] >= 0)
-        & (clean_px[..., 1] < cfg.image_height_px)
-    )
-    visible = inside & torch.from_numpy(_draw(u, "occlusion") >= cfg.occlusion_prob)
-    noise_u = _draw(u, "noise")  # Box–Muller: 21 pairs of uniforms → 21 × 2 standard normals
-    radius = np.sqrt(-2.0 * np.log1p(-noise_u[:, :21]))  # log(1 - u) with 1 - u in (0, 1]
-    angle = 2.0 * math.pi * noise_u[:, 21:]
-    noise = _to_torch(cfg.noise_px * np.stack((radius * np.cos(angle), radius * np.sin(angle)), axis=-1)).float()
-    keypoints_2d_px = torch.where(visible[..., None], clean_px + noise, torch.zeros(()))
-
+    intrinsics = _intrinsics_matrix(camera)
+    keypoints_2d_px, visible = _observe(u, joints_cam_mm, intrinsics, cfg)
     return {
         "joints_cam_mm": joints_cam_mm,
         "joints_rel_mm": joints_rel_mm,
