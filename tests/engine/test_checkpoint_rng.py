@@ -44,9 +44,36 @@ def test_streams_continue_exactly_through_a_weights_only_checkpoint(tmp_path: Pa
     assert torch.equal(again[2], expected[2])
 
 
-def test_a_different_world_size_restores_nothing() -> None:
-    state = capture_rng_state(CPU)
-    assert not restore_own_rng_state([state], DistEnv(rank=0, world_size=2), CPU)
+def _saved_states(seeds: list[int]) -> list[dict]:
+    """The states two (or more) processes would have saved, each after its own draws."""
+    states = []
+    for seed in seeds:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        _draw()
+        states.append(capture_rng_state(CPU))
+    return states
+
+
+def _resumed_draw(states: list[dict], rank: int, world_size: int) -> tuple:
+    torch.manual_seed(12345)  # whatever the process held before: the restore replaces it
+    assert not restore_own_rng_state(states, DistEnv(rank=rank, world_size=world_size), CPU)  # not bitwise
+    drawn = _draw()
+    return drawn[0], drawn[1], drawn[2].tolist(), drawn[3]
+
+
+def test_another_world_size_carries_the_saved_streams_forward_per_rank() -> None:
+    saved = _saved_states([10, 11])  # two processes saved
+    on_three = [_resumed_draw(saved, rank, 3) for rank in range(3)]
+    assert len({repr(draw) for draw in on_three}) == 3  # no two new ranks share a stream
+    assert [_resumed_draw(saved, rank, 3) for rank in range(3)] == on_three  # the same checkpoint, the same draws
+    # Derived from the saved states, not from a fixed seed: another history (one rank's draws differ) moves them.
+    other = _saved_states([10, 99])
+    assert _resumed_draw(other, 0, 3) != on_three[0]
+    # A fresh start from these seeds is not what the resumed ranks draw either.
+    torch.manual_seed(0)
+    assert torch.rand(5).tolist() != on_three[0][2]
 
 
 def test_loader_seeds_differ_by_epoch_and_rank() -> None:

@@ -12,6 +12,7 @@ from small_run import train
 from test_resume import spawn
 
 from trainwell.engine.checkpoint import BEST, load_checkpoint
+from trainwell.engine.checkpoint.sharded import read_meta
 
 # A large, unclipped learning rate: validation mse jumps around, so the best are not simply the newest.
 TOP_K = ["eval.every=2", "checkpoint.keep_best=3", "optim.lr=0.3", "train.clip_grad_norm=null"]
@@ -66,3 +67,19 @@ def test_killed_run_resumes_to_the_same_top_k(tmp_path: Path, uninterrupted: Pat
 def test_keep_best_needs_a_best_metric(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert train(tmp_path / "x", "checkpoint.keep_best=2", "eval.best_metric=null") == 2
     assert "checkpoint.keep_best" in capsys.readouterr().err
+
+
+def test_sharded_checkpoints_keep_the_same_k_best_as_directories(tmp_path: Path, uninterrupted: Path) -> None:
+    run_dir = tmp_path / "sharded"
+    assert train(run_dir, *TOP_K, "checkpoint.format=sharded") == 0
+    checkpoints, values = run_dir / "checkpoints", val_mse(run_dir)
+    names = sorted(p.name for p in checkpoints.glob("best_step_*"))
+    assert names == [n.replace(".pt", ".dcp") for n in expected_files(values, 3)]
+    assert [n.replace(".dcp", ".pt") for n in names] == kept(uninterrupted)  # same training, same ranking
+    for name in names:  # each is a whole, verified checkpoint of its evaluation (read_meta checks every shard)
+        state = read_meta(checkpoints / name)["train_state"]
+        assert name.startswith(f"best_step_{state['global_step']:08d}_")
+    # A resume with a smaller k ranks the directories again from their own metrics and drops the surplus.
+    assert train(run_dir, *TOP_K[:1], "checkpoint.keep_best=1", "checkpoint.format=sharded", "--resume", "auto") == 0
+    best = expected_files(values, 1)[0].replace(".pt", ".dcp")
+    assert sorted(p.name for p in checkpoints.glob("best_step_*")) == [best]

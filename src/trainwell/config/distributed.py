@@ -21,6 +21,10 @@ class FsdpConfig:
     task's ``shard_units(model)`` if it has one, else every direct child that has parameters."""
     reshard_after_forward: bool = True
     """Free the gathered parameters after each unit's forward (less memory, one more all-gather in backward)."""
+    cpu_offload: bool = False
+    """FSDP2's ``CPUOffloadPolicy``: parameter shards, gradients and the optimizer state live in host memory and the
+    optimizer steps on the CPU; each unit's shards are copied to the GPU for its all-gather. For models whose
+    sharded state still does not fit in GPU memory; costs host↔GPU copies every step (no effect on a CPU run)."""
 
     def problems(self) -> Iterator[Problem]:
         for i, pattern in enumerate(self.units or []):
@@ -58,7 +62,5 @@ def combination_problems(strategy: str, sharded: bool, amp: str, ema: Any, check
         yield "train.amp", "fp16 is not supported with distributed.strategy=fsdp: use train.amp=bf16 (no loss scaling)"
     if strategy == "fsdp" and ema is not None:
         yield "train.ema", "is not supported with distributed.strategy=fsdp yet: set train.ema=null or strategy=ddp"
-    if sharded and checkpoint.keep_best:
-        yield "checkpoint.keep_best", "is not supported with sharded checkpoints yet: set it to 0 or format=single"
     if checkpoint.async_save and not sharded:
         yield "checkpoint.async_save", "needs sharded checkpoints (checkpoint.format=sharded, or auto under fsdp)"

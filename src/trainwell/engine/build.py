@@ -267,7 +267,8 @@ def _top_k(
     if not cfg.checkpoint.keep_best or best.metric is None:
         return None
     k, mode = cfg.checkpoint.keep_best, cfg.eval.best_mode
-    return TopKCheckpoints(checkpoint_dir, k, best.metric, mode, log=log.warning)
+    sharded = cfg.checkpoint.in_shards(cfg.distributed.strategy)
+    return TopKCheckpoints(checkpoint_dir, k, best.metric, mode, log=log.warning, sharded=sharded)
 
 
 def _checkpoints(

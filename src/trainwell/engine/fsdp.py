@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from trainwell.config.distributed import FsdpConfig
@@ -68,18 +68,22 @@ def shard_model(
     in place: its parameters become DTensors sharded over all processes, dim 0).
 
     ``amp`` (``train.amp``): parameters are gathered in that dtype for forward and backward, gradients are reduced
-    in fp32 (a bf16 sum over many processes loses the small contributions).
+    in fp32 (a bf16 sum over many processes loses the small contributions). ``cfg.cpu_offload``: the shards, their
+    gradients and the optimizer step live in host memory; each unit's shards are copied to ``device`` for its
+    all-gather (pinned host memory when CUDA is there, for asynchronous copies).
     """
     names = {id(module): name for name, module in model.named_modules()}
     foreign = [type(unit).__name__ for unit in units if id(unit) not in names]
     if foreign:
         raise ShardingError(f"Task.shard_units returned modules that are not in the model: {', '.join(foreign)}.")
     policy = MixedPrecisionPolicy(param_dtype=amp, reduce_dtype=torch.float32) if amp else MixedPrecisionPolicy()
+    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cfg.cpu_offload else OffloadPolicy()
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    options = {"mesh": mesh, "reshard_after_forward": cfg.reshard_after_forward, "mp_policy": policy}
     # Children before parents: a unit's parameters are those no inner unit took.
     for unit in sorted((u for u in units if u is not model), key=lambda u: -names[id(u)].count(".")):
-        fully_shard(unit, mesh=mesh, reshard_after_forward=cfg.reshard_after_forward, mp_policy=policy)
-    fully_shard(model, mesh=mesh, reshard_after_forward=cfg.reshard_after_forward, mp_policy=policy)
+        fully_shard(unit, **options, offload_policy=offload)
+    fully_shard(model, **options, offload_policy=offload)
     return model
 
 

@@ -24,7 +24,6 @@ from trainwell.engine.checkpoint.resume import (
 from trainwell.engine.checkpoint.sharded import is_sharded_checkpoint, read_sharded
 from trainwell.engine.checkpoint.weights import WeightsReport, compare_model_state, load_model_weights, model_state_of
 from trainwell.engine.run import Run, metrics_writer
-from trainwell.engine.runtime import seed_everything
 
 
 def resume(run: Run, source: str | Path) -> Path | None:
@@ -101,9 +100,9 @@ def _after_resume(run: Run, payload: dict[str, Any], current_layout: dict[str, i
     if not run.rng_part.restored:
         run.log.warning(
             f"The checkpoint holds the random streams of {len(payload['rng'])} process(es), this run has "
-            f"{run.env.world_size}: they restart from train.seed + rank + step (not bitwise reproducible)."
+            f"{run.env.world_size}: each process derives its streams from all of the saved ones and its rank (random "
+            "draws such as dropout masks continue, but not bit for bit as an uninterrupted run's)."
         )
-        seed_everything(run.cfg.train.seed + run.env.rank + run.state.global_step)
     changes = config_changes(payload.get("config", {}), to_plain(config_to_dict(run.cfg)))
     if changes:
         run.log.warning("Resuming with a config that differs from the checkpoint's: " + "; ".join(changes))

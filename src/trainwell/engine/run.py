@@ -180,7 +180,8 @@ class Run:
         last = self.checkpoint_dir / self.checkpoints.last_name if self.out.is_writer else None
         if self.checkpoints.sharded:  # every process writes its shards (engine/checkpoint/sharded.py)
             with self.stop_request.saving():
-                self.checkpoints.save_sharded(payload, self.env, periodic=periodic, best=best)
+                scored = self.best.take_scored()
+                self.checkpoints.save_sharded(payload, self.env, periodic=periodic, best=best, scored=scored)
             return last
         if not self.out.is_writer:
             return None

@@ -7,7 +7,7 @@
 * ``epoch_NNNN.pt`` (epoch intervals) or ``step_NNNNNNNN.pt`` (step intervals) — every ``checkpoint.every``;
   the newest ``checkpoint.keep`` are kept (``all``: every one);
 * ``best.pt`` — the best ``eval.best_metric`` so far; never rotated away;
-* ``best_step_NNNNNNNN_<metric>_<value>.pt`` — the ``checkpoint.keep_best`` best (``topk.py``).
+* ``best_step_NNNNNNNN_<metric>_<value>.pt`` — the ``checkpoint.keep_best`` best (``topk.py``; ``.dcp`` when sharded).
 
 Sharded checkpoints (``checkpoint.format: sharded``, ``sharded.py``) are directories with the same names ending in
 ``.dcp`` (``last.dcp/``, ``epoch_NNNN.dcp/``, ``best.dcp/``), every process writing its shards; the others are
@@ -129,10 +129,17 @@ class CheckpointManager:
         return written
 
     def save_sharded(
-        self, payload: dict[str, Any], env: DistEnv, *, periodic: str | None = None, best: bool = False
+        self,
+        payload: dict[str, Any],
+        env: DistEnv,
+        *,
+        periodic: str | None = None,
+        best: bool = False,
+        scored: tuple[int, float] | None = None,
     ) -> None:
         """Every process: write its shards into a temporary directory (in the background under
-        ``checkpoint.async_save``); rank 0 then publishes ``last.dcp`` and links the periodic and best names to it."""
+        ``checkpoint.async_save``); rank 0 then publishes ``last.dcp`` and links the periodic, best and top-k names
+        to it (as :meth:`save` does for files)."""
         self.finish_pending()  # one save at a time: the previous one is published first
         self._saves += 1
         token = D.broadcast_object(os.getpid(), env)  # one temporary name for every process
@@ -152,6 +159,8 @@ class CheckpointManager:
                 self.rotate()
             if best:
                 link_directory(last, self.directory / self.best_name)
+            if scored is not None and self.top_k is not None:
+                self.top_k.offer(last, *scored)
 
         if future is None:
             publish_all()

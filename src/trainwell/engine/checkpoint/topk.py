@@ -1,8 +1,9 @@
 """``checkpoint.keep_best: k``: the k best checkpoints by ``eval.best_metric``, beside ``best.pt``.
 
 Each is named for its step and value, ``best_step_00000120_mpjpe_12.3456.pt`` (the metric expression made safe for a
-file name), and is a hard link to the ``last.pt`` written at that evaluation. When a better one arrives and k are
-kept, the worst is deleted (after the new one is durable). Ties keep the earlier checkpoint.
+file name), and is a hard link to the ``last.pt`` written at that evaluation — with sharded checkpoints a directory
+``best_step_….dcp`` of hard links to ``last.dcp``'s files. When a better one arrives and k are kept, the worst is
+deleted (after the new one is durable). Ties keep the earlier checkpoint.
 
 On resume the list is rebuilt from the files themselves: each ``best_step_*.pt`` is loaded and its value recomputed
 from its ``train_state.last_metrics`` with the current rule, so a changed ``eval.best_metric`` ranks the old files by
@@ -19,8 +20,9 @@ from pathlib import Path
 
 from trainwell.config.expressions import MetricExpression, is_better
 from trainwell.engine.checkpoint.files import CheckpointError, fsync_directory, link_or_copy, load_checkpoint
+from trainwell.engine.checkpoint.sharded import SUFFIX, link_directory, read_meta, remove
 
-_TOP_K = re.compile(r"^best_step_(\d{8,})_.+\.pt$")
+_TOP_K = re.compile(r"^best_step_(\d{8,})_.+\.(pt|dcp)$")
 
 
 def metric_slug(text: str) -> str:
@@ -41,14 +43,23 @@ class TopKCheckpoints:
     """Keeps the ``k`` best checkpoints of ``directory`` by one metric expression and mode (rank 0 only)."""
 
     def __init__(
-        self, directory: Path, k: int, metric: MetricExpression, mode: str, log: Callable[[str], None]
+        self,
+        directory: Path,
+        k: int,
+        metric: MetricExpression,
+        mode: str,
+        log: Callable[[str], None],
+        *,
+        sharded: bool = False,
     ) -> None:
         self.directory, self.k, self.metric, self.mode, self.log = directory, k, metric, mode, log
+        self.suffix = SUFFIX if sharded else ".pt"
+        """Sharded checkpoints (directories) are kept as ``best_step_….dcp``."""
         self.kept: list[Ranked] = []
         """Best first."""
 
     def name(self, step: int, value: float) -> str:
-        return f"best_step_{step:08d}_{metric_slug(self.metric.text)}_{value:.4f}.pt"
+        return f"best_step_{step:08d}_{metric_slug(self.metric.text)}_{value:.4f}{self.suffix}"
 
     def _rank(self, entries: list[Ranked]) -> list[Ranked]:
         """Best first; equal values by step (the earlier first)."""
@@ -65,11 +76,14 @@ class TopKCheckpoints:
         if len(self.kept) >= self.k and not is_better(value, self.kept[-1].value, self.mode):
             return []
         target = self.directory / self.name(step, value)
-        link_or_copy(source, target)
+        if source.is_dir():
+            link_directory(source, target)
+        else:
+            link_or_copy(source, target)
         ranked = self._rank([r for r in self.kept if r.step != step] + [Ranked(step, value, target)])
         self.kept, doomed = ranked[: self.k], ranked[self.k :]
         for entry in doomed:
-            entry.path.unlink(missing_ok=True)
+            remove(entry.path)
         if doomed:
             fsync_directory(self.directory)
         return [target]
@@ -77,7 +91,7 @@ class TopKCheckpoints:
     def rebuild(self, up_to_step: int) -> list[Ranked]:
         """After a resume at ``up_to_step``: rank the ``best_step_*.pt`` files present from their own metrics."""
         found, skipped = [], []
-        for path in sorted(self.directory.glob("best_step_*.pt")):
+        for path in sorted(self.directory.glob(f"best_step_*{self.suffix}")):
             match = _TOP_K.match(path.name)
             if match is None:
                 continue
@@ -86,7 +100,8 @@ class TopKCheckpoints:
                 skipped.append(f"{path.name} (written after step {up_to_step}, by the interrupted part of the run)")
                 continue
             try:
-                value = self.metric(load_checkpoint(path)["train_state"]["last_metrics"])
+                payload = read_meta(path) if path.is_dir() else load_checkpoint(path)
+                value = self.metric(payload["train_state"]["last_metrics"])
             except (CheckpointError, KeyError) as err:
                 skipped.append(f"{path.name} ({err})")
                 continue
@@ -96,5 +111,5 @@ class TopKCheckpoints:
         ranked = self._rank(found)
         self.kept = ranked[: self.k]
         for entry in ranked[self.k :]:  # k was lowered since: the surplus goes, as it would have
-            entry.path.unlink(missing_ok=True)
+            remove(entry.path)
         return self.kept
