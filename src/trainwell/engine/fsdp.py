@@ -79,11 +79,11 @@ def shard_model(
     policy = MixedPrecisionPolicy(param_dtype=amp, reduce_dtype=torch.float32) if amp else MixedPrecisionPolicy()
     offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cfg.cpu_offload else OffloadPolicy()
     mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
-    options = {"mesh": mesh, "reshard_after_forward": cfg.reshard_after_forward, "mp_policy": policy}
+    reshard = cfg.reshard_after_forward
     # Children before parents: a unit's parameters are those no inner unit took.
     for unit in sorted((u for u in units if u is not model), key=lambda u: -names[id(u)].count(".")):
-        fully_shard(unit, **options, offload_policy=offload)
-    fully_shard(model, **options, offload_policy=offload)
+        fully_shard(unit, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy, offload_policy=offload)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard, mp_policy=policy, offload_policy=offload)
     return model
 
 
