@@ -11,6 +11,7 @@ Two sizes: ``tiny`` (MLP 42→16→16→16→63, batch 16: the fixed cost per st
 batch 256: the model dominates).
 
     python benchmarks/overhead.py [--size tiny|wide|both] [--steps 1500] [--repeats 5]
+    python benchmarks/overhead.py --ablate [--steps 3000]   # where the tiny job's overhead goes
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -131,14 +133,19 @@ def hand_written(size: Size, data: TensorDataset) -> float:
     return done / (time.perf_counter() - started)
 
 
-def with_trainwell(size: Size, data: TensorDataset, val: TensorDataset) -> float:
-    """The same job through ``Trainer.fit`` (default logging, doctor on, last.pt and eval at the end)."""
+def with_trainwell(
+    size: Size, data: TensorDataset, val: TensorDataset, change: Callable[[ExperimentConfig], None] | None = None
+) -> float:
+    """The same job through ``Trainer.fit`` (default logging, doctor on, last.pt and eval at the end); ``change``
+    edits the config first (the ablation)."""
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = ExperimentConfig()
         cfg.train.epochs, cfg.train.batch_size, cfg.train.progress_bar = 1, size.batch, "off"
         cfg.optim.lr, cfg.schedule = 1e-3, _schedule()
         cfg.eval.every_epochs, cfg.eval.batch_size = 0, 64
         cfg.run.dir = run_dir
+        if change is not None:
+            change(cfg)
         trainer = Trainer(build_run(cfg, BenchTask(size, data, val), env=DistEnv()))
         logging.getLogger("trainwell").setLevel(logging.WARNING)  # keep the benchmark's output readable
         started = time.perf_counter()
@@ -228,13 +235,56 @@ def run_size(name: str, steps: int, repeats: int) -> None:
         print("  Lightning: not installed (make bench installs it)")
 
 
+def _no_doctor(cfg: ExperimentConfig) -> None:
+    cfg.diagnostics.enabled = False
+
+
+def _rare_logs(cfg: ExperimentConfig) -> None:
+    cfg.train.log_every = 10**6
+
+
+def _neither(cfg: ExperimentConfig) -> None:
+    _no_doctor(cfg)
+    _rare_logs(cfg)
+
+
+def ablation(steps: int, repeats: int) -> None:
+    """The tiny job with the doctor off, with (almost) no log lines, and both: what each costs per step."""
+    size = SIZES["tiny"]
+    data = make_data(size, steps)
+    val = TensorDataset(torch.randn(64, size.widths[0]), torch.randn(64, size.widths[-1]))
+    variants: dict[str, Callable[[ExperimentConfig], None] | None] = {
+        "default": None,
+        "diagnostics.enabled=false": _no_doctor,
+        "train.log_every=1000000": _rare_logs,
+        "both": _neither,
+    }
+    hand_written(size, make_data(size, 100)), with_trainwell(size, make_data(size, 100), val)  # warm-up
+    ratios: dict[str, list[float]] = {name: [] for name in variants}
+    hand_us: list[float] = []
+    for _ in range(repeats):
+        for name, change in variants.items():  # each variant right after its own hand-written run
+            hand = hand_written(size, data)
+            hand_us.append(1e6 / hand)
+            ratios[name].append(with_trainwell(size, data, val, change) / hand)
+    step_us = statistics.median(hand_us)
+    print(f"[ablation] tiny job, {steps} steps, {repeats} repeats, whole runs; hand-written {step_us:.0f} µs/step")
+    for name, values in ratios.items():
+        ratio = statistics.median(values)
+        print(f"  {name:28s} ratio {ratio:.3f} ≈ {step_us * (1 / ratio - 1):.0f} µs/step over the hand loop")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=["tiny", "wide", "both"], default="both")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ablate", action="store_true", help="where the tiny job's overhead goes")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.ablate:
+        ablation(args.steps, args.repeats)
+        return
     for name in ("tiny", "wide") if args.size == "both" else (args.size,):
         run_size(name, args.steps if name == "tiny" else max(100, args.steps // 5), args.repeats)
 
