@@ -8,6 +8,7 @@ The stopped run is the whole run (it goes on to the end); what it saw before the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,13 +44,20 @@ def _train(rank: int, world_size: int, run_dir: Path, extra: tuple[str, ...] = (
     assert main(["train", CONFIG, *args, *COMMON, *extra]) == 0
 
 
-def _run(tmp: Path, name: str, world: int, *extra: str) -> Path:
+def _train_global(rank: int, world_size: int, run_dir: Path, extra: tuple[str, ...] = ()) -> None:
+    """As :func:`_train`, but the config names the global batch and each process derives its own."""
+    (run_dir / "records").mkdir(exist_ok=True)
+    args = [f"run.dir={run_dir}", f"train.global_batch_size={GLOBAL_BATCH}", f"task.record_dir={run_dir / 'records'}"]
+    assert main(["train", CONFIG, *args, *COMMON, *extra]) == 0
+
+
+def _run(tmp: Path, name: str, world: int, *extra: str, train: Callable[..., None] = _train) -> Path:
     run_dir = tmp / name
     run_dir.mkdir()
     if world == 1:
-        _train(0, 1, run_dir, extra)
+        train(0, 1, run_dir, extra)
     else:
-        spawn(_train, world, run_dir, extra, init_group=False)
+        spawn(train, world, run_dir, extra, init_group=False)
     return run_dir
 
 
@@ -120,5 +128,25 @@ def test_another_global_batch_is_refused(tmp: Path, reference: Path, capfd: pyte
     spawn(_attempt, 2, run_dir, reference / f"checkpoints/step_{STOP:08d}.pt", init_group=False)
     err = capfd.readouterr().err
     assert "global batch of 48 (train.batch_size 48 × 1 process(es))" in err
-    assert "set train.batch_size=24 to keep it" in err
+    assert "set train.batch_size=24 to keep it (train.global_batch_size=48 keeps it on any number" in err
     assert not list(run_dir.glob("checkpoints/*"))  # refused before anything was trained or saved
+
+
+def test_global_batch_size_resumes_on_another_number_of_processes_unchanged(tmp: Path, reference: Path) -> None:
+    # Stopped on 2 processes (24 each); the same command line with train.global_batch_size on 3 derives 16 each.
+    stopped = tmp / "ddp-stopped"
+    if not stopped.exists():
+        _run(tmp, stopped.name, 2, "distributed.strategy=ddp")
+    checkpoint = stopped / f"checkpoints/step_{STOP:08d}.pt"
+    resumed = _run(tmp, "global-2to3", 3, "--resume", str(checkpoint), train=_train_global)
+
+    seen = _seen(stopped, first=STOP) + _seen(resumed)
+    assert sorted(seen) == list(range(SIZE))
+    assert len(_seen(resumed)) == SIZE - STOP * GLOBAL_BATCH
+    log = (resumed / "train.log").read_text()
+    assert "Resharded from 2 to 3 process(es)" in log
+    assert "batch: 16 per process × 3 process(es) × 1 accumulation = global batch 48 (train.global_batch_size)" in log
+    assert "batch_size: 16" in (resumed / "config.yaml").read_text()  # the derived value is what config.yaml records
+    expected, got = _final(reference, tmp), _final(resumed, tmp)
+    for key, weight in expected.items():
+        torch.testing.assert_close(got[key], weight, rtol=0, atol=TOLERANCE, msg=key)

@@ -88,6 +88,9 @@ class TrainConfig:
     """Passes over the training set (with ``max_steps`` set, the epochs follow from the step budget)."""
     batch_size: int = 32
     """Samples per process per micro-batch. Global batch = batch_size × world size × grad_accum_steps."""
+    global_batch_size: int | None = None
+    """Samples per optimizer step over all processes; when set, ``batch_size`` = this / (world size ×
+    grad_accum_steps), which must divide: the same config trains alike on any number of processes."""
     max_steps: int | None = None
     """Budget of optimizer steps: the run ends there and the schedule spans exactly these steps; the number of
     epochs becomes ceil(max_steps / steps per epoch) and ``epochs`` is not used (iteration-based training)."""
@@ -130,6 +133,8 @@ class TrainConfig:
             yield "train.epochs", "must be at least 1"
         if self.batch_size < 1:
             yield "train.batch_size", "must be at least 1"
+        if self.global_batch_size is not None and self.global_batch_size < 1:
+            yield "train.global_batch_size", "must be null or at least 1"
         if self.grad_accum_steps < 1:
             yield "train.grad_accum_steps", "must be at least 1"
         if self.max_steps is not None and self.max_steps < 1:

@@ -33,7 +33,8 @@ def start_lines(
         f"device {device}, {world_size} process(es), {num_threads} thread(s) each, amp {cfg.train.amp}, "
         f"model {num_params / 1e6:.2f} M parameters" + (", torch.compile" if cfg.train.compile else ""),
         f"batch: {cfg.train.batch_size} per process × {world_size} process(es) × {cfg.train.grad_accum_steps} "
-        f"accumulation = global batch {global_batch}",
+        f"accumulation = global batch {global_batch}"
+        + (" (train.global_batch_size)" if cfg.train.global_batch_size is not None else ""),
         f"data: {num_train} train / {num_val} val samples",
         *plan.describe(cfg),
         RULE,

@@ -36,7 +36,7 @@ from trainwell.engine.nonfinite import NonFinitePolicy
 from trainwell.engine.observer import ObserverFactory, ObserverSetup, null_observer
 from trainwell.engine.optim import build_optimizer, group_names
 from trainwell.engine.outputs import RunOutputs
-from trainwell.engine.plan import RunPlan
+from trainwell.engine.plan import RunPlan, with_global_batch
 from trainwell.engine.run import Callback, Run, commit_outputs
 from trainwell.engine.rundir import REFUSE
 from trainwell.engine.runtime import configure_threads, cpu_amp_warning, seed_everything
@@ -73,6 +73,7 @@ def build_run(
     built_at_s = monotonic_s()  # train.max_time counts from here: before datasets and model are built
     check_best_metric(cfg.eval.best_metric, task.metric_names(), type(task).__name__)  # before anything is written
     env = env or D.env_from_torchrun()
+    cfg = with_global_batch(cfg, env.world_size)  # train.batch_size per process, before config.yaml is written
     device = D.select_device(cfg.train.device, env)
     num_threads = configure_threads(cfg.train.num_threads)  # before the first op
     D.init_process_group(env, device, cfg.distributed.backend, cfg.distributed.timeout_s)

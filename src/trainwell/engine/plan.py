@@ -6,6 +6,7 @@ the first step (``train.max_steps=1000`` with 125 steps per epoch: "1000 optimiz
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from trainwell.config.schema import ExperimentConfig
@@ -115,3 +116,26 @@ def _check_warmup_fits(cfg: ExperimentConfig, total_steps: int, steps_per_epoch:
         f"takes ({budget}): the learning rate would never reach optim.lr. Lower schedule.warmup_steps to at most "
         f"{total_steps}, or train longer."
     )
+
+
+def with_global_batch(cfg: ExperimentConfig, world_size: int) -> ExperimentConfig:
+    """``cfg`` with ``train.batch_size`` derived from ``train.global_batch_size`` for ``world_size`` processes (a
+    copy; ``cfg`` itself when the key is unset).
+
+    Raises:
+        PlanError: the global batch does not split into equal micro-batches over the processes and accumulation.
+    """
+    total = cfg.train.global_batch_size
+    if total is None:
+        return cfg
+    parts = world_size * cfg.train.grad_accum_steps
+    if total % parts:
+        options = [w for w in range(1, min(total, 64) + 1) if total % (w * cfg.train.grad_accum_steps) == 0]
+        raise PlanError(
+            f"Config key 'train.global_batch_size' is {total}, which does not split into equal micro-batches over "
+            f"{world_size} process(es) × train.grad_accum_steps={cfg.train.grad_accum_steps}. Run on a number of "
+            f"processes in {options} (or change train.grad_accum_steps), or choose a global batch divisible by "
+            f"{parts}."
+        )
+    train = dataclasses.replace(cfg.train, batch_size=total // parts)
+    return dataclasses.replace(cfg, train=train)

@@ -86,11 +86,12 @@ def global_batch_change(saved_data: dict[str, Any], current: dict[str, int]) -> 
     before, after = size * world, current["batch_size"] * current["world_size"]
     if before == after:
         return None
+    per_step = before * int(saved_data.get("grad_accum_steps", 1))
     fix = (
         f"set train.batch_size={before // current['world_size']} to keep it"
         if before % current["world_size"] == 0
         else f"run it on a number of processes that divides {before}"
-    )
+    ) + f" (train.global_batch_size={per_step} keeps it on any number of processes that divides it)"
     return (
         f"it was written with a global batch of {before} (train.batch_size {size} × {world} process(es)) and this "
         f"run's is {after} (train.batch_size {current['batch_size']} × {current['world_size']} process(es)): {fix}"
