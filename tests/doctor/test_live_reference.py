@@ -49,3 +49,19 @@ def test_the_doctor_changes_nothing_in_the_training(tmp_path: Path) -> None:
     b = torch.load(off / "checkpoints/last.pt", weights_only=True)["model"]
     for name, weight in a.items():
         assert torch.equal(weight, b[name]), name
+
+
+def test_a_tuple_batch_is_halved_and_a_batch_of_one_gives_no_spread() -> None:
+    from trainwell.doctor.live import _halves
+
+    x, y = torch.arange(10.0).reshape(5, 2), torch.arange(5.0)
+    first, second = _halves((x, y))
+    assert isinstance(first, tuple) and torch.equal(first[0], x[:2]) and torch.equal(second[1], y[2:])
+    assert [type(h) for h in _halves([x, y])] == [list, list]
+    assert _halves((x[:1], y[:1])) == [] and _halves((x, y[:4])) == []  # one sample; sizes that differ
+
+
+def test_a_run_with_batches_of_one_records_no_spread(tmp_path: Path) -> None:
+    assert train(tmp_path, "train.batch_size=1", "data.train_size=16", "train.log_every=4") == 0
+    reference = diagnose_run(tmp_path).context.reference
+    assert reference["loss_init"] > 0 and "loss_init_std" not in reference

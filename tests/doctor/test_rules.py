@@ -57,6 +57,17 @@ def test_a_loss_within_an_order_of_magnitude_or_within_its_noise_is_not_divergen
     assert check_divergence(train([1e9]), ref(loss_init=-1.0), TH) is None
 
 
+def test_without_a_measured_spread_only_a_loss_that_stays_high_is_divergence() -> None:
+    # A first batch of one sample has no halves: its loss is one draw (here a lucky 0.02 against a typical 1).
+    # A spike that the run leaves is then not judged; a loss still ≥ 10× at the latest line is.
+    lucky = ref(loss_init=0.02)
+    assert check_divergence(train([1.2, 0.9, 0.3, 0.001]), lucky, TH) is None
+    finding = check_divergence(train([1.2, 3.0, 5.0]), lucky, TH)
+    assert finding is not None and "one sample, so no spread" in finding.evidence
+    # A measured spread of 0 is a measurement: the rule as before.
+    assert check_divergence(train([1.2, 0.001]), ref(loss_init=0.02, loss_init_std=0.0), TH) is not None
+
+
 # -- optim.lr_too_low ---------------------------------------------------------------------------------------
 def test_a_run_that_cannot_move_its_weights_blames_the_learning_rate() -> None:
     records = train([227.1, 227.1, 227.1], grad_norm=251.0, update_ratio=4.7e-8)

@@ -34,20 +34,29 @@ def check_divergence(train: Sequence[Mapping[str, Any]], ctx: RunContext, th: Th
     Judged from the first log line on, so a 3-line run is covered. Reason for the bound: see
     :attr:`Thresholds.diverged_factor`. A loss that can be ≤ 0 has no such scale and is not judged.
     """
-    init, spread = ctx.reference.get("loss_init"), ctx.reference.get("loss_init_std") or 0.0
+    init, measured = ctx.reference.get("loss_init"), ctx.reference.get("loss_init_std")
     if init is None or init <= 0:
         return None
+    spread = measured or 0.0
     bound = max(th.diverged_factor * init, init + th.diverged_noise * spread)
     high = [(int(r["step"]), float(r["loss"])) for r in train if float(r["loss"]) >= bound]
-    if not high:
+    last_step, last = int(train[-1]["step"]), float(train[-1]["loss"])
+    # Without a spread (a first batch of one sample) the reference is a single, possibly lucky draw: judge only a
+    # loss that is still that high at the latest line (a diverged run stays up).
+    if not high or (measured is None and last < bound):
         return None
     step, worst = max(high, key=lambda item: item[1])
-    last_step, last = int(train[-1]["step"]), float(train[-1]["loss"])
+    reference = (
+        f"{init:.4g} ± {spread:.2g} (first batch and its halves, before any update)"
+        if measured is not None
+        else f"{init:.4g} (the first batch, before any update; one sample, so no spread was measured and the loss "
+        "must still be that high at the latest line)"
+    )
     evidence = (
         f"rule: logged loss ≥ max({th.diverged_factor:g} × loss at initialisation, init + "
-        f"{th.diverged_noise:g} std); the untrained model's loss was {init:.4g} ± {spread:.2g} (first batch and its "
-        f"halves, before any update), the logged loss reached {worst:.4g} at step {step} ({worst / init:.3g}× it) on "
-        f"{len(high)} of {len(train)} log line(s), and is {last:.4g} at step {last_step}"
+        f"{th.diverged_noise:g} std); the untrained model's loss was {reference}, the logged loss reached {worst:.4g} "
+        f"at step {step} ({worst / init:.3g}× it) on {len(high)} of {len(train)} log line(s), and is {last:.4g} at "
+        f"step {last_step}"
     )
     weights = _weights_evidence(ctx)
     if weights:

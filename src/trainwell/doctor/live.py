@@ -104,6 +104,7 @@ class TrainingDoctor:
         self._first_step: dict[str, float] = {}  # step 1's update size and ‖w‖, the frozen share (host values)
         self._init_losses: list[torch.Tensor] = []
         self._probe_loss_next = False
+        self._init_one_sample = False  # the first batch held one sample: its loss is a single draw
         self._resumed = False
         self._stepped = False  # the first optimizer step has begun
         self._finished = False
@@ -213,6 +214,7 @@ class TrainingDoctor:
                 # The whole batch, then its halves: their spread stands for the loss's noise at initialisation
                 # (an over-estimate for the logged interval means, so the divergence bound errs on the safe side).
                 task = copy.copy(self.task)
+                self._init_one_sample = _tensors_and_size(batch)[1] == 1
                 for part in (batch, *_halves(batch)):
                     output = task.compute_losses(model, part)
                     losses = getattr(output, "losses", output)
@@ -283,7 +285,8 @@ class TrainingDoctor:
             values = [float(v) for v in self._init_losses]
             if all(math.isfinite(v) for v in values):
                 ref["loss_init"] = values[0]  # the whole first batch; the halves give the spread
-                ref["loss_init_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+                if len(values) > 1 or not self._init_one_sample:  # one sample: one draw, no spread measured
+                    ref["loss_init_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
         ref.update(self._first_step)
         if self._weight_norm is not None:
             ref["weight_norm_last"], ref["weight_norm_step"] = float(self._weight_norm), step
@@ -446,14 +449,21 @@ def _metric_specs(task: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _tensors_and_size(batch: Any) -> tuple[list[torch.Tensor], int | None]:
+    """The tensors of a dict, tuple or list batch and their shared first dimension (``None``: no such batch)."""
+    values = list(batch.values()) if isinstance(batch, Mapping) else batch if isinstance(batch, list | tuple) else []
+    if not values or not all(isinstance(v, torch.Tensor) and v.dim() > 0 for v in values):
+        return [], None
+    sizes = {v.shape[0] for v in values}
+    return values, sizes.pop() if len(sizes) == 1 else None
+
+
 def _halves(batch: Any) -> list[Any]:
-    """The two halves of a dict batch of tensors sharing a first dimension ≥ 2 (else none: not sliceable)."""
-    if not isinstance(batch, Mapping) or not batch:
-        return []
-    if not all(isinstance(v, torch.Tensor) and v.dim() > 0 for v in batch.values()):
-        return []
-    sizes = {v.shape[0] for v in batch.values()}
-    if len(sizes) != 1 or (size := sizes.pop()) < 2:
+    """The two halves of a batch — a dict, tuple or list of tensors sharing a first dimension ≥ 2 — else none."""
+    values, size = _tensors_and_size(batch)
+    if size is None or size < 2:
         return []
     half = size // 2
-    return [{k: v[:half] for k, v in batch.items()}, {k: v[half:] for k, v in batch.items()}]
+    if isinstance(batch, Mapping):
+        return [{k: v[:half] for k, v in batch.items()}, {k: v[half:] for k, v in batch.items()}]
+    return [type(batch)(v[:half] for v in values), type(batch)(v[half:] for v in values)]
