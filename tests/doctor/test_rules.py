@@ -192,3 +192,13 @@ def test_history_checks_run_every_line_early_and_sparsely_on_long_runs() -> None
         for i, j in zip([k for k, d in enumerate(due) if d], [k for k, d in enumerate(due) if d][1:], strict=False)
     ]
     assert max(gaps) <= 2000 // 64 + 1  # never more than ~1.5 % of the run between two checks
+
+
+def test_the_run_summary_names_the_headline_metrics_before_grouped_ones() -> None:
+    from trainwell.doctor.checks import summarize_history
+
+    record = {"kind": "val", "step": 8, "kitti/Car_bbox_easy_R11_70": 0.5, "mAP_bev": 0.25, "recall_3d_50": 0.75}
+    lines = summarize_history([{"kind": "train", "step": 8, "loss": 1.0}, record], RunContext())
+    assert lines[-1] == "1 evaluations; last: mAP_bev 0.25, recall_3d_50 0.75"
+    only_grouped = {"kind": "val", "step": 8, "freihand/pa_mpjpe_mm": 7.5}
+    assert summarize_history([only_grouped], RunContext())[-1] == "1 evaluations; last: freihand/pa_mpjpe_mm 7.5"

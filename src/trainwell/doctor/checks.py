@@ -413,6 +413,9 @@ def summarize_history(records: Sequence[Mapping[str, Any]], ctx: RunContext) -> 
         if skipped:
             lines.append(f"{skipped:.0f} optimizer steps skipped for non-finite gradients")
     if val:
-        last = ", ".join(f"{k} {v:.4g}" for k, v in list(val_metrics(val[-1]).items())[:4])
+        metrics = val_metrics(val[-1])
+        # The headline names first, as the epoch line shows them; grouped ones (kitti/…, per joint) only if alone.
+        shown = [k for k in metrics if "/" not in k] or list(metrics)
+        last = ", ".join(f"{k} {metrics[k]:.4g}" for k in shown[:4])
         lines.append(f"{len(val)} evaluations; last: {last}")
     return lines
