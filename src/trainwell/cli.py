@@ -18,7 +18,7 @@ from trainwell.config.schema import ExperimentConfig
 from trainwell.engine import distributed as D
 from trainwell.engine.best import BestMetricError
 from trainwell.engine.checkpoint import CheckpointError
-from trainwell.engine.checkpoint.resume import run_dir_of_checkpoint
+from trainwell.engine.checkpoint.resume import directory_instead_of_checkpoint, run_dir_of_checkpoint
 from trainwell.engine.evaluation import CoverageError
 from trainwell.engine.fsdp import ShardingError
 from trainwell.engine.losses import LossContractError
@@ -76,6 +76,8 @@ def _train(args: argparse.Namespace, callbacks: Sequence[Any] = ()) -> int:
     if args.resume not in (None, "auto"):
         if not Path(args.resume).exists():
             raise ConfigError(f"--resume '{args.resume}' does not exist (pass a checkpoint file or 'auto').")
+        if (not_a_checkpoint := directory_instead_of_checkpoint(args.resume)) is not None:
+            raise ConfigError(not_a_checkpoint)
         if cfg.run.dir is None and run_dir_of_checkpoint(args.resume) is not None:
             cfg.run.dir = str(run_dir_of_checkpoint(args.resume))  # continue that run, in its directory
     if args.init_from is not None and not Path(args.init_from).exists():

@@ -48,3 +48,18 @@ def test_cpu_autocast_warning_is_one_line_in_the_log(tmp_path: Path, amp: str) -
     expected = cpu_amp_warning(torch.device("cpu"), amp)
     lines = [line for line in log.splitlines() if f"train.amp={amp} on a CPU" in line]
     assert len(lines) == (0 if expected is None else 1)  # silent only where the CPU has the instructions
+
+
+def test_resume_given_a_run_directory_says_how_to_continue_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert train(run, "train.epochs=1") == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert train(tmp_path / "other", "--resume", str(run)) == 2
+    err = capsys.readouterr().err
+    assert f"run.dir={run} --resume auto" in err and str(run / "checkpoints" / "last.pt") in err
+    assert "Traceback" not in err and "not completely written" not in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "other").exists()

@@ -50,6 +50,23 @@ def run_dir_of_checkpoint(path: str | Path) -> Path | None:
     return path.parent.parent if path.parent.name == "checkpoints" else None
 
 
+def directory_instead_of_checkpoint(path: str | Path) -> str | None:
+    """Why ``--resume DIR`` is not a checkpoint when ``DIR`` is a run directory or any other directory that is not a
+    sharded checkpoint (``None`` for a file or a ``*.dcp`` / shard directory, which the loader judges itself)."""
+    path = Path(path)
+    if not path.is_dir() or path.suffix == ".dcp" or any(path.glob("*.distcp")):
+        return None
+    if (path / "checkpoints").is_dir() or (path / "config.yaml").is_file():
+        return (
+            f"--resume '{path}' is a run directory, not a checkpoint: continue it with run.dir={path} --resume auto "
+            f"(its newest valid checkpoint), or pass one of its checkpoints, e.g. {path / 'checkpoints' / 'last.pt'}."
+        )
+    return (
+        f"--resume '{path}' is a directory but not a checkpoint: pass a checkpoint file (…/checkpoints/last.pt), a "
+        "sharded checkpoint directory (…/checkpoints/last.dcp), or run.dir=DIR --resume auto."
+    )
+
+
 # -- compatibility --------------------------------------------------------------------------------
 
 
