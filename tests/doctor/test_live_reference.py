@@ -52,7 +52,7 @@ def test_the_doctor_changes_nothing_in_the_training(tmp_path: Path) -> None:
 
 
 def test_a_tuple_batch_is_halved_and_a_batch_of_one_gives_no_spread() -> None:
-    from trainwell.doctor.live import _halves
+    from trainwell.doctor.batch import batch_halves as _halves
 
     x, y = torch.arange(10.0).reshape(5, 2), torch.arange(5.0)
     first, second = _halves((x, y))

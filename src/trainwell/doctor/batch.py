@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,3 +136,28 @@ def check_train_mode(model: nn.Module, step: int) -> Finding | None:
         "without switching modes. Frozen BatchNorm on purpose? Add 'model.eval_mode' to diagnostics.ignore.",
         step,
     )
+
+
+def _tensors_and_size(batch: Any) -> tuple[list[torch.Tensor], int | None]:
+    """The tensors of a dict, tuple or list batch and their shared first dimension (``None``: no such batch)."""
+    values = list(batch.values()) if isinstance(batch, Mapping) else batch if isinstance(batch, list | tuple) else []
+    if not values or not all(isinstance(v, torch.Tensor) and v.dim() > 0 for v in values):
+        return [], None
+    sizes = {v.shape[0] for v in values}
+    return values, sizes.pop() if len(sizes) == 1 else None
+
+
+def batch_halves(batch: Any) -> list[Any]:
+    """The two halves of a batch — a dict, tuple or list of tensors sharing a first dimension ≥ 2 — else none."""
+    values, size = _tensors_and_size(batch)
+    if size is None or size < 2:
+        return []
+    half = size // 2
+    if isinstance(batch, Mapping):
+        return [{k: v[:half] for k, v in batch.items()}, {k: v[half:] for k, v in batch.items()}]
+    return [type(batch)(v[:half] for v in values), type(batch)(v[half:] for v in values)]
+
+
+def batch_size_of(batch: Any) -> int | None:
+    """The shared first dimension of a dict, tuple or list batch of tensors (``None``: no such batch)."""
+    return _tensors_and_size(batch)[1]

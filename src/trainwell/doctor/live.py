@@ -32,6 +32,8 @@ from torch import nn
 from trainwell.config.schema import DiagnosticsConfig
 from trainwell.doctor.batch import (
     TensorStats,
+    batch_halves,
+    batch_size_of,
     batch_tensor_stats,
     check_batch_values,
     check_train_mode,
@@ -214,8 +216,8 @@ class TrainingDoctor:
                 # The whole batch, then its halves: their spread stands for the loss's noise at initialisation
                 # (an over-estimate for the logged interval means, so the divergence bound errs on the safe side).
                 task = copy.copy(self.task)
-                self._init_one_sample = _tensors_and_size(batch)[1] == 1
-                for part in (batch, *_halves(batch)):
+                self._init_one_sample = batch_size_of(batch) == 1
+                for part in (batch, *batch_halves(batch)):
                     output = task.compute_losses(model, part)
                     losses = getattr(output, "losses", output)
                     values = [v.detach().double().sum() for v in losses.values() if isinstance(v, torch.Tensor)]
@@ -447,23 +449,3 @@ def _metric_specs(task: Any) -> dict[str, dict[str, Any]]:
         if description:
             out[str(name)]["description"] = description
     return out
-
-
-def _tensors_and_size(batch: Any) -> tuple[list[torch.Tensor], int | None]:
-    """The tensors of a dict, tuple or list batch and their shared first dimension (``None``: no such batch)."""
-    values = list(batch.values()) if isinstance(batch, Mapping) else batch if isinstance(batch, list | tuple) else []
-    if not values or not all(isinstance(v, torch.Tensor) and v.dim() > 0 for v in values):
-        return [], None
-    sizes = {v.shape[0] for v in values}
-    return values, sizes.pop() if len(sizes) == 1 else None
-
-
-def _halves(batch: Any) -> list[Any]:
-    """The two halves of a batch — a dict, tuple or list of tensors sharing a first dimension ≥ 2 — else none."""
-    values, size = _tensors_and_size(batch)
-    if size is None or size < 2:
-        return []
-    half = size // 2
-    if isinstance(batch, Mapping):
-        return [{k: v[:half] for k, v in batch.items()}, {k: v[half:] for k, v in batch.items()}]
-    return [type(batch)(v[:half] for v in values), type(batch)(v[half:] for v in values)]
