@@ -202,3 +202,39 @@ def test_the_run_summary_names_the_headline_metrics_before_grouped_ones() -> Non
     assert lines[-1] == "1 evaluations; last: mAP_bev 0.25, recall_3d_50 0.75"
     only_grouped = {"kind": "val", "step": 8, "freihand/pa_mpjpe_mm": 7.5}
     assert summarize_history([only_grouped], RunContext())[-1] == "1 evaluations; last: freihand/pa_mpjpe_mm 7.5"
+
+
+def test_the_running_median_is_statistics_median_at_every_length() -> None:
+    import random
+    import statistics
+
+    from trainwell.doctor.context import RunningMedian
+
+    rng = random.Random(0)
+    values = [rng.choice([rng.random(), 1.0, 0.5, rng.lognormvariate(0, 3)]) for _ in range(400)]
+    running = RunningMedian()
+    for i, value in enumerate(values):
+        running.add(value)
+        assert running.median() == statistics.median(values[: i + 1]) and len(running) == i + 1
+
+
+def test_grad_spikes_against_the_rule_written_out() -> None:
+    import random
+    import statistics
+
+    from trainwell.doctor.checks import check_grad_spikes
+
+    rng = random.Random(1)
+    records = [
+        {"kind": "train", "step": 10 * (i + 1), "loss": 1.0, "grad_norm": g, "grad_norm_max": g * rng.choice([1, 30])}
+        for i, g in enumerate(rng.lognormvariate(0, 0.3) for _ in range(300))
+    ]
+    expected = [
+        r["step"]
+        for k, r in enumerate(records)
+        if k >= TH.spike_min_history
+        and r["grad_norm_max"] >= TH.spike_factor * statistics.median(x["grad_norm"] for x in records[:k])
+    ]
+    finding = check_grad_spikes(records, TH)
+    assert len(expected) >= 2 and finding is not None and finding.step == expected[-1]
+    assert f"{len(expected)} log intervals" in finding.evidence

@@ -15,6 +15,7 @@ from typing import Any
 
 from trainwell.doctor.context import (
     RunContext,
+    RunningMedian,
     Thresholds,
     _finite,
     loss_components,
@@ -266,17 +267,17 @@ def check_input_pipeline(
 
 def check_grad_spikes(train: Sequence[Mapping[str, Any]], th: Thresholds) -> Finding | None:
     """``grad.norm_spikes``: repeated intervals whose largest grad norm is far above the running median."""
-    history: list[float] = []
+    history = RunningMedian()  # the median of the earlier lines at every line: linear in the run's length
     spikes: list[tuple[int, float, float]] = []
     for record in train:
         norm, peak = record.get("grad_norm"), record.get("grad_norm_max", record.get("grad_norm"))
         if not (_finite(norm) and _finite(peak)):
             continue
         if len(history) >= th.spike_min_history:
-            median = statistics.median(history)
+            median = history.median()
             if median > 0 and peak >= th.spike_factor * median:
                 spikes.append((int(record["step"]), float(peak), median))
-        history.append(float(norm))
+        history.add(float(norm))
     if len(spikes) < th.spike_min_count:
         return None
     shown = "; ".join(f"step {s}: {p:.3g} vs median {m:.3g}" for s, p, m in spikes[:4])

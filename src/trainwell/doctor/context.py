@@ -3,6 +3,7 @@ spell the ``metrics.jsonl`` record keys. Shared by :mod:`.checks`, :mod:`.diverg
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -152,7 +153,37 @@ def _rising_lr_steps(cfg: ExperimentConfig, total_steps: int) -> int:
 
 
 # -- the metrics history ---------------------------------------------------------------------------
+class RunningMedian:
+    """The median of every value added so far, in O(log n) per value (two heaps), equal to ``statistics.median``:
+    a check that asks for the median of the earlier log lines at every line stays linear in the run's length."""
+
+    def __init__(self) -> None:
+        self._low: list[float] = []  # the smaller half, negated (a max-heap); it holds the extra value when odd
+        self._high: list[float] = []  # the larger half (a min-heap)
+
+    def __len__(self) -> int:
+        return len(self._low) + len(self._high)
+
+    def add(self, value: float) -> None:
+        if self._low and value > -self._low[0]:
+            heapq.heappush(self._high, value)
+        else:
+            heapq.heappush(self._low, -value)
+        if len(self._low) > len(self._high) + 1:
+            heapq.heappush(self._high, -heapq.heappop(self._low))
+        elif len(self._high) > len(self._low):
+            heapq.heappush(self._low, -heapq.heappop(self._high))
+
+    def median(self) -> float:
+        """As ``statistics.median``: the middle value, or the mean of the two middle ones."""
+        if len(self._low) > len(self._high):
+            return -self._low[0]
+        return (-self._low[0] + self._high[0]) / 2
+
+
 def _finite(value: Any) -> bool:
+    if type(value) is float:  # the common case (a JSON number), first: the history checks call this per record
+        return math.isfinite(value)
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
