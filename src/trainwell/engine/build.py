@@ -7,6 +7,7 @@ The :class:`~trainwell.engine.loop.Trainer` is the loop over the parts (``Traine
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,6 +74,7 @@ def build_run(
     built_at_s = monotonic_s()  # train.max_time counts from here: before datasets and model are built
     check_best_metric(cfg.eval.best_metric, task.metric_names(), type(task).__name__)  # before anything is written
     env = env or D.env_from_torchrun()
+    cfg = _with_task_section(cfg, task)
     cfg = with_global_batch(cfg, env.world_size)  # train.batch_size per process, before config.yaml is written
     device = D.select_device(cfg.train.device, env)
     num_threads = configure_threads(cfg.train.num_threads)  # before the first op
@@ -88,6 +90,17 @@ def build_run(
         out.record_crash(err)  # "crashed" (in a directory it writes), and the lock goes back
         out.close()
         raise
+
+
+def _with_task_section(cfg: ExperimentConfig, task: Task) -> ExperimentConfig:
+    """``cfg`` with the task it trains recorded: a config made in Python without a ``task:`` section gets the task's
+    own (``config.yaml`` then names the task, and ``trainwell doctor`` / ``report`` can read the run)."""
+    if cfg.task.class_path != "???":
+        return cfg
+    section = task.cfg
+    if section.class_path == "???":
+        section = dataclasses.replace(section, class_path=f"{type(task).__module__}:{type(task).__qualname__}")
+    return dataclasses.replace(cfg, task=section)
 
 
 def _open_outputs(
