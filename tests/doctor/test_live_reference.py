@@ -65,3 +65,30 @@ def test_a_run_with_batches_of_one_records_no_spread(tmp_path: Path) -> None:
     assert train(tmp_path, "train.batch_size=1", "data.train_size=16", "train.log_every=4") == 0
     reference = diagnose_run(tmp_path).context.reference
     assert reference["loss_init"] > 0 and "loss_init_std" not in reference
+
+
+def test_the_first_batch_is_not_computed_twice(tmp_path: Path) -> None:
+    # The doctor's reference reuses the training step's own loss; only the two halves run once more.
+    from trainwell.api import build_run
+    from trainwell.config.schema import ExperimentConfig
+    from trainwell.engine.distributed import DistEnv
+    from trainwell.engine.loop import Trainer
+    from trainwell.tasks.regression import RegressionDataConfig, RegressionTask, RegressionTaskConfig
+
+    sizes: list[int] = []
+
+    class Counting(RegressionTask):
+        def compute_losses(self, model, batch):  # type: ignore[no-untyped-def]
+            sizes.append(len(batch["x"]))
+            return super().compute_losses(model, batch)
+
+    cfg = ExperimentConfig()
+    cfg.train.epochs, cfg.train.batch_size, cfg.train.log_every, cfg.train.device = 1, 16, 1, "cpu"
+    cfg.schedule.warmup_steps, cfg.run.dir = 0, str(tmp_path)
+    task = Counting(RegressionTaskConfig(dropout=0.0), RegressionDataConfig(train_size=64, val_size=16))
+    Trainer(build_run(cfg, task, env=DistEnv())).fit()
+    assert sizes == [8, 8, 16, 16, 16, 16]  # the probe's halves, then the 4 training steps: no extra 16
+    reference = diagnose_run(tmp_path).context.reference
+    first = next(r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "train")
+    assert reference["loss_init"] == pytest.approx(first["loss"], rel=1e-12)  # the step's loss itself
+    assert reference["loss_init_std"] > 0

@@ -104,7 +104,8 @@ class TrainingDoctor:
         self._update_ratio: torch.Tensor | None = None
         self._weight_norm: torch.Tensor | None = None
         self._first_step: dict[str, float] = {}  # step 1's update size and ‖w‖, the frozen share (host values)
-        self._init_losses: list[torch.Tensor] = []
+        self._init_losses: list[torch.Tensor] = []  # the training step's own, before the first update
+        self._init_halves: list[torch.Tensor] = []  # the probe's, on each half of those micro-batches
         self._probe_loss_next = False
         self._init_one_sample = False  # the first batch held one sample: its loss is a single draw
         self._resumed = False
@@ -163,10 +164,10 @@ class TrainingDoctor:
         self._inspecting = False
 
     def maybe_debug_losses(self, model: nn.Module, batch: Any) -> None:
-        """The untrained model's loss on the first batches (:meth:`_probe_initial_loss`); then, under
+        """The untrained model's loss on the halves of the first batches (:meth:`_probe_initial_loss`); then, under
         ``diagnostics.debug_loss`` (or TRAINWELL_DEBUG_LOSS=1): loss internals of the first batches.
 
-        The model runs once more on the batch; the RNG streams and the module buffers (BatchNorm running
+        The model runs again on parts of the batch; the RNG streams and the module buffers (BatchNorm running
         statistics) are restored afterwards, so the run trains exactly as it would without the switch.
         """
         if self._probe_loss_next:
@@ -196,7 +197,8 @@ class TrainingDoctor:
             self.log.info(f"  {name:<{width}}  {value:.6g}")
 
     def _probe_initial_loss(self, model: nn.Module, batch: Any) -> None:
-        """The total loss of the model before its first update on a batch (and its two halves), under no_grad.
+        """The total loss of the model before its first update on the two halves of a batch, under no_grad (the
+        whole batch's is the training step's own, :meth:`note_initial_loss`: it is not computed twice).
 
         It is the reference of ``loss.diverged``: what predicting with the initial weights costs. RNG streams,
         buffers (BatchNorm statistics) and every module's train/eval flag are restored, and the calls go to a
@@ -213,16 +215,17 @@ class TrainingDoctor:
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad():
-                # The whole batch, then its halves: their spread stands for the loss's noise at initialisation
-                # (an over-estimate for the logged interval means, so the divergence bound errs on the safe side).
+                # The halves of the batch (the whole is the training step's own loss, note_initial_loss): their
+                # spread stands for the loss's noise at initialisation (an over-estimate for the logged interval
+                # means, so the divergence bound errs on the safe side).
                 task = copy.copy(self.task)
                 self._init_one_sample = batch_size_of(batch) == 1
-                for part in (batch, *batch_halves(batch)):
+                for part in batch_halves(batch):
                     output = task.compute_losses(model, part)
                     losses = getattr(output, "losses", output)
                     values = [v.detach().double().sum() for v in losses.values() if isinstance(v, torch.Tensor)]
                     if values:
-                        self._init_losses.append(torch.stack(values).sum().cpu())  # host read: first batch only
+                        self._init_halves.append(torch.stack(values).sum().cpu())  # host read: first batch only
         except Exception:  # the training step raises the real error, with its own message
             pass
         finally:
@@ -231,6 +234,11 @@ class TrainingDoctor:
                     b.copy_(buffers[name])
             for module, training in modes.items():
                 module.training = training
+
+    def note_initial_loss(self, total: torch.Tensor) -> None:
+        """The training step's own loss on each micro-batch before the first update (kept on the device)."""
+        if self.reports and not self._resumed:
+            self._init_losses.append(total.detach().double())
 
     def watch_update(self, model: nn.Module, *, step: int, log_step: bool) -> contextlib.AbstractContextManager[None]:
         """Around an optimizer step: ‖Δw‖/‖w‖ on the device (read at the next log line), on logging steps and where
@@ -284,7 +292,7 @@ class TrainingDoctor:
         untrained model's loss, step 1's update size and ‖w‖, the frozen share, and ‖w‖ at the latest log step."""
         ref = dict(self.context.reference)
         if self._init_losses and "loss_init" not in ref:
-            values = [float(v) for v in self._init_losses]
+            values = [float(v) for v in (*self._init_losses, *self._init_halves)]  # host read: once
             if all(math.isfinite(v) for v in values):
                 ref["loss_init"] = values[0]  # the whole first batch; the halves give the spread
                 if len(values) > 1 or not self._init_one_sample:  # one sample: one draw, no spread measured

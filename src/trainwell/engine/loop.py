@@ -140,6 +140,8 @@ class Trainer:
             no_sync = gradient_sync_paused(run.ddp_model) if run.env.is_distributed and k < size - 1 else _NO_OP
             with no_sync:
                 names, total, stacked = self._forward(batch)
+                if run.state.global_step == 0:  # the untrained model's loss: the doctor's reference, no recompute
+                    run.doctor.note_initial_loss(total)
                 if size > 1:
                     total = total / size  # k micro-batches must give the gradient of one k-times larger batch
                 run.scaler.scale(total).backward()  # type: ignore[no-untyped-call]

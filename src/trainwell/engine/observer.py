@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from torch import nn
 
 from trainwell.config.schema import ExperimentConfig
@@ -32,6 +33,9 @@ class RunObserver(Protocol):
 
     def maybe_debug_losses(self, model: nn.Module, batch: Any) -> None:
         """Every micro-batch on the device, before its forward."""
+
+    def note_initial_loss(self, total: torch.Tensor) -> None:
+        """The summed loss of each micro-batch before the first optimizer step of a fresh run (on the device)."""
 
     def watch_update(self, model: nn.Module, *, step: int, log_step: bool) -> contextlib.AbstractContextManager[None]:
         """Around each optimizer step."""
@@ -86,6 +90,9 @@ class NullObserver:
         pass
 
     def maybe_debug_losses(self, model: nn.Module, batch: Any) -> None:
+        pass
+
+    def note_initial_loss(self, total: torch.Tensor) -> None:
         pass
 
     @contextlib.contextmanager
