@@ -125,7 +125,13 @@ def predict_file(
     device = D.select_device(cfg.train.device, D.DistEnv())
     configure_threads(cfg.train.num_threads)
     model = _model_from_checkpoint(cfg, task, checkpoint, device)
+    created = out_dir is not None and not out_dir.exists()
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), autocast(device, amp_dtype(cfg.train.amp)):
-        return task.predict(model, input_path, out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)  # the task may write its own formats there
+    try:
+        with torch.no_grad(), autocast(device, amp_dtype(cfg.train.amp)):
+            return task.predict(model, input_path, out_dir)
+    except BaseException:
+        if created and out_dir is not None and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a refused input leaves nothing behind
+        raise

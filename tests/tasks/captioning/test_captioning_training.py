@@ -22,7 +22,7 @@ def fit(run_dir: Path, *overrides: str):
 
 
 @pytest.mark.slow
-def test_tiny_config_trains_and_the_loss_falls(tmp_path: Path) -> None:
+def test_tiny_config_trains_and_the_loss_falls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     result = fit(tmp_path / "run")
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
@@ -68,3 +68,13 @@ def test_tiny_config_trains_and_the_loss_falls(tmp_path: Path) -> None:
     )
     predicted = json.loads((out / "captions.json").read_text())
     assert predicted == [{"image_id": 0, "caption": best_captions[0]["caption"]}]
+
+    # Inputs the model cannot take: one line naming the file and item, exit 1, no traceback, nothing written.
+    bad = {"short.json": '{"features": [1, 2, 3]}', "ragged.json": '{"features": [[1, 2], [3]]}', "broken.json": "{"}
+    for name, text in bad.items():
+        (tmp_path / name).write_text(text)
+        command = ["predict", config, "--checkpoint", str(best), "--input", str(tmp_path / name)]
+        assert main([*command, "--out", str(tmp_path / f"out-{name}")]) == 1, name
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and name in err and err.startswith("trainwell: data error:"), err
+        assert not (tmp_path / f"out-{name}").exists()

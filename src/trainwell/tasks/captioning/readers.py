@@ -89,11 +89,16 @@ def load_pickle(path: Path) -> Any:
 def _vector(value: Any, where: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
-    array = np.asarray(value)
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as err:  # ragged nested lists
+        raise CaptionDataError(f"{where}: clip_features must be a 1-D numeric vector ({err}).") from None
     if array.ndim == 2 and array.shape[0] == 1:
         array = array[0]  # CLIP's encode_image keeps a batch axis of 1
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"{where}: clip_features must be a 1-D numeric vector; got shape {array.shape} {array.dtype}.")
+        raise CaptionDataError(
+            f"{where}: clip_features must be a 1-D numeric vector; got shape {array.shape} {array.dtype}."
+        )
     return array.astype(np.float16)
 
 
@@ -312,29 +317,39 @@ def read_prediction_inputs(path: Path, feature_dim: int) -> list[tuple[np.ndarra
     """``predict`` inputs: JSON ``{"features": [...], "entities": [...]}`` (or a list of them) or ``.npy``
     ``(D,)``/``(N, D)`` → ``[(features (D,) float16, entities)]``."""
     if path.suffix == ".npy":
-        array = np.load(path, allow_pickle=False)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as err:
+            raise CaptionDataError(f"{path}: not a readable .npy array of features ({err}).") from None
         rows = array[None] if array.ndim == 1 else array
         items = [(row, []) for row in rows]
     else:
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CaptionDataError(
+                f"{path}: not valid JSON ({err}); expected {{'features': [...], 'entities': [...]}}."
+            ) from None
         data = data if isinstance(data, list) else [data]
         items = []
         for index, item in enumerate(data):
             if not isinstance(item, dict) or "features" not in item:
-                raise ValueError(f"{path} item {index}: expected {{'features': [{feature_dim} numbers], 'entities'}}.")
+                raise CaptionDataError(
+                    f"{path} item {index}: expected {{'features': [{feature_dim} numbers], 'entities'}}."
+                )
             entities = item.get("entities", [])
             if not isinstance(entities, list) or not all(isinstance(e, str) for e in entities):
-                raise ValueError(f"{path} item {index}: 'entities' must be a list of strings.")
+                raise CaptionDataError(f"{path} item {index}: 'entities' must be a list of strings.")
             items.append((item["features"], entities))
     out = []
     for index, (features, entities) in enumerate(items):
         vector = _vector(features, f"{path} item {index}")
         if vector.shape[0] != feature_dim:
-            raise ValueError(
+            raise CaptionDataError(
                 f"{path} item {index}: {vector.shape[0]} features, but the model takes {feature_dim} "
                 "(task.model.clip_hidden_size)."
             )
         out.append((vector, list(entities)))
     if not out:
-        raise ValueError(f"{path}: no inputs to caption.")
+        raise CaptionDataError(f"{path}: no inputs to caption.")
     return out
