@@ -209,8 +209,13 @@ def test_init_weights_report_missing_unexpected_and_shape_mismatch(tmp_path: Pat
     assert "0.weight (checkpoint (8, 4) vs model (6, 4))" in message
     assert "2.weight (checkpoint (2, 8) vs model (2, 6))" in message
     assert "unexpected (not in the model): 3.weight, 3.bias" in message
-    assert "--init-from-non-strict" in message
+    assert "--init-from-non-strict" in message and "written by a run of task" not in message  # no config: no task
     assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())  # strict: nothing loaded
+
+    # A trainwell checkpoint names the task whose run wrote it (another pack's checkpoint is the usual cause).
+    atomic_save({"model": source.state_dict(), "config": {"task": {"class_path": "pkg.tasks:Other"}}}, path)
+    with pytest.raises(CheckpointError, match=r"It was written by a run of task pkg\.tasks:Other\."):
+        load_model_weights(target, path)
 
     report = load_model_weights(target, path, strict=False)
     assert report.loaded == ["2.bias"] and report.missing == []

@@ -148,8 +148,11 @@ def load_model_weights(
     report.container = found.container if found is not None else None
     matched = {name: state[name] for name in report.loaded}
     if strict and not report.is_exact:
+        config = payload.get("config") if isinstance(payload, dict) else None
+        task = config.get("task", {}).get("class_path") if isinstance(config, dict) else None
+        written = f" It was written by a run of task {task}." if isinstance(task, str) else ""
         raise CheckpointError(
-            f"The weights in '{path}' do not match the model: {report.describe()}. Fix the model config, or "
+            f"The weights in '{path}' do not match the model: {report.describe()}.{written} Fix the model config, or "
             f"load only the matching tensors (trainwell train … --init-from-non-strict)."
         )
     load_full_model_state(model, matched, strict=False)  # an FSDP-sharded model takes its slice of each tensor
