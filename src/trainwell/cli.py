@@ -179,6 +179,7 @@ def _score_checkpoint(args: argparse.Namespace, split: Literal["val", "test"]) -
 
 
 def _eval_all(args: argparse.Namespace) -> int:
+    from trainwell.engine.eval_all import periodic_checkpoints
     from trainwell.engine.standalone import evaluate_run_checkpoints
 
     run_dir = Path(args.all_checkpoints)
@@ -192,6 +193,12 @@ def _eval_all(args: argparse.Namespace) -> int:
         _require_file(args.config, "the run's config")
     if args.poll_seconds <= 0:
         raise ConfigError(f"--poll-seconds must be > 0 (got {args.poll_seconds}).")
+    if not args.watch and not periodic_checkpoints(run_dir / "checkpoints"):
+        raise ConfigError(
+            f"--all-checkpoints: {run_dir / 'checkpoints'} holds no periodic checkpoints (epoch_NNNN / "
+            "step_NNNNNNNN; last.pt and best.pt are left out): the run was trained without checkpoint.every. "
+            "Evaluate one checkpoint with --checkpoint, or add --watch to wait for a run that is still writing them."
+        )
     cfg, task = _load(args)
     done, env = evaluate_run_checkpoints(cfg, task, run_dir, watch=args.watch, poll_seconds=args.poll_seconds)
     if env.is_main:

@@ -172,3 +172,27 @@ def test_watch_waits_for_new_checkpoints_while_the_run_trains(tmp_path: Path) ->
     watcher.join(timeout=120)
     assert not watcher.is_alive() and codes == [0]
     assert [r["step"] for r in json.loads(out.read_text())] == [8, 16]
+
+
+def test_eval_all_reads_sharded_periodic_checkpoints(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    extra = ["checkpoint.every=8", "checkpoint.keep=all", "checkpoint.format=sharded"]
+    assert main(["train", REGRESSION, f"run.dir={run}", *SMALL, *extra]) == 0
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_00000008.dcp", "step_00000016.dcp"]
+    assert main(["eval", "--all-checkpoints", str(run), "--out", str(tmp_path / "all.json")]) == 0
+    rows = json.loads((tmp_path / "all.json").read_text())
+    assert [(r["checkpoint"], r["step"]) for r in rows] == [("step_00000008.dcp", 8), ("step_00000016.dcp", 16)]
+    final = [r for r in read_metrics(run / "metrics.jsonl") if r["kind"] == "val" and r["step"] == 16][-1]
+    assert rows[-1]["metrics"]["mse"] == pytest.approx(final["mse"], rel=1e-6)
+
+
+def test_eval_all_of_a_run_without_periodic_checkpoints_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    assert main(["train", REGRESSION, f"run.dir={run}", *SMALL, "checkpoint.every=0"]) == 0  # last.pt only
+    capsys.readouterr()
+    assert main(["eval", "--all-checkpoints", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no periodic checkpoints" in err and "--checkpoint" in err and "Traceback" not in err
+    assert not (run / "eval_all").exists()

@@ -21,6 +21,7 @@ from torch import nn
 
 from trainwell.engine import distributed as D
 from trainwell.engine.checkpoint import CheckpointError, load_checkpoint
+from trainwell.engine.checkpoint.sharded import is_sharded_checkpoint, read_model_weights
 from trainwell.engine.checkpoint.weights import model_state_of
 from trainwell.engine.evaluation import EvalResult
 from trainwell.engine.logging import MetricsWriter
@@ -28,7 +29,7 @@ from trainwell.records.metrics import METRICS_FILE, read_metrics
 from trainwell.records.status import read_status
 
 EVAL_ALL_DIR = "eval_all"
-_PERIODIC = re.compile(r"^(epoch|step)_(\d+)\.pt$")
+_PERIODIC = re.compile(r"^(epoch|step)_(\d+)\.(pt|dcp)$")  # single files, or sharded directories
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class Evaluated:
 
 
 def periodic_checkpoints(checkpoint_dir: Path) -> list[Path]:
-    """``epoch_NNNN.pt`` / ``step_NNNNNNNN.pt`` in ``checkpoint_dir``, in the order their numbers give."""
+    """``epoch_NNNN`` / ``step_NNNNNNNN`` checkpoints (``.pt`` files or sharded ``.dcp`` directories) in
+    ``checkpoint_dir``, in the order their numbers give."""
     if not checkpoint_dir.is_dir():
         return []
     found = [(m.group(1), int(m.group(2)), p) for p in checkpoint_dir.iterdir() if (m := _PERIODIC.match(p.name))]
@@ -110,7 +112,7 @@ def _evaluate_one(
     """Load ``path``'s weights (checksum verified, strict) into ``model`` and evaluate it; ``None`` if the file went
     away (rotated by ``checkpoint.keep`` while the run trains) — said in the log, never silently."""
     try:
-        payload = load_checkpoint(path)
+        payload = read_model_weights(path) if is_sharded_checkpoint(path) else load_checkpoint(path)
     except CheckpointError as err:
         log(f"eval-all: {path.name} is not evaluated: {err}")
         return None
