@@ -144,7 +144,7 @@ def test_global_batch_size_resumes_on_another_number_of_processes_unchanged(tmp:
     assert sorted(seen) == list(range(SIZE))
     assert len(_seen(resumed)) == SIZE - STOP * GLOBAL_BATCH
     log = (resumed / "train.log").read_text()
-    assert "Resharded from 2 to 3 process(es)" in log
+    assert "Resharded from 2 to 3 process(es)" in log and "train.batch_size: 24" in log  # set, not derived, before
     assert "batch: 16 per process × 3 process(es) × 1 accumulation = global batch 48 (train.global_batch_size)" in log
     assert "batch_size: 16" in (resumed / "config.yaml").read_text()  # the derived value is what config.yaml records
     expected, got = _final(reference, tmp), _final(resumed, tmp)

@@ -56,3 +56,18 @@ def test_the_cli_refuses_it_before_the_run_directory_is_made(
     err = capsys.readouterr().err
     assert "Traceback" not in err and "'train.global_batch_size' is 7" in err
     assert not run.exists()
+
+
+def test_a_resume_does_not_report_the_derived_batch_as_a_change() -> None:
+    from trainwell.engine.checkpoint.resume import config_changes
+
+    saved = {"train": {"global_batch_size": 48, "batch_size": 24, "epochs": 2}}
+    assert config_changes(saved, {"train": {"global_batch_size": 48, "batch_size": 16, "epochs": 3}}) == [
+        "train.epochs: 2 → 3"
+    ]
+    # A per-process batch set by hand (no global one) is a change worth saying.
+    saved = {"train": {"global_batch_size": None, "batch_size": 24}}
+    assert config_changes(saved, {"train": {"global_batch_size": 48, "batch_size": 16}}) == [
+        "train.batch_size: 24 → 16",
+        "train.global_batch_size: None → 48",
+    ]

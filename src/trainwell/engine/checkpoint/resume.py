@@ -82,9 +82,13 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """``key: old → new`` for every config value that differs from the checkpoint's (run.* etc. ignored)."""
     old, new = _flatten(saved), _flatten(current)
+    # The same train.global_batch_size derives another per-process batch on another number of processes: no change.
+    derived = old.get("train.global_batch_size") is not None and old.get("train.global_batch_size") == new.get(
+        "train.global_batch_size"
+    )
     changes = []
     for key in sorted(old.keys() | new.keys()):
-        if key.startswith(_IGNORED_CONFIG_KEYS):
+        if key.startswith(_IGNORED_CONFIG_KEYS) or (derived and key == "train.batch_size"):
             continue
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             changes.append(f"{key}: {old.get(key, '<absent>')!r} → {new.get(key, '<absent>')!r}")
