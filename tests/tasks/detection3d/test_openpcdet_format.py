@@ -443,3 +443,24 @@ def test_export_refuses_a_checkpoint_of_another_task(tmp_path: Path, capsys: pyt
     out = tmp_path / "checkpoint_epoch_1.pth"
     assert main(["export", str(ckpt), "--format", "openpcdet", "--out", str(out)]) != 0
     assert "my_task:Regression" in capsys.readouterr().err and not out.exists()
+
+
+def test_export_from_a_sharded_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A run with sharded checkpoints (.dcp directories) exports to OpenPCDet's container like a single file does:
+    # the same model tensors under OpenPCDet's names; the optimizer state stays in the shards (said, not silent).
+    from trainwell.tasks.detection3d.openpcdet_format import to_openpcdet_keys
+
+    run = tmp_path / "run"
+    assert main(["train", TINY, f"run.dir={run}", "checkpoint.format=sharded", "train.epochs=1"]) == 0
+    last = run / "checkpoints" / "last.dcp"
+    assert main(["export", str(last), "--out", str(tmp_path / "plain.pt")]) == 0
+    capsys.readouterr()
+    assert main(["export", str(last), "--format", "openpcdet", "--out", str(tmp_path / "c.pth")]) == 0
+    assert "optimizer state is not converted" in capsys.readouterr().out
+    container = torch.load(tmp_path / "c.pth", weights_only=True)
+    plain = torch.load(tmp_path / "plain.pt", weights_only=True)
+    expected = to_openpcdet_keys(plain, container["it"])
+    assert container["optimizer_state"] is None and container["it"] > 0
+    assert container["model_state"].keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(container["model_state"][name], tensor), name

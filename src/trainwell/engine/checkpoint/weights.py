@@ -114,6 +114,12 @@ def compare_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: 
     return report
 
 
+def read_for_export(path: str | Path) -> dict[str, Any]:
+    """A checkpoint to export (verified): a file's whole payload, or a sharded directory's metadata with its model
+    consolidated into one state dict (its optimizer state stays in the shards)."""
+    return _load_any(Path(path), "cpu", require_checksum=True)
+
+
 def _load_any(path: Path, map_location: str | torch.device, *, require_checksum: bool) -> dict[str, Any]:
     """A checkpoint file, or a sharded directory (verified) with its whole model in one state dict."""
     if is_sharded_checkpoint(path):
@@ -171,9 +177,7 @@ def export_weights(checkpoint: str | Path, out: str | Path, *, ema: bool = False
         CheckpointError: unreadable checkpoint, or an output name that is neither ``.pt`` nor ``.safetensors``.
     """
     source, target = Path(checkpoint), Path(out)
-    payload = _load_any(
-        source, "cpu", require_checksum=True
-    )  # a sharded directory is consolidated into one state dict here
+    payload = read_for_export(source)  # a sharded directory is consolidated into one state dict here
     weights = model_state_of(payload, source, ema=ema)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in weights.items()}
     if target.suffix == ".safetensors":

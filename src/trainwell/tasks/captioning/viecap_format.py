@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from trainwell.engine.checkpoint.files import CheckpointError, atomic_write, atomic_write_text, load_checkpoint
-from trainwell.engine.checkpoint.weights import ForeignWeights, model_state_of
+from trainwell.engine.checkpoint.files import CheckpointError, atomic_write, atomic_write_text
+from trainwell.engine.checkpoint.weights import ForeignWeights, model_state_of, read_for_export
 
 VIECAP_PREFIXES = ("gpt.", "mapping_network.")
 """The two submodules of ViECap's ``ClipCaptionModel`` (and of the pack's ``CaptionModel``)."""
@@ -134,7 +134,7 @@ def export_viecap(checkpoint: str | Path, out: str | Path, *, gpt2_buffers: bool
     source, target = Path(checkpoint), Path(out)
     if target.suffix != ".pt":
         raise CheckpointError(f"--out '{target}': ViECap reads torch.save files; use a .pt name (coco_prefix-000.pt).")
-    payload = load_checkpoint(source)
+    payload = read_for_export(source)  # a file, or a sharded directory (its model consolidated)
     state = to_viecap(model_state_of(payload, source), gpt2_buffers=gpt2_buffers)
     atomic_write(target, lambda handle: torch.save(state, handle))
     args = viecap_constructor_args(payload.get("config", {}))

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from trainwell.engine.checkpoint.files import CheckpointError, atomic_write, load_checkpoint
-from trainwell.engine.checkpoint.weights import ForeignWeights, model_state_of
+from trainwell.engine.checkpoint.files import CheckpointError, atomic_write
+from trainwell.engine.checkpoint.weights import ForeignWeights, model_state_of, read_for_export
 
 GLOBAL_STEP_KEY = "global_step"
 """``Detector3DTemplate``'s buffer: a ``LongTensor`` of shape ``(1,)`` holding the number of steps trained."""
@@ -130,7 +130,7 @@ def export_openpcdet(checkpoint: str | Path, out: str | Path) -> tuple[list[Path
     source, target = Path(checkpoint), Path(out)
     if target.suffix not in (".pth", ".pt"):
         raise CheckpointError(f"--out '{target}': OpenPCDet's checkpoints are .pth files (checkpoint_epoch_N.pth).")
-    payload = load_checkpoint(source)
+    payload = read_for_export(source)  # a file, or a sharded directory (its model consolidated)
     task_path = str(payload.get("config", {}).get("task", {}).get("class_path", ""))
     if not task_path.startswith("trainwell.tasks.detection3d"):
         raise CheckpointError(
@@ -141,6 +141,8 @@ def export_openpcdet(checkpoint: str | Path, out: str | Path) -> tuple[list[Path
     train_state = payload.get("train_state", {})
     step = int(train_state.get("global_step", 0))
     optimizer_state, note = to_openpcdet_optimizer(payload.get("optimizer"), state)
+    if source.is_dir():
+        note = "a sharded checkpoint's optimizer state is not converted: optimizer_state is None"
     container = {
         "epoch": int(train_state.get("epoch", 0)),
         "it": step,
