@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/pose_metrics.py
 	$(PY) benchmarks/checkpoint_save.py
+	$(PY) benchmarks/doctor_cost.py
 
 # The doctor's fault library and a randomised healthy sweep; writes the tables into docs/doctor.md.
 doctor-eval: $(STAMP)
