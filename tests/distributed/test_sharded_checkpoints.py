@@ -13,7 +13,7 @@ import torch
 from distributed_helpers import REPO, spawn
 
 from trainwell.cli import main
-from trainwell.config.schema import CheckpointConfig
+from trainwell.config.checkpoint import CheckpointConfig
 from trainwell.engine.checkpoint.manager import CheckpointManager
 from trainwell.engine.checkpoint.sharded import read_meta
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from trainwell.cli import main
-from trainwell.config.schema import CheckpointConfig
+from trainwell.config.checkpoint import CheckpointConfig
 from trainwell.engine.checkpoint import (
     BEST,
     LAST,

@@ -204,3 +204,23 @@ def val_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     """The numeric metrics of a val record (bookkeeping keys left out)."""
     skip = {"kind", "epoch", "step", "num_samples"}
     return {k: float(v) for k, v in record.items() if k not in skip and _finite(v)}
+
+
+def metric_specs_of(task: Any) -> dict[str, dict[str, Any]]:
+    """``Task.metric_specs()`` as plain data for the run context (``{}`` if the task has none or it fails)."""
+    try:
+        specs = task.metric_specs() if hasattr(task, "metric_specs") else {}
+    except Exception:  # a broken declaration must not end the run; it only loses these checks
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for name, spec in specs.items():
+        plausible = getattr(spec, "plausible", None)
+        out[str(name)] = {
+            "unit": str(getattr(spec, "unit", "") or ""),
+            "higher_is_better": bool(getattr(spec, "higher_is_better", False)),
+            "plausible": [float(plausible[0]), float(plausible[1])] if plausible is not None else None,
+        }
+        description = str(getattr(spec, "description", "") or "")
+        if description:
+            out[str(name)]["description"] = description
+    return out

@@ -40,6 +40,7 @@ from trainwell.doctor.batch import (
     format_batch_report,
 )
 from trainwell.doctor.checks import RunContext, Thresholds, check_history, summarize_history
+from trainwell.doctor.context import metric_specs_of
 from trainwell.doctor.divergence import CAUSES, consolidate
 from trainwell.doctor.findings import (
     FINDINGS_FILE,
@@ -122,7 +123,7 @@ class TrainingDoctor:
         self._inspecting = not resumed  # "the first batches" are those of a fresh run
         self._resumed = resumed
         if self.reports:
-            self.context = dataclasses.replace(self.context, metric_specs=_metric_specs(self.task))
+            self.context = dataclasses.replace(self.context, metric_specs=metric_specs_of(self.task))
         if not self.reports or self.run_dir is None:
             return
         if resumed:
@@ -437,23 +438,3 @@ class TrainingDoctor:
             return
         with open_for_append(self.run_dir / FINDINGS_FILE, FINDINGS_VERSION) as f:
             f.write(json.dumps(data) + "\n")
-
-
-def _metric_specs(task: Any) -> dict[str, dict[str, Any]]:
-    """``Task.metric_specs()`` as plain data for the run context (``{}`` if the task has none or it fails)."""
-    try:
-        specs = task.metric_specs() if hasattr(task, "metric_specs") else {}
-    except Exception:  # a broken declaration must not end the run; it only loses these checks
-        return {}
-    out: dict[str, dict[str, Any]] = {}
-    for name, spec in specs.items():
-        plausible = getattr(spec, "plausible", None)
-        out[str(name)] = {
-            "unit": str(getattr(spec, "unit", "") or ""),
-            "higher_is_better": bool(getattr(spec, "higher_is_better", False)),
-            "plausible": [float(plausible[0]), float(plausible[1])] if plausible is not None else None,
-        }
-        description = str(getattr(spec, "description", "") or "")
-        if description:
-            out[str(name)]["description"] = description
-    return out

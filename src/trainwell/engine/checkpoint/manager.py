@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from trainwell.config.schema import CheckpointConfig
+from trainwell.config.checkpoint import CheckpointConfig
 from trainwell.engine import distributed as D
 from trainwell.engine.checkpoint.files import (
     CheckpointError,
