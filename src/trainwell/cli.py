@@ -196,7 +196,8 @@ def _eval_all(args: argparse.Namespace) -> int:
     if not args.watch and not periodic_checkpoints(run_dir / "checkpoints"):
         raise ConfigError(
             f"--all-checkpoints: {run_dir / 'checkpoints'} holds no periodic checkpoints (epoch_NNNN / "
-            "step_NNNNNNNN; last.pt and best.pt are left out): the run was trained without checkpoint.every. "
+            "step_NNNNNNNN; last.pt and best.pt are left out): the run wrote none (checkpoint.every_epochs or "
+            "checkpoint.every 0) or kept none (checkpoint.keep 0). "
             "Evaluate one checkpoint with --checkpoint, or add --watch to wait for a run that is still writing them."
         )
     cfg, task = _load(args)

@@ -31,12 +31,15 @@ from trainwell.config.training import EarlyStopConfig, EmaConfig, ProfileConfig,
 Problem = tuple[str, str]
 """``(key, what is wrong)`` for a value out of range."""
 
+MISSING = "???"
+"""The value of a required key nobody set (OmegaConf's marker: loading a file without it is an error)."""
+
 
 @dataclass
 class TaskConfig:
     """The ``task:`` section. A task subclasses this with its own typed keys."""
 
-    class_path: str = "???"
+    class_path: str = MISSING
     """Import path of the task class, ``package.module:ClassName``."""
 
 
@@ -145,7 +148,7 @@ class TrainConfig:
 class ParamGroupConfig:
     """One entry of ``optim.param_groups``: parameters whose name matches get their own LR and decay."""
 
-    match: str = "???"
+    match: str = MISSING
     """A glob (``backbone.*``) or, prefixed ``re:``, a regular expression on parameter names (``named_parameters``)."""
     name: str | None = None
     """Name of the group in logs (``Train/lr/<name>``); default: the pattern."""

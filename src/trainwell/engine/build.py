@@ -18,7 +18,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, Dataset
 
-from trainwell.config.schema import ExperimentConfig
+from trainwell.config.schema import MISSING, ExperimentConfig
 from trainwell.config.training import parse_duration_s
 from trainwell.engine import distributed as D
 from trainwell.engine.amp import amp_dtype
@@ -95,10 +95,10 @@ def build_run(
 def _with_task_section(cfg: ExperimentConfig, task: Task) -> ExperimentConfig:
     """``cfg`` with the task it trains recorded: a config made in Python without a ``task:`` section gets the task's
     own (``config.yaml`` then names the task, and ``trainwell doctor`` / ``report`` can read the run)."""
-    if cfg.task.class_path != "???":
+    if cfg.task.class_path != MISSING:
         return cfg
     section = task.cfg
-    if section.class_path == "???":
+    if section.class_path == MISSING:
         section = dataclasses.replace(section, class_path=f"{type(task).__module__}:{type(task).__qualname__}")
     return dataclasses.replace(cfg, task=section)
 
