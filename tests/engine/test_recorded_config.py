@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import yaml
 
 from trainwell.api import build_run
@@ -31,7 +32,9 @@ def _fit(run_dir: Path, task: RegressionTask) -> None:
     Trainer(build_run(cfg, task, env=DistEnv())).fit()
 
 
-def test_the_tasks_own_section_is_recorded_and_the_run_can_be_read(tmp_path: Path) -> None:
+def test_the_tasks_own_section_is_recorded_and_the_run_can_be_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = RegressionDataConfig(train_size=64, val_size=16)
     _fit(tmp_path / "named", RegressionTask(RegressionTaskConfig(hidden=8), data))
     recorded = yaml.safe_load((tmp_path / "named" / "config.yaml").read_text())["task"]
@@ -41,4 +44,7 @@ def test_the_tasks_own_section_is_recorded_and_the_run_can_be_read(tmp_path: Pat
     _fit(tmp_path / "unnamed", _UnnamedTask(_UnnamedConfig(), data))
     recorded = yaml.safe_load((tmp_path / "unnamed" / "config.yaml").read_text())["task"]
     assert recorded["class_path"] == f"{__name__}:_UnnamedTask"
-    assert main(["doctor", str(tmp_path / "unnamed")]) in (0, 1)  # read and judged, not a config error (2)
+    capsys.readouterr()
+    code = main(["doctor", str(tmp_path / "unnamed")])
+    out, err = capsys.readouterr()
+    assert code in (0, 1) and "Diagnosis (training doctor)" in out and "config error" not in err  # read and judged
